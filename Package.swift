@@ -1,0 +1,86 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+/// Settings every Ambit module compiles with: Swift 6 language mode (the tools
+/// version's default) plus the upcoming features that keep APIs explicit.
+let strictSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "ambit",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ambit", targets: ["ambit"]),
+        .library(name: "Kernel", targets: ["Kernel"]),
+        .library(name: "LocalConfig", targets: ["LocalConfig"]),
+        .library(name: "Capture", targets: ["Capture"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+    ],
+    targets: [
+        .target(
+            name: "Kernel",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "LocalConfig",
+            dependencies: ["Kernel"],
+            path: "Sources/Plugins/LocalConfig",
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "Capture",
+            dependencies: ["Kernel"],
+            path: "Sources/Plugins/Capture",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ambit",
+            dependencies: [
+                "Kernel", "LocalConfig", "Capture",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "KernelTests",
+            dependencies: [
+                "Kernel",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "LocalConfigTests",
+            dependencies: ["Kernel", "LocalConfig"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "CaptureTests",
+            dependencies: ["Kernel", "Capture", "LocalConfig"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "AmbitTests",
+            dependencies: ["Kernel", "LocalConfig", "Capture"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)

@@ -1,0 +1,78 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// What the kernel gives a plugin: its logger, the event loops, the mesh, the
+/// connection registry, readiness, and the other enabled plugins by role.
+public final class PluginContext: Sendable {
+    /// The plugin's manifest id.
+    public let pluginID: String
+    /// A logger labelled with the plugin id; use it rather than making your own.
+    public let logger: Logger
+    /// The node's event loops (one group for the whole process).
+    public let eventLoopGroup: any EventLoopGroup
+    /// The node's mesh model.
+    public let mesh: MeshStore
+    /// Open connections, used by drain and policy re-evaluation.
+    public let connections: ConnectionRegistry
+    /// Readiness: register listeners with ``Readiness/expect(_:)`` during provision and
+    /// mark them ready once bound.
+    public let readiness: Readiness
+    /// The name of the node this proxy runs on; workloads with this `node` are local.
+    public let nodeName: String
+    /// The directory relative paths in the plugin's config are resolved against (the
+    /// manifest's directory).
+    public let baseDirectory: String
+    private let directory: PluginDirectory
+
+    /// Creates a context. The kernel does this; tests may too.
+    public init(
+        pluginID: String, logger: Logger, eventLoopGroup: any EventLoopGroup, mesh: MeshStore,
+        connections: ConnectionRegistry, readiness: Readiness, nodeName: String,
+        baseDirectory: String, directory: PluginDirectory
+    ) {
+        var logger = logger
+        logger[metadataKey: "plugin"] = "\(pluginID)"
+        self.pluginID = pluginID
+        self.logger = logger
+        self.eventLoopGroup = eventLoopGroup
+        self.mesh = mesh
+        self.connections = connections
+        self.readiness = readiness
+        self.nodeName = nodeName
+        self.baseDirectory = baseDirectory
+        self.directory = directory
+    }
+
+    /// Every enabled plugin providing role protocol `R`, in manifest order. Available
+    /// from ``Plugin/provision()`` on.
+    public func providers<R>(of role: R.Type) -> [R] {
+        directory.plugins.compactMap { $0 as? R }
+    }
+
+    /// The first enabled plugin providing `R`, if any.
+    public func provider<R>(of role: R.Type) -> R? {
+        providers(of: role).first
+    }
+
+    /// Resolves a config path: absolute paths stay, relative ones are taken from
+    /// ``baseDirectory``.
+    public func resolvePath(_ path: String) -> String {
+        if path.hasPrefix("/") || baseDirectory.isEmpty { return path }
+        return baseDirectory.hasSuffix("/") ? baseDirectory + path : baseDirectory + "/" + path
+    }
+}
+
+/// The enabled plugins in manifest order, filled in by the kernel once all are built.
+public final class PluginDirectory: Sendable {
+    private let box = NIOLockedValueBox<[any Plugin]>([])
+
+    /// An empty directory.
+    public init() {}
+
+    /// The plugins, in manifest order.
+    public var plugins: [any Plugin] { box.withLockedValue { $0 } }
+
+    /// Replaces the list (kernel use).
+    public func set(_ plugins: [any Plugin]) { box.withLockedValue { $0 = plugins } }
+}

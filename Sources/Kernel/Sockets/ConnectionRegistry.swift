@@ -1,0 +1,152 @@
+import NIOConcurrencyHelpers
+import Synchronization
+
+/// Byte counters of one connection, readable from any thread while it is open.
+public final class ByteCounters: Sendable {
+    private let upstream = Atomic<UInt64>(0)
+    private let downstream = Atomic<UInt64>(0)
+
+    /// Zeroed counters.
+    public init() {}
+
+    /// Bytes from the connection's originator towards its destination.
+    public var sent: UInt64 { upstream.load(ordering: .relaxed) }
+    /// Bytes from the destination back to the originator.
+    public var received: UInt64 { downstream.load(ordering: .relaxed) }
+
+    /// Adds to ``sent``.
+    public func addSent(_ count: Int) { upstream.add(UInt64(count), ordering: .relaxed) }
+    /// Adds to ``received``.
+    public func addReceived(_ count: Int) { downstream.add(UInt64(count), ordering: .relaxed) }
+}
+
+/// Which way a connection flows through this node.
+public enum ConnectionDirection: String, Sendable, Codable {
+    /// From a local workload towards the mesh.
+    case outbound
+    /// From the mesh (or a plaintext client) towards a local workload.
+    case inbound
+}
+
+/// One proxied connection, as drain, policy re-evaluation, telemetry and
+/// `/config_dump` see it. Created by the path that accepted the connection.
+public final class ConnectionRecord: Sendable, Identifiable {
+    /// Process-unique id.
+    public let id: UInt64
+    /// Outbound or inbound.
+    public let direction: ConnectionDirection
+    /// The application-side source address.
+    public let source: SocketAddr
+    /// The original destination the application asked for.
+    public let destination: SocketAddr
+    /// The source workload, when known.
+    public let sourceWorkload: Workload?
+    /// The destination workload, when known.
+    public let destinationWorkload: Workload?
+    /// The peer's authenticated identity (inbound mTLS), if any.
+    public let peerIdentity: SpiffeID?
+    /// How the connection is carried, e.g. `passthrough`, `direct`, `hbone`.
+    public let route: String
+    /// Whether it travels over mutual TLS.
+    public let isMutualTLS: Bool
+    /// When it was accepted.
+    public let openedAt: ContinuousClock.Instant
+    /// Bytes each way, updated as they flow.
+    public let bytes = ByteCounters()
+
+    private let state = NIOLockedValueBox<(closer: (@Sendable () -> Void)?, failure: String?)>((nil, nil))
+    private static let nextID = Atomic<UInt64>(1)
+
+    /// Creates a record with a fresh id.
+    public init(
+        direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
+        sourceWorkload: Workload?, destinationWorkload: Workload?, peerIdentity: SpiffeID? = nil,
+        route: String, isMutualTLS: Bool = false
+    ) {
+        self.id = Self.nextID.add(1, ordering: .relaxed).oldValue
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        self.sourceWorkload = sourceWorkload
+        self.destinationWorkload = destinationWorkload
+        self.peerIdentity = peerIdentity
+        self.route = route
+        self.isMutualTLS = isMutualTLS
+        self.openedAt = .now
+    }
+
+    /// Sets how to force the connection closed (drain deadline, policy change).
+    public func setCloser(_ closer: @escaping @Sendable () -> Void) {
+        state.withLockedValue { $0.closer = closer }
+    }
+
+    /// Forces the connection closed; a no-op before a closer is set.
+    public func close() {
+        let closer = state.withLockedValue { $0.closer }
+        closer?()
+    }
+
+    /// Records why the connection failed (kept for the access log); first one wins.
+    public func recordFailure(_ reason: String) {
+        state.withLockedValue { if $0.failure == nil { $0.failure = reason } }
+    }
+
+    /// Why the connection failed, if it did.
+    public var failure: String? { state.withLockedValue { $0.failure } }
+}
+
+/// Every open proxied connection of the node. Drain waits on it; policy re-evaluation
+/// walks it.
+///
+/// Thread-safe.
+public final class ConnectionRegistry: Sendable {
+    private let open = NIOLockedValueBox<[UInt64: ConnectionRecord]>([:])
+
+    /// An empty registry.
+    public init() {}
+
+    /// Adds a connection.
+    public func register(_ record: ConnectionRecord) {
+        open.withLockedValue { $0[record.id] = record }
+    }
+
+    /// Removes a connection (idempotent).
+    public func unregister(_ record: ConnectionRecord) {
+        open.withLockedValue { _ = $0.removeValue(forKey: record.id) }
+    }
+
+    /// How many connections are open.
+    public var count: Int { open.withLockedValue { $0.count } }
+
+    /// The open connections, oldest first.
+    public var records: [ConnectionRecord] {
+        open.withLockedValue { Array($0.values) }.sorted { $0.id < $1.id }
+    }
+
+    /// Forces every open connection closed.
+    public func closeAll() {
+        for record in records { record.close() }
+    }
+
+    /// How a drain ended.
+    public struct DrainOutcome: Sendable, Equatable {
+        /// Connections open when the drain started.
+        public var atStart: Int
+        /// Connections still open at the deadline and closed by force.
+        public var forced: Int
+    }
+
+    /// Waits until every connection has finished or `deadline` has passed, then closes
+    /// whatever is left.
+    public func drain(deadline: Duration, pollInterval: Duration = .milliseconds(20)) async -> DrainOutcome {
+        let atStart = count
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: deadline)
+        while count > 0 && clock.now < end {
+            try? await Task.sleep(for: min(pollInterval, clock.now.duration(to: end)))
+        }
+        let left = records
+        for record in left { record.close() }
+        return DrainOutcome(atStart: atStart, forced: left.count)
+    }
+}
