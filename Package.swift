@@ -59,6 +59,24 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                "Kernel",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport",
+            swiftSettings: strictSettings
+        ),
+        .plugin(
+            name: "NewPlugin",
+            capability: .command(
+                intent: .custom(verb: "new-plugin", description: "Scaffold a new Ambit plugin target"),
+                permissions: [.writeToPackageDirectory(reason: "creates Sources/Plugins/<Name>/")]
+            ),
+            path: "Plugins/NewPlugin"
+        ),
         .testTarget(
             name: "KernelTests",
             dependencies: [
@@ -74,12 +92,12 @@ let package = Package(
         ),
         .testTarget(
             name: "CaptureTests",
-            dependencies: ["Kernel", "Capture", "LocalConfig"],
+            dependencies: ["Kernel", "Capture", "LocalConfig", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "AmbitTests",
-            dependencies: ["Kernel", "LocalConfig", "Capture"],
+            dependencies: ["Kernel", "LocalConfig", "Capture", "TestSupport"],
             swiftSettings: strictSettings
         ),
     ]

@@ -1,3 +1,5 @@
+import ServiceLifecycle
+
 /// A unit of node-proxy behaviour, switched on and configured by the manifest.
 ///
 /// Lifecycle, driven by the kernel in manifest order:
@@ -54,6 +56,11 @@ public protocol Plugin: AnyObject, Sendable {
 }
 
 extension Plugin {
+    /// Default run: nothing to serve; waits for graceful shutdown.
+    public func run() async throws {
+        try? await gracefulShutdown()
+    }
+
     public static var provides: Set<PluginRole> { [] }
     public static var requires: Set<PluginRole> { [] }
     public func provision() async throws {}

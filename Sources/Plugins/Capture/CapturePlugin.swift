@@ -1,0 +1,133 @@
+import Kernel
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import ServiceLifecycle
+
+/// Captures application connections and sends them through the node's outbound path.
+///
+/// First mode: an explicit SOCKS5 listener (no authentication; IPv4, IPv6 and domain
+/// destinations). The client's source IP identifies the source workload, the
+/// forwarding decision picks the destination, and plain-TCP destinations are relayed
+/// directly. HBONE destinations go through the tunnel-dialer role (the `hbone`
+/// plugin); without one they are refused with a log line saying so.
+public final class CapturePlugin: Plugin, CaptureSource {
+    /// `capture` plugin configuration.
+    public struct Config: Decodable, Sendable {
+        /// The SOCKS5 listener.
+        public var socks5: SOCKS5Config = SOCKS5Config()
+        /// Upstream connect timeout.
+        public var connectTimeout: ConfigDuration = ConfigDuration(.seconds(5))
+        /// SO_MARK on upstream sockets, so in-pod redirection never recaptures them.
+        public var upstreamMark: UInt32?
+
+        /// SOCKS5 settings.
+        public struct SOCKS5Config: Decodable, Sendable {
+            /// Listen or not.
+            public var enabled: Bool = true
+            /// Listen address; port 0 picks a free port (see ``CapturePlugin/captureAddresses``).
+            public var address: SocketAddr = SocketAddr(ip: .v4(0x7f00_0001), port: 15080)
+            /// How long a client may take to finish the SOCKS5 handshake.
+            public var handshakeTimeout: ConfigDuration = ConfigDuration(.seconds(10))
+
+            public init() {}
+
+            private enum CodingKeys: String, CodingKey, CaseIterable {
+                case enabled, address, handshakeTimeout
+            }
+
+            public init(from decoder: any Decoder) throws {
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? enabled
+                address = try c.decodeIfPresent(SocketAddr.self, forKey: .address) ?? address
+                handshakeTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .handshakeTimeout) ?? handshakeTimeout
+            }
+        }
+
+        public init() {}
+
+        private enum CodingKeys: String, CodingKey, CaseIterable {
+            case socks5, connectTimeout, upstreamMark
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            socks5 = try c.decodeIfPresent(SOCKS5Config.self, forKey: .socks5) ?? socks5
+            connectTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .connectTimeout) ?? connectTimeout
+            upstreamMark = try c.decodeIfPresent(UInt32.self, forKey: .upstreamMark)
+        }
+    }
+
+    public static let id = "capture"
+    public static let summary = "captures application traffic (SOCKS5 on 127.0.0.1:15080) into the outbound path"
+    public static let provides: Set<PluginRole> = [.capture]
+    public static let requires: Set<PluginRole> = [.discovery]
+
+    private let config: Config
+    private let context: PluginContext
+    private let listeners = NIOLockedValueBox<[TCPListener]>([])
+    private let outbound: OutboundPath
+
+    public init(config: Config, context: PluginContext) throws {
+        self.config = config
+        self.context = context
+        self.outbound = OutboundPath(
+            context: context,
+            dialer: TCPDialer(
+                options: DialerOptions(
+                    mark: config.upstreamMark, connectTimeout: config.connectTimeout.timeAmount)))
+    }
+
+    private var socksComponent: String { "capture socks5 listener \(config.socks5.address)" }
+
+    public func provision() async throws {
+        if config.socks5.enabled { context.readiness.expect(socksComponent) }
+    }
+
+    public var captureAddresses: [SocketAddr] {
+        listeners.withLockedValue { $0.map(\.localAddress) }
+    }
+
+    public func run() async throws {
+        if config.socks5.enabled {
+            let outbound = self.outbound
+            let timeout = config.socks5.handshakeTimeout.timeAmount
+            let listener: TCPListener
+            do {
+                listener = try await TCPListener.bind(
+                    ListenerOptions(address: config.socks5.address), group: context.eventLoopGroup
+                ) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            SOCKS5ServerHandler(handshakeTimeout: timeout) { request, channel in
+                                outbound.connect(request, from: channel)
+                            })
+                    }
+                }
+            } catch {
+                throw PluginError(
+                    .unavailable, plugin: Self.id,
+                    "cannot listen for SOCKS5 on \(config.socks5.address): \(error)")
+            }
+            listeners.withLockedValue { $0.append(listener) }
+            context.readiness.markReady(socksComponent)
+            context.logger.info("SOCKS5 listening", metadata: ["address": "\(listener.localAddress)"])
+        }
+        try? await gracefulShutdown()
+        await stopListening()
+    }
+
+    public func drain() async {
+        await stopListening()
+    }
+
+    public func cleanup() async {
+        await stopListening()
+    }
+
+    private func stopListening() async {
+        for listener in listeners.withLockedValue({ $0 }) {
+            await listener.stopAccepting()
+        }
+    }
+}

@@ -1,0 +1,227 @@
+import Kernel
+import Logging
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The outbound path of a captured connection: identify the source workload, resolve
+/// the destination, run the forwarding decision, connect upstream (plain TCP or a
+/// tunnel), and hand both sides to the relay.
+///
+/// Thread-safe; runs on the captured channel's event loop.
+final class OutboundPath: Sendable {
+    private let context: PluginContext
+    private let dialer: TCPDialer
+
+    init(context: PluginContext, dialer: TCPDialer) {
+        self.context = context
+        self.dialer = dialer
+    }
+
+    private var logger: Logger { context.logger }
+
+    /// Handles one SOCKS5 CONNECT: resolves, decides, connects. The returned future
+    /// succeeds once upstream is connected; the relay starts when the SOCKS handler calls
+    /// `start`.
+    func connect(_ request: SOCKS5Request, from downstream: any Channel) -> EventLoopFuture<SOCKS5Connected> {
+        let eventLoop = downstream.eventLoop
+        guard let client = SocketAddr(downstream.remoteAddress) else {
+            return eventLoop.makeFailedFuture(SOCKS5Error(reply: .generalFailure, message: "client address unknown"))
+        }
+        let mesh = context.mesh.snapshot
+        guard let source = mesh.workload(at: client.ip) else {
+            logger.warning(
+                "refused: source is not a workload of this mesh",
+                metadata: ["source": "\(client)", "destination": "\(request)"])
+            return eventLoop.makeFailedFuture(
+                SOCKS5Error(reply: .notAllowed, message: "source \(client.ip) is not a known workload"))
+        }
+        if !context.nodeName.isEmpty && !source.node.isEmpty && source.node != context.nodeName {
+            logger.warning(
+                "refused: source workload runs on another node",
+                metadata: ["source": "\(source.uid)", "node": "\(source.node)"])
+            return eventLoop.makeFailedFuture(
+                SOCKS5Error(reply: .notAllowed, message: "source \(source.uid) is not on node \(context.nodeName)"))
+        }
+        return resolve(request, mesh: mesh, network: source.network, on: eventLoop).flatMap { destination in
+            self.route(
+                OutboundRequest(source: source, sourceAddress: client, destination: destination),
+                mesh: mesh, downstream: downstream)
+        }
+    }
+
+    /// Domain names resolve through the mesh's service hostnames first (a service VIP on
+    /// the source's network), then through the system resolver.
+    private func resolve(
+        _ request: SOCKS5Request, mesh: MeshSnapshot, network: String, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<SocketAddr> {
+        switch request.address {
+        case .ip(let ip):
+            return eventLoop.makeSucceededFuture(SocketAddr(ip: ip, port: request.port))
+        case .domain(let name):
+            let host = name.hasSuffix(".") ? String(name.dropLast()) : name
+            for service in mesh.services(hostname: host) {
+                if let vip = service.vips.first(where: { $0.network == network }) ?? service.vips.first {
+                    return eventLoop.makeSucceededFuture(SocketAddr(ip: vip.ip, port: request.port))
+                }
+            }
+            let port = request.port
+            return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
+                guard let ip = SystemResolver.resolve(host) else {
+                    throw SOCKS5Error(reply: .hostUnreachable, message: "cannot resolve \(host)")
+                }
+                return SocketAddr(ip: ip, port: port)
+            }
+        }
+    }
+
+    private func route(
+        _ request: OutboundRequest, mesh: MeshSnapshot, downstream: any Channel
+    ) -> EventLoopFuture<SOCKS5Connected> {
+        let eventLoop = downstream.eventLoop
+        let decision = Forwarding.decide(request, in: mesh)
+        let source = request.source
+        var metadata: Logger.Metadata = [
+            "source": "\(source?.uid ?? "unknown")", "destination": "\(request.destination)",
+        ]
+        switch decision {
+        case .refuse(let refusal):
+            metadata["reason"] = "\(refusal)"
+            logger.info("refused outbound connection", metadata: metadata)
+            let reply: SOCKS5Reply = refusal.code == .noHealthyEndpoint ? .hostUnreachable : .notAllowed
+            return eventLoop.makeFailedFuture(SOCKS5Error(reply: reply, message: refusal.description))
+
+        case .hbone(let target):
+            guard let tunnel = context.provider(of: (any TunnelDialer).self), let source,
+                let sourceAddress = request.sourceAddress
+            else {
+                metadata["gateway"] = "\(target.gateway)"
+                logger.warning(
+                    "refused: destination speaks HBONE and no tunnel plugin is enabled (enable `hbone`)",
+                    metadata: metadata)
+                return eventLoop.makeFailedFuture(
+                    SOCKS5Error(reply: .notAllowed, message: "HBONE destination needs a tunnel plugin"))
+            }
+            let tunnelRequest = TunnelRequest(
+                source: source, sourceAddress: sourceAddress, gateway: target.gateway,
+                authority: target.authority, expectedIdentities: target.expectedIdentities,
+                destination: target.destinationWorkload)
+            let record = ConnectionRecord(
+                direction: .outbound, source: sourceAddress, destination: request.destination,
+                sourceWorkload: source, destinationWorkload: target.destinationWorkload,
+                route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true)
+            return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
+                throw SOCKS5Error(reply: .hostUnreachable, message: "tunnel to \(target.gateway) failed: \(error)")
+            }.map { upstream in
+                self.connected(downstream: downstream, upstream: upstream, record: record, bound: target.gateway)
+            }
+
+        case .plaintext(let destination, let workload, _):
+            return dial(
+                destination, downstream: downstream, request: request, destinationWorkload: workload,
+                route: "direct")
+
+        case .passthrough(let destination):
+            return dial(
+                destination, downstream: downstream, request: request, destinationWorkload: nil,
+                route: "passthrough")
+        }
+    }
+
+    private func dial(
+        _ destination: SocketAddr, downstream: any Channel, request: OutboundRequest,
+        destinationWorkload: Workload?, route: String
+    ) -> EventLoopFuture<SOCKS5Connected> {
+        let record = ConnectionRecord(
+            direction: .outbound, source: request.sourceAddress ?? destination, destination: destination,
+            sourceWorkload: request.source, destinationWorkload: destinationWorkload, route: route)
+        return dialer.connect(to: destination, on: downstream.eventLoop).flatMapErrorThrowing { error in
+            self.logger.info(
+                "upstream connect failed",
+                metadata: ["destination": "\(destination)", "error": "\(error)"])
+            throw SOCKS5Error(reply: Self.reply(for: error), message: "connect to \(destination) failed: \(error)")
+        }.map { upstream in
+            let bound = SocketAddr(upstream.localAddress) ?? destination
+            return self.connected(downstream: downstream, upstream: upstream, record: record, bound: bound)
+        }
+    }
+
+    private func connected(
+        downstream: any Channel, upstream: any Channel, record: ConnectionRecord, bound: SocketAddr
+    ) -> SOCKS5Connected {
+        let sinks = context.providers(of: (any TelemetrySink).self)
+        let logger = self.logger
+        let registry = context.connections
+        return SOCKS5Connected(boundAddress: bound) { leftover in
+            for sink in sinks { sink.connectionOpened(record) }
+            logger.debug(
+                "relaying",
+                metadata: [
+                    "id": "\(record.id)", "source": "\(record.source)", "destination": "\(record.destination)",
+                    "route": "\(record.route)",
+                ])
+            Relay.join(
+                downstream: downstream, upstream: upstream, record: record, registry: registry,
+                initialData: leftover
+            ).whenComplete { _ in
+                for sink in sinks { sink.connectionClosed(record) }
+                logger.debug(
+                    "connection closed",
+                    metadata: [
+                        "id": "\(record.id)", "sent": "\(record.bytes.sent)",
+                        "received": "\(record.bytes.received)",
+                    ])
+            }
+        }
+    }
+
+    /// Maps a connect failure to the SOCKS5 reply a client can act on.
+    static func reply(for error: any Error) -> SOCKS5Reply {
+        if let io = error as? IOError {
+            switch io.errnoCode {
+            case ECONNREFUSED: return .connectionRefused
+            case ENETUNREACH: return .networkUnreachable
+            case EHOSTUNREACH, ETIMEDOUT: return .hostUnreachable
+            default: return .generalFailure
+            }
+        }
+        if error is ChannelError { return .hostUnreachable }  // connect timeout
+        if let connect = error as? NIOConnectionError, let first = connect.connectionErrors.first {
+            return reply(for: first.error)
+        }
+        return .generalFailure
+    }
+}
+
+/// Blocking name resolution for the thread pool: the first address getaddrinfo returns.
+enum SystemResolver {
+    static func resolve(_ host: String) -> IPAddress? {
+        if let literal = IPAddress(host) { return literal }
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return nil }
+        defer { freeaddrinfo(first) }
+        var cursor: UnsafeMutablePointer<addrinfo>? = first
+        while let entry = cursor {
+            if let sockaddr = entry.pointee.ai_addr {
+                switch Int32(entry.pointee.ai_family) {
+                case AF_INET:
+                    let address = sockaddr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
+                    return .v4(UInt32(bigEndian: address.sin_addr.s_addr))
+                case AF_INET6:
+                    let address = sockaddr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee }
+                    var bytes = address.sin6_addr
+                    return IPAddress(bytes: withUnsafeBytes(of: &bytes) { Array($0) })
+                default:
+                    break
+                }
+            }
+            cursor = entry.pointee.ai_next
+        }
+        return nil
+    }
+}

@@ -1,0 +1,131 @@
+import ArgumentParser
+import Capture
+import Foundation
+import Kernel
+import LocalConfig
+import Logging
+
+/// The composed node proxy: every first-party plugin plus the CLI.
+@main
+struct AmbitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ambit",
+        abstract: "Ambit: a node proxy for Istio-style ambient meshes, composed from plugins.",
+        version: AmbitVersion.current,
+        subcommands: [
+            RunCommand.self, ValidateCommand.self, PluginsCommand.self, VersionCommand.self, DemoCommand.self,
+        ])
+}
+
+/// The plugins compiled into this binary.
+enum FirstPartyPlugins {
+    static var registry: PluginRegistry {
+        PluginRegistry([
+            PluginType(LocalConfigPlugin.self),
+            PluginType(CapturePlugin.self),
+        ])
+    }
+}
+
+/// Prints configuration errors, one a line, to stderr.
+func reportErrors(_ errors: ConfigErrors) {
+    for error in errors.errors {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    }
+}
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run", abstract: "Run a node proxy from a manifest until SIGTERM/SIGINT.")
+
+    @Option(name: .long, help: "Path to the node manifest (YAML).")
+    var manifest: String
+
+    @Option(name: .long, help: "Override the manifest's log level (trace…critical).")
+    var logLevel: String?
+
+    func run() async throws {
+        let plan: ManifestPlan
+        do {
+            plan = try ManifestLoader.load(path: manifest, registry: FirstPartyPlugins.registry)
+        } catch {
+            reportErrors(error)
+            throw ExitCode.failure
+        }
+        let control = LogLevelControl(plan.manifest.logging.level)
+        if let logLevel {
+            guard let level = LogLevelControl.parse(logLevel) else {
+                throw ValidationError("unknown log level \"\(logLevel)\"")
+            }
+            control.level = level
+        }
+        AmbitLogging.bootstrap(format: plan.manifest.logging.format, control: control)
+        let logger = Logger(label: "ambit")
+        logger.info(
+            "starting node",
+            metadata: [
+                "version": "\(AmbitVersion.current)", "node": "\(plan.manifest.node.name)",
+                "plugins": "\(plan.plugins.map(\.type.id).joined(separator: ","))",
+            ])
+        let node = ProxyNode(plan: plan, logger: logger, logLevel: control)
+        do {
+            try await node.run()
+        } catch {
+            logger.critical("node failed", metadata: ["error": "\(error)"])
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+}
+
+struct ValidateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "validate",
+        abstract: "Load and provision a manifest without serving; exit 0 if it is good, 1 with every error.")
+
+    @Option(name: .long, help: "Path to the node manifest (YAML).")
+    var manifest: String
+
+    func run() async throws {
+        let plan: ManifestPlan
+        do {
+            plan = try ManifestLoader.load(path: manifest, registry: FirstPartyPlugins.registry)
+        } catch {
+            reportErrors(error)
+            FileHandle.standardError.write(Data("\(manifest): \(error.errors.count) error(s)\n".utf8))
+            throw ExitCode.failure
+        }
+        AmbitLogging.bootstrap(format: .text, control: LogLevelControl(.error))
+        let node = ProxyNode(plan: plan, logger: Logger(label: "ambit.validate"), handleSignals: false)
+        do {
+            try await node.validate()
+        } catch let error as NodeStartupError {
+            for message in error.messages {
+                FileHandle.standardError.write(Data("error: \(manifest): \(message)\n".utf8))
+            }
+            throw ExitCode.failure
+        }
+        print("\(manifest): ok (\(plan.plugins.count) plugins: \(plan.plugins.map(\.type.id).joined(separator: ", ")))")
+    }
+}
+
+struct PluginsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plugins", abstract: "List the plugins compiled into this binary, one a line.")
+
+    func run() {
+        let types = FirstPartyPlugins.registry.all
+        let width = types.map(\.id.count).max() ?? 0
+        for type in types {
+            print(type.id.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + type.summary)
+        }
+    }
+}
+
+struct VersionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "version", abstract: "Print the version.")
+
+    func run() {
+        print("ambit \(AmbitVersion.current)")
+    }
+}
