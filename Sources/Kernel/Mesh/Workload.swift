@@ -191,6 +191,9 @@ public struct Workload: Sendable, Hashable, Codable {
     public var clusterID: String
     /// Path of the workload's network namespace on this node, for in-pod capture.
     public var netns: String?
+    /// Keys (`namespace/name`) of the WorkloadSelector policies that apply to this
+    /// workload, as the control plane lists them (ztunnel's `authorizationPolicies`).
+    public var authorizationPolicies: [String]
 
     /// Creates a workload; only the identifying fields are required.
     public init(
@@ -200,7 +203,7 @@ public struct Workload: Sendable, Hashable, Codable {
         waypoint: GatewayAddress? = nil, status: HealthStatus = .healthy, capacity: UInt32 = 1,
         services: [NamespacedHostname: [UInt16: UInt16]] = [:], labels: [String: String] = [:],
         canonicalName: String = "", canonicalRevision: String = "", workloadName: String = "",
-        clusterID: String = "Kubernetes", netns: String? = nil
+        clusterID: String = "Kubernetes", netns: String? = nil, authorizationPolicies: [String] = []
     ) {
         self.uid = uid
         self.name = name
@@ -221,6 +224,7 @@ public struct Workload: Sendable, Hashable, Codable {
         self.workloadName = workloadName
         self.clusterID = clusterID
         self.netns = netns
+        self.authorizationPolicies = authorizationPolicies
     }
 
     /// The workload's SPIFFE identity.

@@ -1,0 +1,258 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Kernel
+import Logging
+import NIOConcurrencyHelpers
+import ServiceLifecycle
+
+/// Discovery from a local YAML file in ztunnel's local-config format (see
+/// ``LocalMeshFile``): workloads, services and policies, reloaded when the file changes.
+///
+/// Manifest entry:
+/// ```yaml
+/// - id: local-config
+///   config:
+///     path: mesh.yaml        # required; relative to the manifest's directory
+///     watch: true            # reload on change (default true)
+///     pollInterval: 1s       # how often to look (default 1s)
+/// ```
+///
+/// Watching polls the file's identity (device, inode, size, modification time) and, when
+/// that changes, its content. Polling rather than inotify because it also follows editors
+/// and tools that replace the file by rename, a deleted and recreated file, and
+/// ConfigMap-style symlink swaps, with no extra descriptor per directory; a second's
+/// delay is fine for a mesh file.
+///
+/// A bad edit (syntax, unknown key, missing or unreadable file) is logged at error level
+/// with file, path and line, and the last good mesh stays in force; a good edit publishes
+/// a new snapshot and logs a one-line summary.
+public final class LocalConfigPlugin: Plugin, DiscoverySource {
+    /// `config:` of the manifest entry.
+    public struct Config: Decodable, Sendable {
+        /// The mesh file, as written (resolved against the manifest directory).
+        public var path: String
+        /// Reload on change.
+        public var watch: Bool
+        /// How often the file is checked.
+        public var pollInterval: Duration
+
+        /// Creates a config.
+        public init(path: String, watch: Bool = true, pollInterval: Duration = .seconds(1)) {
+            self.path = path
+            self.watch = watch
+            self.pollInterval = pollInterval
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case path, watch, pollInterval
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            path = try container.decode(String.self, forKey: .path)
+            watch = try container.decodeIfPresent(Bool.self, forKey: .watch) ?? true
+            pollInterval = try container.decodeIfPresent(ConfigDuration.self, forKey: .pollInterval)?.duration ?? .seconds(1)
+            if path.isEmpty {
+                throw DecodingError.dataCorruptedError(forKey: .path, in: container, debugDescription: "must not be empty")
+            }
+            if pollInterval < .milliseconds(10) {
+                throw DecodingError.dataCorruptedError(
+                    forKey: .pollInterval, in: container, debugDescription: "expected at least 10ms, got \(ConfigDuration(pollInterval))")
+            }
+        }
+    }
+
+    /// What the watcher last did, for tests and `/config_dump`.
+    public struct Status: Sendable {
+        /// How many snapshots this plugin published.
+        public var published: Int = 0
+        /// The errors of the last failed load; nil once a load succeeds again.
+        public var lastError: ConfigErrors?
+    }
+
+    public static let id = "local-config"
+    public static let summary = "workloads, services and policies from a local YAML file (ztunnel format), reloaded on change"
+    public static var provides: Set<PluginRole> { [.discovery] }
+
+    /// The resolved mesh file path.
+    public let path: String
+    /// The decoded config.
+    public let config: Config
+    private let context: PluginContext
+    private let state = NIOLockedValueBox(WatchState())
+
+    private struct WatchState {
+        var status = Status()
+        /// The file identity last looked at, so an unchanged file is not re-read.
+        var lastSignature: FileSignature?
+        /// The text last loaded (good or bad), so a touched but unchanged file is not
+        /// re-parsed or re-logged.
+        var lastText: String?
+    }
+
+    public init(config: Config, context: PluginContext) throws {
+        self.config = config
+        self.context = context
+        self.path = context.resolvePath(config.path)
+    }
+
+    public var discoveryOrigin: String { path }
+
+    /// What the watcher last did.
+    public var status: Status { state.withLockedValue { $0.status } }
+
+    /// Parses a mesh file's text; see ``LocalMeshFile``.
+    public static func parse(yaml: String, file: String) throws(ConfigErrors) -> MeshSnapshot {
+        try LocalMeshFile.parse(yaml: yaml, file: file)
+    }
+
+    /// Loads the file once and publishes it; any error fails provisioning with every
+    /// error found.
+    public func provision() async throws {
+        let signature = FileSignature(path: path)
+        let text: String
+        let snapshot: MeshSnapshot
+        do throws(ConfigErrors) {
+            text = try ConfigFile.read(path)
+            snapshot = try LocalMeshFile.parse(yaml: text, file: path)
+        } catch {
+            state.withLockedValue { $0.status.lastError = error }
+            throw error
+        }
+        publish(snapshot)
+        state.withLockedValue {
+            $0.lastSignature = signature
+            $0.lastText = text
+        }
+    }
+
+    /// Watches the file until graceful shutdown (or cancellation).
+    public func run() async throws {
+        guard config.watch else {
+            try? await gracefulShutdown()
+            return
+        }
+        let interval = config.pollInterval
+        await cancelWhenGracefulShutdown { [self] in
+            while !Task.isCancelled {
+                do {
+                    try await Task.sleep(for: interval)
+                } catch {
+                    return
+                }
+                checkForChanges()
+            }
+        }
+    }
+
+    /// Looks at the file once and reloads it if it changed. The watch loop calls this
+    /// every poll interval; tests may call it directly.
+    public func checkForChanges() {
+        let signature = FileSignature(path: path)
+        let unchanged = state.withLockedValue { state -> Bool in
+            defer { state.lastSignature = signature }
+            return state.lastSignature == signature
+        }
+        // File times tick in jiffies, so two same-size writes close together can share
+        // one; while the file is that young, compare the content as well.
+        if unchanged && !signature.isRecent { return }
+
+        let text: String
+        do throws(ConfigErrors) {
+            text = try ConfigFile.read(path)
+        } catch {
+            fail(error)
+            return
+        }
+        let sameText = state.withLockedValue { state -> Bool in
+            defer { state.lastText = text }
+            return state.lastText == text
+        }
+        if sameText { return }
+        do throws(ConfigErrors) {
+            let snapshot = try LocalMeshFile.parse(yaml: text, file: path)
+            let published = publish(snapshot)
+            context.logger.info(
+                "mesh file reloaded",
+                metadata: [
+                    "file": "\(path)", "workloads": "\(published.workloads.count)",
+                    "services": "\(published.services.count)", "policies": "\(published.policies.count)",
+                    "version": "\(published.version)",
+                ])
+        } catch {
+            fail(error)
+        }
+    }
+
+    @discardableResult
+    private func publish(_ snapshot: MeshSnapshot) -> MeshSnapshot {
+        let published = context.mesh.publish(snapshot)
+        state.withLockedValue {
+            $0.status.published += 1
+            $0.status.lastError = nil
+        }
+        return published
+    }
+
+    private func fail(_ errors: ConfigErrors) {
+        // The text is forgotten so that restoring the last good content reloads it.
+        state.withLockedValue {
+            $0.status.lastError = errors
+            $0.lastText = nil
+        }
+        for error in errors.errors {
+            context.logger.error(
+                "mesh file rejected, keeping the last good mesh: \(error.message)",
+                metadata: ["file": "\(error.file)", "line": "\(error.line.map(String.init) ?? "-")", "path": "\(error.path)"])
+        }
+    }
+}
+
+/// A file's identity and shape: any change means "look at the content again".
+struct FileSignature: Equatable {
+    var device: UInt64
+    var inode: UInt64
+    var size: Int64
+    var modifiedSeconds: Int
+    var modifiedNanoseconds: Int
+    /// Set when the file cannot be looked at; the reason is in the read error.
+    var missing: Bool
+
+    /// Modified within the last two seconds: its time may not tell writes apart yet.
+    var isRecent: Bool {
+        guard !missing else { return false }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int(now.tv_sec) - modifiedSeconds < 2
+    }
+
+    init(path: String) {
+        var info = stat()
+        if stat(path, &info) != 0 {
+            self.init(device: 0, inode: 0, size: -1, modifiedSeconds: 0, modifiedNanoseconds: 0, missing: true)
+            return
+        }
+        #if canImport(Darwin)
+        let modified = info.st_mtimespec
+        #else
+        let modified = info.st_mtim
+        #endif
+        self.init(
+            device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
+            modifiedSeconds: Int(modified.tv_sec), modifiedNanoseconds: Int(modified.tv_nsec), missing: false)
+    }
+
+    init(device: UInt64, inode: UInt64, size: Int64, modifiedSeconds: Int, modifiedNanoseconds: Int, missing: Bool) {
+        self.device = device
+        self.inode = inode
+        self.size = size
+        self.modifiedSeconds = modifiedSeconds
+        self.modifiedNanoseconds = modifiedNanoseconds
+        self.missing = missing
+    }
+}
