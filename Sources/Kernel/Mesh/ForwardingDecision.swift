@@ -337,7 +337,7 @@ public enum Forwarding {
 
     /// Picks one element with probability proportional to its weight; uniformly when all
     /// weights are zero; nil when empty. Consumes no randomness for a single candidate.
-    static func pickWeighted<Element>(
+    private static func pickWeighted<Element>(
         _ elements: [Element], weight: (Element) -> UInt32, using rng: inout some RandomNumberGenerator
     ) -> Element? {
         guard elements.count > 1 else { return elements.first }
