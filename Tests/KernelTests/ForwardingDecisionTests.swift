@@ -1,0 +1,481 @@
+import Kernel
+import Testing
+
+/// A small seeded generator so endpoint selection is reproducible (SplitMix64).
+struct SplitMix64: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+private func ip(_ text: String) -> IPAddress {
+    guard let address = IPAddress(text) else { fatalError("bad test IP \(text)") }
+    return address
+}
+
+private func addr(_ text: String) -> SocketAddr {
+    guard let address = SocketAddr(text) else { fatalError("bad test address \(text)") }
+    return address
+}
+
+private func name(_ text: String) -> NamespacedHostname {
+    guard let name = NamespacedHostname(text) else { fatalError("bad test name \(text)") }
+    return name
+}
+
+private func id(_ sa: String, ns: String = "default") -> SpiffeID {
+    SpiffeID(trustDomain: "cluster.local", namespace: ns, serviceAccount: sa)
+}
+
+private func workload(
+    _ uid: String, _ ips: [String], sa: String = "default", protocol tunnel: TunnelProtocol = .hbone,
+    network: String = "", waypoint: GatewayAddress? = nil, status: HealthStatus = .healthy,
+    capacity: UInt32 = 1, services: [String: [UInt16: UInt16]] = [:]
+) -> Workload {
+    Workload(
+        uid: uid, name: uid, namespace: "default", serviceAccount: sa, workloadIPs: ips.map(ip),
+        tunnelProtocol: tunnel, network: network, waypoint: waypoint, status: status, capacity: capacity,
+        services: Dictionary(uniqueKeysWithValues: services.map { (name($0.key), $0.value) }))
+}
+
+private func service(
+    _ hostname: String, vips: [String], ports: [UInt16: UInt16], sans: [String] = [],
+    waypoint: GatewayAddress? = nil
+) -> Service {
+    Service(
+        name: hostname, namespace: "default", hostname: hostname,
+        vips: vips.map { NetworkAddress(ip: ip($0)) }, ports: ports, subjectAltNames: sans, waypoint: waypoint)
+}
+
+private func waypointAt(_ address: String, port: UInt16 = 15008) -> GatewayAddress {
+    GatewayAddress(destination: .address(NetworkAddress(ip: ip(address))), hboneMtlsPort: port)
+}
+
+private func waypointNamed(_ text: String, port: UInt16 = 15008) -> GatewayAddress {
+    GatewayAddress(destination: .hostname(name(text)), hboneMtlsPort: port)
+}
+
+private let client = workload("client", ["10.0.0.1"], sa: "client")
+
+private func decide(
+    _ destination: String, from source: Workload? = client, workloads: [Workload] = [],
+    services: [Service] = [], seed: UInt64 = 1
+) -> ForwardingDecision {
+    let mesh = MeshSnapshot(
+        workloads: (source.map { [$0] } ?? []) + workloads, services: services, policies: [])
+    var rng = SplitMix64(seed: seed)
+    return Forwarding.decide(OutboundRequest(source: source, destination: addr(destination)), in: mesh, using: &rng)
+}
+
+private func hbone(_ decision: ForwardingDecision) -> HBONETarget? {
+    if case .hbone(let target) = decision { return target }
+    return nil
+}
+
+private func refusal(_ decision: ForwardingDecision) -> Refusal.Code? {
+    if case .refuse(let refusal) = decision { return refusal.code }
+    return nil
+}
+
+/// The chosen workload's uid, whatever the transport.
+private func chosenUID(_ decision: ForwardingDecision) -> String? {
+    switch decision {
+    case .hbone(let target): return target.destinationWorkload?.uid
+    case .plaintext(_, let workload, _): return workload.uid
+    default: return nil
+    }
+}
+
+@Suite("Forwarding decision")
+struct ForwardingDecisionTests {
+    // MARK: 1. self calls
+
+    @Test("loopback destination on a proxy port is a self call", arguments: [
+        "127.0.0.1:15001", "127.0.0.1:15006", "127.0.0.1:15008", "127.0.0.1:15080", "127.1.2.3:15008",
+        "[::1]:15001", "0.0.0.0:15006",
+    ])
+    func loopbackProxyPortRefused(destination: String) {
+        #expect(refusal(decide(destination)) == .selfCall)
+        #expect(refusal(decide(destination, from: nil)) == .selfCall)
+    }
+
+    @Test("the source's own address on a proxy port is a self call; other ports are not")
+    func ownAddressProxyPortRefused() {
+        #expect(refusal(decide("10.0.0.1:15008")) == .selfCall)
+        #expect(refusal(decide("10.0.0.1:15001")) == .selfCall)
+        // The app calling itself on an ordinary port is normal traffic.
+        guard let target = hbone(decide("10.0.0.1:8080")) else {
+            Issue.record("expected HBONE to the source itself")
+            return
+        }
+        #expect(target.authority == "10.0.0.1:8080")
+        // Loopback on an application port is not ours to refuse.
+        #expect(decide("127.0.0.1:8080") == .passthrough(destination: addr("127.0.0.1:8080")))
+        #expect(Forwarding.proxyPorts == [15001, 15006, 15008, 15080])
+    }
+
+    // MARK: 2. service waypoint
+
+    @Test("service with a waypoint address: HBONE to the waypoint, authority is the VIP")
+    func serviceWaypointByAddress() {
+        let waypoint = workload("waypoint", ["10.0.0.9"], sa: "waypoint")
+        let endpoint = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
+        let echo = service(
+            "echo", vips: ["10.96.0.10"], ports: [80: 8080], sans: ["spiffe://cluster.local/ns/default/sa/echo"],
+            waypoint: waypointAt("10.0.0.9"))
+        let decision = decide("10.96.0.10:80", workloads: [waypoint, endpoint], services: [echo])
+        #expect(
+            decision
+                == .hbone(
+                    HBONETarget(
+                        gateway: addr("10.0.0.9:15008"), authority: "10.96.0.10:80",
+                        expectedIdentities: [id("waypoint")], destinationWorkload: nil, service: echo,
+                        viaWaypoint: true, waypoint: waypoint)))
+    }
+
+    @Test("service waypoint used even for a port the service does not declare")
+    func serviceWaypointAnyPort() {
+        let waypoint = workload("waypoint", ["10.0.0.9"], sa: "waypoint")
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointAt("10.0.0.9"))
+        let target = hbone(decide("10.96.0.10:9999", workloads: [waypoint], services: [echo]))
+        #expect(target?.authority == "10.96.0.10:9999")
+        #expect(target?.viaWaypoint == true)
+    }
+
+    @Test("waypoint by hostname: a healthy endpoint of the waypoint service on its HBONE port")
+    func serviceWaypointByHostname() {
+        let waypointService = service(
+            "waypoint.default.svc.cluster.local", vips: ["10.96.0.9"], ports: [15008: 15008],
+            sans: ["spiffe://cluster.local/ns/default/sa/waypoint-extra", "not a spiffe id"])
+        let sick = workload(
+            "waypoint-a", ["10.0.0.8"], sa: "waypoint", status: .unhealthy,
+            services: ["default/waypoint.default.svc.cluster.local": [:]])
+        let well = workload(
+            "waypoint-b", ["10.0.0.9"], sa: "waypoint",
+            services: ["default/waypoint.default.svc.cluster.local": [:]])
+        let echo = service(
+            "echo", vips: ["10.96.0.10"], ports: [80: 8080],
+            waypoint: waypointNamed("default/waypoint.default.svc.cluster.local", port: 15009))
+        for seed in 0..<20 as Range<UInt64> {
+            let target = hbone(
+                decide("10.96.0.10:80", workloads: [sick, well], services: [echo, waypointService], seed: seed))
+            #expect(target?.gateway == addr("10.0.0.9:15009"))
+            #expect(target?.authority == "10.96.0.10:80")
+            #expect(target?.waypoint?.uid == "waypoint-b")
+            #expect(target?.expectedIdentities == [id("waypoint"), id("waypoint-extra")])
+        }
+    }
+
+    @Test("waypoint address that is a service VIP resolves to one of its endpoints")
+    func serviceWaypointAddressIsVIP() {
+        let waypointService = service("waypoint", vips: ["10.96.0.9"], ports: [15008: 15008])
+        let waypoint = workload("waypoint-1", ["10.0.0.9"], sa: "waypoint", services: ["default/waypoint": [:]])
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointAt("10.96.0.9"))
+        let target = hbone(decide("10.96.0.10:80", workloads: [waypoint], services: [echo, waypointService]))
+        #expect(target?.gateway == addr("10.0.0.9:15008"))
+        #expect(target?.expectedIdentities == [id("waypoint")])
+    }
+
+    @Test("unresolvable waypoint is refused, never bypassed")
+    func waypointUnresolved() {
+        let byHostname = service(
+            "echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointNamed("default/missing"))
+        let byAddress = service("echo2", vips: ["10.96.0.11"], ports: [80: 8080], waypoint: waypointAt("10.0.0.99"))
+        let emptyWaypointService = service("waypoint", vips: ["10.96.0.9"], ports: [15008: 15008])
+        let down = workload(
+            "waypoint-1", ["10.0.0.9"], sa: "waypoint", status: .unhealthy, services: ["default/waypoint": [:]])
+        let byDownService = service(
+            "echo3", vips: ["10.96.0.12"], ports: [80: 8080], waypoint: waypointNamed("default/waypoint"))
+        let endpoint = workload(
+            "echo-1", ["10.0.1.1"],
+            services: ["default/echo": [80: 8080], "default/echo2": [80: 8080], "default/echo3": [80: 8080]])
+        let services = [byHostname, byAddress, emptyWaypointService, byDownService]
+        for destination in ["10.96.0.10:80", "10.96.0.11:80", "10.96.0.12:80"] {
+            #expect(
+                refusal(decide(destination, workloads: [endpoint, down], services: services)) == .waypointUnresolved)
+        }
+    }
+
+    @Test("a source that is the service's waypoint skips it and goes to an endpoint")
+    func sourceIsServiceWaypoint() {
+        let endpoint = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
+        // By address: the source owns the waypoint IP.
+        let waypointSource = workload("waypoint", ["10.0.0.9"], sa: "waypoint")
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointAt("10.0.0.9"))
+        let direct = hbone(decide("10.96.0.10:80", from: waypointSource, workloads: [endpoint], services: [echo]))
+        #expect(direct?.gateway == addr("10.0.1.1:15008"))
+        #expect(direct?.authority == "10.0.1.1:8080")
+        #expect(direct?.viaWaypoint == false)
+        // By hostname: the source backs the waypoint service.
+        let backing = workload(
+            "waypoint-2", ["10.0.0.7"], sa: "waypoint", services: ["default/waypoint": [:]])
+        let waypointService = service("waypoint", vips: ["10.96.0.9"], ports: [15008: 15008])
+        let echoByName = service(
+            "echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointNamed("default/waypoint"))
+        let skipped = hbone(
+            decide("10.96.0.10:80", from: backing, workloads: [endpoint], services: [echoByName, waypointService]))
+        #expect(skipped?.gateway == addr("10.0.1.1:15008"))
+        #expect(skipped?.viaWaypoint == false)
+        // Anyone else still goes through it.
+        let other = hbone(decide("10.96.0.10:80", workloads: [backing, endpoint], services: [echoByName, waypointService]))
+        #expect(other?.gateway == addr("10.0.0.7:15008"))
+        #expect(other?.viaWaypoint == true)
+    }
+
+    // MARK: 3. service endpoints
+
+    @Test("a port the service does not declare is refused")
+    func servicePortUnknown() {
+        let endpoint = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
+        #expect(refusal(decide("10.96.0.10:81", workloads: [endpoint], services: [echo])) == .servicePortUnknown)
+    }
+
+    @Test("service port maps to the endpoint's target, else the service's, else itself")
+    func servicePortToTargetPort() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080, 90: 0])
+        let own = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 9090]])
+        let inherit = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 0]])
+        let same = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [90: 0]])
+        #expect(hbone(decide("10.96.0.10:80", workloads: [own], services: [echo]))?.authority == "10.0.1.1:9090")
+        #expect(hbone(decide("10.96.0.10:80", workloads: [inherit], services: [echo]))?.authority == "10.0.1.1:8080")
+        #expect(hbone(decide("10.96.0.10:90", workloads: [same], services: [echo]))?.authority == "10.0.1.1:90")
+    }
+
+    @Test("service-addressed HBONE carries the service and its SANs")
+    func serviceEndpointHBONE() {
+        let echo = service(
+            "echo", vips: ["10.96.0.10"], ports: [80: 8080],
+            sans: [
+                "spiffe://cluster.local/ns/default/sa/echo-alt", "spiffe://cluster.local/ns/default/sa/echo",
+                "garbage", "spiffe://only/two",
+            ])
+        let endpoint = workload("echo-1", ["10.0.1.1"], sa: "echo", services: ["default/echo": [80: 8080]])
+        #expect(
+            decide("10.96.0.10:80", workloads: [endpoint], services: [echo])
+                == .hbone(
+                    HBONETarget(
+                        gateway: addr("10.0.1.1:15008"), authority: "10.0.1.1:8080",
+                        expectedIdentities: [id("echo"), id("echo-alt")], destinationWorkload: endpoint,
+                        service: echo, viaWaypoint: false)))
+    }
+
+    @Test("service endpoint that speaks TCP gets plaintext to ip:target")
+    func serviceEndpointPlaintext() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
+        let endpoint = workload("echo-1", ["10.0.1.1"], protocol: .tcp, services: ["default/echo": [80: 8080]])
+        #expect(
+            decide("10.96.0.10:80", workloads: [endpoint], services: [echo])
+                == .plaintext(destination: addr("10.0.1.1:8080"), workload: endpoint, service: echo))
+    }
+
+    @Test("unhealthy endpoints are never picked")
+    func unhealthySkipped() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
+        let sick = workload("echo-a", ["10.0.1.1"], status: .unhealthy, services: ["default/echo": [80: 8080]])
+        let well = workload("echo-b", ["10.0.1.2"], services: ["default/echo": [80: 8080]])
+        for seed in 0..<50 as Range<UInt64> {
+            #expect(chosenUID(decide("10.96.0.10:80", workloads: [sick, well], services: [echo], seed: seed)) == "echo-b")
+        }
+    }
+
+    @Test("endpoints that do not list the port, or sit on another network, are never picked")
+    func endpointLackingPortSkipped() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080, 443: 8443])
+        let httpOnly = workload("echo-a", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
+        let both = workload("echo-b", ["10.0.1.2"], services: ["default/echo": [80: 8080, 443: 8443]])
+        let remote = workload(
+            "echo-c", ["10.9.1.3"], network: "other", services: ["default/echo": [80: 8080, 443: 8443]])
+        for seed in 0..<50 as Range<UInt64> {
+            let decision = decide("10.96.0.10:443", workloads: [httpOnly, both, remote], services: [echo], seed: seed)
+            #expect(chosenUID(decision) == "echo-b")
+        }
+    }
+
+    @Test("a service without a healthy endpoint is refused, not passed through")
+    func noHealthyEndpoint() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
+        let sick = workload("echo-a", ["10.0.1.1"], status: .unhealthy, services: ["default/echo": [80: 8080]])
+        #expect(refusal(decide("10.96.0.10:80", workloads: [sick], services: [echo])) == .noHealthyEndpoint)
+        #expect(refusal(decide("10.96.0.10:80", services: [echo])) == .noHealthyEndpoint)
+    }
+
+    @Test("weighted selection follows capacity; capacity 0 is never picked beside others")
+    func weightedSelection() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
+        let small = workload("echo-a", ["10.0.1.1"], capacity: 1, services: ["default/echo": [80: 8080]])
+        let large = workload("echo-b", ["10.0.1.2"], capacity: 3, services: ["default/echo": [80: 8080]])
+        let drained = workload("echo-c", ["10.0.1.3"], capacity: 0, services: ["default/echo": [80: 8080]])
+        let mesh = MeshSnapshot(workloads: [client, small, large, drained], services: [echo], policies: [])
+        var rng = SplitMix64(seed: 42)
+        var counts: [String: Int] = [:]
+        let draws = 4000
+        for _ in 0..<draws {
+            let decision = Forwarding.decide(
+                OutboundRequest(source: client, destination: addr("10.96.0.10:80")), in: mesh, using: &rng)
+            counts[chosenUID(decision) ?? "none", default: 0] += 1
+        }
+        #expect(counts["echo-c"] == nil)
+        #expect(counts["none"] == nil)
+        let largeShare = Double(counts["echo-b", default: 0]) / Double(draws)
+        // Expected 0.75; 4000 draws put 3 standard deviations at about ±0.02.
+        #expect(largeShare > 0.72 && largeShare < 0.78, "share of capacity-3 endpoint: \(largeShare)")
+    }
+
+    @Test("all-zero capacities are picked uniformly rather than refused")
+    func allZeroCapacity() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
+        let a = workload("echo-a", ["10.0.1.1"], capacity: 0, services: ["default/echo": [80: 8080]])
+        let b = workload("echo-b", ["10.0.1.2"], capacity: 0, services: ["default/echo": [80: 8080]])
+        var seen: Set<String> = []
+        for seed in 0..<64 as Range<UInt64> {
+            if let uid = chosenUID(decide("10.96.0.10:80", workloads: [a, b], services: [echo], seed: seed)) {
+                seen.insert(uid)
+            }
+        }
+        #expect(seen == ["echo-a", "echo-b"])
+    }
+
+    @Test("same RNG state gives the same decision")
+    func deterministic() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
+        let endpoints = (1...8).map { workload("echo-\($0)", ["10.0.1.\($0)"], services: ["default/echo": [80: 8080]]) }
+        let picks = (0..<16 as Range<UInt64>).map {
+            chosenUID(decide("10.96.0.10:80", workloads: endpoints, services: [echo], seed: $0))
+        }
+        let again = (0..<16 as Range<UInt64>).map {
+            chosenUID(decide("10.96.0.10:80", workloads: endpoints, services: [echo], seed: $0))
+        }
+        #expect(picks == again)
+        #expect(Set(picks).count > 1)
+    }
+
+    // MARK: 4. pod IPs
+
+    @Test("pod IP of an HBONE workload: tunnel to ip:15008, authority ip:port")
+    func podIPHBONE() {
+        let server = workload("server", ["10.0.1.1"], sa: "server")
+        #expect(
+            decide("10.0.1.1:8080", workloads: [server])
+                == .hbone(
+                    HBONETarget(
+                        gateway: addr("10.0.1.1:15008"), authority: "10.0.1.1:8080",
+                        expectedIdentities: [id("server")], destinationWorkload: server, service: nil,
+                        viaWaypoint: false)))
+    }
+
+    @Test("pod IP of a TCP workload: plaintext to the original destination")
+    func podIPPlaintext() {
+        let server = workload("server", ["10.0.1.1"], protocol: .tcp)
+        #expect(
+            decide("10.0.1.1:8080", workloads: [server])
+                == .plaintext(destination: addr("10.0.1.1:8080"), workload: server, service: nil))
+    }
+
+    @Test("unknown IP passes through, also without a known source")
+    func unknownPassthrough() {
+        #expect(decide("93.184.216.34:443") == .passthrough(destination: addr("93.184.216.34:443")))
+        #expect(decide("93.184.216.34:443", from: nil) == .passthrough(destination: addr("93.184.216.34:443")))
+    }
+
+    @Test("lookups use the source's network")
+    func sourceNetwork() {
+        let source = workload("client", ["10.0.0.1"], network: "east")
+        let server = workload("server", ["10.0.1.1"], network: "west")
+        #expect(decide("10.0.1.1:80", from: source, workloads: [server]) == .passthrough(destination: addr("10.0.1.1:80")))
+        let local = workload("server", ["10.0.1.1"], network: "east")
+        #expect(hbone(decide("10.0.1.1:80", from: source, workloads: [local]))?.destinationWorkload == local)
+    }
+
+    // MARK: 5. workload waypoints
+
+    @Test("pod IP with a workload waypoint: HBONE to the waypoint, authority is the pod address")
+    func workloadWaypoint() {
+        let waypoint = workload("waypoint", ["10.0.0.9"], sa: "waypoint")
+        let server = workload("server", ["10.0.1.1"], protocol: .tcp, waypoint: waypointAt("10.0.0.9"))
+        #expect(
+            decide("10.0.1.1:8080", workloads: [waypoint, server])
+                == .hbone(
+                    HBONETarget(
+                        gateway: addr("10.0.0.9:15008"), authority: "10.0.1.1:8080",
+                        expectedIdentities: [id("waypoint")], destinationWorkload: server, service: nil,
+                        viaWaypoint: true, waypoint: waypoint)))
+    }
+
+    @Test("workload waypoint ignored when the traffic was service-addressed")
+    func workloadWaypointIgnoredForService() {
+        let waypoint = workload("waypoint", ["10.0.0.9"], sa: "waypoint")
+        let server = workload(
+            "server", ["10.0.1.1"], waypoint: waypointAt("10.0.0.9"), services: ["default/echo": [80: 8080]])
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
+        let target = hbone(decide("10.96.0.10:80", workloads: [waypoint, server], services: [echo]))
+        #expect(target?.gateway == addr("10.0.1.1:15008"))
+        #expect(target?.viaWaypoint == false)
+        #expect(target?.service == echo)
+    }
+
+    @Test("the workload's own waypoint sending to it goes direct")
+    func sourceIsWorkloadWaypoint() {
+        let waypoint = workload("waypoint", ["10.0.0.9"], sa: "waypoint")
+        let server = workload("server", ["10.0.1.1"], sa: "server", waypoint: waypointAt("10.0.0.9"))
+        let target = hbone(decide("10.0.1.1:8080", from: waypoint, workloads: [server]))
+        #expect(target?.gateway == addr("10.0.1.1:15008"))
+        #expect(target?.viaWaypoint == false)
+        #expect(target?.expectedIdentities == [id("server")])
+    }
+
+    @Test("workload waypoint that cannot be resolved is refused")
+    func workloadWaypointUnresolved() {
+        let server = workload("server", ["10.0.1.1"], waypoint: waypointNamed("default/gone"))
+        #expect(refusal(decide("10.0.1.1:8080", workloads: [server])) == .waypointUnresolved)
+    }
+
+    // MARK: IPv6
+
+    @Test("IPv6 authorities and gateways use the bracketed form")
+    func ipv6Authority() {
+        let server = workload("server", ["fd00::2"], sa: "server")
+        let target = hbone(decide("[fd00::2]:8080", workloads: [server]))
+        #expect(target?.authority == "[fd00::2]:8080")
+        #expect(target?.gateway == addr("[fd00::2]:15008"))
+
+        let waypoint = workload("waypoint", ["fd00::9"], sa: "waypoint")
+        let echo = service("echo", vips: ["fd00:96::10"], ports: [80: 8080], waypoint: waypointAt("fd00::9"))
+        let viaWaypoint = hbone(decide("[fd00:96::10]:80", workloads: [waypoint], services: [echo]))
+        #expect(viaWaypoint?.authority == "[fd00:96::10]:80")
+        #expect(viaWaypoint?.gateway == addr("[fd00::9]:15008"))
+    }
+
+    @Test("a dual-stack endpoint is reached in the family the client used")
+    func dualStackFamily() {
+        let echo = service("echo", vips: ["10.96.0.10", "fd00:96::10"], ports: [80: 8080])
+        let endpoint = workload("echo-1", ["10.0.1.1", "fd00::1"], services: ["default/echo": [80: 8080]])
+        #expect(hbone(decide("[fd00:96::10]:80", workloads: [endpoint], services: [echo]))?.authority == "[fd00::1]:8080")
+        #expect(hbone(decide("10.96.0.10:80", workloads: [endpoint], services: [echo]))?.authority == "10.0.1.1:8080")
+    }
+
+    @Test("system RNG overload decides the same way for a single endpoint")
+    func systemRNG() {
+        let server = workload("server", ["10.0.1.1"], protocol: .tcp)
+        let mesh = MeshSnapshot(workloads: [client, server], services: [], policies: [])
+        #expect(
+            Forwarding.decide(OutboundRequest(source: client, destination: addr("10.0.1.1:80")), in: mesh)
+                == .plaintext(destination: addr("10.0.1.1:80"), workload: server, service: nil))
+    }
+
+    @Test("refusals describe themselves")
+    func refusalDescription() {
+        guard case .refuse(let refusal) = decide("127.0.0.1:15001") else {
+            Issue.record("expected a refusal")
+            return
+        }
+        #expect(refusal.description.hasPrefix("selfCall: "))
+        #expect(refusal.description.contains("127.0.0.1:15001"))
+    }
+}
