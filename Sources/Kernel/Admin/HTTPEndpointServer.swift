@@ -1,0 +1,243 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// One HTTP request as the admin and readiness routes see it: bodies are read and
+/// dropped, since no route takes one.
+struct HTTPEndpointRequest: Sendable {
+    var method: HTTPMethod
+    /// The path without the query, e.g. `/logging`.
+    var path: String
+    /// Query parameters, percent-decoded; the last occurrence of a name wins.
+    var query: [String: String]
+
+    init(method: HTTPMethod, uri: String) {
+        self.method = method
+        if let mark = uri.firstIndex(of: "?") {
+            path = String(uri[..<mark])
+            query = Self.parseQuery(uri[uri.index(after: mark)...])
+        } else {
+            path = uri
+            query = [:]
+        }
+    }
+
+    /// `a=1&b=two+words&c=%2F` → `["a": "1", "b": "two words", "c": "/"]`.
+    static func parseQuery(_ query: Substring) -> [String: String] {
+        var result: [String: String] = [:]
+        for pair in query.split(separator: "&", omittingEmptySubsequences: true) {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = percentDecoded(parts[0])
+            result[name] = parts.count > 1 ? percentDecoded(parts[1]) : ""
+        }
+        return result
+    }
+
+    /// Decodes `%XX` and `+`; a malformed escape is kept literally rather than rejected,
+    /// because the value is validated by the route anyway.
+    static func percentDecoded(_ text: Substring) -> String {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = Array(text.utf8)[...]
+        while let byte = iterator.popFirst() {
+            if byte == UInt8(ascii: "+") {
+                bytes.append(UInt8(ascii: " "))
+            } else if byte == UInt8(ascii: "%"), iterator.count >= 2,
+                let high = hexValue(iterator[iterator.startIndex]),
+                let low = hexValue(iterator[iterator.startIndex + 1])
+            {
+                bytes.append(high << 4 | low)
+                iterator = iterator.dropFirst(2)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}
+
+/// A complete response; every route's body is small text.
+struct HTTPEndpointResponse: Sendable {
+    var status: HTTPResponseStatus
+    var contentType: String
+    var body: String
+    var headers: HTTPHeaders
+    /// Runs once the response has been written (e.g. `/quitquitquit` starts the drain
+    /// only after the caller got its answer).
+    var afterSent: (@Sendable () -> Void)?
+
+    init(
+        _ status: HTTPResponseStatus, _ body: String, contentType: String = "text/plain; charset=utf-8",
+        headers: HTTPHeaders = [:], afterSent: (@Sendable () -> Void)? = nil
+    ) {
+        self.status = status
+        self.body = body
+        self.contentType = contentType
+        self.headers = headers
+        self.afterSent = afterSent
+    }
+
+    static func notFound(_ request: HTTPEndpointRequest) -> Self {
+        Self(.notFound, "no such endpoint: \(request.path)\n")
+    }
+
+    static func methodNotAllowed(_ request: HTTPEndpointRequest, allowed: [HTTPMethod]) -> Self {
+        let names = allowed.map(\.rawValue).joined(separator: ", ")
+        return Self(
+            .methodNotAllowed, "\(request.method.rawValue) not allowed on \(request.path); use \(names)\n",
+            headers: ["Allow": names])
+    }
+}
+
+/// Answers one request; the future may complete on any event loop.
+typealias HTTPEndpointResponder = @Sendable (HTTPEndpointRequest, any EventLoop) -> EventLoopFuture<HTTPEndpointResponse>
+
+/// A small HTTP/1.1 server for the node's control endpoints (admin, readiness): NIOHTTP1
+/// with pipelining assistance (so keep-alive and pipelined requests are answered in
+/// order) and protocol-error handling (malformed requests get 400 and are closed). It
+/// remembers its connections so `close()` also ends idle keep-alive ones.
+///
+/// Thread-safe.
+final class HTTPEndpointServer: Sendable {
+    let localAddress: SocketAddr
+    private let serverChannel: any Channel
+    private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
+
+    private init(serverChannel: any Channel, localAddress: SocketAddr, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>) {
+        self.serverChannel = serverChannel
+        self.localAddress = localAddress
+        self.connections = connections
+    }
+
+    static func start(
+        address: SocketAddr, group: any EventLoopGroup, logger: Logger, responder: @escaping HTTPEndpointResponder
+    ) async throws -> HTTPEndpointServer {
+        let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 64)
+            .childChannelInitializer { channel in
+                let id = ObjectIdentifier(channel)
+                connections.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in
+                    _ = connections.withLockedValue { $0.removeValue(forKey: id) }
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTPEndpointHandler(responder: responder, logger: logger))
+                }
+            }
+            .bind(to: address.nioAddress())
+            .get()
+        guard let local = SocketAddr(channel.localAddress) else {
+            try? await channel.close()
+            throw ChannelError.unknownLocalAddress
+        }
+        return HTTPEndpointServer(serverChannel: channel, localAddress: local, connections: connections)
+    }
+
+    /// Stops accepting, then closes every open connection, including requests in flight.
+    func close() async {
+        try? await serverChannel.close()
+        let open = connections.withLockedValue { Array($0.values) }
+        for connection in open {
+            try? await connection.close()
+        }
+    }
+}
+
+/// Turns decoded HTTP request parts into responder calls and writes the answers.
+private final class HTTPEndpointHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let responder: HTTPEndpointResponder
+    private let logger: Logger
+    private var head: HTTPRequestHead?
+    private var failed = false
+
+    init(responder: @escaping HTTPEndpointResponder, logger: Logger) {
+        self.responder = responder
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch Self.unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+        case .body:
+            // Tolerated and dropped: no route reads a body, and dropping keeps memory flat.
+            break
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let request = HTTPEndpointRequest(method: head.method, uri: head.uri)
+            let keepAlive = head.isKeepAlive
+            let version = head.version
+            logger.trace("admin request", metadata: ["method": "\(head.method.rawValue)", "uri": "\(head.uri)"])
+            responder(request, context.eventLoop)
+                .hop(to: context.eventLoop)
+                .assumeIsolated()
+                .whenComplete { result in
+                    let response: HTTPEndpointResponse
+                    switch result {
+                    case .success(let answer):
+                        response = answer
+                    case .failure(let error):
+                        response = HTTPEndpointResponse(.internalServerError, "internal error: \(error)\n")
+                    }
+                    self.write(
+                        response, for: request, version: version, keepAlive: keepAlive, context: context)
+                }
+        }
+    }
+
+    private func write(
+        _ response: HTTPEndpointResponse, for request: HTTPEndpointRequest, version: HTTPVersion, keepAlive: Bool,
+        context: ChannelHandlerContext
+    ) {
+        // The connection broke (or a protocol error was answered) while the route worked;
+        // writing now would only fail.
+        guard !failed, context.channel.isActive else { return }
+        var headers = response.headers
+        let body = context.channel.allocator.buffer(string: response.body)
+        headers.replaceOrAdd(name: "Content-Type", value: response.contentType)
+        headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
+        headers.replaceOrAdd(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        let head = HTTPResponseHead(version: version, status: response.status, headers: headers)
+        context.write(Self.wrapOutboundOut(.head(head)), promise: nil)
+        // HEAD: same headers as GET, no body (the Content-Length describes the GET body).
+        if request.method != .HEAD {
+            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+        let afterSent = response.afterSent
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)))
+            .assumeIsolated()
+            .whenComplete { _ in
+                if !keepAlive { context.close(promise: nil) }
+                afterSent?()
+            }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // HTTPServerProtocolErrorHandler, ahead of us, has already answered parse errors
+        // with 400; whatever the error, this connection is done.
+        if !(error is HTTPParserError) {
+            logger.debug("admin connection error", metadata: ["error": "\(error)"])
+        }
+        failed = true
+        context.close(promise: nil)
+    }
+}
