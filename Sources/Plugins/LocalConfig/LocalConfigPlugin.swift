@@ -23,7 +23,8 @@ import ServiceLifecycle
 /// ```
 ///
 /// Watching polls the file's identity (device, inode, size, modification time) and, when
-/// that changes, its content. Polling rather than inotify because it also follows editors
+/// that changes and then holds for one more interval, reads its content; a change takes
+/// effect after one to two poll intervals. Polling rather than inotify because it also follows editors
 /// and tools that replace the file by rename, a deleted and recreated file, and
 /// ConfigMap-style symlink swaps, with no extra descriptor per directory; a second's
 /// delay is fine for a mesh file.
@@ -88,8 +89,11 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
 
     private struct WatchState {
         var status = Status()
-        /// The file identity last looked at, so an unchanged file is not re-read.
-        var lastSignature: FileSignature?
+        /// The file identity seen at the previous poll: a change is acted on only once
+        /// it has held for a whole poll interval.
+        var lastSeen: FileSignature?
+        /// The file identity last acted on, so an unchanged file is not re-read.
+        var lastProcessed: FileSignature?
         /// The text last loaded (good or bad), so a touched but unchanged file is not
         /// re-parsed or re-logged.
         var lastText: String?
@@ -126,7 +130,8 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
         }
         publish(snapshot)
         state.withLockedValue {
-            $0.lastSignature = signature
+            $0.lastSeen = signature
+            $0.lastProcessed = signature
             $0.lastText = text
         }
     }
@@ -154,13 +159,18 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
     /// every poll interval; tests may call it directly.
     public func checkForChanges() {
         let signature = FileSignature(path: path)
-        let unchanged = state.withLockedValue { state -> Bool in
-            defer { state.lastSignature = signature }
-            return state.lastSignature == signature
+        let (settled, processed) = state.withLockedValue { state -> (Bool, Bool) in
+            defer { state.lastSeen = signature }
+            return (state.lastSeen == signature, state.lastProcessed == signature)
         }
+        // Wait until the file has stopped changing for one interval, so a writer that
+        // truncates and then writes is not caught half way (a truncated list is often
+        // valid YAML, just a smaller mesh).
+        if !settled { return }
         // File times tick in jiffies, so two same-size writes close together can share
         // one; while the file is that young, compare the content as well.
-        if unchanged && !signature.isRecent { return }
+        if processed && !signature.isRecent { return }
+        state.withLockedValue { $0.lastProcessed = signature }
 
         let text: String
         do throws(ConfigErrors) {
