@@ -165,6 +165,8 @@ private final class SOCKS5Fixture: Sendable {
         case connect
         /// Fails with this error without connecting.
         case fail(any Error & Sendable)
+        /// Like `connect`, but waits this long first.
+        case connectAfter(TimeAmount)
     }
 
     let group: MultiThreadedEventLoopGroup
@@ -175,14 +177,18 @@ private final class SOCKS5Fixture: Sendable {
     let requests: NIOLockedValueBox<[SOCKS5Request]>
     /// Every bound address the delegate reported.
     let boundAddresses: NIOLockedValueBox<[SocketAddr]>
+    /// How often the handler called `cancel` instead of `start`.
+    let cancels: NIOLockedValueBox<Int>
 
     var echoAddress: SocketAddr { SocketAddr(echo.localAddress)! }
     var socksAddress: SocketAddr { SocketAddr(socks.localAddress)! }
 
     private init(
         group: MultiThreadedEventLoopGroup, echo: any Channel, echoV6: (any Channel)?, socks: any Channel,
-        requests: NIOLockedValueBox<[SOCKS5Request]>, boundAddresses: NIOLockedValueBox<[SocketAddr]>
+        requests: NIOLockedValueBox<[SOCKS5Request]>, boundAddresses: NIOLockedValueBox<[SocketAddr]>,
+        cancels: NIOLockedValueBox<Int>
     ) {
+        self.cancels = cancels
         self.requests = requests
         self.boundAddresses = boundAddresses
         self.group = group
@@ -208,21 +214,24 @@ private final class SOCKS5Fixture: Sendable {
 
             let requests = NIOLockedValueBox<[SOCKS5Request]>([])
             let bound = NIOLockedValueBox<[SocketAddr]>([])
+            let cancels = NIOLockedValueBox(0)
             let onRequest: @Sendable (SOCKS5Request, any Channel) -> EventLoopFuture<SOCKS5Connected> = {
                 request, client in
                 requests.withLockedValue { $0.append(request) }
                 switch delegate {
                 case .fail(let error):
                     return client.eventLoop.makeFailedFuture(error)
-                case .connect:
+                case .connect, .connectAfter:
+                    var delay = TimeAmount.zero
+                    if case .connectAfter(let wait) = delegate { delay = wait }
                     let host: String
                     switch request.address {
                     case .ip(let ip): host = ip.description
                     case .domain(let name): host = name
                     }
                     // Same event loop as the client, so the relay is set up synchronously.
-                    return ClientBootstrap(group: client.eventLoop)
-                        .connect(host: host, port: Int(request.port))
+                    return client.eventLoop.scheduleTask(in: delay) {}.futureResult
+                        .flatMap { ClientBootstrap(group: client.eventLoop).connect(host: host, port: Int(request.port)) }
                         .flatMapErrorThrowing { error in
                             throw SOCKS5Error(.connectionRefused, "connect to \(request): \(error)")
                         }
@@ -241,7 +250,10 @@ private final class SOCKS5Fixture: Sendable {
                                     }
                                     if let early { upstream.writeAndFlush(early, promise: nil) }
                                 },
-                                cancel: { upstream.close(promise: nil) })
+                                cancel: {
+                                    cancels.withLockedValue { $0 += 1 }
+                                    upstream.close(promise: nil)
+                                })
                         }
                 }
             }
@@ -258,7 +270,8 @@ private final class SOCKS5Fixture: Sendable {
                 }
                 .bind(host: "127.0.0.1", port: 0).get()
             return SOCKS5Fixture(
-                group: group, echo: echo, echoV6: echoV6, socks: socks, requests: requests, boundAddresses: bound)
+                group: group, echo: echo, echoV6: echoV6, socks: socks, requests: requests, boundAddresses: bound,
+                cancels: cancels)
         } catch {
             try? await group.shutdownGracefully()
             throw error
@@ -322,6 +335,18 @@ private func closedPort(group: any EventLoopGroup) async throws -> UInt16 {
     let port = UInt16(channel.localAddress!.port!)
     try await channel.close()
     return port
+}
+
+/// Polls `condition` for up to two seconds.
+private func waitFor(_ condition: @Sendable () -> Bool, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    let deadline = ContinuousClock.now + .seconds(2)
+    while !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("condition not met within 2 s", sourceLocation: sourceLocation)
+            return
+        }
+        try await Task.sleep(for: .milliseconds(10))
+    }
 }
 
 // MARK: - Handler over real sockets
@@ -491,6 +516,29 @@ struct SOCKS5ServerHandlerTests {
 
             let silent = try RawConnection(to: fixture.socksAddress)
             #expect(try await silent.receiveUntilClosed() == [])
+        }
+    }
+
+    @Test("a slow upstream hits the handshake timeout: reply 01, close, then cancel")
+    func timeoutWhileConnecting() async throws {
+        try await withFixture(delegate: .connectAfter(.milliseconds(500)), handshakeTimeout: .milliseconds(150)) {
+            fixture in
+            let client = try RawConnection(to: fixture.socksAddress)
+            try await client.send(greeting + connectRequest(fixture.echoAddress))
+            #expect(try await client.receiveUntilClosed() == [5, 0] + expectedReply(1, bound: nil))
+            try await waitFor { fixture.cancels.withLockedValue { $0 } == 1 }
+        }
+    }
+
+    @Test("a client leaving while the delegate connects gets its upstream cancelled")
+    func clientLeavesWhileConnecting() async throws {
+        try await withFixture(delegate: .connectAfter(.milliseconds(200))) { fixture in
+            var client: RawConnection? = try RawConnection(to: fixture.socksAddress)
+            try await client!.send(greeting + connectRequest(fixture.echoAddress))
+            #expect(try await client!.receive(2) == [5, 0])
+            client = nil
+            try await waitFor { fixture.cancels.withLockedValue { $0 } == 1 }
+            #expect(fixture.boundAddresses.withLockedValue { $0.count } == 1)
         }
     }
 
