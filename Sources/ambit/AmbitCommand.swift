@@ -65,7 +65,7 @@ struct RunCommand: AsyncParsableCommand {
             "starting node",
             metadata: [
                 "version": "\(AmbitVersion.current)", "node": "\(plan.manifest.node.name)",
-                "plugins": "\(plan.plugins.map(\.type.id).joined(separator: ","))",
+                "plugins": "\(plan.entries.map { $0.type.id }.joined(separator: ","))",
             ])
         let node = ProxyNode(plan: plan, logger: logger, logLevel: control)
         do {
@@ -105,7 +105,7 @@ struct ValidateCommand: AsyncParsableCommand {
             }
             throw ExitCode.failure
         }
-        print("\(manifest): ok (\(plan.plugins.count) plugins: \(plan.plugins.map(\.type.id).joined(separator: ", ")))")
+        print("\(manifest): ok (\(plan.entries.count) plugins: \(plan.entries.map { $0.type.id }.joined(separator: ", ")))")
     }
 }
 

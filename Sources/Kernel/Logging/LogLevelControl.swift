@@ -7,6 +7,11 @@ public enum LogFormat: String, Decodable, Sendable, CaseIterable {
     case text
     /// `{"time":"…","level":"info","label":"…","message":"…",…}`
     case json
+
+    /// Strict: anything but `text` or `json` is a config error listing both.
+    public init(from decoder: any Decoder) throws {
+        self = try ConfigDecoder.decodeCase(from: decoder)
+    }
 }
 
 /// The process-wide log level, changeable at run time (the admin server's `/logging`).

@@ -1,3 +1,4 @@
+import NIOCore
 /// A duration in configuration: `"5s"`, `"500ms"`, `"2m"`, `"1h"`, `"1.5s"`, `"250us"`,
 /// `"100ns"`, or a plain number of seconds (`5`, `0.25`). Negative durations are
 /// rejected.
@@ -7,6 +8,12 @@ public struct ConfigDuration: Sendable, Hashable, Decodable, CustomStringConvert
 
     /// Wraps a duration.
     public init(_ duration: Duration) { self.duration = duration }
+
+    /// The duration as NIO's `TimeAmount` (nanosecond precision).
+    public var timeAmount: TimeAmount {
+        let (seconds, attoseconds) = duration.components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
 
     private static let units: [(suffix: String, nanoseconds: Double)] = [
         ("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9),

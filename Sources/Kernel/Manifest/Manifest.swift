@@ -67,17 +67,6 @@ public struct Manifest: Sendable {
         }
     }
 
-    /// How log lines are written.
-    public enum LogFormat: String, Sendable, CaseIterable, Decodable {
-        /// Human-readable lines.
-        case text
-        /// One JSON object per line.
-        case json
-
-        public init(from decoder: any Decoder) throws {
-            self = try ConfigDecoder.decodeCase(from: decoder)
-        }
-    }
 
     /// `logging:`.
     public struct LoggingSettings: Sendable, Decodable {

@@ -102,12 +102,12 @@ enum ConfigDump {
 
     static func plugins(node: ProxyNode) -> [PluginView] {
         let states = Dictionary(node.pluginStates.map { ($0.id, $0.state) }, uniquingKeysWith: { a, _ in a })
-        return node.plan.plugins.map { entry in
+        return node.plan.entries.map { entry in
             PluginView(
                 id: entry.type.id, summary: entry.type.summary,
                 state: states[entry.type.id]?.rawValue ?? PluginState.configured.rawValue,
-                provides: entry.type.provides.sorted().map(\.name),
-                requires: entry.type.requires.sorted().map(\.name),
+                provides: entry.type.provides.sorted().map { $0.name },
+                requires: entry.type.requires.sorted().map { $0.name },
                 config: String(describing: entry.config))
         }
     }

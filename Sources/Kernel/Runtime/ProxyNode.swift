@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 
 #if canImport(Glibc)
 import Glibc
@@ -79,47 +80,56 @@ public final class ProxyNode: Sendable {
     /// failure it found.
     public func validate() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
-        let built = try build(group: group)
-        let provisioned = try await provision(built)
         var failures: [String] = []
-        for (id, plugin) in provisioned {
-            do { try plugin.validate() } catch { failures.append("plugins (\(id)): \(error)") }
+        do {
+            let built = try build(group: group)
+            let provisioned = try await provision(built)
+            for (id, plugin) in provisioned {
+                do { try plugin.validate() } catch { failures.append("\(label(id)): \(error)") }
+            }
+            await cleanup(provisioned)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
         }
-        await cleanup(provisioned)
+        try? await group.shutdownGracefully()
         if !failures.isEmpty { throw NodeStartupError(messages: failures) }
     }
 
     /// Runs the node until graceful shutdown, then drains and cleans up.
     public func run() async throws {
         let manifest = plan.manifest
-        let threads = manifest.node.threads ?? System.coreCount
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
-        defer { try? group.syncShutdownGracefully() }
-
-        for entry in plan.plugins { readiness.expect("plugin \(entry.type.id)") }
-        let admin = try await AdminServer.start(
-            address: manifest.admin.address, endpoints: adminEndpoints(), group: group, logger: logger)
-        let ready = try await ReadinessServer.start(
-            address: manifest.admin.readinessAddress, readiness: readiness,
-            draining: { [state] in state.withLockedValue { $0.draining } }, group: group, logger: logger)
-        state.withLockedValue {
-            $0.adminAddress = admin.localAddress
-            $0.readinessAddress = ready.localAddress
-        }
-        logger.info(
-            "admin listening",
-            metadata: ["admin": "\(admin.localAddress)", "readiness": "\(ready.localAddress)"])
-
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, manifest.node.threads))
+        for entry in plan.entries { readiness.expect("plugin \(entry.type.id)") }
+        var admin: AdminServer?
+        var ready: ReadinessServer?
         do {
+            let settings = manifest.admin ?? Manifest.AdminSettings()
+            if let address = settings.address {
+                let server = try await AdminServer.start(
+                    address: address, endpoints: adminEndpoints(), group: group, logger: logger)
+                admin = server
+                state.withLockedValue { $0.adminAddress = server.localAddress }
+                logger.info("admin listening", metadata: ["address": "\(server.localAddress)"])
+            }
+            if let address = settings.readinessAddress {
+                let server = try await ReadinessServer.start(
+                    address: address, readiness: readiness,
+                    draining: { [state] in state.withLockedValue { $0.draining } }, group: group, logger: logger)
+                ready = server
+                state.withLockedValue { $0.readinessAddress = server.localAddress }
+                logger.info("readiness listening", metadata: ["address": "\(server.localAddress)"])
+            }
             try await serve(group: group)
         } catch {
-            await admin.close()
-            await ready.close()
+            await admin?.close()
+            await ready?.close()
+            try? await group.shutdownGracefully()
             throw error
         }
-        await admin.close()
-        await ready.close()
+        await admin?.close()
+        await ready?.close()
+        try? await group.shutdownGracefully()
     }
 
     private func serve(group: MultiThreadedEventLoopGroup) async throws {
@@ -128,7 +138,7 @@ public final class ProxyNode: Sendable {
         do {
             for (id, plugin) in provisioned {
                 do { try plugin.validate() } catch {
-                    throw NodeStartupError(messages: ["plugins (\(id)): \(error)"])
+                    throw NodeStartupError(messages: ["\(label(id)): \(error)"])
                 }
             }
         } catch {
@@ -201,7 +211,7 @@ public final class ProxyNode: Sendable {
     /// Every plugin's id and lifecycle state, in manifest order.
     public var pluginStates: [(id: String, state: PluginState)] {
         state.withLockedValue { state in
-            plan.plugins.map { ($0.type.id, state.states[$0.type.id] ?? .configured) }
+            plan.entries.map { ($0.type.id, state.states[$0.type.id] ?? .configured) }
         }
     }
 
@@ -209,7 +219,7 @@ public final class ProxyNode: Sendable {
         let directory = PluginDirectory()
         var built: [(id: String, plugin: any Plugin)] = []
         var failures: [String] = []
-        for entry in plan.plugins {
+        for entry in plan.entries {
             let context = PluginContext(
                 pluginID: entry.type.id, logger: logger, eventLoopGroup: group, mesh: mesh,
                 connections: connections, readiness: readiness, nodeName: plan.manifest.node.name,
@@ -219,7 +229,7 @@ public final class ProxyNode: Sendable {
                 setState(entry.type.id, .configured)
             } catch {
                 setState(entry.type.id, .failed)
-                failures.append("\(entry.path): \(error)")
+                failures.append("\(entry.entry.label): \(error)")
             }
         }
         if !failures.isEmpty { throw NodeStartupError(messages: failures) }
@@ -242,10 +252,15 @@ public final class ProxyNode: Sendable {
                 setState(id, .failed)
                 logger.error("plugin failed to provision", metadata: ["plugin": "\(id)", "error": "\(error)"])
                 await cleanup(done)
-                throw NodeStartupError(messages: ["plugins (\(id)): \(error)"])
+                throw NodeStartupError(messages: ["\(label(id)): \(error)"])
             }
         }
         return done
+    }
+
+    /// `plugins[i] (id)`, how manifest errors name a plugin.
+    private func label(_ id: String) -> String {
+        plan.entries.first { $0.type.id == id }?.entry.label ?? id
     }
 
     private func cleanup(_ plugins: [(id: String, plugin: any Plugin)]) async {
@@ -285,7 +300,7 @@ public struct NodeStartupError: Error, Sendable, CustomStringConvertible {
 }
 
 /// Runs one plugin as a service of the node's service group.
-struct PluginService: Service {
+struct PluginService: ServiceLifecycle.Service {
     let id: String
     let plugin: any Plugin
     let node: ProxyNode
@@ -305,7 +320,7 @@ struct PluginService: Service {
 }
 
 /// Waits for graceful shutdown, then lets open connections finish until the deadline.
-struct ConnectionDrainService: Service {
+struct ConnectionDrainService: ServiceLifecycle.Service {
     let node: ProxyNode
     let deadline: Duration
 

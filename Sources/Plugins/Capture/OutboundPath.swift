@@ -29,7 +29,7 @@ final class OutboundPath: Sendable {
     func connect(_ request: SOCKS5Request, from downstream: any Channel) -> EventLoopFuture<SOCKS5Connected> {
         let eventLoop = downstream.eventLoop
         guard let client = SocketAddr(downstream.remoteAddress) else {
-            return eventLoop.makeFailedFuture(SOCKS5Error(reply: .generalFailure, message: "client address unknown"))
+            return eventLoop.makeFailedFuture(SOCKS5Error(.generalFailure, "client address unknown"))
         }
         let mesh = context.mesh.snapshot
         guard let source = mesh.workload(at: client.ip) else {
@@ -37,14 +37,14 @@ final class OutboundPath: Sendable {
                 "refused: source is not a workload of this mesh",
                 metadata: ["source": "\(client)", "destination": "\(request)"])
             return eventLoop.makeFailedFuture(
-                SOCKS5Error(reply: .notAllowed, message: "source \(client.ip) is not a known workload"))
+                SOCKS5Error(.notAllowed, "source \(client.ip) is not a known workload"))
         }
         if !context.nodeName.isEmpty && !source.node.isEmpty && source.node != context.nodeName {
             logger.warning(
                 "refused: source workload runs on another node",
                 metadata: ["source": "\(source.uid)", "node": "\(source.node)"])
             return eventLoop.makeFailedFuture(
-                SOCKS5Error(reply: .notAllowed, message: "source \(source.uid) is not on node \(context.nodeName)"))
+                SOCKS5Error(.notAllowed, "source \(source.uid) is not on node \(context.nodeName)"))
         }
         return resolve(request, mesh: mesh, network: source.network, on: eventLoop).flatMap { destination in
             self.route(
@@ -71,7 +71,7 @@ final class OutboundPath: Sendable {
             let port = request.port
             return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
                 guard let ip = SystemResolver.resolve(host) else {
-                    throw SOCKS5Error(reply: .hostUnreachable, message: "cannot resolve \(host)")
+                    throw SOCKS5Error(.hostUnreachable, "cannot resolve \(host)")
                 }
                 return SocketAddr(ip: ip, port: port)
             }
@@ -92,7 +92,7 @@ final class OutboundPath: Sendable {
             metadata["reason"] = "\(refusal)"
             logger.info("refused outbound connection", metadata: metadata)
             let reply: SOCKS5Reply = refusal.code == .noHealthyEndpoint ? .hostUnreachable : .notAllowed
-            return eventLoop.makeFailedFuture(SOCKS5Error(reply: reply, message: refusal.description))
+            return eventLoop.makeFailedFuture(SOCKS5Error(reply, refusal.description))
 
         case .hbone(let target):
             guard let tunnel = context.provider(of: (any TunnelDialer).self), let source,
@@ -103,7 +103,7 @@ final class OutboundPath: Sendable {
                     "refused: destination speaks HBONE and no tunnel plugin is enabled (enable `hbone`)",
                     metadata: metadata)
                 return eventLoop.makeFailedFuture(
-                    SOCKS5Error(reply: .notAllowed, message: "HBONE destination needs a tunnel plugin"))
+                    SOCKS5Error(.notAllowed, "HBONE destination needs a tunnel plugin"))
             }
             let tunnelRequest = TunnelRequest(
                 source: source, sourceAddress: sourceAddress, gateway: target.gateway,
@@ -114,7 +114,7 @@ final class OutboundPath: Sendable {
                 sourceWorkload: source, destinationWorkload: target.destinationWorkload,
                 route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true)
             return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
-                throw SOCKS5Error(reply: .hostUnreachable, message: "tunnel to \(target.gateway) failed: \(error)")
+                throw SOCKS5Error(.hostUnreachable, "tunnel to \(target.gateway) failed: \(error)")
             }.map { upstream in
                 self.connected(downstream: downstream, upstream: upstream, record: record, bound: target.gateway)
             }
@@ -142,7 +142,7 @@ final class OutboundPath: Sendable {
             self.logger.info(
                 "upstream connect failed",
                 metadata: ["destination": "\(destination)", "error": "\(error)"])
-            throw SOCKS5Error(reply: Self.reply(for: error), message: "connect to \(destination) failed: \(error)")
+            throw SOCKS5Error(Self.reply(for: error), "connect to \(destination) failed: \(error)")
         }.map { upstream in
             let bound = SocketAddr(upstream.localAddress) ?? destination
             return self.connected(downstream: downstream, upstream: upstream, record: record, bound: bound)
@@ -155,7 +155,9 @@ final class OutboundPath: Sendable {
         let sinks = context.providers(of: (any TelemetrySink).self)
         let logger = self.logger
         let registry = context.connections
-        return SOCKS5Connected(boundAddress: bound) { leftover in
+        return SOCKS5Connected(
+            boundAddress: bound,
+            start: { leftover in
             for sink in sinks { sink.connectionOpened(record) }
             logger.debug(
                 "relaying",
@@ -175,7 +177,8 @@ final class OutboundPath: Sendable {
                         "received": "\(record.bytes.received)",
                     ])
             }
-        }
+            },
+            cancel: { upstream.close(promise: nil) })
     }
 
     /// Maps a connect failure to the SOCKS5 reply a client can act on.

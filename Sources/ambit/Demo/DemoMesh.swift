@@ -160,16 +160,25 @@ enum DemoMesh {
         ] {
             backends.append(try await NamedEchoServer.start(name: name, address: SocketAddr(address)!, group: group))
         }
-        defer {
-            for backend in backends { backend.close(promise: nil) }
-            try? group.syncShutdownGracefully()
+        do {
+            let outcome = try await drive(meshPath: meshPath, directory: directory.path, logger: logger)
+            for backend in backends { try? await backend.close() }
+            try? await group.shutdownGracefully()
+            return outcome
+        } catch {
+            for backend in backends { try? await backend.close() }
+            try? await group.shutdownGracefully()
+            throw error
         }
+    }
+
+    private static func drive(meshPath: String, directory: String, logger: Logger) async throws -> Outcome {
 
         var registry = PluginRegistry([PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self)])
         registry.register(DemoRecorderPlugin.self)
         let plan = try ManifestLoader.load(
             yaml: manifestYAML(meshPath: meshPath), file: "demo-manifest.yaml",
-            baseDirectory: directory.path, registry: registry)
+            baseDirectory: directory, registry: registry)
         let node = ProxyNode(plan: plan, logger: logger, handleSignals: false)
         let running = Task { try await node.run() }
 
