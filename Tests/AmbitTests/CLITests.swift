@@ -155,8 +155,7 @@ struct RunningNode {
 struct NodeLifecycleTests {
     @Test("SIGTERM drains: a live connection keeps working, readiness turns 500, exit 0 once it closes")
     func drainWithLiveConnection() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let group = MultiThreadedEventLoopGroup.singleton
         let backend = try await EchoServer.start(group: group)
         let node = try await RunningNode.start(backend: backend.address, drainDeadline: "20s")
         defer { node.dir.remove() }
@@ -193,8 +192,7 @@ struct NodeLifecycleTests {
 
     @Test("SIGTERM closes connections still open at the drain deadline, then exits 0")
     func drainDeadline() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let group = MultiThreadedEventLoopGroup.singleton
         let backend = try await EchoServer.start(group: group)
         let node = try await RunningNode.start(backend: backend.address, drainDeadline: "1s")
         defer { node.dir.remove() }
@@ -216,8 +214,7 @@ struct NodeLifecycleTests {
 
     @Test("POST /quitquitquit drains and exits 0; admin serves config_dump and logging")
     func adminEndpoints() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let group = MultiThreadedEventLoopGroup.singleton
         let backend = try await EchoServer.start(group: group)
         let node = try await RunningNode.start(backend: backend.address, drainDeadline: "2s")
         defer { node.dir.remove() }

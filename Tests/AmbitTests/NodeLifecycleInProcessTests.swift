@@ -10,6 +10,11 @@ import TestSupport
 final class GatedPlugin: Plugin {
     struct Config: Decodable, Sendable {
         var failProvision: Bool = false
+        enum CodingKeys: String, CodingKey { case failProvision }
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            failProvision = try container.decodeIfPresent(Bool.self, forKey: .failProvision) ?? false
+        }
     }
     static let id = "gated"
     static let summary = "test: provision waits for a gate"

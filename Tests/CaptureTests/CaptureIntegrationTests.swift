@@ -114,8 +114,7 @@ func meshYAML(backendA: SocketAddr, backendB: SocketAddr, extra: String = "") ->
 struct CaptureIntegrationTests {
     @Test("IPv4, domain (mesh hostname) and IPv6 destinations are relayed byte for byte")
     func addressTypes() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let group = MultiThreadedEventLoopGroup.singleton
         let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
         let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
         let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
@@ -144,8 +143,7 @@ struct CaptureIntegrationTests {
 
     @Test("refusals: unknown source, source on another node, HBONE without a tunnel, no healthy endpoint, self-call")
     func refusals() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let group = MultiThreadedEventLoopGroup.singleton
         let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
         let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
         let meshed = try await EchoServer.start("127.0.0.4:0", group: group)
@@ -165,8 +163,7 @@ struct CaptureIntegrationTests {
 
     @Test("malformed SOCKS5 gets an error reply and a close, and the node keeps serving")
     func malformedRequests() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let group = MultiThreadedEventLoopGroup.singleton
         let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
         let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
         let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
@@ -191,17 +188,13 @@ struct CaptureIntegrationTests {
 
     @Test("a backend reset mid-relay ends the client connection and nothing leaks")
     func resetMidRelay() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let group = MultiThreadedEventLoopGroup.singleton
         let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
         let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
         let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
         let listener = try ResettingServer(ip: "127.0.0.2")
-        let socks = harness.socks
         let target = SOCKS5Request(address: .ip(IPAddress("127.0.0.2")!), port: listener.port)
-        let client = try await NIOThreadPool.singleton.runIfActive {
-            try SOCKS5Client(proxy: socks, source: IPAddress("127.0.0.1"), request: target)
-        }
+        let client = try SOCKS5Client(proxy: harness.socks, source: IPAddress("127.0.0.1"), request: target)
         #expect(client.reply == .succeeded)
         try client.send(Array(repeating: 7, count: 1000))
         listener.acceptAndReset()
@@ -217,8 +210,7 @@ struct CaptureIntegrationTests {
 
     @Test("a mesh config edit changes routing; a bad edit keeps the last good config")
     func reload() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
+        let group = MultiThreadedEventLoopGroup.singleton
         let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
         let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
         let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
@@ -277,7 +269,8 @@ final class ResettingServer: @unchecked Sendable {
     let port: UInt16
 
     init(ip: String) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         inet_pton(AF_INET, ip, &address.sin_addr)
