@@ -1,0 +1,48 @@
+import NIOCore
+
+/// What a tunnel dialer needs to open one tunnelled stream.
+public struct TunnelRequest: Sendable {
+    /// The source workload (whose identity the tunnel presents).
+    public var source: Workload
+    /// The application's own source address.
+    public var sourceAddress: SocketAddr
+    /// Where to connect: a destination proxy's HBONE address, e.g. `10.0.0.2:15008`.
+    public var gateway: SocketAddr
+    /// The CONNECT authority: the final destination `ip:port` (or hostname:port).
+    public var authority: String
+    /// Identities the peer may present; anything else is rejected.
+    public var expectedIdentities: [SpiffeID]
+    /// The destination workload, when known.
+    public var destination: Workload?
+
+    /// Creates a request.
+    public init(
+        source: Workload, sourceAddress: SocketAddr, gateway: SocketAddr, authority: String,
+        expectedIdentities: [SpiffeID], destination: Workload?
+    ) {
+        self.source = source
+        self.sourceAddress = sourceAddress
+        self.gateway = gateway
+        self.authority = authority
+        self.expectedIdentities = expectedIdentities
+        self.destination = destination
+    }
+}
+
+/// Role ``PluginRole/tunnelDialer``: opens tunnelled streams to other proxies (the
+/// HBONE client).
+///
+/// Threading: called from event-loop threads; must be thread-safe.
+public protocol TunnelDialer: AnyObject, Sendable {
+    /// Opens one tunnelled stream. The returned channel carries the payload bytes
+    /// (`ByteBuffer` in both directions), ready for the relay; the future fails with a
+    /// descriptive error when the peer refuses or cannot be reached.
+    func openTunnel(_ request: TunnelRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel>
+}
+
+/// Role ``PluginRole/tunnelAcceptor``: terminates tunnels from other proxies (the HBONE
+/// server) and hands each stream to the inbound path.
+public protocol TunnelAcceptor: AnyObject, Sendable {
+    /// The addresses it accepts tunnels on, once bound.
+    var tunnelAddresses: [SocketAddr] { get }
+}
