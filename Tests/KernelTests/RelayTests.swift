@@ -12,7 +12,7 @@ import Glibc
 // Every test runs client → TCPListener → Relay → TCPDialer → server over real loopback
 // sockets (see RelayFixture). Serialized: the backpressure test reads timing-sensitive
 // plateaus and the byte-exactness test wants both cores.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct RelayTests {
     private static let mebibyte = 1 << 20
 
@@ -108,10 +108,10 @@ struct RelayTests {
         return sendBufferMaximum + UInt64(serverReceiveBuffer) + UInt64(Self.mebibyte)
     }
 
-    @Test
-    func stalledServerStallsTheClientInsteadOfGrowingTheProxy() async throws {
+    @Test(arguments: [LoopPlacement.sameLoop, .otherLoop])
+    func stalledServerStallsTheClientInsteadOfGrowingTheProxy(placement: LoopPlacement) async throws {
         let total = 48 * Self.mebibyte
-        try await RelayFixture.with { channel, report in
+        try await RelayFixture.with(placement: placement) { channel, report in
             // Reads nothing until the test says so; answers (with nothing) after the EOF.
             try channel.syncOptions!.setOption(.autoRead, value: false)
             try channel.syncOptions!.setOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(Self.serverReceiveBuffer))
@@ -157,9 +157,9 @@ struct RelayTests {
         }
     }
 
-    @Test
-    func serverResetMidTransferClosesTheClientAndEndsTheRelay() async throws {
-        try await RelayFixture.with { channel, _ in
+    @Test(arguments: [LoopPlacement.sameLoop, .otherLoop])
+    func serverResetMidTransferClosesTheClientAndEndsTheRelay(placement: LoopPlacement) async throws {
+        try await RelayFixture.with(placement: placement) { channel, _ in
             try channel.pipeline.syncOperations.addHandler(ResetAfter(bytes: Self.mebibyte))
         } _: { fixture in
             let clientReport = fixture.group.next().makePromise(of: PeerReport.self)

@@ -8,7 +8,7 @@ public struct ListenerOptions: Sendable {
     /// `SO_REUSEPORT`: let several listeners (one per event loop, or a restarted proxy next
     /// to the draining one) share the port.
     public var reusePort: Bool
-    /// `SO_MARK` for the listening socket and every accepted socket.
+    /// `SO_MARK` for the listening socket; accepted sockets inherit it.
     public var mark: UInt32?
     /// `IP_TRANSPARENT`: accept connections addressed to any IP (TPROXY capture).
     public var transparent: Bool
@@ -71,11 +71,9 @@ public final class TCPListener: Sendable {
             bootstrap = bootstrap.serverChannelOption(SocketOptions.reusePort, value: 1)
         }
         if let mark = options.mark {
-            // Linux copies the listener's mark to accepted sockets, but setting it again is
-            // one cheap syscall and makes the guarantee ours rather than the kernel's.
-            bootstrap = bootstrap
-                .serverChannelOption(SocketOptions.mark, value: SocketOptions.markValue(mark))
-                .childChannelOption(SocketOptions.mark, value: SocketOptions.markValue(mark))
+            // Linux copies the listener's mark to each accepted socket (SocketTests checks
+            // it), so accepting costs no extra syscall.
+            bootstrap = bootstrap.serverChannelOption(SocketOptions.mark, value: SocketOptions.markValue(mark))
         }
         if options.transparent {
             bootstrap = bootstrap.serverChannelOption(SocketOptions.transparent(for: options.address.ip), value: 1)

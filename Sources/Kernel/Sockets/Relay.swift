@@ -4,7 +4,7 @@ import NIOCore
 /// The bidirectional byte pump between an application's connection and its destination:
 /// the proxy's hot path.
 ///
-/// One ``RelayHandler`` sits at the end of each channel's pipeline. Bytes move as the
+/// One handler sits at the end of each channel's pipeline. Bytes move as the
 /// `ByteBuffer`s NIO read them into (no copies, no async hop per chunk), and each side
 /// reads only when its partner can take more, so a slow reader stalls its writer instead
 /// of growing the proxy's memory.
@@ -276,6 +276,9 @@ final class RelayHandler: ChannelInboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        // Removed from a live channel, this end can no longer move bytes: end the relay
+        // rather than leave the peer waiting for credit forever.
+        if !channelClosed && context.channel.isActive { requestClose(context) }
         self.context = nil
     }
 
