@@ -32,8 +32,9 @@ public struct ListenerOptions: Sendable {
 ///
 /// Accepted channels have `allowRemoteHalfClosure` on (the relay forwards half-closes),
 /// `TCP_NODELAY` set (the relay forwards whatever it has, so Nagle would only add delay)
-/// and `autoRead` on, so a handshake handler can read at once; ``Relay/join(downstream:upstream:record:registry:initialData:)``
-/// turns `autoRead` off when it takes over.
+/// and `autoRead` on, so a handshake handler can read at once;
+/// ``Relay/join(downstream:upstream:record:registry:initialData:)`` turns `autoRead` off
+/// when it takes over.
 ///
 /// Thread-safe: every member may be used from any thread.
 public final class TCPListener: Sendable {
@@ -84,10 +85,11 @@ public final class TCPListener: Sendable {
         do {
             channel = try await bootstrap.bind(to: options.address.nioAddress()).get()
         } catch {
+            let privileged = options.transparent || options.mark != nil
             throw SocketError(
                 code: .bindFailed,
                 message: "cannot listen on \(options.address): \(error)"
-                    + (options.transparent || options.mark != nil ? " (transparent sockets and marks need CAP_NET_ADMIN)" : ""),
+                    + (privileged ? " (transparent sockets and marks need CAP_NET_ADMIN)" : ""),
                 underlying: error)
         }
         guard let local = SocketAddr(channel.localAddress) else {

@@ -94,7 +94,7 @@ public enum Relay {
                 try options.setOption(.autoRead, value: false)
                 try options.setOption(.writeBufferWaterMark, value: writeBufferWaterMark)
                 // Best effort: a channel type without half-closure closes on EOF, which the
-                // relay treats like a full close.
+                // relay can only take as an unexpected close that ends both sides.
                 try? options.setOption(.allowRemoteHalfClosure, value: true)
             } else {
                 // On the channel's loop these complete at once for NIO's own channel types.
