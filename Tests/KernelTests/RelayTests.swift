@@ -12,7 +12,7 @@ import Glibc
 // Every test runs client → TCPListener → Relay → TCPDialer → server over real loopback
 // sockets (see RelayFixture). Serialized: the backpressure test reads timing-sensitive
 // plateaus and the byte-exactness test wants both cores.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(3)))
 struct RelayTests {
     private static let mebibyte = 1 << 20
 
@@ -51,19 +51,28 @@ struct RelayTests {
     @Test(arguments: [PatternPeer.Finish.halfClose, .close])
     func halfCloseLetsTheResponseFollowTheRequestsEOF(serverFinish: PatternPeer.Finish) async throws {
         let request = 1 * Self.mebibyte
-        let response = 3 * Self.mebibyte
+        let response = 4 * Self.mebibyte
         try await RelayFixture.with { channel, report in
             // The server answers only after it has seen the request's EOF.
             try channel.pipeline.syncOperations.addHandler(
                 PatternPeer(sendBytes: response, seed: 4, finish: serverFinish, sendAfterEOF: true, report: report))
         } _: { fixture in
             let clientReport = fixture.group.next().makePromise(of: PeerReport.self)
-            _ = try await fixture.connectClient {
-                PatternPeer(sendBytes: request, seed: 3, finish: .halfClose, report: clientReport)
+            let clientProgress = PeerProgress()
+            // The client reads nothing at first, so the response backs up into the proxy and
+            // the server's EOF reaches it while bytes are still queued towards the client:
+            // the half-close must not cut them off.
+            let clientChannel = try await fixture.connectClient(autoRead: false) {
+                PatternPeer(sendBytes: request, seed: 3, finish: .halfClose, progress: clientProgress, report: clientReport)
             }
+            let relayed = try await value(of: fixture.relayed.futureResult, "relayed connection")
+            #expect(await eventually { clientProgress.sent == request })
+            #expect(await settledValue { relayed.record.bytes.received } != nil)
+            #expect(relayed.record.bytes.received > 0)
+            try await clientChannel.setOption(.autoRead, value: true).get()
+
             let client = try await value(of: clientReport.futureResult, "client report")
             let server = try await value(of: fixture.serverReport.futureResult, "server report")
-            let relayed = try await value(of: fixture.relayed.futureResult, "relayed connection")
             try await value(of: relayed.done, "relay end")
 
             #expect(server.sawEOF)
@@ -76,6 +85,7 @@ struct RelayTests {
             #expect(client.error == nil)
             #expect(relayed.record.bytes.sent == UInt64(request))
             #expect(relayed.record.bytes.received == UInt64(response))
+            #expect(relayed.record.failure == nil)
             #expect(!relayed.downstream.isActive)
             #expect(!relayed.upstream.isActive)
             #expect(fixture.registry.count == 0)
@@ -98,10 +108,10 @@ struct RelayTests {
         return sendBufferMaximum + UInt64(serverReceiveBuffer) + UInt64(Self.mebibyte)
     }
 
-    @Test
-    func stalledServerStallsTheClientInsteadOfGrowingTheProxy() async throws {
+    @Test(arguments: [LoopPlacement.sameLoop, .otherLoop])
+    func stalledServerStallsTheClientInsteadOfGrowingTheProxy(placement: LoopPlacement) async throws {
         let total = 48 * Self.mebibyte
-        try await RelayFixture.with { channel, report in
+        try await RelayFixture.with(placement: placement) { channel, report in
             // Reads nothing until the test says so; answers (with nothing) after the EOF.
             try channel.syncOptions!.setOption(.autoRead, value: false)
             try channel.syncOptions!.setOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(Self.serverReceiveBuffer))
@@ -147,9 +157,9 @@ struct RelayTests {
         }
     }
 
-    @Test
-    func serverResetMidTransferClosesTheClientAndEndsTheRelay() async throws {
-        try await RelayFixture.with { channel, _ in
+    @Test(arguments: [LoopPlacement.sameLoop, .otherLoop])
+    func serverResetMidTransferClosesTheClientAndEndsTheRelay(placement: LoopPlacement) async throws {
+        try await RelayFixture.with(placement: placement) { channel, _ in
             try channel.pipeline.syncOperations.addHandler(ResetAfter(bytes: Self.mebibyte))
         } _: { fixture in
             let clientReport = fixture.group.next().makePromise(of: PeerReport.self)

@@ -9,6 +9,7 @@ import Glibc
 
 // Listener and dialer on real loopback sockets. Tests that set SO_MARK or IP_TRANSPARENT
 // need CAP_NET_ADMIN: they run as root here and in CI.
+@Suite(.timeLimit(.minutes(1)))
 struct SocketTests {
     private static func withGroup<T: Sendable>(_ body: (MultiThreadedEventLoopGroup) async throws -> T) async throws -> T {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

@@ -8,7 +8,7 @@ public struct ListenerOptions: Sendable {
     /// `SO_REUSEPORT`: let several listeners (one per event loop, or a restarted proxy next
     /// to the draining one) share the port.
     public var reusePort: Bool
-    /// `SO_MARK` for the listening socket and every accepted socket.
+    /// `SO_MARK` for the listening socket; accepted sockets inherit it.
     public var mark: UInt32?
     /// `IP_TRANSPARENT`: accept connections addressed to any IP (TPROXY capture).
     public var transparent: Bool
@@ -32,8 +32,9 @@ public struct ListenerOptions: Sendable {
 ///
 /// Accepted channels have `allowRemoteHalfClosure` on (the relay forwards half-closes),
 /// `TCP_NODELAY` set (the relay forwards whatever it has, so Nagle would only add delay)
-/// and `autoRead` on, so a handshake handler can read at once; ``Relay/join(downstream:upstream:record:registry:initialData:)``
-/// turns `autoRead` off when it takes over.
+/// and `autoRead` on, so a handshake handler can read at once;
+/// ``Relay/join(downstream:upstream:record:registry:initialData:)`` turns `autoRead` off
+/// when it takes over.
 ///
 /// Thread-safe: every member may be used from any thread.
 public final class TCPListener: Sendable {
@@ -71,11 +72,9 @@ public final class TCPListener: Sendable {
             bootstrap = bootstrap.serverChannelOption(SocketOptions.reusePort, value: 1)
         }
         if let mark = options.mark {
-            // Linux copies the listener's mark to accepted sockets, but setting it again is
-            // one cheap syscall and makes the guarantee ours rather than the kernel's.
-            bootstrap = bootstrap
-                .serverChannelOption(SocketOptions.mark, value: SocketOptions.markValue(mark))
-                .childChannelOption(SocketOptions.mark, value: SocketOptions.markValue(mark))
+            // Linux copies the listener's mark to each accepted socket (SocketTests checks
+            // it), so accepting costs no extra syscall.
+            bootstrap = bootstrap.serverChannelOption(SocketOptions.mark, value: SocketOptions.markValue(mark))
         }
         if options.transparent {
             bootstrap = bootstrap.serverChannelOption(SocketOptions.transparent(for: options.address.ip), value: 1)
@@ -86,10 +85,11 @@ public final class TCPListener: Sendable {
         do {
             channel = try await bootstrap.bind(to: options.address.nioAddress()).get()
         } catch {
+            let privileged = options.transparent || options.mark != nil
             throw SocketError(
                 code: .bindFailed,
                 message: "cannot listen on \(options.address): \(error)"
-                    + (options.transparent || options.mark != nil ? " (transparent sockets and marks need CAP_NET_ADMIN)" : ""),
+                    + (privileged ? " (transparent sockets and marks need CAP_NET_ADMIN)" : ""),
                 underlying: error)
         }
         guard let local = SocketAddr(channel.localAddress) else {

@@ -4,7 +4,7 @@ import NIOCore
 /// The bidirectional byte pump between an application's connection and its destination:
 /// the proxy's hot path.
 ///
-/// One ``RelayHandler`` sits at the end of each channel's pipeline. Bytes move as the
+/// One handler sits at the end of each channel's pipeline. Bytes move as the
 /// `ByteBuffer`s NIO read them into (no copies, no async hop per chunk), and each side
 /// reads only when its partner can take more, so a slow reader stalls its writer instead
 /// of growing the proxy's memory.
@@ -94,7 +94,7 @@ public enum Relay {
                 try options.setOption(.autoRead, value: false)
                 try options.setOption(.writeBufferWaterMark, value: writeBufferWaterMark)
                 // Best effort: a channel type without half-closure closes on EOF, which the
-                // relay treats like a full close.
+                // relay can only take as an unexpected close that ends both sides.
                 try? options.setOption(.allowRemoteHalfClosure, value: true)
             } else {
                 // On the channel's loop these complete at once for NIO's own channel types.
@@ -276,6 +276,9 @@ final class RelayHandler: ChannelInboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        // Removed from a live channel, this end can no longer move bytes: end the relay
+        // rather than leave the peer waiting for credit forever.
+        if !channelClosed && context.channel.isActive { requestClose(context) }
         self.context = nil
     }
 

@@ -355,9 +355,12 @@ final class RelayFixture: Sendable {
     }
 
     /// Connects a client to the proxy with `handler` as its only handler.
-    func connectClient(_ makeHandler: @escaping @Sendable () -> any ChannelHandler) async throws -> any Channel {
+    func connectClient(
+        autoRead: Bool = true, _ makeHandler: @escaping @Sendable () -> any ChannelHandler
+    ) async throws -> any Channel {
         try await ClientBootstrap(group: group)
             .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.autoRead, value: autoRead)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture(withResultOf: {
                     try channel.pipeline.syncOperations.addHandler(makeHandler())
