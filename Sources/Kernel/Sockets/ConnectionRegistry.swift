@@ -43,6 +43,8 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public let sourceWorkload: Workload?
     /// The destination workload, when known.
     public let destinationWorkload: Workload?
+    /// The service the application addressed, when service-addressed.
+    public let destinationService: Service?
     /// The peer's authenticated identity (inbound mTLS), if any.
     public let peerIdentity: SpiffeID?
     /// How the connection is carried, e.g. `passthrough`, `direct`, `hbone`.
@@ -60,8 +62,8 @@ public final class ConnectionRecord: Sendable, Identifiable {
     /// Creates a record with a fresh id.
     public init(
         direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
-        sourceWorkload: Workload?, destinationWorkload: Workload?, peerIdentity: SpiffeID? = nil,
-        route: String, isMutualTLS: Bool = false
+        sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
+        peerIdentity: SpiffeID? = nil, route: String, isMutualTLS: Bool = false
     ) {
         self.id = Self.nextID.add(1, ordering: .relaxed).oldValue
         self.direction = direction
@@ -69,6 +71,7 @@ public final class ConnectionRecord: Sendable, Identifiable {
         self.destination = destination
         self.sourceWorkload = sourceWorkload
         self.destinationWorkload = destinationWorkload
+        self.destinationService = destinationService
         self.peerIdentity = peerIdentity
         self.route = route
         self.isMutualTLS = isMutualTLS

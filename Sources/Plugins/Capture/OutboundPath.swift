@@ -112,32 +112,33 @@ final class OutboundPath: Sendable {
             let record = ConnectionRecord(
                 direction: .outbound, source: sourceAddress, destination: request.destination,
                 sourceWorkload: source, destinationWorkload: target.destinationWorkload,
-                route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true)
+                destinationService: target.service, route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true)
             return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
                 throw SOCKS5Error(.hostUnreachable, "tunnel to \(target.gateway) failed: \(error)")
             }.map { upstream in
                 self.connected(downstream: downstream, upstream: upstream, record: record, bound: target.gateway)
             }
 
-        case .plaintext(let destination, let workload, _):
+        case .plaintext(let destination, let workload, let service):
             return dial(
                 destination, downstream: downstream, request: request, destinationWorkload: workload,
-                route: "direct")
+                service: service, route: "direct")
 
         case .passthrough(let destination):
             return dial(
                 destination, downstream: downstream, request: request, destinationWorkload: nil,
-                route: "passthrough")
+                service: nil, route: "passthrough")
         }
     }
 
     private func dial(
         _ destination: SocketAddr, downstream: any Channel, request: OutboundRequest,
-        destinationWorkload: Workload?, route: String
+        destinationWorkload: Workload?, service: Service?, route: String
     ) -> EventLoopFuture<SOCKS5Connected> {
         let record = ConnectionRecord(
-            direction: .outbound, source: request.sourceAddress ?? destination, destination: destination,
-            sourceWorkload: request.source, destinationWorkload: destinationWorkload, route: route)
+            direction: .outbound, source: request.sourceAddress ?? destination, destination: request.destination,
+            sourceWorkload: request.source, destinationWorkload: destinationWorkload, destinationService: service,
+            route: route)
         return dialer.connect(to: destination, on: downstream.eventLoop).flatMapErrorThrowing { error in
             self.logger.info(
                 "upstream connect failed",
