@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "Kernel", targets: ["Kernel"]),
         .library(name: "LocalConfig", targets: ["LocalConfig"]),
         .library(name: "Capture", targets: ["Capture"]),
+        .library(name: "Authorization", targets: ["Authorization"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -52,10 +53,27 @@ let package = Package(
             path: "Sources/Plugins/Capture",
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "Authorization",
+            dependencies: [
+                "Kernel",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Plugins/Authorization",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ambit-policy-bench",
+            dependencies: ["Kernel", "Authorization"],
+            path: "bench/PolicyBench",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "ambit",
             dependencies: [
-                "Kernel", "LocalConfig", "Capture",
+                "Kernel", "LocalConfig", "Capture", "Authorization",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -94,6 +112,17 @@ let package = Package(
         .testTarget(
             name: "CaptureTests",
             dependencies: ["Kernel", "Capture", "LocalConfig", "TestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "AuthorizationTests",
+            dependencies: [
+                "Kernel", "Authorization", "LocalConfig", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Authorization
 import Capture
 import Foundation
 import Kernel
@@ -14,6 +15,7 @@ struct AmbitCommand: AsyncParsableCommand {
         version: AmbitVersion.current,
         subcommands: [
             RunCommand.self, ValidateCommand.self, PluginsCommand.self, VersionCommand.self, DemoCommand.self,
+            PolicyCommand.self,
         ])
 }
 
@@ -23,6 +25,7 @@ enum FirstPartyPlugins {
         PluginRegistry([
             PluginType(LocalConfigPlugin.self),
             PluginType(CapturePlugin.self),
+            PluginType(AuthorizationPlugin.self),
         ])
     }
 }

@@ -1,12 +1,14 @@
 /// What a policy sees of one connection.
 public struct ConnectionAttributes: Sendable {
-    /// The peer's authenticated identity; nil for plaintext.
+    /// The peer's authenticated identity; nil for plaintext. Policies trust it only when
+    /// ``isMutualTLS`` is true.
     public var sourceIdentity: SpiffeID?
     /// The source address.
     public var sourceAddress: SocketAddr
     /// The source workload, when known.
     public var sourceWorkload: Workload?
-    /// The destination address (after service resolution).
+    /// The destination address (after service resolution): the workload's address and
+    /// the port the workload listens on.
     public var destinationAddress: SocketAddr
     /// The destination workload, when known.
     public var destinationWorkload: Workload?
@@ -25,30 +27,80 @@ public struct ConnectionAttributes: Sendable {
         self.destinationWorkload = destinationWorkload
         self.isMutualTLS = isMutualTLS
     }
+
+    /// The identity policies may rely on: the peer identity of an mTLS connection, nil
+    /// otherwise (a plaintext connection has no identity, whatever a caller filled in).
+    public var authenticatedIdentity: SpiffeID? { isMutualTLS ? sourceIdentity : nil }
 }
 
-/// A policy's verdict, with what decided it for logs and telemetry.
-public struct AuthorizationDecision: Sendable, Equatable {
-    /// Allowed or not.
-    public var allowed: Bool
+/// A verdict on one connection, with what decided it for logs and telemetry.
+public struct AuthorizationDecision: Sendable, Equatable, CustomStringConvertible {
+    /// The three answers an authorizer can give.
+    public enum Verdict: String, Sendable, Equatable {
+        /// The connection may proceed as far as this authorizer is concerned.
+        case allow
+        /// The connection must be refused; in a ``PolicyChain`` the first deny wins.
+        case deny
+        /// No opinion (e.g. the connection is outside what the plugin governs); the chain
+        /// goes on as if the authorizer were absent.
+        case abstain
+    }
+
+    /// The verdict.
+    public var verdict: Verdict
     /// The deciding policy (`namespace/name`), if one decided.
     public var policy: String?
-    /// Why, in a few words.
+    /// The index of the deciding rule within ``policy``, if a rule matched.
+    public var rule: Int?
+    /// Why, in a few words, for logs and `ambit policy check`.
     public var reason: String
+    /// The id of the plugin that gave the verdict; ``PolicyChain`` fills it in.
+    public var plugin: String?
+
+    /// Creates a decision.
+    public init(verdict: Verdict, policy: String? = nil, rule: Int? = nil, reason: String, plugin: String? = nil) {
+        self.verdict = verdict
+        self.policy = policy
+        self.rule = rule
+        self.reason = reason
+        self.plugin = plugin
+    }
+
+    /// True unless denied: an abstention does not stop a connection.
+    public var allowed: Bool { verdict != .deny }
 
     /// An allow.
-    public static func allow(policy: String? = nil, reason: String = "allowed") -> Self {
-        Self(allowed: true, policy: policy, reason: reason)
+    public static func allow(policy: String? = nil, rule: Int? = nil, reason: String = "allowed") -> Self {
+        Self(verdict: .allow, policy: policy, rule: rule, reason: reason)
     }
 
     /// A deny.
-    public static func deny(policy: String? = nil, reason: String) -> Self {
-        Self(allowed: false, policy: policy, reason: reason)
+    public static func deny(policy: String? = nil, rule: Int? = nil, reason: String) -> Self {
+        Self(verdict: .deny, policy: policy, rule: rule, reason: reason)
+    }
+
+    /// No opinion.
+    public static func abstain(reason: String = "no opinion") -> Self {
+        Self(verdict: .abstain, reason: reason)
+    }
+
+    /// `deny by authorization: default/deny-all rule 0: <reason>`, for logs.
+    public var description: String {
+        var text = verdict.rawValue
+        if let plugin { text += " by \(plugin)" }
+        if let policy {
+            text += ": \(policy)"
+            if let rule { text += " rule \(rule)" }
+        }
+        return text + ": " + reason
     }
 }
 
-/// Role ``PluginRole/policy``: decides whether an inbound connection may proceed. Every
-/// enabled policy plugin is consulted in manifest order; the first deny wins.
+/// Role ``PluginRole/policy``: decides whether an inbound connection may proceed.
+///
+/// The kernel's ``PolicyChain`` consults every enabled provider in manifest order: the
+/// first ``AuthorizationDecision/Verdict/deny`` wins and ends the walk; allow and abstain
+/// go on to the next provider. Inbound paths call the chain, not providers directly.
 ///
 /// Threading: called concurrently from many connections; must be thread-safe and
 /// should not block (it is async so it may wait on I/O, e.g. an external check).

@@ -51,6 +51,10 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public let route: String
     /// Whether it travels over mutual TLS.
     public let isMutualTLS: Bool
+    /// What the policy chain saw when it authorized the connection (inbound paths set
+    /// it); ``PolicyChain/reevaluate(_:logger:)`` checks these records again when
+    /// policies change. Nil for connections no policy governs (outbound).
+    public let authorization: ConnectionAttributes?
     /// When it was accepted.
     public let openedAt: ContinuousClock.Instant
     /// Bytes each way, updated as they flow.
@@ -63,7 +67,8 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public init(
         direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
-        peerIdentity: SpiffeID? = nil, route: String, isMutualTLS: Bool = false
+        peerIdentity: SpiffeID? = nil, route: String, isMutualTLS: Bool = false,
+        authorization: ConnectionAttributes? = nil
     ) {
         self.id = Self.nextID.add(1, ordering: .relaxed).oldValue
         self.direction = direction
@@ -75,6 +80,7 @@ public final class ConnectionRecord: Sendable, Identifiable {
         self.peerIdentity = peerIdentity
         self.route = route
         self.isMutualTLS = isMutualTLS
+        self.authorization = authorization
         self.openedAt = .now
     }
 

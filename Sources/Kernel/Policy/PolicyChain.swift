@@ -1,0 +1,122 @@
+import Logging
+import NIOCore
+
+/// The node's policy chain: every enabled ``ConnectionAuthorizer`` (role
+/// ``PluginRole/policy``) in manifest order. The first deny wins and ends the walk;
+/// allows and abstentions go on to the next link; a connection no link denies is
+/// allowed.
+///
+/// This is the one call inbound paths make before they dial a workload:
+///
+/// ```swift
+/// let decision = await context.policyChain.authorize(attributes)
+/// guard decision.allowed else { /* HBONE: 401; plaintext: close */ }
+/// ```
+///
+/// or, from a channel handler on an event loop,
+/// `context.policyChain.authorize(attributes, on: channel.eventLoop)`.
+///
+/// The shape is a middleware chain (as in Hummingbird) with the continuation implied: a
+/// link either stops the chain with a deny or lets it continue, so links need no `next`
+/// and cannot forget to call it. A chain with no links allows everything (no policy
+/// plugin enabled means no policy).
+///
+/// Building a chain is cheap (a walk over the enabled plugins); build one per use or
+/// keep one. Thread-safe.
+public struct PolicyChain: Sendable {
+    /// One authorizer and the plugin id that names it in decisions.
+    public struct Link: Sendable {
+        /// The plugin id, e.g. `authorization`.
+        public let id: String
+        /// The authorizer.
+        public let authorizer: any ConnectionAuthorizer
+
+        /// Creates a link.
+        public init(id: String, authorizer: any ConnectionAuthorizer) {
+            self.id = id
+            self.authorizer = authorizer
+        }
+    }
+
+    /// The links, in the order they are consulted.
+    public let links: [Link]
+
+    /// A chain of explicit links (tests, composed binaries).
+    public init(_ links: [Link]) {
+        self.links = links
+    }
+
+    /// Every enabled plugin providing ``ConnectionAuthorizer``, in manifest order.
+    /// Available from ``Plugin/provision()`` on (before that the directory is empty).
+    public init(context: PluginContext) {
+        links = context.providers(of: (any ConnectionAuthorizer).self).map { authorizer in
+            let id = (authorizer as? any Plugin).map { type(of: $0).id } ?? String(describing: type(of: authorizer))
+            return Link(id: id, authorizer: authorizer)
+        }
+    }
+
+    /// Asks each link in order; returns the first deny, else the last allow, else an
+    /// allow saying that nothing objected. The returned decision names its plugin.
+    public func authorize(_ attributes: ConnectionAttributes) async -> AuthorizationDecision {
+        var lastAllow: AuthorizationDecision?
+        for link in links {
+            var decision = await link.authorizer.authorize(attributes)
+            decision.plugin = link.id
+            switch decision.verdict {
+            case .deny: return decision
+            case .allow: lastAllow = decision
+            case .abstain: continue
+            }
+        }
+        if let lastAllow { return lastAllow }
+        return .allow(reason: links.isEmpty ? "no policy plugin enabled" : "no policy plugin objected")
+    }
+
+    /// ``authorize(_:)`` for event-loop code: the future completes on `eventLoop`.
+    public func authorize(_ attributes: ConnectionAttributes, on eventLoop: any EventLoop) -> EventLoopFuture<AuthorizationDecision> {
+        if links.isEmpty {
+            return eventLoop.makeSucceededFuture(.allow(reason: "no policy plugin enabled"))
+        }
+        return eventLoop.makeFutureWithTask { await self.authorize(attributes) }
+    }
+
+    /// One connection closed by ``reevaluate(_:logger:)``.
+    public struct Closed: Sendable {
+        /// The connection.
+        public let record: ConnectionRecord
+        /// The deny that closed it.
+        public let decision: AuthorizationDecision
+    }
+
+    /// Checks every open connection that was authorized (its record carries
+    /// ``ConnectionRecord/authorization``) against the chain again and closes those now
+    /// denied. Policy plugins call this after their policies change; each closed
+    /// connection is logged with the deciding policy and recorded as the record's
+    /// failure.
+    @discardableResult
+    public func reevaluate(_ registry: ConnectionRegistry, logger: Logger) async -> [Closed] {
+        var closed: [Closed] = []
+        for record in registry.records {
+            guard let attributes = record.authorization else { continue }
+            let decision = await authorize(attributes)
+            guard !decision.allowed else { continue }
+            record.recordFailure("closed on policy change: \(decision)")
+            record.close()
+            logger.info(
+                "closed an open connection now denied by policy",
+                metadata: [
+                    "id": "\(record.id)", "source": "\(record.source)", "destination": "\(record.destination)",
+                    "policy": "\(decision.policy ?? "-")", "rule": "\(decision.rule.map(String.init) ?? "-")",
+                    "plugin": "\(decision.plugin ?? "-")", "reason": "\(decision.reason)",
+                ])
+            closed.append(Closed(record: record, decision: decision))
+        }
+        return closed
+    }
+}
+
+extension PluginContext {
+    /// The node's policy chain (every enabled policy plugin, in manifest order); see
+    /// ``PolicyChain``. Use it from ``Plugin/provision()`` on.
+    public var policyChain: PolicyChain { PolicyChain(context: self) }
+}

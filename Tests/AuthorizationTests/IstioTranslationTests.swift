@@ -1,0 +1,337 @@
+import Authorization
+import Foundation
+import Kernel
+import Testing
+
+@Suite("Istio AuthorizationPolicy translation")
+struct IstioTranslationTests {
+    func parse(_ yaml: String, root: String = "istio-system") throws -> LoadedPolicies {
+        try IstioPolicyFile.parse(yaml: yaml, file: "p.yaml", rootNamespace: root)
+    }
+
+    func errors(_ yaml: String) -> [ConfigError] {
+        do {
+            _ = try IstioPolicyFile.parse(yaml: yaml, file: "p.yaml")
+            return []
+        } catch {
+            return error.errors
+        }
+    }
+
+    @Test("v1 and v1beta1, several documents, each with its scope")
+    func multiDocument() throws {
+        let loaded = try parse(
+            """
+            # leading comment
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: by-label, namespace: ns}
+            spec:
+              selector: {matchLabels: {app: server}}
+              rules: [{}]
+            ---
+            apiVersion: security.istio.io/v1beta1
+            kind: AuthorizationPolicy
+            metadata: {name: whole-ns, namespace: ns}
+            spec: {action: DENY, rules: [{to: [{operation: {ports: ["9999"]}}]}]}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: mesh-wide, namespace: istio-system}
+            spec: {}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: root-selector, namespace: istio-system}
+            spec: {selector: {matchLabels: {app: server}}}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: empty-selector, namespace: ns}
+            spec: {selector: {}}
+            """)
+        #expect(loaded.policies.map(\.key) == ["ns/by-label", "ns/whole-ns", "istio-system/mesh-wide", "istio-system/root-selector", "ns/empty-selector"])
+        #expect(loaded.policies[0].scope == .workloadSelector(["app": "server"]))
+        #expect(loaded.policies[0].action == .allow)
+        #expect(loaded.policies[0].rules == [[]])
+        #expect(loaded.policies[1].scope == .namespace)
+        #expect(loaded.policies[1].action == .deny)
+        #expect(loaded.policies[2].scope == .global)
+        #expect(loaded.policies[2].rules.isEmpty)
+        #expect(loaded.policies[3].scope == .workloadSelector(["app": "server"]))
+        #expect(loaded.policies[4].scope == .namespace)
+        #expect(loaded.warnings.isEmpty)
+    }
+
+    @Test("a root namespace from config decides what is mesh-wide")
+    func rootNamespace() throws {
+        let yaml = """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: p, namespace: mesh-root}
+            spec: {}
+            """
+        #expect(try parse(yaml).policies[0].scope == .namespace)
+        #expect(try parse(yaml, root: "mesh-root").policies[0].scope == .global)
+    }
+
+    @Test("spec {} on ALLOW allows nothing; rules [{}] allows everything")
+    func allowNothingVersusAllowAll() throws {
+        func policy(_ spec: String) throws -> AuthorizationPolicy {
+            try parse(
+                """
+                apiVersion: security.istio.io/v1
+                kind: AuthorizationPolicy
+                metadata: {name: p, namespace: ns}
+                spec: \(spec)
+                """
+            ).policies[0]
+        }
+        let nothing = try policy("{selector: {matchLabels: {app: server}}}")
+        let all = try policy("{selector: {matchLabels: {app: server}}, rules: [{}]}")
+        #expect(!Fixture.decide([nothing], Fixture.tls).allowed)
+        #expect(!Fixture.decide([nothing], Fixture.plaintext).allowed)
+        #expect(Fixture.decide([all], Fixture.plaintext).allowed)
+        #expect(Fixture.decide([all], Fixture.tls).allowed)
+        // A DENY with no rules never matches.
+        let denyNothing = try policy("{action: DENY}")
+        #expect(Fixture.decide([denyNothing], Fixture.tls).allowed)
+    }
+
+    @Test("from[] OR'ed, to[] OR'ed, from/to/when AND'ed")
+    func structure() throws {
+        let policy = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: p, namespace: ns}
+            spec:
+              rules:
+              - from:
+                - source: {principals: ["cluster.local/ns/a/sa/x", "spiffe://cluster.local/ns/b/*"], notNamespaces: [c]}
+                - source: {ipBlocks: ["10.0.0.0/8", 192.168.1.1], notIpBlocks: ["10.9.0.0/16"]}
+                - source: {namespaces: ["*-prod", "dev*", "*"], serviceAccounts: [ns2/sa2, sa1], notServiceAccounts: [bad]}
+                to:
+                - operation: {ports: ["80", 8080], notPorts: ["81"]}
+                - operation: {notPorts: ["22"]}
+                when:
+                - {key: source.ip, values: ["10.1.0.0/16"], notValues: ["10.1.2.3"]}
+                - {key: source.namespace, values: ["a*"], notValues: [ab]}
+                - {key: source.principal, values: ["*/sa/x"], notValues: ["spiffe://td/ns/a/sa/y"]}
+                - {key: destination.ip, values: ["10.0.0.2"], notValues: ["10.0.0.3/32"]}
+                - {key: destination.port, values: ["8080"], notValues: [9090]}
+            """
+        ).policies[0]
+        #expect(policy.rules.count == 1)
+        let rule = policy.rules[0]
+        #expect(rule.count == 7)  // to, from, five conditions
+        // to: one match per operation.
+        #expect(rule[0].map(\.destinationPorts) == [[80, 8080], []])
+        #expect(rule[0].map(\.notDestinationPorts) == [[81], [22]])
+        // from: one match per source.
+        #expect(rule[1].count == 3)
+        #expect(rule[1][0].principals == [.exact("cluster.local/ns/a/sa/x"), .prefix("cluster.local/ns/b/")])
+        #expect(rule[1][0].notNamespaces == [.exact("c")])
+        #expect(rule[1][1].sourceIPs == [CIDR("10.0.0.0/8")!, CIDR("192.168.1.1/32")!])
+        #expect(rule[1][1].notSourceIPs == [CIDR("10.9.0.0/16")!])
+        #expect(rule[1][2].namespaces == [.suffix("-prod"), .prefix("dev"), .presence])
+        #expect(rule[1][2].serviceAccounts == [.exact("ns2/sa2"), .exact("ns/sa1")])
+        #expect(rule[1][2].notServiceAccounts == [.exact("ns/bad")])
+        // when: one clause per condition.
+        #expect(rule[2] == [Fixture.match { $0.sourceIPs = [CIDR("10.1.0.0/16")!]; $0.notSourceIPs = [CIDR("10.1.2.3")!] }])
+        #expect(rule[3] == [Fixture.match { $0.namespaces = [.prefix("a")]; $0.notNamespaces = [.exact("ab")] }])
+        #expect(rule[4] == [Fixture.match { $0.principals = [.suffix("/sa/x")]; $0.notPrincipals = [.exact("td/ns/a/sa/y")] }])
+        #expect(rule[5] == [Fixture.match { $0.destinationIPs = [CIDR("10.0.0.2")!]; $0.notDestinationIPs = [CIDR("10.0.0.3/32")!] }])
+        #expect(rule[6] == [Fixture.match { $0.destinationPorts = [8080]; $0.notDestinationPorts = [9090] }])
+    }
+
+    @Test("an end-to-end decision through a translated policy")
+    func translatedDecision() throws {
+        let loaded = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: allow-a, namespace: ns}
+            spec:
+              selector: {matchLabels: {app: server}}
+              rules:
+              - from: [{source: {namespaces: [namespace]}}, {source: {ipBlocks: ["10.0.0.3/32"]}}]
+                to: [{operation: {ports: ["8080"]}}]
+            """)
+        #expect(Fixture.decide(loaded.policies, Fixture.tls).allowed)  // namespace "namespace", port 8080
+        #expect(!Fixture.decide(loaded.policies, Fixture.plaintext).allowed)  // no identity, 10.0.0.1
+        #expect(!Fixture.decide(loaded.policies, Fixture.tlsAlt).allowed)  // 10.0.0.3 but port 9090
+    }
+
+    @Test("L7 attributes: an ALLOW rule using them matches nothing, with a warning naming policy and field")
+    func httpInAllow() throws {
+        let loaded = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: get-only, namespace: ns}
+            spec:
+              rules:
+              - to:
+                - operation:
+                    methods: [GET]
+                    ports: ["8080"]
+              - from: [{source: {remoteIpBlocks: ["10.0.0.0/8"]}}]
+              - when: [{key: "request.headers[x-user]", values: [alice]}]
+              - from: [{source: {requestPrincipals: ["*"]}}]
+            """)
+        #expect(loaded.policies[0].rules.isEmpty)
+        #expect(!Fixture.decide(loaded.policies, Fixture.tls).allowed)
+        #expect(loaded.warnings.map(\.field) == ["methods", "remoteIpBlocks", "when key request.headers[x-user]", "requestPrincipals"])
+        let first = loaded.warnings[0]
+        #expect(first.policy == "ns/get-only")
+        #expect(first.location.line == 8)
+        #expect(first.location.path == "document[0].spec.rules[0].to[0].operation.methods")
+        #expect(first.description.contains("ALLOW rule matches nothing"))
+    }
+
+    @Test("L7 attributes: a DENY rule drops them and denies more")
+    func httpInDeny() throws {
+        let loaded = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: no-post, namespace: ns}
+            spec:
+              action: DENY
+              rules:
+              - to: [{operation: {methods: [POST], ports: ["9090"]}}]
+              - from: [{source: {namespaces: [ns-alt]}}]
+                to: [{operation: {paths: ["/admin"]}}]
+                when: [{key: "request.auth.claims[iss]", values: [x]}]
+            """)
+        let rules = loaded.policies[0].rules
+        // The ports survive; the method is gone.
+        #expect(rules[0] == [[Fixture.match { $0.destinationPorts = [9090] }]])
+        // Only the namespace clause is left: the path and the claim no longer narrow it.
+        #expect(rules[1] == [[Fixture.match { $0.namespaces = [.exact("ns-alt")] }]])
+        #expect(loaded.warnings.count == 3)
+        #expect(loaded.warnings.allSatisfy { $0.message.contains("denies more") })
+        #expect(!Fixture.decide(loaded.policies, Fixture.tlsAlt).allowed)
+        #expect(Fixture.decide(loaded.policies, Fixture.tls).allowed)
+
+        let methodOnly = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: no-delete, namespace: ns}
+            spec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}
+            """)
+        #expect(methodOnly.policies[0].rules == [[]])
+        #expect(!Fixture.decide(methodOnly.policies, Fixture.plaintext).allowed)
+    }
+
+    @Test("dry-run annotation, targetRefs skipped with a warning")
+    func annotationsAndTargets() throws {
+        let loaded = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata:
+              name: trial
+              namespace: ns
+              annotations: {"istio.io/dry-run": "true"}
+              labels: {team: a}
+              resourceVersion: "12"
+            spec: {action: DENY, rules: [{}]}
+            status: {}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: for-waypoint, namespace: ns}
+            spec:
+              targetRefs: [{kind: Service, group: "", name: echo}]
+              rules: [{to: [{operation: {methods: [GET]}}]}]
+            """)
+        #expect(loaded.policies.map(\.key) == ["ns/trial"])
+        #expect(loaded.policies[0].dryRun)
+        #expect(loaded.warnings.map(\.field) == ["targetRefs"])
+    }
+
+    struct BadCase: Sendable, CustomTestStringConvertible {
+        var name: String
+        var yaml: String
+        var line: Int?
+        var path: String
+        var message: String
+        var testDescription: String { name }
+    }
+
+    static let header = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\n"
+
+    static let badCases: [BadCase] = [
+        .init(
+            name: "bad CIDR", yaml: header + "spec:\n  rules:\n  - from:\n    - source: {ipBlocks: [\"10.0.0.0/33\"]}\n",
+            line: 7, path: "document[0].spec.rules[0].from[0].source.ipBlocks[0]", message: "10.0.0.0/33"),
+        .init(
+            name: "port out of range", yaml: header + "spec:\n  rules:\n  - to:\n    - operation: {ports: [\"70000\"]}\n",
+            line: 7, path: "document[0].spec.rules[0].to[0].operation.ports[0]", message: "expected a port 1…65535, got \"70000\""),
+        .init(
+            name: "port in a when condition", yaml: header + "spec:\n  rules:\n  - when:\n    - {key: destination.port, values: [http]}\n",
+            line: 7, path: "document[0].spec.rules[0].when[0].values[0]", message: "expected a port"),
+        .init(
+            name: "unknown field", yaml: header + "spec:\n  rules:\n  - from:\n    - source: {principal: [x]}\n",
+            line: 7, path: "document[0].spec.rules[0].from[0].source.principal", message: "unknown key"),
+        .init(
+            name: "CUSTOM rejected", yaml: header + "spec:\n  action: CUSTOM\n  provider: {name: ext}\n",
+            line: 5, path: "document[0].spec.action", message: "action CUSTOM is not supported"),
+        .init(
+            name: "AUDIT rejected", yaml: header + "spec: {action: AUDIT}\n",
+            line: 4, path: "document[0].spec.action", message: "action AUDIT is not supported"),
+        .init(
+            name: "unknown action", yaml: header + "spec: {action: allow}\n",
+            line: 4, path: "document[0].spec.action", message: "expected one of ALLOW, DENY, AUDIT, CUSTOM"),
+        .init(
+            name: "unknown when key", yaml: header + "spec: {rules: [{when: [{key: source.pod, values: [x]}]}]}\n",
+            line: 4, path: "document[0].spec.rules[0].when[0].key", message: "unknown key \"source.pod\""),
+        .init(
+            name: "condition without values", yaml: header + "spec: {rules: [{when: [{key: source.ip}]}]}\n",
+            line: 4, path: "document[0].spec.rules[0].when[0].key", message: "needs values or notValues"),
+        .init(
+            name: "empty source", yaml: header + "spec: {rules: [{from: [{source: {}}]}]}\n",
+            line: 4, path: "document[0].spec.rules[0].from[0].source", message: "at least one field"),
+        .init(
+            name: "wrong kind", yaml: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n",
+            line: 2, path: "document[0].kind", message: "expected AuthorizationPolicy"),
+        .init(
+            name: "wrong apiVersion", yaml: "apiVersion: security.istio.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n",
+            line: 1, path: "document[0].apiVersion", message: "security.istio.io/v1 or security.istio.io/v1beta1"),
+        .init(
+            name: "malformed YAML in the second document",
+            yaml: header + "spec: {}\n---\n" + header.replacingOccurrences(of: "name: p", with: "name: q") + "spec: {rules: [\n",
+            line: 10, path: "document[1]", message: "invalid YAML"),
+        .init(
+            name: "an error in the third document names it and its line",
+            yaml: header + "---\n" + header.replacingOccurrences(of: "name: p", with: "name: q") + "---\n"
+                + header.replacingOccurrences(of: "name: p", with: "name: r") + "spec:\n  rules:\n  - from:\n    - source: {notIpBlocks: [nope]}\n",
+            line: 15, path: "document[2].spec.rules[0].from[0].source.notIpBlocks[0]", message: "nope"),
+        .init(
+            name: "duplicate policy", yaml: header + "---\n" + header,
+            line: 5, path: "document[1]", message: "duplicate policy ns/p"),
+        .init(
+            name: "bad dry-run annotation", yaml: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, annotations: {istio.io/dry-run: maybe}}\n",
+            line: 3, path: "document[0].metadata.annotations", message: "must be \"true\" or \"false\""),
+    ]
+
+    @Test("bad input: precise errors", arguments: badCases)
+    func bad(_ c: BadCase) {
+        let found = errors(c.yaml)
+        let error = found.first { $0.path == c.path }
+        #expect(error != nil, "no error at \(c.path): \(found)")
+        #expect(error?.file == "p.yaml")
+        if let line = c.line { #expect(error?.line == line, "\(found)") }
+        #expect(error?.message.contains(c.message) == true, "\(found)")
+    }
+
+    @Test("documents are split on --- lines with their first line")
+    func split() throws {
+        let loaded = try parse("---\n" + Self.header + "spec: {}\n---\n\n# only a comment\n---\n" + Self.header.replacingOccurrences(of: "name: p", with: "name: q"))
+        #expect(loaded.policies.map(\.name) == ["p", "q"])
+    }
+}
