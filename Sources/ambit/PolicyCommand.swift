@@ -167,7 +167,13 @@ struct PolicyCheckCommand: AsyncParsableCommand {
         } else {
             lines.append("policy: none")
         }
-        lines.append("reason: \(decision.reason)")
+        // The decision names its rule; the explanation says what that rule required.
+        let deciding = explanations.first { $0.policy.key == decision.policy && $0.matchingRule == decision.rule }
+        var reason = "reason: \(decision.reason)"
+        if let detail = deciding?.details.first, let range = detail.range(of: "matches: ") {
+            reason += ": " + detail[range.upperBound...]
+        }
+        lines.append(reason)
         lines.append("source: \(describeSource(input))")
         lines.append(
             "destination: \(input.attributes.destinationAddress) (workload \(input.workload.namespace)/\(input.workload.name))")

@@ -198,9 +198,7 @@ struct IstioPolicyDocument: Decodable {
             _ = try c.decodeIfPresent([CIDR].self, forKey: .notRemoteIpBlocks)
             httpFields = try Self.httpFields(
                 c, [.remoteIpBlocks, .notRemoteIpBlocks, .requestPrincipals, .notRequestPrincipals])
-            let l4Empty = principals.isEmpty && notPrincipals.isEmpty && namespaces.isEmpty && notNamespaces.isEmpty
-                && serviceAccounts.isEmpty && notServiceAccounts.isEmpty && ipBlocks.isEmpty && notIpBlocks.isEmpty
-            if l4Empty && httpFields.isEmpty {
+            if isL4Empty && httpFields.isEmpty {
                 try ConfigDecoder.report("a source needs at least one field (an empty source is rejected by Istio)", in: decoder)
             }
         }

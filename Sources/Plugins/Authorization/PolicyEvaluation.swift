@@ -97,8 +97,7 @@ extension PolicyIndex {
                 if let rule = PolicyMatching.firstMatchingRule(candidate.policy, facts) {
                     return .deny(
                         policy: candidate.key, rule: rule,
-                        reason: "DENY policy \(candidate.key) rule \(rule) matches: "
-                            + PolicyMatching.describeRule(candidate.policy.rules[rule]))
+                        reason: "DENY policy \(candidate.key) rule \(rule) matches")
                 }
             }
         }
@@ -114,8 +113,7 @@ extension PolicyIndex {
                 if let rule = PolicyMatching.firstMatchingRule(candidate.policy, facts) {
                     return .allow(
                         policy: candidate.key, rule: rule,
-                        reason: "ALLOW policy \(candidate.key) rule \(rule) matches: "
-                            + PolicyMatching.describeRule(candidate.policy.rules[rule]))
+                        reason: "ALLOW policy \(candidate.key) rule \(rule) matches")
                 }
             }
         }

@@ -38,32 +38,25 @@ struct ConnectionFacts: Sendable {
 enum PolicyMatching {
     /// The index of the first rule of `policy` that matches, nil when none does.
     static func firstMatchingRule(_ policy: AuthorizationPolicy, _ facts: ConnectionFacts) -> Int? {
-        for (index, rule) in policy.rules.enumerated() where ruleMatches(rule, facts) {
-            return index
-        }
-        return nil
+        // `firstIndex(where:)`, `allSatisfy` and `contains(where:)` lend elements to the
+        // closure; a `for` loop would copy each match (a dozen array references) out.
+        policy.rules.firstIndex { ruleMatches($0, facts) }
     }
 
     static func ruleMatches(_ rule: [[PolicyMatch]], _ facts: ConnectionFacts) -> Bool {
-        for clause in rule where !clauseMatches(clause, facts) {
-            return false
-        }
-        return true
+        rule.allSatisfy { clauseMatches($0, facts) }
     }
 
     static func clauseMatches(_ clause: [PolicyMatch], _ facts: ConnectionFacts) -> Bool {
-        if clause.isEmpty { return true }
-        for match in clause where !match.isEmpty && matchHolds(match, facts) {
-            return true
-        }
-        return false
+        clause.isEmpty || clause.contains { !$0.isEmpty && matchHolds($0, facts) }
     }
 
     static func matchHolds(_ match: PolicyMatch, _ facts: ConnectionFacts) -> Bool {
-        for field in Field.allCases where !field.holds(match, facts) {
-            return false
-        }
-        return true
+        // Spelled out rather than looping over `Field.allCases`: this is the innermost
+        // loop of every decision, and the cheap checks (ports, addresses) go first.
+        Field.destinationPorts.holds(match, facts) && Field.sourceIPs.holds(match, facts)
+            && Field.destinationIPs.holds(match, facts) && Field.principals.holds(match, facts)
+            && Field.namespaces.holds(match, facts) && Field.serviceAccounts.holds(match, facts)
     }
 
     /// The fields of a match, in the order explanations name them.
@@ -74,11 +67,11 @@ enum PolicyMatching {
         func holds(_ match: PolicyMatch, _ facts: ConnectionFacts) -> Bool {
             switch self {
             case .principals:
-                return check(match.principals, match.notPrincipals) { $0.matches(facts.principal) }
+                return check(match.principals, match.notPrincipals) { $0.matchesBytes(facts.principal) }
             case .namespaces:
-                return check(match.namespaces, match.notNamespaces) { $0.matches(facts.namespace) }
+                return check(match.namespaces, match.notNamespaces) { $0.matchesBytes(facts.namespace) }
             case .serviceAccounts:
-                return check(match.serviceAccounts, match.notServiceAccounts) { $0.matches(facts.serviceAccount) }
+                return check(match.serviceAccounts, match.notServiceAccounts) { $0.matchesBytes(facts.serviceAccount) }
             case .sourceIPs:
                 return check(match.sourceIPs, match.notSourceIPs) { $0.contains(facts.sourceIP) }
             case .destinationIPs:
@@ -106,18 +99,18 @@ enum PolicyMatching {
             }
             switch self {
             case .principals:
-                let fails = !match.principals.isEmpty && !match.principals.contains { $0.matches(facts.principal) }
+                let fails = !match.principals.isEmpty && !match.principals.contains { $0.matchesBytes(facts.principal) }
                 return describe(
                     "principals", list(match.principals, Self.show), list(match.notPrincipals, Self.show), facts.principal,
                     positiveFails: fails)
             case .namespaces:
-                let fails = !match.namespaces.isEmpty && !match.namespaces.contains { $0.matches(facts.namespace) }
+                let fails = !match.namespaces.isEmpty && !match.namespaces.contains { $0.matchesBytes(facts.namespace) }
                 return describe(
                     "namespaces", list(match.namespaces, Self.show), list(match.notNamespaces, Self.show), facts.namespace,
                     positiveFails: fails)
             case .serviceAccounts:
                 let fails =
-                    !match.serviceAccounts.isEmpty && !match.serviceAccounts.contains { $0.matches(facts.serviceAccount) }
+                    !match.serviceAccounts.isEmpty && !match.serviceAccounts.contains { $0.matchesBytes(facts.serviceAccount) }
                 return describe(
                     "serviceAccounts", list(match.serviceAccounts, Self.show), list(match.notServiceAccounts, Self.show),
                     facts.serviceAccount, positiveFails: fails)
@@ -194,5 +187,20 @@ enum PolicyMatching {
         add("destinationPorts", match.destinationPorts, \.description)
         add("notDestinationPorts", match.notDestinationPorts, \.description)
         return parts.joined(separator: ", ")
+    }
+}
+
+extension StringMatch {
+    /// ``StringMatch/matches(_:)`` with a length check first, which rejects most
+    /// candidates before a character comparison. A missing or empty value never matches.
+    @inline(__always)
+    func matchesBytes(_ value: String?) -> Bool {
+        guard let value, !value.isEmpty else { return false }
+        switch self {
+        case .exact(let expected): return value == expected
+        case .prefix(let prefix): return value.utf8.count >= prefix.utf8.count && value.hasPrefix(prefix)
+        case .suffix(let suffix): return value.utf8.count >= suffix.utf8.count && value.hasSuffix(suffix)
+        case .presence: return true
+        }
     }
 }
