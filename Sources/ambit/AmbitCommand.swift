@@ -4,6 +4,7 @@ import Foundation
 import Kernel
 import LocalConfig
 import Logging
+import Telemetry
 
 /// The composed node proxy: every first-party plugin plus the CLI.
 @main
@@ -23,6 +24,7 @@ enum FirstPartyPlugins {
         PluginRegistry([
             PluginType(LocalConfigPlugin.self),
             PluginType(CapturePlugin.self),
+            PluginType(TelemetryPlugin.self),
         ])
     }
 }
