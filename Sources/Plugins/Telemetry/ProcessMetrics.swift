@@ -26,12 +26,18 @@ final class ProcessMetrics: Sendable {
     private let reportedCPU = NIOLockedValueBox<Double>(0)
 
     init(registry: PrometheusCollectorRegistry) {
-        cpu = registry.makeCounter(descriptor: .named("process_cpu_seconds_total", help: "Total user and system CPU time spent in seconds."))
-        resident = registry.makeGauge(descriptor: .named("process_resident_memory_bytes", help: "Resident memory size in bytes."))
-        virtual = registry.makeGauge(descriptor: .named("process_virtual_memory_bytes", help: "Virtual memory size in bytes."))
-        startTime = registry.makeGauge(descriptor: .named("process_start_time_seconds", help: "Start time of the process since unix epoch in seconds."))
-        openFDs = registry.makeGauge(descriptor: .named("process_open_fds", help: "Number of open file descriptors."))
-        maxFDs = registry.makeGauge(descriptor: .named("process_max_fds", help: "Maximum number of open file descriptors."))
+        cpu = registry.makeCounter(
+            descriptor: .named("process_cpu_seconds_total", help: "Total user and system CPU time spent in seconds."))
+        resident = registry.makeGauge(
+            descriptor: .named("process_resident_memory_bytes", help: "Resident memory size in bytes."))
+        virtual = registry.makeGauge(
+            descriptor: .named("process_virtual_memory_bytes", help: "Virtual memory size in bytes."))
+        startTime = registry.makeGauge(
+            descriptor: .named("process_start_time_seconds", help: "Start time of the process since unix epoch in seconds."))
+        openFDs = registry.makeGauge(
+            descriptor: .named("process_open_fds", help: "Number of open file descriptors."))
+        maxFDs = registry.makeGauge(
+            descriptor: .named("process_max_fds", help: "Maximum number of open file descriptors."))
         // Istio's build gauge: one series whose labels carry the version.
         registry.makeGauge(
             descriptor: .named("istio_build", help: "Istio component build info"),
