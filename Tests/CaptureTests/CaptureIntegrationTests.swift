@@ -57,7 +57,7 @@ final class CaptureHarness: Sendable {
         async throws -> (reply: SOCKS5Reply, response: String)
     {
         let socks = self.socks
-        let (reply, response) = try await NIOThreadPool.singleton.runIfActive {
+        let (reply, response) = try await offload {
             try SOCKS5Client.exchange(
                 proxy: socks, source: IPAddress(source), request: SOCKS5Request(address: address, port: port),
                 payload: Array(payload.utf8))
@@ -176,7 +176,7 @@ struct CaptureIntegrationTests {
             (Array(repeating: 0xff, count: 2048), []),  // garbage
         ]
         for (bytes, expected) in cases {
-            let received = try rawExchange(harness.socks, bytes)
+            let received = try await rawExchange(harness.socks, bytes)
             #expect(Array(received.prefix(expected.count)) == expected, "for \(bytes.prefix(8))")
         }
         let ok = try await harness.exchange(.ip(a.address.ip), a.address.port, payload: "still here")
@@ -194,11 +194,12 @@ struct CaptureIntegrationTests {
         let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
         let listener = try ResettingServer(ip: "127.0.0.2")
         let target = SOCKS5Request(address: .ip(IPAddress("127.0.0.2")!), port: listener.port)
-        let client = try SOCKS5Client(proxy: harness.socks, source: IPAddress("127.0.0.1"), request: target)
+        let socks = harness.socks
+        let client = try await offload { try SOCKS5Client(proxy: socks, source: IPAddress("127.0.0.1"), request: target) }
         #expect(client.reply == .succeeded)
         try client.send(Array(repeating: 7, count: 1000))
-        listener.acceptAndReset()
-        let rest = try? client.receiveToEnd()
+        try await offload { listener.acceptAndReset() }
+        let rest = try? await offload { try client.receiveToEnd() }
         #expect(rest?.isEmpty ?? true)
         #expect(await eventually { harness.node.connections.count == 0 })
         let ok = try await harness.exchange(.ip(a.address.ip), a.address.port, payload: "after reset")
@@ -237,30 +238,12 @@ struct CaptureIntegrationTests {
 }
 
 /// Sends raw bytes to the SOCKS5 listener and returns everything it answers before closing.
-func rawExchange(_ proxy: SocketAddr, _ bytes: [UInt8]) throws -> [UInt8] {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 5, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var remote = sockaddr_in()
-    remote.sin_family = sa_family_t(AF_INET)
-    remote.sin_port = proxy.port.bigEndian
-    inet_pton(AF_INET, proxy.ip.description, &remote.sin_addr)
-    let connected = withUnsafePointer(to: &remote) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-        }
+func rawExchange(_ proxy: SocketAddr, _ bytes: [UInt8]) async throws -> [UInt8] {
+    try await offload {
+        let socket = try BlockingSocket(connectingTo: proxy)
+        try socket.send(bytes)
+        return try socket.receiveToEnd()
     }
-    guard connected == 0 else { throw TestFailure("connect failed") }
-    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-    var received: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 1024)
-    while true {
-        let count = read(fd, &buffer, buffer.count)
-        if count <= 0 { break }
-        received += buffer[0..<count]
-    }
-    return received
 }
 
 /// A listener that accepts one connection and resets it (SO_LINGER 0).
