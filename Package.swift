@@ -100,7 +100,7 @@ let package = Package(
         .testTarget(
             name: "KernelTests",
             dependencies: [
-                "Kernel",
+                "Kernel", "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSettings
