@@ -63,22 +63,16 @@ final class TelemetryHarness: Sendable {
 
     /// Scrapes `/metrics` over HTTP, as Prometheus would.
     func scrape(path: String = "/metrics") async throws -> Scrape {
-        let metrics = self.metrics
-        let (status, body) = try await NIOThreadPool.singleton.runIfActive { try httpRequest("GET", metrics, path) }
+        let (status, body) = try await httpRequest("GET", metrics, path)
         guard status == 200 else { throw TestFailure("scrape \(path): status \(status)") }
         return Scrape(body)
     }
 
     /// A SOCKS5 connection from `source` to `address:port` (blocking calls: use off the
-    /// cooperative pool through ``blocking(_:)``).
+    /// concurrency threads through `offload`).
     func connect(_ address: SOCKS5Address, _ port: UInt16, from source: String = "127.0.0.1") throws -> SOCKS5Client {
         try SOCKS5Client(proxy: socks, source: IPAddress(source), request: SOCKS5Request(address: address, port: port))
     }
-}
-
-/// Runs blocking socket work on NIO's thread pool rather than the test's executor.
-func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await NIOThreadPool.singleton.runIfActive(body)
 }
 
 /// Sends `count` bytes through `client` and reads the echo back, exactly.

@@ -7,14 +7,6 @@ import Telemetry
 import Testing
 import TestSupport
 
-/// A SOCKS5 client handed between the test task and the blocking thread pool. The test
-/// uses it from one place at a time (each call awaits the previous), which is what the
-/// unchecked conformance relies on.
-final class SharedClient: @unchecked Sendable {
-    let client: SOCKS5Client
-    init(_ client: SOCKS5Client) { self.client = client }
-}
-
 @Suite("telemetry: Istio TCP metrics from real traffic through an in-process node", .serialized)
 struct TelemetryIntegrationTests {
     static let svc = "svc.default.svc.cluster.local"
@@ -29,7 +21,7 @@ struct TelemetryIntegrationTests {
         // Three connections to the service by name, 100 000 bytes each way on each.
         let size = 100_000
         for _ in 0..<3 {
-            try await blocking { [harness] in
+            try await offload { [harness] in
                 let client = try harness.connect(.domain(Self.svc), 80)
                 guard client.reply == .succeeded else { throw TestFailure("reply \(client.reply)") }
                 try roundTrip(client, size)
@@ -39,7 +31,7 @@ struct TelemetryIntegrationTests {
         }
         // One to the greeter by IP: the response is 9 bytes longer than the request
         // ("greeter: "), which tells the two directions apart.
-        try await blocking { [harness, greeter] in
+        try await offload { [harness, greeter] in
             let client = try harness.connect(.ip(greeter.address.ip), greeter.address.port)
             try client.send(Array(repeating: 1, count: 1000))
             client.finishSending()
@@ -90,9 +82,7 @@ struct TelemetryIntegrationTests {
         // The same text on Istio's other path; other paths 404.
         let stats = try await harness.scrape(path: "/stats/prometheus")
         #expect(stats.value(IstioTCPMetrics.Name.received, toService) == Double(3 * size))
-        let metrics = harness.metrics
-        let missing = try await blocking { try httpRequest("GET", metrics, "/nope").status }
-        #expect(missing == 404)
+        #expect(try await httpRequest("GET", harness.metrics, "/nope").status == 404)
         #expect(scrape.samples("istio_build", ["component": "ambit", "tag": AmbitVersion.current]).count == 1)
         #expect(scrape.value("process_open_fds") > 0)
 
@@ -109,22 +99,22 @@ struct TelemetryIntegrationTests {
         let harness = try await TelemetryHarness(mesh: telemetryMesh(echo: echo.address, greeter: greeter.address))
         let match = ["destination_service": Self.svc]
 
-        let shared = try await blocking { [harness] in SharedClient(try harness.connect(.domain(Self.svc), 80)) }
-        try await blocking { try roundTrip(shared.client, 1000) }
+        let client = try await offload { [harness] in try harness.connect(.domain(Self.svc), 80) }
+        try await offload { try roundTrip(client, 1000) }
         // Read through the plugin (the periodic flush), not a scrape, which would flush too.
         #expect(await eventually { Self.value(harness, IstioTCPMetrics.Name.received, match) == 1000 })
         #expect(Self.value(harness, IstioTCPMetrics.Name.closed, match) == 0)
-        try await blocking { try roundTrip(shared.client, 500) }
+        try await offload { try roundTrip(client, 500) }
         let scrape = try await harness.scrape()
         #expect(scrape.value(IstioTCPMetrics.Name.received, match) == 1500)
         #expect(scrape.value(IstioTCPMetrics.Name.sent, match) == 1500)
         #expect(scrape.value(IstioTCPMetrics.Name.opened, match) == 1)
 
-        try await blocking {
-            try roundTrip(shared.client, 7)
-            shared.client.finishSending()
-            _ = try shared.client.receiveToEnd()
-            shared.client.close()
+        try await offload {
+            try roundTrip(client, 7)
+            client.finishSending()
+            _ = try client.receiveToEnd()
+            client.close()
         }
         #expect(await eventually { Self.value(harness, IstioTCPMetrics.Name.closed, match) == 1 })
         let final = try await harness.scrape()
@@ -148,7 +138,7 @@ struct TelemetryIntegrationTests {
         let harness = try await TelemetryHarness(mesh: telemetryMesh(echo: echo.address, greeter: greeter.address))
         let closedPort = freePort()
 
-        let replies = try await blocking { [harness] in
+        let replies = try await offload { [harness] in
             [
                 try harness.connect(.ip(IPAddress("127.0.0.5")!), closedPort).reply,
                 try harness.connect(.ip(IPAddress("127.10.0.2")!), 80).reply,
@@ -177,7 +167,7 @@ struct TelemetryIntegrationTests {
         let harness = try await TelemetryHarness(
             mesh: telemetryMesh(echo: echo.address, greeter: greeter.address),
             telemetry: "{address: \"127.0.0.1:0\", flushInterval: 50ms, seriesGracePeriod: 1s}")
-        try await blocking { [harness, greeter] in
+        try await offload { [harness, greeter] in
             let client = try harness.connect(.ip(greeter.address.ip), greeter.address.port)
             client.finishSending()
             _ = try client.receiveToEnd()
@@ -194,7 +184,7 @@ struct TelemetryIntegrationTests {
         // Not before the grace period (the file change itself takes one poll to settle).
         #expect(removedAt.duration(to: .now) >= .milliseconds(900))
         // Other series stay.
-        try await blocking { [harness] in
+        try await offload { [harness] in
             let client = try harness.connect(.domain(Self.svc), 80)
             client.finishSending()
             _ = try client.receiveToEnd()
@@ -214,7 +204,7 @@ struct TelemetryIntegrationTests {
             mesh: telemetryMesh(echo: echo.address, greeter: greeter.address),
             telemetry: "{address: \"127.0.0.1:0\", accessLog: {enabled: true, format: json, path: access.log}}")
         let closedPort = freePort()
-        try await blocking { [harness] in
+        try await offload { [harness] in
             let client = try harness.connect(.domain(Self.svc), 80)
             try roundTrip(client, 4321)
             client.finishSending()
@@ -258,7 +248,7 @@ struct TelemetryIntegrationTests {
         let greeter = try await EchoServer.start("127.0.0.5:0", name: "greeter", group: group)
         let harness = try await TelemetryHarness(mesh: telemetryMesh(echo: echo.address, greeter: greeter.address))
         let closedPort = freePort()
-        try await blocking { [harness] in
+        try await offload { [harness] in
             let client = try harness.connect(.domain(Self.svc), 80)
             try roundTrip(client, 10)
             client.finishSending()
