@@ -149,6 +149,8 @@ struct CaptureIntegrationTests {
             #expect(try await harness.exchange(.ip(meshed.address.ip), meshed.address.port).reply == .notAllowed)
             #expect(try await harness.exchange(.ip(IPAddress("127.10.0.2")!), 80).reply == .hostUnreachable)
             #expect(try await harness.exchange(.ip(IPAddress("127.0.0.1")!), 15008).reply == .notAllowed)
+            // A workload port nobody listens on: the client learns the connection was refused.
+            #expect(try await harness.exchange(.ip(a.address.ip), 1).reply == .connectionRefused)
             #expect(meshed.acceptedCount == 0)
         }
         await meshed.close()

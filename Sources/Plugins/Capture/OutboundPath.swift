@@ -207,6 +207,13 @@ final class OutboundPath: Sendable {
 
     /// Maps a connect failure to the SOCKS5 reply a client can act on.
     static func reply(for error: any Error) -> SOCKS5Reply {
+        if let socket = error as? SocketError {
+            switch socket.code {
+            case .connectionRefused: return .connectionRefused
+            case .connectTimedOut: return .hostUnreachable
+            default: return socket.underlying.map { reply(for: $0) } ?? .generalFailure
+            }
+        }
         if let io = error as? IOError {
             switch io.errnoCode {
             case ECONNREFUSED: return .connectionRefused
