@@ -5,6 +5,7 @@ import Foundation
 import Kernel
 import LocalConfig
 import Logging
+import Telemetry
 
 /// The composed node proxy: every first-party plugin plus the CLI.
 @main
@@ -26,6 +27,7 @@ enum FirstPartyPlugins {
             PluginType(LocalConfigPlugin.self),
             PluginType(CapturePlugin.self),
             PluginType(AuthorizationPlugin.self),
+            PluginType(TelemetryPlugin.self),
         ])
     }
 }

@@ -141,7 +141,7 @@ struct RunningNode {
         let process = try AmbitProcess(["run", "--manifest", manifest])
         let node = RunningNode(process: process, dir: dir, socks: socks, admin: admin, readiness: readiness)
         let ready = await eventually(timeout: .seconds(20)) {
-            (try? httpRequest("GET", readiness, "/healthz/ready").status) == 200
+            (try? await httpRequest("GET", readiness, "/healthz/ready").status) == 200
         }
         guard ready else {
             process.signal(SIGKILL)
@@ -160,31 +160,29 @@ struct NodeLifecycleTests {
         let node = try await RunningNode.start(backend: backend.address, drainDeadline: "20s")
         defer { node.dir.remove() }
 
-        let client = try SOCKS5Client(
-            proxy: node.socks, request: SOCKS5Request(address: .ip(backend.address.ip), port: backend.address.port))
+        let target = SOCKS5Request(address: .ip(backend.address.ip), port: backend.address.port)
+        let client = try await offload { try SOCKS5Client(proxy: node.socks, request: target) }
         #expect(client.reply == .succeeded)
         try client.send(Array("before".utf8))
-        #expect(try client.receive(exactly: 6) == Array("before".utf8))
+        #expect(try await offload { try client.receive(exactly: 6) } == Array("before".utf8))
 
         node.process.signal(SIGTERM)
         let notReady = await eventually {
-            (try? httpRequest("GET", node.readiness, "/healthz/ready").status) == 500
+            (try? await httpRequest("GET", node.readiness, "/healthz/ready").status) == 500
         }
         #expect(notReady, "readiness should report draining")
         // New connections are no longer accepted…
         let refusedNew = await eventually {
-            (try? SOCKS5Client(
-                proxy: node.socks,
-                request: SOCKS5Request(address: .ip(backend.address.ip), port: backend.address.port))) == nil
+            (try? await offload { try SOCKS5Client(proxy: node.socks, request: target) }) == nil
         }
         #expect(refusedNew)
         // …but the open one still flows both ways.
         try client.send(Array("during drain".utf8))
-        #expect(try client.receive(exactly: 12) == Array("during drain".utf8))
+        #expect(try await offload { try client.receive(exactly: 12) } == Array("during drain".utf8))
         #expect(node.process.process.isRunning)
 
         client.finishSending()
-        #expect(try client.receiveToEnd().isEmpty)
+        #expect(try await offload { try client.receiveToEnd() }.isEmpty)
         let status = await node.process.wait(timeout: .seconds(15))
         #expect(status == 0, "stderr: \(node.process.stderr)")
         await backend.close()
@@ -197,14 +195,14 @@ struct NodeLifecycleTests {
         let node = try await RunningNode.start(backend: backend.address, drainDeadline: "1s")
         defer { node.dir.remove() }
 
-        let client = try SOCKS5Client(
-            proxy: node.socks, request: SOCKS5Request(address: .ip(backend.address.ip), port: backend.address.port))
+        let target = SOCKS5Request(address: .ip(backend.address.ip), port: backend.address.port)
+        let client = try await offload { try SOCKS5Client(proxy: node.socks, request: target) }
         #expect(client.reply == .succeeded)
         let clock = ContinuousClock()
         let start = clock.now
         node.process.signal(SIGTERM)
         // The proxy closes the connection at the deadline: the client sees end of stream.
-        let rest = try client.receiveToEnd()
+        let rest = try await offload { try client.receiveToEnd() }
         #expect(rest.isEmpty)
         let status = await node.process.wait(timeout: .seconds(15))
         #expect(status == 0, "stderr: \(node.process.stderr)")
@@ -219,7 +217,7 @@ struct NodeLifecycleTests {
         let node = try await RunningNode.start(backend: backend.address, drainDeadline: "2s")
         defer { node.dir.remove() }
 
-        let dump = try httpRequest("GET", node.admin, "/config_dump")
+        let dump = try await httpRequest("GET", node.admin, "/config_dump")
         #expect(dump.status == 200)
         let json = try JSONSerialization.jsonObject(with: Data(dump.body.utf8)) as? [String: Any]
         let workloads = json?["workloads"] as? [[String: Any]]
@@ -228,10 +226,10 @@ struct NodeLifecycleTests {
         #expect(plugins?.compactMap { $0["id"] as? String } == ["local-config", "capture"])
         #expect(plugins?.allSatisfy { ($0["state"] as? String) == "running" } == true)
 
-        #expect(try httpRequest("POST", node.admin, "/logging?level=debug").status == 200)
-        #expect(try httpRequest("POST", node.admin, "/logging?level=loud").status == 400)
+        #expect(try await httpRequest("POST", node.admin, "/logging?level=debug").status == 200)
+        #expect(try await httpRequest("POST", node.admin, "/logging?level=loud").status == 400)
 
-        #expect(try httpRequest("POST", node.admin, "/quitquitquit").status == 200)
+        #expect(try await httpRequest("POST", node.admin, "/quitquitquit").status == 200)
         let status = await node.process.wait(timeout: .seconds(15))
         #expect(status == 0, "stderr: \(node.process.stderr)")
         await backend.close()

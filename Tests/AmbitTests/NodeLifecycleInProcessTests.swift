@@ -67,14 +67,14 @@ struct NodeLifecycleInProcessTests {
         #expect(await eventually { node.readinessAddress != nil })
         let address = try #require(node.readinessAddress)
 
-        let before = try httpRequest("GET", address, "/healthz/ready")
+        let before = try await httpRequest("GET", address, "/healthz/ready")
         #expect(before.status == 500)
         #expect(before.body.contains("not ready"))
         #expect(before.body.contains("gated"))
 
         GatedPlugin.gate.withLockedValue { $0 = true }
-        #expect(await eventually { (try? httpRequest("GET", address, "/healthz/ready").status) == 200 })
-        #expect(try httpRequest("GET", address, "/healthz/ready").body.hasPrefix("ready"))
+        #expect(await eventually { (try? await httpRequest("GET", address, "/healthz/ready").status) == 200 })
+        #expect(try await httpRequest("GET", address, "/healthz/ready").body.hasPrefix("ready"))
 
         node.shutdown()
         #expect(node.isDraining)

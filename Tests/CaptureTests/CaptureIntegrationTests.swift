@@ -4,11 +4,11 @@ import Kernel
 import LocalConfig
 import Logging
 import NIOPosix
-import Testing
 import TestSupport
+import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An in-process node (local-config + capture) over a mesh file the test controls.
@@ -57,7 +57,7 @@ final class CaptureHarness: Sendable {
         async throws -> (reply: SOCKS5Reply, response: String)
     {
         let socks = self.socks
-        let (reply, response) = try await NIOThreadPool.singleton.runIfActive {
+        let (reply, response) = try await offload {
             try SOCKS5Client.exchange(
                 proxy: socks, source: IPAddress(source), request: SOCKS5Request(address: address, port: port),
                 payload: Array(payload.utf8))
@@ -114,153 +114,145 @@ func meshYAML(backendA: SocketAddr, backendB: SocketAddr, extra: String = "") ->
 struct CaptureIntegrationTests {
     @Test("IPv4, domain (mesh hostname) and IPv6 destinations are relayed byte for byte")
     func addressTypes() async throws {
-        let group = MultiThreadedEventLoopGroup.singleton
-        let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
-        let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
-        let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
+        try await withCaptureMesh { harness, a, b async throws in
 
-        let byIP = try await harness.exchange(.ip(a.address.ip), a.address.port, payload: "hello")
-        #expect(byIP.reply == .succeeded)
-        #expect(byIP.response == "a: hello")
+            let byIP = try await harness.exchange(.ip(a.address.ip), a.address.port, payload: "hello")
+            #expect(byIP.reply == .succeeded)
+            #expect(byIP.response == "a: hello")
 
-        // The service hostname resolves to its VIP; the unhealthy endpoint b is never picked.
-        for _ in 0..<5 {
-            let byName = try await harness.exchange(.domain("svc.default.svc.cluster.local"), 80, payload: "x")
-            #expect(byName.reply == .succeeded)
-            #expect(byName.response == "a: x")
+            // The service hostname resolves to its VIP; the unhealthy endpoint b is never picked.
+            for _ in 0..<5 {
+                let byName = try await harness.exchange(.domain("svc.default.svc.cluster.local"), 80, payload: "x")
+                #expect(byName.reply == .succeeded)
+                #expect(byName.response == "a: x")
+            }
+
+            if let v6 = try? await EchoServer.start("[::1]:0", name: "v6", group: MultiThreadedEventLoopGroup.singleton)
+            {
+                let byV6 = try await harness.exchange(.ip(IPAddress("::1")!), v6.address.port, payload: "six")
+                #expect(byV6.reply == .succeeded)
+                #expect(byV6.response == "v6: six")
+                await v6.close()
+            }
         }
-
-        if let v6 = try? await EchoServer.start("[::1]:0", name: "v6", group: group) {
-            let byV6 = try await harness.exchange(.ip(IPAddress("::1")!), v6.address.port, payload: "six")
-            #expect(byV6.reply == .succeeded)
-            #expect(byV6.response == "v6: six")
-            await v6.close()
-        }
-        try await harness.stop()
-        await a.close()
-        await b.close()
     }
 
     @Test("refusals: unknown source, source on another node, HBONE without a tunnel, no healthy endpoint, self-call")
     func refusals() async throws {
-        let group = MultiThreadedEventLoopGroup.singleton
-        let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
-        let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
-        let meshed = try await EchoServer.start("127.0.0.4:0", group: group)
-        let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
+        let meshed = try await EchoServer.start("127.0.0.4:0", group: MultiThreadedEventLoopGroup.singleton)
+        try await withCaptureMesh { harness, a, _ async throws in
 
-        #expect(try await harness.exchange(.ip(a.address.ip), a.address.port, from: "127.0.0.99").reply == .notAllowed)
-        #expect(try await harness.exchange(.ip(a.address.ip), a.address.port, from: "127.0.0.3").reply == .notAllowed)
-        #expect(try await harness.exchange(.ip(meshed.address.ip), meshed.address.port).reply == .notAllowed)
-        #expect(try await harness.exchange(.ip(IPAddress("127.10.0.2")!), 80).reply == .hostUnreachable)
-        #expect(try await harness.exchange(.ip(IPAddress("127.0.0.1")!), 15008).reply == .notAllowed)
-        #expect(meshed.acceptedCount == 0)
-        try await harness.stop()
-        await a.close()
-        await b.close()
+            #expect(
+                try await harness.exchange(.ip(a.address.ip), a.address.port, from: "127.0.0.99").reply == .notAllowed)
+            #expect(
+                try await harness.exchange(.ip(a.address.ip), a.address.port, from: "127.0.0.3").reply == .notAllowed)
+            #expect(try await harness.exchange(.ip(meshed.address.ip), meshed.address.port).reply == .notAllowed)
+            #expect(try await harness.exchange(.ip(IPAddress("127.10.0.2")!), 80).reply == .hostUnreachable)
+            #expect(try await harness.exchange(.ip(IPAddress("127.0.0.1")!), 15008).reply == .notAllowed)
+            // A workload port nobody listens on: the client learns the connection was refused.
+            #expect(try await harness.exchange(.ip(a.address.ip), 1).reply == .connectionRefused)
+            #expect(meshed.acceptedCount == 0)
+        }
         await meshed.close()
     }
 
     @Test("malformed SOCKS5 gets an error reply and a close, and the node keeps serving")
     func malformedRequests() async throws {
-        let group = MultiThreadedEventLoopGroup.singleton
-        let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
-        let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
-        let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
+        try await withCaptureMesh { harness, a, b async throws in
 
-        let cases: [(bytes: [UInt8], reply: [UInt8])] = [
-            ([5, 1, 2], [5, 0xff]),  // only username/password offered
-            ([5, 1, 0, 5, 3, 0, 1, 127, 0, 0, 2, 0, 80], [5, 0, 5, 7]),  // UDP ASSOCIATE
-            ([5, 1, 0, 5, 1, 0, 9, 1, 2, 3, 4, 0, 80], [5, 0, 5, 8]),  // unknown address type
-            ([4, 1, 0, 80, 127, 0, 0, 1, 0], []),  // SOCKS4
-            (Array(repeating: 0xff, count: 2048), []),  // garbage
-        ]
-        for (bytes, expected) in cases {
-            let received = try rawExchange(harness.socks, bytes)
-            #expect(Array(received.prefix(expected.count)) == expected, "for \(bytes.prefix(8))")
+            let cases: [(bytes: [UInt8], reply: [UInt8])] = [
+                ([5, 1, 2], [5, 0xff]),  // only username/password offered
+                ([5, 1, 0, 5, 3, 0, 1, 127, 0, 0, 2, 0, 80], [5, 0, 5, 7]),  // UDP ASSOCIATE
+                ([5, 1, 0, 5, 1, 0, 9, 1, 2, 3, 4, 0, 80], [5, 0, 5, 8]),  // unknown address type
+                ([4, 1, 0, 80, 127, 0, 0, 1, 0], []),  // SOCKS4
+                (Array(repeating: 0xff, count: 2048), []),  // garbage
+            ]
+            for (bytes, expected) in cases {
+                let received = try await rawExchange(harness.socks, bytes)
+                #expect(Array(received.prefix(expected.count)) == expected, "for \(bytes.prefix(8))")
+            }
+            let ok = try await harness.exchange(.ip(a.address.ip), a.address.port, payload: "still here")
+            #expect(ok.response == "a: still here")
         }
-        let ok = try await harness.exchange(.ip(a.address.ip), a.address.port, payload: "still here")
-        #expect(ok.response == "a: still here")
-        try await harness.stop()
-        await a.close()
-        await b.close()
     }
 
     @Test("a backend reset mid-relay ends the client connection and nothing leaks")
     func resetMidRelay() async throws {
-        let group = MultiThreadedEventLoopGroup.singleton
-        let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
-        let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
-        let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
-        let listener = try ResettingServer(ip: "127.0.0.2")
-        let target = SOCKS5Request(address: .ip(IPAddress("127.0.0.2")!), port: listener.port)
-        let client = try SOCKS5Client(proxy: harness.socks, source: IPAddress("127.0.0.1"), request: target)
-        #expect(client.reply == .succeeded)
-        try client.send(Array(repeating: 7, count: 1000))
-        listener.acceptAndReset()
-        let rest = try? client.receiveToEnd()
-        #expect(rest?.isEmpty ?? true)
-        #expect(await eventually { harness.node.connections.count == 0 })
-        let ok = try await harness.exchange(.ip(a.address.ip), a.address.port, payload: "after reset")
-        #expect(ok.response == "a: after reset")
-        try await harness.stop()
-        await a.close()
-        await b.close()
+        try await withCaptureMesh { harness, a, b async throws in
+            let listener = try ResettingServer(ip: "127.0.0.2")
+            let target = SOCKS5Request(address: .ip(IPAddress("127.0.0.2")!), port: listener.port)
+            let socks = harness.socks
+            let client = try await offload {
+                try SOCKS5Client(proxy: socks, source: IPAddress("127.0.0.1"), request: target)
+            }
+            #expect(client.reply == .succeeded)
+            try client.send(Array(repeating: 7, count: 1000))
+            try await offload { listener.acceptAndReset() }
+            let rest = try? await offload { try client.receiveToEnd() }
+            #expect(rest?.isEmpty ?? true)
+            #expect(await eventually { harness.node.connections.count == 0 })
+            let ok = try await harness.exchange(.ip(a.address.ip), a.address.port, payload: "after reset")
+            #expect(ok.response == "a: after reset")
+        }
     }
 
     @Test("a mesh config edit changes routing; a bad edit keeps the last good config")
     func reload() async throws {
-        let group = MultiThreadedEventLoopGroup.singleton
-        let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
-        let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
-        let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
-        #expect(try await harness.exchange(.ip(IPAddress("127.10.0.1")!), 80).response == "a: ping")
+        try await withCaptureMesh { harness, a, b async throws in
+            #expect(try await harness.exchange(.ip(IPAddress("127.10.0.1")!), 80).response == "a: ping")
 
-        // b becomes healthy and a unhealthy: the service now routes to b.
-        let swapped = meshYAML(backendA: a.address, backendB: b.address)
-            .replacingOccurrences(of: "status: Unhealthy", with: "status: Healthy")
-            .replacingOccurrences(
-                of: "workloadIps: [\"\(a.address.ip)\"]", with: "workloadIps: [\"\(a.address.ip)\"]\n  status: Unhealthy")
-        try swapped.write(toFile: harness.meshPath, atomically: true, encoding: .utf8)
-        #expect(await eventually {
-            (try? await harness.exchange(.ip(IPAddress("127.10.0.1")!), 80).response) == "b: ping"
-        })
+            // b becomes healthy and a unhealthy: the service now routes to b.
+            let swapped = meshYAML(backendA: a.address, backendB: b.address)
+                .replacingOccurrences(of: "status: Unhealthy", with: "status: Healthy")
+                .replacingOccurrences(
+                    of: "workloadIps: [\"\(a.address.ip)\"]",
+                    with: "workloadIps: [\"\(a.address.ip)\"]\n  status: Unhealthy")
+            try swapped.write(toFile: harness.meshPath, atomically: true, encoding: .utf8)
+            #expect(
+                await eventually {
+                    (try? await harness.exchange(.ip(IPAddress("127.10.0.1")!), 80).response) == "b: ping"
+                })
 
-        // A broken edit is rejected; routing stays on b.
-        try "workloads: [{uid: x, nme: oops}]".write(toFile: harness.meshPath, atomically: true, encoding: .utf8)
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(try await harness.exchange(.ip(IPAddress("127.10.0.1")!), 80).response == "b: ping")
-        try await harness.stop()
-        await a.close()
-        await b.close()
+            // A broken edit is rejected; routing stays on b.
+            try "workloads: [{uid: x, nme: oops}]".write(toFile: harness.meshPath, atomically: true, encoding: .utf8)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await harness.exchange(.ip(IPAddress("127.10.0.1")!), 80).response == "b: ping")
+        }
     }
 }
 
-/// Sends raw bytes to the SOCKS5 listener and returns everything it answers before closing.
-func rawExchange(_ proxy: SocketAddr, _ bytes: [UInt8]) throws -> [UInt8] {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 5, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var remote = sockaddr_in()
-    remote.sin_family = sa_family_t(AF_INET)
-    remote.sin_port = proxy.port.bigEndian
-    inet_pton(AF_INET, proxy.ip.description, &remote.sin_addr)
-    let connected = withUnsafePointer(to: &remote) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+/// Runs `body` with backends `a` (127.0.0.2, healthy endpoint of svc) and `b`
+/// (127.0.0.5, unhealthy endpoint) and a node over ``meshYAML(backendA:backendB:extra:)``;
+/// stops everything afterwards, also when `body` throws.
+func withCaptureMesh(_ body: (CaptureHarness, EchoServer, EchoServer) async throws -> Void) async throws {
+    let group = MultiThreadedEventLoopGroup.singleton
+    let a = try await EchoServer.start("127.0.0.2:0", name: "a", group: group)
+    let b = try await EchoServer.start("127.0.0.5:0", name: "b", group: group)
+    do {
+        let harness = try await CaptureHarness(mesh: meshYAML(backendA: a.address, backendB: b.address))
+        do {
+            try await body(harness, a, b)
+        } catch {
+            try? await harness.stop()
+            throw error
         }
+        try await harness.stop()
+    } catch {
+        await a.close()
+        await b.close()
+        throw error
     }
-    guard connected == 0 else { throw TestFailure("connect failed") }
-    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-    var received: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 1024)
-    while true {
-        let count = read(fd, &buffer, buffer.count)
-        if count <= 0 { break }
-        received += buffer[0..<count]
+    await a.close()
+    await b.close()
+}
+
+/// Sends raw bytes to the SOCKS5 listener and returns everything it answers before closing.
+func rawExchange(_ proxy: SocketAddr, _ bytes: [UInt8]) async throws -> [UInt8] {
+    try await offload {
+        let socket = try BlockingSocket(connectingTo: proxy)
+        try socket.send(bytes)
+        return try socket.receiveToEnd()
     }
-    return received
 }
 
 /// A listener that accepts one connection and resets it (SO_LINGER 0).

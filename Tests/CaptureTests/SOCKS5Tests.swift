@@ -11,118 +11,24 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
+import TestSupport
 
 // MARK: - A blocking TCP client with timeouts
 
 /// A raw TCP connection: the SOCKS5 client side is written byte for byte, so the tests
-/// control fragmentation and can send anything. Every receive times out, so a server
-/// that never answers fails the test instead of hanging it.
-private final class RawConnection: @unchecked Sendable {
-    struct Failure: Error, CustomStringConvertible { var description: String }
-
-    private let fd: Int32
+/// control fragmentation and can send anything.
+private final class RawConnection: Sendable {
+    private let socket: BlockingSocket
 
     init(to address: SocketAddr, timeoutSeconds: Int = 5) throws {
-        let nio = try address.nioAddress()
-        #if canImport(Glibc)
-        let type = Int32(SOCK_STREAM.rawValue)
-        #else
-        let type = SOCK_STREAM
-        #endif
-        fd = socket(address.ip.isIPv4 ? AF_INET : AF_INET6, type, 0)
-        guard fd >= 0 else { throw Failure(description: "socket: errno \(errno)") }
-        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        // Single-byte writes must leave as single segments for the fragmentation test.
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        let result = nio.withSockAddr { pointer, length in connect(fd, pointer, socklen_t(length)) }
-        guard result == 0 else {
-            close(fd)
-            throw Failure(description: "connect to \(address): errno \(errno)")
-        }
+        socket = try BlockingSocket(connectingTo: address, timeoutSeconds: timeoutSeconds)
     }
 
-    deinit { close(fd) }
+    func send(_ bytes: [UInt8]) async throws { try await offload { try self.socket.send(bytes) } }
 
-    func send(_ bytes: [UInt8]) async throws { try await offload { try self.sendBlocking(bytes) } }
+    func receive(_ count: Int) async throws -> [UInt8] { try await offload { try self.socket.receive(exactly: count) } }
 
-    func receive(_ count: Int) async throws -> [UInt8] { try await offload { try self.receiveBlocking(count) } }
-
-    func receiveUntilClosed() async throws -> [UInt8] { try await offload { try self.receiveUntilClosedBlocking() } }
-
-    private func sendBlocking(_ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes[offset...].withUnsafeBytes { rawSend(fd, $0.baseAddress!, $0.count) }
-            guard sent > 0 else { throw Failure(description: "send: errno \(errno)") }
-            offset += sent
-        }
-    }
-
-    /// Exactly `count` bytes; throws if the peer closes first or nothing comes in time.
-    private func receiveBlocking(_ count: Int) throws -> [UInt8] {
-        var result: [UInt8] = []
-        while result.count < count {
-            var chunk = [UInt8](repeating: 0, count: count - result.count)
-            let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if got > 0 {
-                result += chunk[..<got]
-            } else if got == 0 {
-                throw Failure(description: "closed after \(result) while waiting for \(count) bytes")
-            } else {
-                throw Failure(description: "recv: errno \(errno) after \(result)")
-            }
-        }
-        return result
-    }
-
-    /// Everything until the peer closes (a reset counts as closed); throws on timeout,
-    /// which is how a test sees that the server did *not* close.
-    private func receiveUntilClosedBlocking() throws -> [UInt8] {
-        var result: [UInt8] = []
-        while true {
-            var chunk = [UInt8](repeating: 0, count: 1024)
-            let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if got > 0 {
-                result += chunk[..<got]
-            } else if got == 0 || errno == ECONNRESET {
-                return result
-            } else {
-                throw Failure(description: "connection still open (errno \(errno)) after \(result)")
-            }
-        }
-    }
-}
-
-/// Runs blocking socket calls on a thread of their own, so they never starve the Swift
-/// concurrency threads other suites' servers need.
-private func offload<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}
-
-private func rawSend(_ fd: Int32, _ pointer: UnsafeRawPointer, _ count: Int) -> Int {
-    #if canImport(Glibc)
-    return Glibc.send(fd, pointer, count, Int32(MSG_NOSIGNAL))
-    #else
-    return Darwin.send(fd, pointer, count, 0)
-    #endif
-}
-
-private func ipv6LoopbackAvailable() -> Bool {
-    #if canImport(Glibc)
-    let type = Int32(SOCK_STREAM.rawValue)
-    #else
-    let type = SOCK_STREAM
-    #endif
-    let fd = socket(AF_INET6, type, 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    guard let address = try? SocketAddress(ipAddress: "::1", port: 0) else { return false }
-    return address.withSockAddr { pointer, length in bind(fd, pointer, socklen_t(length)) } == 0
+    func receiveUntilClosed() async throws -> [UInt8] { try await offload { try self.socket.receiveToEnd() } }
 }
 
 // MARK: - Echo upstream and a minimal relay

@@ -10,6 +10,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Testing
+import TestSupport
 
 @testable import Kernel
 
@@ -21,29 +22,12 @@ import Testing
 private final class TestConnection: @unchecked Sendable {
     struct Failure: Error, CustomStringConvertible { var description: String }
 
-    private let fd: Int32
+    private let socket: BlockingSocket
     private var buffered: [UInt8] = []
 
     init(to address: SocketAddr, timeoutSeconds: Int = 5) throws {
-        let nio = try address.nioAddress()
-        #if canImport(Glibc)
-        let type = Int32(SOCK_STREAM.rawValue)
-        #else
-        let type = SOCK_STREAM
-        #endif
-        fd = socket(address.ip.isIPv4 ? AF_INET : AF_INET6, type, 0)
-        guard fd >= 0 else { throw Failure(description: "socket: errno \(errno)") }
-        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let result = nio.withSockAddr { pointer, length in connect(fd, pointer, socklen_t(length)) }
-        guard result == 0 else {
-            close(fd)
-            throw Failure(description: "connect to \(address): errno \(errno)")
-        }
+        socket = try BlockingSocket(connectingTo: address, timeoutSeconds: timeoutSeconds)
     }
-
-    deinit { close(fd) }
 
     func send(_ text: String) async throws { try await send(Array(text.utf8)) }
 
@@ -56,24 +40,14 @@ private final class TestConnection: @unchecked Sendable {
     }
 
     private func sendBlocking(_ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes[offset...].withUnsafeBytes { Glibc_send(fd, $0.baseAddress!, $0.count) }
-            guard sent > 0 else { throw Failure(description: "send: errno \(errno)") }
-            offset += sent
-        }
+        try socket.send(bytes)
     }
 
     /// Reads more bytes; returns false at end of stream (or reset), throws on timeout.
     private func fill() throws -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-        if count > 0 {
-            buffered += chunk[..<count]
-            return true
-        }
-        if count == 0 || errno == ECONNRESET { return false }
-        throw Failure(description: "recv: errno \(errno) (timeout?)")
+        let chunk = try socket.receive(maximum: 4096)
+        buffered += chunk
+        return !chunk.isEmpty
     }
 
     /// Everything until the peer closes.
@@ -119,22 +93,6 @@ private final class TestConnection: @unchecked Sendable {
         buffered.removeFirst(headerEnd! + length)
         return Response(status: status, headers: headers, body: body)
     }
-}
-
-/// Runs blocking socket calls on a thread of their own: blocking a Swift concurrency
-/// thread would starve the servers' async endpoints (2 cores, 2 cooperative threads).
-private func offload<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}
-
-private func Glibc_send(_ fd: Int32, _ pointer: UnsafeRawPointer, _ count: Int) -> Int {
-    #if canImport(Glibc)
-    return Glibc.send(fd, pointer, count, Int32(MSG_NOSIGNAL))
-    #else
-    return Darwin.send(fd, pointer, count, 0)
-    #endif
 }
 
 private func request(_ method: String, _ target: String, close: Bool = false, body: String? = nil) -> String {

@@ -1,5 +1,6 @@
 import Foundation
 import Kernel
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -61,33 +62,15 @@ public func freePort() -> UInt16 {
     return UInt16(bigEndian: address.sin_port)
 }
 
-/// A blocking HTTP/1.1 request over a plain socket; returns status and body.
+/// An HTTP/1.1 request over a plain socket (off the concurrency threads); returns status
+/// and body.
 public func httpRequest(
     _ method: String, _ address: SocketAddr, _ path: String, timeoutSeconds: Int = 5
-) throws -> (status: Int, body: String) {
-    let fd = socket(address.ip.isIPv4 ? AF_INET : AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestFailure("socket failed") }
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var remote = sockaddr_in()
-    remote.sin_family = sa_family_t(AF_INET)
-    remote.sin_port = address.port.bigEndian
-    inet_pton(AF_INET, address.ip.description, &remote.sin_addr)
-    let connected = withUnsafePointer(to: &remote) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-        }
-    }
-    guard connected == 0 else { throw TestFailure("connect to \(address) failed: errno \(errno)") }
-    let request = "\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    _ = request.withCString { write(fd, $0, strlen($0)) }
-    var response: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = read(fd, &buffer, buffer.count)
-        if count <= 0 { break }
-        response += buffer[0..<count]
+) async throws -> (status: Int, body: String) {
+    let response = try await offload {
+        let socket = try BlockingSocket(connectingTo: address, timeoutSeconds: timeoutSeconds)
+        try socket.send("\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        return try socket.receiveToEnd()
     }
     let text = String(decoding: response, as: UTF8.self)
     guard let headerEnd = text.range(of: "\r\n\r\n") else { throw TestFailure("no HTTP response: \(text)") }

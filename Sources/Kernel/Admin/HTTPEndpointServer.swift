@@ -4,16 +4,18 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// One HTTP request as the admin and readiness routes see it: bodies are read and
-/// dropped, since no route takes one.
-struct HTTPEndpointRequest: Sendable {
-    var method: HTTPMethod
+/// One HTTP request as the admin, readiness and metrics routes see it: bodies are read
+/// and dropped, since no route takes one.
+public struct HTTPEndpointRequest: Sendable {
+    /// The request method.
+    public var method: HTTPMethod
     /// The path without the query, e.g. `/logging`.
-    var path: String
+    public var path: String
     /// Query parameters, percent-decoded; the last occurrence of a name wins.
-    var query: [String: String]
+    public var query: [String: String]
 
-    init(method: HTTPMethod, uri: String) {
+    /// Splits `uri` into path and query.
+    public init(method: HTTPMethod, uri: String) {
         self.method = method
         if let mark = uri.firstIndex(of: "?") {
             path = String(uri[..<mark])
@@ -67,17 +69,22 @@ struct HTTPEndpointRequest: Sendable {
     }
 }
 
-/// A complete response; every route's body is small text.
-struct HTTPEndpointResponse: Sendable {
-    var status: HTTPResponseStatus
-    var contentType: String
-    var body: String
-    var headers: HTTPHeaders
+/// A complete response; every route's body is text held in memory.
+public struct HTTPEndpointResponse: Sendable {
+    /// The status.
+    public var status: HTTPResponseStatus
+    /// The `Content-Type` header.
+    public var contentType: String
+    /// The body (not sent for `HEAD`).
+    public var body: String
+    /// Extra headers.
+    public var headers: HTTPHeaders
     /// Runs once the response has been written (e.g. `/quitquitquit` starts the drain
     /// only after the caller got its answer).
-    var afterSent: (@Sendable () -> Void)?
+    public var afterSent: (@Sendable () -> Void)?
 
-    init(
+    /// Creates a response.
+    public init(
         _ status: HTTPResponseStatus, _ body: String, contentType: String = "text/plain; charset=utf-8",
         headers: HTTPHeaders = [:], afterSent: (@Sendable () -> Void)? = nil
     ) {
@@ -88,11 +95,13 @@ struct HTTPEndpointResponse: Sendable {
         self.afterSent = afterSent
     }
 
-    static func notFound(_ request: HTTPEndpointRequest) -> Self {
+    /// 404 naming the path.
+    public static func notFound(_ request: HTTPEndpointRequest) -> Self {
         Self(.notFound, "no such endpoint: \(request.path)\n")
     }
 
-    static func methodNotAllowed(_ request: HTTPEndpointRequest, allowed: [HTTPMethod]) -> Self {
+    /// 405 with an `Allow` header.
+    public static func methodNotAllowed(_ request: HTTPEndpointRequest, allowed: [HTTPMethod]) -> Self {
         let names = allowed.map(\.rawValue).joined(separator: ", ")
         return Self(
             .methodNotAllowed, "\(request.method.rawValue) not allowed on \(request.path); use \(names)\n",
@@ -101,16 +110,19 @@ struct HTTPEndpointResponse: Sendable {
 }
 
 /// Answers one request; the future may complete on any event loop.
-typealias HTTPEndpointResponder = @Sendable (HTTPEndpointRequest, any EventLoop) -> EventLoopFuture<HTTPEndpointResponse>
+public typealias HTTPEndpointResponder = @Sendable (HTTPEndpointRequest, any EventLoop) -> EventLoopFuture<HTTPEndpointResponse>
 
 /// A small HTTP/1.1 server for the node's control endpoints (admin, readiness): NIOHTTP1
 /// with pipelining assistance (so keep-alive and pipelined requests are answered in
 /// order) and protocol-error handling (malformed requests get 400 and are closed). It
 /// remembers its connections so `close()` also ends idle keep-alive ones.
 ///
+/// Plugins serving a small HTTP surface (the telemetry plugin's `/metrics`) reuse it.
+///
 /// Thread-safe.
-final class HTTPEndpointServer: Sendable {
-    let localAddress: SocketAddr
+public final class HTTPEndpointServer: Sendable {
+    /// The address actually bound.
+    public let localAddress: SocketAddr
     private let serverChannel: any Channel
     private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
 
@@ -120,7 +132,9 @@ final class HTTPEndpointServer: Sendable {
         self.connections = connections
     }
 
-    static func start(
+    /// Binds `address` (port 0 for an ephemeral port) and answers every request with
+    /// `responder`, which is called on the connection's event loop and must not block.
+    public static func start(
         address: SocketAddr, group: any EventLoopGroup, logger: Logger, responder: @escaping HTTPEndpointResponder
     ) async throws -> HTTPEndpointServer {
         let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -149,7 +163,7 @@ final class HTTPEndpointServer: Sendable {
     }
 
     /// Stops accepting, then closes every open connection, including requests in flight.
-    func close() async {
+    public func close() async {
         try? await serverChannel.close()
         let open = connections.withLockedValue { Array($0.values) }
         for connection in open {

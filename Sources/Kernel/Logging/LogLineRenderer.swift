@@ -9,18 +9,19 @@ import Logging
 
 /// A wall-clock instant, rendered as RFC 3339 UTC with milliseconds. Written by hand
 /// rather than with Foundation's formatters, which are slow and allocate per call.
-struct LogTimestamp: Sendable, Equatable {
+public struct LogTimestamp: Sendable, Equatable {
     var seconds: Int
     var nanoseconds: Int
 
-    static func now() -> LogTimestamp {
+    /// The current wall-clock time.
+    public static func now() -> LogTimestamp {
         var spec = timespec()
         clock_gettime(CLOCK_REALTIME, &spec)
         return LogTimestamp(seconds: Int(spec.tv_sec), nanoseconds: Int(spec.tv_nsec))
     }
 
     /// `2026-11-26T15:20:01.123Z`
-    var iso8601: String {
+    public var iso8601: String {
         var time = time_t(seconds)
         var parts = tm()
         gmtime_r(&time, &parts)
@@ -50,13 +51,16 @@ struct LogTimestamp: Sendable, Equatable {
     }
 }
 
-/// Renders one event as one line (trailing newline included) in either format.
-enum LogLineRenderer {
+/// Renders one event as one line (trailing newline included) in either format. Public so
+/// that plugins writing their own line streams (the telemetry plugin's access log) render
+/// exactly like the node's logs.
+public enum LogLineRenderer {
     /// JSON field names the renderer writes itself; metadata keys equal to one of them are
     /// renamed so the object never has duplicate keys.
     static let reservedJSONKeys: Set<String> = ["time", "level", "label", "message", "error"]
 
-    static func text(
+    /// `time level [label] message key=value … error=…`
+    public static func text(
         time: LogTimestamp, level: Logger.Level, label: String, message: String,
         metadata: Logger.Metadata, error: String?
     ) -> String {
@@ -92,7 +96,8 @@ enum LogLineRenderer {
         return line
     }
 
-    static func json(
+    /// One JSON object: time, level, label, message, the metadata keys, error.
+    public static func json(
         time: LogTimestamp, level: Logger.Level, label: String, message: String,
         metadata: Logger.Metadata, error: String?
     ) -> String {
@@ -147,7 +152,7 @@ enum LogLineRenderer {
 
     /// RFC 8259 string escaping: quote, backslash and every control character. Swift
     /// strings are valid Unicode, so everything else can go through as UTF-8.
-    static func appendJSONString(_ string: String, to line: inout String) {
+    public static func appendJSONString(_ string: String, to line: inout String) {
         line += "\""
         for scalar in string.unicodeScalars {
             switch scalar {

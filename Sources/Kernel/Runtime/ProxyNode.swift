@@ -110,7 +110,6 @@ public final class ProxyNode: Sendable {
                     address: address, endpoints: adminEndpoints(), group: group, logger: logger)
                 admin = server
                 state.withLockedValue { $0.adminAddress = server.localAddress }
-                logger.info("admin listening", metadata: ["address": "\(server.localAddress)"])
             }
             if let address = settings.readinessAddress {
                 let server = try await ReadinessServer.start(
@@ -118,7 +117,6 @@ public final class ProxyNode: Sendable {
                     draining: { [state] in state.withLockedValue { $0.draining } }, group: group, logger: logger)
                 ready = server
                 state.withLockedValue { $0.readinessAddress = server.localAddress }
-                logger.info("readiness listening", metadata: ["address": "\(server.localAddress)"])
             }
             try await serve(group: group)
         } catch {
@@ -286,7 +284,6 @@ public final class ProxyNode: Sendable {
             },
             currentLogLevel: { [logLevel] in logLevel?.level.rawValue ?? "info" },
             quit: { [self] in
-                logger.info("drain requested through /quitquitquit")
                 shutdown()
             })
     }

@@ -61,6 +61,7 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public let bytes = ByteCounters()
 
     private let state = NIOLockedValueBox<(closer: (@Sendable () -> Void)?, failure: String?)>((nil, nil))
+    private let flag = NIOLockedValueBox<ResponseFlag?>(nil)
     private static let nextID = Atomic<UInt64>(1)
 
     /// Creates a record with a fresh id.
@@ -102,6 +103,16 @@ public final class ConnectionRecord: Sendable, Identifiable {
 
     /// Why the connection failed, if it did.
     public var failure: String? { state.withLockedValue { $0.failure } }
+
+    /// Records why the connection failed and the Istio response flag that classifies it
+    /// (telemetry's `response_flags` label); the first reason and the first flag win.
+    public func recordFailure(_ reason: String, flag: ResponseFlag) {
+        recordFailure(reason)
+        self.flag.withLockedValue { if $0 == nil { $0 = flag } }
+    }
+
+    /// The response flag recorded with ``recordFailure(_:flag:)``, if any.
+    public var responseFlag: ResponseFlag? { flag.withLockedValue { $0 } }
 }
 
 /// Every open proxied connection of the node. Drain waits on it; policy re-evaluation

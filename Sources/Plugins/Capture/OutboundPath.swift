@@ -91,6 +91,9 @@ final class OutboundPath: Sendable {
         case .refuse(let refusal):
             metadata["reason"] = "\(refusal)"
             logger.info("refused outbound connection", metadata: metadata)
+            report(
+                refused: request, mesh: mesh, refusal.description,
+                refusal.code == .noHealthyEndpoint ? .noHealthyUpstream : .noRoute)
             let reply: SOCKS5Reply = refusal.code == .noHealthyEndpoint ? .hostUnreachable : .notAllowed
             return eventLoop.makeFailedFuture(SOCKS5Error(reply, refusal.description))
 
@@ -102,6 +105,7 @@ final class OutboundPath: Sendable {
                 logger.warning(
                     "refused: destination speaks HBONE and no tunnel plugin is enabled (enable `hbone`)",
                     metadata: metadata)
+                report(refused: request, mesh: mesh, "HBONE destination needs a tunnel plugin", .noRoute)
                 return eventLoop.makeFailedFuture(
                     SOCKS5Error(.notAllowed, "HBONE destination needs a tunnel plugin"))
             }
@@ -114,6 +118,7 @@ final class OutboundPath: Sendable {
                 sourceWorkload: source, destinationWorkload: target.destinationWorkload,
                 destinationService: target.service, route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true)
             return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
+                self.report(failed: record, "tunnel to \(target.gateway) failed: \(error)")
                 throw SOCKS5Error(.hostUnreachable, "tunnel to \(target.gateway) failed: \(error)")
             }.map { upstream in
                 self.connected(downstream: downstream, upstream: upstream, record: record, bound: target.gateway)
@@ -143,6 +148,7 @@ final class OutboundPath: Sendable {
             self.logger.info(
                 "upstream connect failed",
                 metadata: ["destination": "\(destination)", "error": "\(error)"])
+            self.report(failed: record, "connect to \(destination) failed: \(error)")
             throw SOCKS5Error(Self.reply(for: error), "connect to \(destination) failed: \(error)")
         }.map { upstream in
             let bound = SocketAddr(upstream.localAddress) ?? destination
@@ -182,8 +188,32 @@ final class OutboundPath: Sendable {
             cancel: { upstream.close(promise: nil) })
     }
 
+    /// Tells the telemetry sinks about a connection refused before relaying.
+    private func report(refused request: OutboundRequest, mesh: MeshSnapshot, _ reason: String, _ flag: ResponseFlag) {
+        let record = ConnectionRecord(
+            direction: .outbound, source: request.sourceAddress ?? request.destination,
+            destination: request.destination, sourceWorkload: request.source, destinationWorkload: nil,
+            destinationService: mesh.service(at: request.destination.ip, network: request.source?.network ?? ""),
+            route: "refused")
+        record.recordFailure(reason, flag: flag)
+        for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionDenied(record) }
+    }
+
+    /// Tells the telemetry sinks that connecting upstream failed.
+    private func report(failed record: ConnectionRecord, _ reason: String) {
+        record.recordFailure(reason, flag: .connectFailure)
+        for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionFailed(record) }
+    }
+
     /// Maps a connect failure to the SOCKS5 reply a client can act on.
     static func reply(for error: any Error) -> SOCKS5Reply {
+        if let socket = error as? SocketError {
+            switch socket.code {
+            case .connectionRefused: return .connectionRefused
+            case .connectTimedOut: return .hostUnreachable
+            default: return socket.underlying.map { reply(for: $0) } ?? .generalFailure
+            }
+        }
         if let io = error as? IOError {
             switch io.errnoCode {
             case ECONNREFUSED: return .connectionRefused

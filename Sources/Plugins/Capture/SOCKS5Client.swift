@@ -6,7 +6,10 @@ import Glibc
 
 /// A minimal blocking SOCKS5 client (no authentication, CONNECT), for diagnostics,
 /// `ambit demo` and tests. Not for use on an event loop: every call blocks the thread.
-public final class SOCKS5Client {
+///
+/// Sendable so a test can hand it between threads: a send and a receive may run on
+/// different threads at once (independent socket calls); ``close()`` must not race them.
+public final class SOCKS5Client: @unchecked Sendable {
     /// Why a client call failed.
     public struct Failure: Error, CustomStringConvertible {
         /// What failed, with errno where there is one.

@@ -128,7 +128,13 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
             state.withLockedValue { $0.status.lastError = error }
             throw error
         }
-        publish(snapshot)
+        let published = publish(snapshot)
+        context.logger.info(
+            "mesh file loaded",
+            metadata: [
+                "file": "\(path)", "workloads": "\(published.workloads.count)",
+                "services": "\(published.services.count)", "policies": "\(published.policies.count)",
+            ])
         state.withLockedValue {
             $0.lastSeen = signature
             $0.lastProcessed = signature
