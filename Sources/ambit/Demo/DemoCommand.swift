@@ -20,6 +20,8 @@ struct DemoCommand: AsyncParsableCommand {
         AmbitLogging.bootstrap(format: .text, control: LogLevelControl(verbose ? .info : .critical))
         let outcome = try await DemoMesh.run(logger: Logger(label: "ambit.demo"))
         print(outcome.table)
+        print("\nIstio TCP metrics from the node (a few of the 23 labels shown):")
+        for line in outcome.metrics { print("  " + line) }
         if outcome.failures.isEmpty {
             print("\nAll \(outcome.rows.count) connections behaved as expected.")
         } else {

@@ -1,4 +1,5 @@
 import Capture
+import Telemetry
 import Foundation
 import Kernel
 import LocalConfig
@@ -79,6 +80,9 @@ enum DemoMesh {
             config:
               socks5:
                 address: 127.0.0.1:0
+          - id: telemetry
+            config:
+              address: 127.0.0.1:0
           - id: demo-recorder
         """
     }
@@ -128,6 +132,8 @@ enum DemoMesh {
     struct Outcome {
         var rows: [Row]
         var failures: [String]
+        /// Condensed Istio metric lines scraped from the node after the traffic.
+        var metrics: [String] = []
 
         var table: String {
             let header = ["#", "connection", "request", "outcome", "route", "bytes out/in"]
@@ -174,7 +180,7 @@ enum DemoMesh {
 
     private static func drive(meshPath: String, directory: String, logger: Logger) async throws -> Outcome {
 
-        var registry = PluginRegistry([PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self)])
+        var registry = FirstPartyPlugins.registry
         registry.register(DemoRecorderPlugin.self)
         let plan = try ManifestLoader.load(
             yaml: manifestYAML(meshPath: meshPath), file: "demo-manifest.yaml",
@@ -242,9 +248,31 @@ enum DemoMesh {
             rows.append(row)
         }
 
+        let metrics = node.plugin(TelemetryPlugin.self).map(condensedMetrics) ?? []
+        if metrics.isEmpty { failures.append("the telemetry plugin reported no metrics") }
         node.shutdown()
         try await running.value
-        return Outcome(rows: rows, failures: failures)
+        return Outcome(rows: rows, failures: failures, metrics: metrics)
+    }
+
+    /// The Istio TCP series the demo's traffic produced, with the few labels a reader
+    /// needs (the full series carry 23 labels).
+    static func condensedMetrics(_ telemetry: TelemetryPlugin) -> [String] {
+        let shown = ["reporter", "destination_workload", "destination_service", "response_flags"]
+        var lines: [String] = []
+        for name in [IstioTCPMetrics.Name.closed, IstioTCPMetrics.Name.received, IstioTCPMetrics.Name.sent] {
+            for line in telemetry.sampleLines(of: name) {
+                guard let open = line.firstIndex(of: "{"), let close = line.lastIndex(of: "}") else { continue }
+                let body = String(line[line.index(after: open)..<close])
+                let labels = body.split(separator: ",").compactMap { (pair: Substring) -> (String, String)? in
+                    let parts = pair.split(separator: "=", maxSplits: 1)
+                    return parts.count == 2 ? (String(parts[0]), String(parts[1])) : nil
+                }
+                let kept = labels.filter { shown.contains($0.0) }.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+                lines.append("\(name){\(kept)}\(line[line.index(after: close)...])")
+            }
+        }
+        return lines
     }
 }
 
