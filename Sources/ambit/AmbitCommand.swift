@@ -1,5 +1,7 @@
 import ArgumentParser
+import CAServer
 import Capture
+import Certificates
 import Foundation
 import Kernel
 import LocalConfig
@@ -14,6 +16,7 @@ struct AmbitCommand: AsyncParsableCommand {
         version: AmbitVersion.current,
         subcommands: [
             RunCommand.self, ValidateCommand.self, PluginsCommand.self, VersionCommand.self, DemoCommand.self,
+            CACommand.self,
         ])
 }
 
@@ -23,6 +26,8 @@ enum FirstPartyPlugins {
         PluginRegistry([
             PluginType(LocalConfigPlugin.self),
             PluginType(CapturePlugin.self),
+            PluginType(CertificatesPlugin.self),
+            PluginType(CAServerPlugin.self),
         ])
     }
 }
