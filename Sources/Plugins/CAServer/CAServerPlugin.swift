@@ -143,7 +143,7 @@ public final class CAServerPlugin: Plugin {
                     let extra = try ConfigDecoder.decode([String: String].self, yaml: text, file: path)
                     tokens.merge(extra) { _, new in new }
                 } catch {
-                    throw Certificates.CertificateError(.invalidFile, "tokens file: \(error); expected a YAML mapping token: node-name")
+                    throw PKIError(.invalidFile, "tokens file: \(error); expected a YAML mapping token: node-name")
                 }
             }
             let serving: (chainPEM: [String], keyPEM: String)
@@ -171,7 +171,7 @@ public final class CAServerPlugin: Plugin {
                     "not_after": "\(authority.certificate.notValidAfter.formatted(.iso8601))",
                     "nodes": "\(Set(tokens.values).sorted().joined(separator: ","))",
                 ])
-        } catch let error as Certificates.CertificateError {
+        } catch let error as PKIError {
             throw PluginError(.unavailable, plugin: Self.id, error.message)
         }
     }

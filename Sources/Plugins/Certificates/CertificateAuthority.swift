@@ -44,26 +44,26 @@ public struct CertificateAuthority: Sendable {
     public init(
         certificate: Certificate, privateKey: Certificate.PrivateKey, chain: [Certificate], roots: [Certificate],
         trustDomain: String, now: Date = Date(), source: String = "CA"
-    ) throws(CertificateError) {
+    ) throws(PKIError) {
         guard certificate.publicKey == privateKey.publicKey else {
-            throw CertificateError(
+            throw PKIError(
                 .invalidAuthority, "\(source): the private key does not belong to the signing certificate \(certificate.subject)")
         }
         guard certificate.isCertificateAuthority else {
-            throw CertificateError(
+            throw PKIError(
                 .invalidAuthority, "\(source): the signing certificate \(certificate.subject) is not a CA (basicConstraints CA:true is missing)")
         }
         for (what, cert) in [("signing certificate", certificate)] + roots.map({ ("root", $0) }) {
             if cert.notValidAfter <= now {
-                throw CertificateError(
+                throw PKIError(
                     .invalidAuthority,
                     "\(source): the \(what) \(cert.subject) expired at \(cert.notValidAfter); create a new root (ambit ca init --force)")
             }
             if cert.notValidBefore > now {
-                throw CertificateError(.invalidAuthority, "\(source): the \(what) \(cert.subject) is not valid before \(cert.notValidBefore)")
+                throw PKIError(.invalidAuthority, "\(source): the \(what) \(cert.subject) is not valid before \(cert.notValidBefore)")
             }
         }
-        guard !roots.isEmpty else { throw CertificateError(.invalidAuthority, "\(source): no root certificate") }
+        guard !roots.isEmpty else { throw PKIError(.invalidAuthority, "\(source): no root certificate") }
         self.certificate = certificate
         self.privateKey = privateKey
         self.roots = roots
@@ -79,7 +79,7 @@ public struct CertificateAuthority: Sendable {
 
     /// Loads `ca-cert.pem`, `ca-key.pem`, `root-cert.pem` and `cert-chain.pem` (the last is
     /// optional: without it the chain is the signing certificate then the root).
-    public static func load(directory: String, trustDomain: String, now: Date = Date()) throws(CertificateError)
+    public static func load(directory: String, trustDomain: String, now: Date = Date()) throws(PKIError)
         -> CertificateAuthority
     {
         let path = { (name: String) in directory.hasSuffix("/") ? directory + name : directory + "/" + name }
@@ -99,24 +99,24 @@ public struct CertificateAuthority: Sendable {
 
     /// Checks a PEM CSR (parses, signature verifies, its only URI SAN is `identity`) and
     /// issues a leaf for it. Returns the chain as PEM, leaf first, root last.
-    public func issue(csrPEM: String, identity: SpiffeID, lifetime: Duration, now: Date = Date()) throws(CertificateError)
+    public func issue(csrPEM: String, identity: SpiffeID, lifetime: Duration, now: Date = Date()) throws(PKIError)
         -> [String]
     {
         let csr = try Self.verifiedCSR(pem: csrPEM, identity: identity)
         let leaf = try sign(publicKey: csr.publicKey, uri: identity.description, lifetime: lifetime, now: now)
-        return try ([leaf] + chain).map { cert throws(CertificateError) in try PEMFiles.pem(cert) }
+        return try ([leaf] + chain).map { cert throws(PKIError) in try PEMFiles.pem(cert) }
     }
 
     /// Parses a PEM CSR and checks its signature and that its URI SAN is exactly `identity`.
-    public static func verifiedCSR(pem: String, identity: SpiffeID) throws(CertificateError) -> CertificateSigningRequest {
+    public static func verifiedCSR(pem: String, identity: SpiffeID) throws(PKIError) -> CertificateSigningRequest {
         let csr: CertificateSigningRequest
         do {
             csr = try CertificateSigningRequest(pemEncoded: pem)
         } catch {
-            throw CertificateError(.invalidCSR, "the CSR for \(identity) is not a PEM certificate request: \(error)")
+            throw PKIError(.invalidCSR, "the CSR for \(identity) is not a PEM certificate request: \(error)")
         }
         guard csr.publicKey.isValidSignature(csr.signature, for: csr) else {
-            throw CertificateError(.invalidCSR, "the CSR for \(identity) has a signature its own key does not verify")
+            throw PKIError(.invalidCSR, "the CSR for \(identity) has a signature its own key does not verify")
         }
         let names: [String]
         do {
@@ -126,10 +126,10 @@ public struct CertificateAuthority: Sendable {
                 return nil
             }
         } catch {
-            throw CertificateError(.invalidCSR, "the CSR for \(identity) has an unreadable extension request: \(error)")
+            throw PKIError(.invalidCSR, "the CSR for \(identity) has an unreadable extension request: \(error)")
         }
         guard names == [identity.description] else {
-            throw CertificateError(
+            throw PKIError(
                 .invalidCSR,
                 "the CSR's URI SANs \(names) must be exactly [\(identity)], the identity asked for")
         }
@@ -151,7 +151,7 @@ public struct CertificateAuthority: Sendable {
     /// RFC 5280 asks when the subject is empty), digitalSignature + keyEncipherment,
     /// serverAuth + clientAuth, not a CA, a random serial, valid from `now` for
     /// `lifetime` (never past the signing certificate).
-    public func sign(publicKey: Certificate.PublicKey, uri: String, lifetime: Duration, now: Date = Date()) throws(CertificateError)
+    public func sign(publicKey: Certificate.PublicKey, uri: String, lifetime: Duration, now: Date = Date()) throws(PKIError)
         -> Certificate
     {
         do {
@@ -163,16 +163,16 @@ public struct CertificateAuthority: Sendable {
                 AuthorityKeyIdentifier(keyIdentifier: authorityKeyIdentifier)
             }
             return try makeLeaf(publicKey: publicKey, extensions: extensions, lifetime: lifetime, now: now)
-        } catch let error as CertificateError {
+        } catch let error as PKIError {
             throw error
         } catch {
-            throw CertificateError(.invalidAuthority, "cannot sign a certificate for \(uri): \(error)")
+            throw PKIError(.invalidAuthority, "cannot sign a certificate for \(uri): \(error)")
         }
     }
 
     /// Issues a TLS server certificate for the CA's own endpoint, with a fresh P-256 key:
     /// DNS and IP SANs, serverAuth. Returns the chain (leaf first) and the key, as PEM.
-    public func issueServingCertificate(names: [String], lifetime: Duration, now: Date = Date()) throws(CertificateError)
+    public func issueServingCertificate(names: [String], lifetime: Duration, now: Date = Date()) throws(PKIError)
         -> (chainPEM: [String], keyPEM: String)
     {
         let key = P256.Signing.PrivateKey()
@@ -190,12 +190,12 @@ public struct CertificateAuthority: Sendable {
             }
             let leaf = try makeLeaf(
                 publicKey: Certificate.PublicKey(key.publicKey), extensions: extensions, lifetime: lifetime, now: now)
-            let chainPEM = try ([leaf] + chain).map { cert throws(CertificateError) in try PEMFiles.pem(cert) }
+            let chainPEM = try ([leaf] + chain).map { cert throws(PKIError) in try PEMFiles.pem(cert) }
             return (chainPEM, key.pemRepresentation)
-        } catch let error as CertificateError {
+        } catch let error as PKIError {
             throw error
         } catch {
-            throw CertificateError(.invalidAuthority, "cannot issue the CA's serving certificate for \(names): \(error)")
+            throw PKIError(.invalidAuthority, "cannot issue the CA's serving certificate for \(names): \(error)")
         }
     }
 
@@ -243,7 +243,7 @@ public struct CertificateAuthority: Sendable {
     public static func makeRoot(
         trustDomain: String, keyType: RootKeyType = .p256, validity: Duration = .seconds(10 * 365 * 86400),
         notBefore: Date = Date()
-    ) throws(CertificateError) -> RootMaterial {
+    ) throws(PKIError) -> RootMaterial {
         let key: Certificate.PrivateKey
         let keyPEM: String
         switch keyType {
@@ -273,26 +273,26 @@ public struct CertificateAuthority: Sendable {
                 subject: name, signatureAlgorithm: Self.signatureAlgorithm(for: key.publicKey), extensions: extensions,
                 issuerPrivateKey: key)
             return RootMaterial(certificatePEM: try PEMFiles.pem(root), keyPEM: keyPEM)
-        } catch let error as CertificateError {
+        } catch let error as PKIError {
             throw error
         } catch {
-            throw CertificateError(.invalidAuthority, "cannot create a root certificate: \(error)")
+            throw PKIError(.invalidAuthority, "cannot create a root certificate: \(error)")
         }
     }
 
     /// Writes a self-signed root in the plugged-in CA layout: `ca-cert.pem` and
     /// `root-cert.pem` are the root, `cert-chain.pem` holds it, `ca-key.pem` its key
     /// (mode 0600). Refuses to overwrite any existing file unless `force`.
-    public static func write(_ root: RootMaterial, to directory: String, force: Bool) throws(CertificateError) -> [String] {
+    public static func write(_ root: RootMaterial, to directory: String, force: Bool) throws(PKIError) -> [String] {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw CertificateError(.invalidFile, "cannot create directory \(directory): \(error)")
+            throw PKIError(.invalidFile, "cannot create directory \(directory): \(error)")
         }
         let path = { (name: String) in (directory as NSString).appendingPathComponent(name) }
         let existing = FileName.all.map(path).filter { FileManager.default.fileExists(atPath: $0) }
         if !existing.isEmpty && !force {
-            throw CertificateError(
+            throw PKIError(
                 .exists, "refusing to overwrite \(existing.joined(separator: ", ")); pass --force to replace them")
         }
         try PEMFiles.write(root.certificatePEM, to: path(FileName.certificate), permissions: 0o644)

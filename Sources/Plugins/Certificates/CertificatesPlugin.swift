@@ -29,7 +29,7 @@ import Synchronization
 /// While running it watches the mesh: an HBONE workload appearing on this node (its
 /// `node` is this node's name) gets its identity prefetched at warmup priority; an
 /// identity is forgotten when its last such workload leaves. Connections ask through
-/// ``certificate(for:priority:)`` (on-demand priority). See ``CertificateStore`` for
+/// ``certificate(for:priority:)`` (on-demand priority). See ``CertificateCache`` for
 /// rotation, backoff and single-flight.
 public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStatusReporting {
     /// The CA backend.
@@ -159,15 +159,15 @@ public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStat
     /// The decoded config.
     public let config: Config
     private let context: PluginContext
-    private let storage = Mutex<CertificateStore?>(nil)
+    private let storage = Mutex<CertificateCache?>(nil)
 
     public init(config: Config, context: PluginContext) throws {
         self.config = config
         self.context = context
     }
 
-    /// The certificate store, once provisioned.
-    public var store: CertificateStore? { storage.withLock { $0 } }
+    /// The certificate cache, once provisioned.
+    public var cache: CertificateCache? { storage.withLock { $0 } }
 
     /// Loads the CA material (local) or the root and token (istio) and builds the store.
     public func provision() async throws {
@@ -182,7 +182,7 @@ public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStat
                 let roots = try PEMFiles.certificates(
                     atPath: context.resolvePath(settings.rootCertificate), what: "CA root certificate")
                 guard let address = HostPort(settings.address) else {
-                    throw CertificateError(.invalidFile, "backend.istio.address: expected host:port")
+                    throw PKIError(.invalidFile, "backend.istio.address: expected host:port")
                 }
                 let istio = IstioCAClient(
                     host: address.host, port: address.port, roots: roots,
@@ -192,13 +192,13 @@ public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStat
                 _ = try istio.readToken()
                 client = istio
             }
-        } catch let error as CertificateError {
+        } catch let error as PKIError {
             throw PluginError(.unavailable, plugin: Self.id, error.message)
         }
-        let settings = CertificateStore.Settings(
+        let settings = CertificateCache.Settings(
             trustDomain: config.trustDomain, lifetime: config.ttl, maxConcurrentFetches: config.maxConcurrentFetches,
             fetchTimeout: config.fetchTimeout)
-        let store = CertificateStore(client: client, settings: settings, logger: context.logger)
+        let store = CertificateCache(client: client, settings: settings, logger: context.logger)
         storage.withLock { $0 = store }
         context.logger.info(
             "certificates ready", metadata: ["ca": "\(client.name)", "trust_domain": "\(config.trustDomain)"])
@@ -206,7 +206,7 @@ public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStat
 
     /// Runs the store and follows the mesh until graceful shutdown.
     public func run() async throws {
-        guard let store else { return }
+        guard let store = cache else { return }
         await withDiscardingTaskGroup { group in
             group.addTask { try? await store.run() }
             group.addTask { await self.followMesh(store) }
@@ -215,7 +215,7 @@ public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStat
 
     /// Prefetches identities of HBONE workloads arriving on this node and forgets those
     /// whose last local workload left.
-    private func followMesh(_ store: CertificateStore) async {
+    private func followMesh(_ store: CertificateCache) async {
         var local: Set<SpiffeID> = []
         for await snapshot in context.mesh.updates().cancelOnGracefulShutdown() {
             let current = Self.localIdentities(snapshot, node: context.nodeName)
@@ -233,15 +233,15 @@ public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStat
     // MARK: - IdentityProvider
 
     public func certificate(for identity: SpiffeID, priority: WorkPriority) async throws -> WorkloadCertificate {
-        guard let store else {
-            throw CertificateError(.unavailable, "no certificate for \(identity): the certificates plugin is not provisioned")
+        guard let store = cache else {
+            throw PKIError(.unavailable, "no certificate for \(identity): the certificates plugin is not provisioned")
         }
         return try await store.certificate(for: identity, priority: priority)
     }
 
-    public var availableIdentities: [SpiffeID] { store?.availableIdentities ?? [] }
+    public var availableIdentities: [SpiffeID] { cache?.availableIdentities ?? [] }
 
-    public var certificateStatuses: [CertificateStatus] { store?.certificateStatuses ?? [] }
+    public var certificateStatuses: [CertificateStatus] { cache?.certificateStatuses ?? [] }
 }
 
 /// `host:port` with a DNS name, IPv4 address or bracketed IPv6 address.

@@ -53,10 +53,10 @@ public struct IstioCAClient: CertificateAuthorityClient {
     }
 
     /// Reads the bearer token: the file's content without surrounding whitespace.
-    public func readToken() throws(CertificateError) -> String {
+    public func readToken() throws(PKIError) -> String {
         let token = try PEMFiles.read(tokenFile, what: "CA token file").trimmingCharacters(in: .whitespacesAndNewlines)
         guard !token.isEmpty else {
-            throw CertificateError(.invalidFile, "CA token file \(tokenFile) is empty; write the node's token into it")
+            throw PKIError(.invalidFile, "CA token file \(tokenFile) is empty; write the node's token into it")
         }
         return token
     }
@@ -91,7 +91,7 @@ public struct IstioCAClient: CertificateAuthorityClient {
                 },
                 eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
         } catch {
-            throw CertificateError(.caUnavailable, "\(name): cannot set up the gRPC transport: \(error)")
+            throw PKIError(.caUnavailable, "\(name): cannot set up the gRPC transport: \(error)")
         }
         do {
             return try await withGRPCClient(transport: transport) { client in
@@ -102,15 +102,18 @@ public struct IstioCAClient: CertificateAuthorityClient {
             }
         } catch let error as RPCError {
             switch error.code {
-            case .unauthenticated, .permissionDenied:
-                throw CertificateError(.refused, "\(name) refused \(identity): \(error.code): \(error.message)")
+            case .unauthenticated:
+                throw PKIError(
+                    .refused, "\(name) refused \(identity): UNAUTHENTICATED: \(error.message); check the token in \(tokenFile)")
+            case .permissionDenied:
+                throw PKIError(.refused, "\(name) refused \(identity): PERMISSION_DENIED: \(error.message)")
             case .invalidArgument:
-                throw CertificateError(.invalidCSR, "\(name) rejected the request for \(identity): \(error.message)")
+                throw PKIError(.invalidCSR, "\(name) rejected the request for \(identity): \(error.message)")
             default:
-                throw CertificateError(.caUnavailable, "\(name) failed for \(identity): \(error.code): \(error.message)")
+                throw PKIError(.caUnavailable, "\(name) failed for \(identity): \(error.code): \(error.message)")
             }
         } catch {
-            throw CertificateError(.caUnavailable, "\(name) failed for \(identity): \(error)")
+            throw PKIError(.caUnavailable, "\(name) failed for \(identity): \(error)")
         }
     }
 

@@ -16,7 +16,7 @@ public struct WorkloadKey: Sendable {
     public let csrPEM: String
 
     /// Generates a key and its CSR.
-    public init(identity: SpiffeID) throws(CertificateError) {
+    public init(identity: SpiffeID) throws(PKIError) {
         self.identity = identity
         privateKey = P256.Signing.PrivateKey()
         do {
@@ -31,7 +31,7 @@ public struct WorkloadKey: Sendable {
                 attributes: attributes, signatureAlgorithm: .ecdsaWithSHA256)
             csrPEM = try csr.serializeAsPEM().pemString + "\n"
         } catch {
-            throw CertificateError(.invalidCSR, "cannot build a CSR for \(identity): \(error)")
+            throw PKIError(.invalidCSR, "cannot build a CSR for \(identity): \(error)")
         }
     }
 }
@@ -48,11 +48,11 @@ public struct IssuedChainVerifier: Sendable {
     }
 
     /// Verifies a response chain (leaf first) at the current time and makes the certificate record.
-    public func verify(chainPEM: [String], for key: WorkloadKey, source: String) async throws(CertificateError)
+    public func verify(chainPEM: [String], for key: WorkloadKey, source: String) async throws(PKIError)
         -> WorkloadCertificate
     {
         guard !chainPEM.isEmpty else {
-            throw CertificateError(.untrustedChain, "\(source) returned an empty certificate chain for \(key.identity)")
+            throw PKIError(.untrustedChain, "\(source) returned an empty certificate chain for \(key.identity)")
         }
         var chain: [Certificate] = []
         for (index, pem) in chainPEM.enumerated() {
@@ -61,12 +61,12 @@ public struct IssuedChainVerifier: Sendable {
         let leaf = chain[0]
         let sans = leaf.uriSANs
         guard sans == [key.identity.description] else {
-            throw CertificateError(
+            throw PKIError(
                 .identityMismatch,
                 "\(source) returned a certificate for \(sans) when \(key.identity) was asked for; rejected")
         }
         guard leaf.publicKey == Certificate.PublicKey(key.privateKey.publicKey) else {
-            throw CertificateError(
+            throw PKIError(
                 .identityMismatch, "\(source) returned a certificate for \(key.identity) that is not for the key of our CSR")
         }
         var verifier = Verifier(rootCertificates: X509.CertificateStore(roots)) {
@@ -79,14 +79,14 @@ public struct IssuedChainVerifier: Sendable {
             break
         case .couldNotValidate(let failures):
             let reasons = failures.map { $0.policyFailureReason.description }
-            throw CertificateError(
+            throw PKIError(
                 .untrustedChain,
                 "\(source) returned a chain for \(key.identity) that does not verify against the trusted root"
                     + (reasons.isEmpty ? " (no path to a trusted root)" : ": \(reasons.joined(separator: "; "))"))
         }
         // Peers get leaf + intermediates; roots are distributed separately.
         let presented = chain.filter { !roots.contains($0) && !$0.isSelfSigned }
-        let encode = { (cert: Certificate) throws(CertificateError) -> String in try PEMFiles.pem(cert) }
+        let encode = { (cert: Certificate) throws(PKIError) -> String in try PEMFiles.pem(cert) }
         return WorkloadCertificate(
             identity: key.identity, privateKeyPEM: key.privateKey.pemRepresentation,
             chainPEM: try presented.map(encode), rootsPEM: try roots.map(encode),

@@ -1,7 +1,7 @@
 /// Why a certificate could not be made, loaded, issued or accepted.
 ///
 /// Messages say what failed, where (file, identity, CA address) and what to do.
-public struct CertificateError: Error, Sendable, CustomStringConvertible {
+public struct PKIError: Error, Sendable, CustomStringConvertible {
     /// Broad classes of failure; a struct so codes can be added without breaking switches.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         private let raw: String

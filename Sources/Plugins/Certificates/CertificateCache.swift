@@ -21,7 +21,7 @@ import Synchronization
 ///   it never hangs, so connections fail closed promptly.
 ///
 /// The store does work only while ``run()`` runs (a ServiceLifecycle `Service`).
-public final class CertificateStore: IdentityProvider, CertificateStatusReporting, ServiceLifecycle.Service, Sendable {
+public final class CertificateCache: IdentityProvider, CertificateStatusReporting, ServiceLifecycle.Service, Sendable {
     /// How the store fetches.
     public struct Settings: Sendable {
         /// The only trust domain identities may be in.
@@ -30,7 +30,7 @@ public final class CertificateStore: IdentityProvider, CertificateStatusReportin
         public var lifetime: Duration
         /// Fetches at once.
         public var maxConcurrentFetches: Int
-        /// How long ``CertificateStore/certificate(for:priority:)`` waits for a fetch.
+        /// How long ``CertificateCache/certificate(for:priority:)`` waits for a fetch.
         public var fetchTimeout: Duration
         /// Retry delays after failed fetches.
         public var backoff: Backoff
@@ -103,7 +103,7 @@ public final class CertificateStore: IdentityProvider, CertificateStatusReportin
             group.addTask {
                 do { try await Task.sleep(for: timeout) } catch { return nil }
                 return .failure(
-                    CertificateError(
+                    PKIError(
                         .unavailable, "no certificate for \(identity) after waiting \(ConfigDuration(timeout)); the CA may be down"))
             }
             var outcome: Result<WorkloadCertificate, any Error> = .failure(CancellationError())
@@ -120,9 +120,9 @@ public final class CertificateStore: IdentityProvider, CertificateStatusReportin
         case .success(let certificate):
             return certificate
         case .failure(let error as WorkQueueError) where error.code == .shutdown:
-            throw CertificateError(.unavailable, "no certificate for \(identity): the certificate store is not running")
+            throw PKIError(.unavailable, "no certificate for \(identity): the certificate store is not running")
         case .failure(let error as WorkQueueError) where error.code == .cancelled:
-            throw CertificateError(.unavailable, "no certificate for \(identity): it is no longer needed on this node")
+            throw PKIError(.unavailable, "no certificate for \(identity): it is no longer needed on this node")
         case .failure(let error):
             throw error
         }
@@ -226,9 +226,9 @@ public final class CertificateStore: IdentityProvider, CertificateStatusReportin
         }
     }
 
-    private func checkTrustDomain(_ identity: SpiffeID) throws(CertificateError) {
+    private func checkTrustDomain(_ identity: SpiffeID) throws(PKIError) {
         guard identity.trustDomain == settings.trustDomain else {
-            throw CertificateError(
+            throw PKIError(
                 .wrongTrustDomain,
                 "\(identity) is not in trust domain \(settings.trustDomain); this node only holds certificates of that domain (certificates.trustDomain)")
         }
