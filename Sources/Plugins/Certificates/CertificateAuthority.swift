@@ -207,9 +207,12 @@ public struct CertificateAuthority: Sendable {
         throws -> Certificate
     {
         let seconds = Double(lifetime.components.seconds) + Double(lifetime.components.attoseconds) * 1e-18
-        let notAfter = min(now.addingTimeInterval(max(seconds, 1)), certificate.notValidAfter)
+        // X.509 times have whole seconds and encoding rounds; truncating keeps a new
+        // certificate from starting a fraction of a second in the future.
+        let start = Date(timeIntervalSince1970: now.timeIntervalSince1970.rounded(.down))
+        let notAfter = min(start.addingTimeInterval(max(seconds, 1)), certificate.notValidAfter)
         return try Certificate(
-            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: publicKey, notValidBefore: now,
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: publicKey, notValidBefore: start,
             notValidAfter: notAfter, issuer: certificate.subject, subject: DistinguishedName(),
             signatureAlgorithm: Self.signatureAlgorithm(for: privateKey.publicKey), extensions: extensions,
             issuerPrivateKey: privateKey)
@@ -240,9 +243,11 @@ public struct CertificateAuthority: Sendable {
     }
 
     /// Makes a self-signed root: CA:true, keyCertSign + cRLSign, O = the trust domain.
+    /// Valid from `notBefore` (default: a minute ago, so peers with a slightly slow clock
+    /// accept it at once) for `validity`.
     public static func makeRoot(
         trustDomain: String, keyType: RootKeyType = .p256, validity: Duration = .seconds(10 * 365 * 86400),
-        notBefore: Date = Date()
+        notBefore: Date = Date().addingTimeInterval(-60)
     ) throws(PKIError) -> RootMaterial {
         let key: Certificate.PrivateKey
         let keyPEM: String
