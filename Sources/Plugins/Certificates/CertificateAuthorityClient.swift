@@ -6,7 +6,7 @@ import Kernel
 /// ``IstioCAClient`` (Istio's gRPC API).
 ///
 /// Threading: called concurrently for different identities (never twice at once for one
-/// identity by the certificate store).
+/// identity by the certificate cache).
 public protocol CertificateAuthorityClient: Sendable {
     /// A short description for logs and errors, e.g. `istio CA 10.0.0.1:15012`.
     var name: String { get }

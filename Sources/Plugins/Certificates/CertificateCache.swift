@@ -20,9 +20,9 @@ import Synchronization
 ///   failure that happens while it waits, or a timeout error after `fetchTimeout`:
 ///   it never hangs, so connections fail closed promptly.
 ///
-/// The store does work only while ``run()`` runs (a ServiceLifecycle `Service`).
+/// The cache does work only while ``run()`` runs (a ServiceLifecycle `Service`).
 public final class CertificateCache: IdentityProvider, CertificateStatusReporting, ServiceLifecycle.Service, Sendable {
-    /// How the store fetches.
+    /// How the cache fetches.
     public struct Settings: Sendable {
         /// The only trust domain identities may be in.
         public var trustDomain: String
@@ -120,7 +120,7 @@ public final class CertificateCache: IdentityProvider, CertificateStatusReportin
         case .success(let certificate):
             return certificate
         case .failure(let error as WorkQueueError) where error.code == .shutdown:
-            throw PKIError(.unavailable, "no certificate for \(identity): the certificate store is not running")
+            throw PKIError(.unavailable, "no certificate for \(identity): the certificate cache is not running")
         case .failure(let error as WorkQueueError) where error.code == .cancelled:
             throw PKIError(.unavailable, "no certificate for \(identity): it is no longer needed on this node")
         case .failure(let error):
@@ -157,7 +157,7 @@ public final class CertificateCache: IdentityProvider, CertificateStatusReportin
         logger.info("forgot certificate", metadata: ["identity": "\(identity)"])
     }
 
-    /// Identities the store holds or fetches.
+    /// Identities the cache holds or fetches.
     public var identities: [SpiffeID] { table.identities }
 
     /// The fetch job for an identity, if one is queued, running or backing off.

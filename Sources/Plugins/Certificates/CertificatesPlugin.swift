@@ -169,7 +169,7 @@ public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStat
     /// The certificate cache, once provisioned.
     public var cache: CertificateCache? { storage.withLock { $0 } }
 
-    /// Loads the CA material (local) or the root and token (istio) and builds the store.
+    /// Loads the CA material (local) or the root and token (istio) and builds the cache.
     public func provision() async throws {
         let client: any CertificateAuthorityClient
         do {
@@ -204,7 +204,7 @@ public final class CertificatesPlugin: Plugin, IdentityProvider, CertificateStat
             "certificates ready", metadata: ["ca": "\(client.name)", "trust_domain": "\(config.trustDomain)"])
     }
 
-    /// Runs the store and follows the mesh until graceful shutdown.
+    /// Runs the cache and follows the mesh until graceful shutdown.
     public func run() async throws {
         guard let store = cache else { return }
         await withDiscardingTaskGroup { group in

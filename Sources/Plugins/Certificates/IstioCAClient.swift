@@ -18,7 +18,7 @@ import X509
 ///
 /// A connection is opened per request: fetches are rare (one per identity per half
 /// lifetime), and a fresh connection gives a CA outage a clear, immediate error rather
-/// than a call queued behind a reconnect backoff; the certificate store does the retrying.
+/// than a call queued behind a reconnect backoff; the certificate cache does the retrying.
 public struct IstioCAClient: CertificateAuthorityClient {
     /// Where the CA listens.
     public let host: String
