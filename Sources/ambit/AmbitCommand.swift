@@ -1,6 +1,8 @@
 import ArgumentParser
 import Authorization
+import CAServer
 import Capture
+import Certificates
 import Foundation
 import Kernel
 import LocalConfig
@@ -17,6 +19,7 @@ struct AmbitCommand: AsyncParsableCommand {
         subcommands: [
             RunCommand.self, ValidateCommand.self, PluginsCommand.self, VersionCommand.self, DemoCommand.self,
             PolicyCommand.self,
+            CACommand.self,
         ])
 }
 
@@ -28,6 +31,8 @@ enum FirstPartyPlugins {
             PluginType(CapturePlugin.self),
             PluginType(AuthorizationPlugin.self),
             PluginType(TelemetryPlugin.self),
+            PluginType(CertificatesPlugin.self),
+            PluginType(CAServerPlugin.self),
         ])
     }
 }

@@ -1,5 +1,50 @@
 import Foundation
 
+/// One certificate an identity provider holds (or is fetching), as `/config_dump` lists it.
+public struct CertificateStatus: Sendable, Hashable {
+    /// The workload identity.
+    public var identity: SpiffeID
+    /// `pending`, `fetching`, `available`, `failed` or `expired`.
+    public var state: String
+    /// The fetch priority while one is queued or running.
+    public var priority: WorkPriority?
+    /// The current certificate's serial (hex), if there is one.
+    public var serial: String?
+    /// Its validity.
+    public var notBefore: Date?
+    /// Its expiry.
+    public var notAfter: Date?
+    /// Its chain, leaf first, PEM.
+    public var chain: [String]
+    /// Consecutive failed fetches.
+    public var failures: Int
+    /// The last fetch error, while failing.
+    public var lastError: String?
+
+    /// Creates a status row.
+    public init(
+        identity: SpiffeID, state: String, priority: WorkPriority? = nil, serial: String? = nil, notBefore: Date? = nil,
+        notAfter: Date? = nil, chain: [String] = [], failures: Int = 0, lastError: String? = nil
+    ) {
+        self.identity = identity
+        self.state = state
+        self.priority = priority
+        self.serial = serial
+        self.notBefore = notBefore
+        self.notAfter = notAfter
+        self.chain = chain
+        self.failures = failures
+        self.lastError = lastError
+    }
+}
+
+/// Implemented by identity providers that can list their certificates for `/config_dump`.
+/// Thread-safe; called from the admin server.
+public protocol CertificateStatusReporting: AnyObject, Sendable {
+    /// Every certificate held or being fetched, sorted by identity.
+    var certificateStatuses: [CertificateStatus] { get }
+}
+
 /// Renders the node's state as the JSON `/config_dump` and `/plugins` serve.
 enum ConfigDump {
     struct WorkloadView: Encodable {
@@ -90,6 +135,26 @@ enum ConfigDump {
         }
     }
 
+    struct CertificateView: Encodable {
+        var identity, state: String
+        var priority, serial, notBefore, notAfter, lastError: String?
+        var chain: [String]
+        var failures: Int
+
+        init(_ c: CertificateStatus) {
+            let format = { (date: Date?) in date.map { $0.formatted(.iso8601) } }
+            identity = c.identity.description
+            state = c.state
+            priority = c.priority?.description
+            serial = c.serial
+            notBefore = format(c.notBefore)
+            notAfter = format(c.notAfter)
+            lastError = c.lastError
+            chain = c.chain
+            failures = c.failures
+        }
+    }
+
     struct Dump: Encodable {
         var node: [String: String]
         var meshVersion: UInt64
@@ -98,6 +163,7 @@ enum ConfigDump {
         var policies: [AuthorizationPolicy]
         var plugins: [PluginView]
         var connections: [ConnectionView]
+        var certificates: [CertificateView]
     }
 
     static func plugins(node: ProxyNode) -> [PluginView] {
@@ -126,7 +192,9 @@ enum ConfigDump {
             },
             policies: mesh.policies.values.sorted { $0.key < $1.key },
             plugins: plugins(node: node),
-            connections: node.connections.records.map(ConnectionView.init))
+            connections: node.connections.records.map(ConnectionView.init),
+            certificates: node.plugins.compactMap { $0 as? any CertificateStatusReporting }
+                .flatMap(\.certificateStatuses).map(CertificateView.init))
         return encode(dump)
     }
 
