@@ -1,6 +1,7 @@
 import ArgumentParser
 import Capture
 import Foundation
+import HBONE
 import Kernel
 import LocalConfig
 import Logging
@@ -23,6 +24,7 @@ enum FirstPartyPlugins {
         PluginRegistry([
             PluginType(LocalConfigPlugin.self),
             PluginType(CapturePlugin.self),
+            PluginType(HBONEPlugin.self),
         ])
     }
 }

@@ -89,18 +89,27 @@ public enum Relay {
     }
 
     private static func installNow(_ handler: RelayHandler, into channel: any Channel) {
+        // Only socket channels take buffer and half-closure options. Multiplexed stream
+        // channels (an HTTP/2 stream carrying an HBONE tunnel) accept autoRead alone, trap on
+        // any other option, bound their buffering by flow control, and signal half-closure
+        // through a handler of their own.
+        let isSocket = channel is any SocketOptionProvider
         do {
             if let options = channel.syncOptions {
                 try options.setOption(.autoRead, value: false)
-                try options.setOption(.writeBufferWaterMark, value: writeBufferWaterMark)
-                // Best effort: a channel type without half-closure closes on EOF, which the
-                // relay can only take as an unexpected close that ends both sides.
-                try? options.setOption(.allowRemoteHalfClosure, value: true)
+                if isSocket {
+                    try options.setOption(.writeBufferWaterMark, value: writeBufferWaterMark)
+                    // Best effort: a channel type without half-closure closes on EOF, which the
+                    // relay can only take as an unexpected close that ends both sides.
+                    try? options.setOption(.allowRemoteHalfClosure, value: true)
+                }
             } else {
                 // On the channel's loop these complete at once for NIO's own channel types.
                 channel.setOption(.autoRead, value: false).whenFailure { _ in channel.close(promise: nil) }
-                channel.setOption(.writeBufferWaterMark, value: writeBufferWaterMark).whenFailure { _ in }
-                channel.setOption(.allowRemoteHalfClosure, value: true).whenFailure { _ in }
+                if isSocket {
+                    channel.setOption(.writeBufferWaterMark, value: writeBufferWaterMark).whenFailure { _ in }
+                    channel.setOption(.allowRemoteHalfClosure, value: true).whenFailure { _ in }
+                }
             }
             try channel.pipeline.syncOperations.addHandler(handler)
         } catch {
