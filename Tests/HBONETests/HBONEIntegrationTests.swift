@@ -193,6 +193,8 @@ struct HBONEIntegrationTests {
         #expect(await eventually(timeout: .seconds(20)) { nodes.a.node.connections.count == 0 && nodes.b.node.connections.count == 0 })
         let outbound = nodes.a.telemetry.closedRecords.filter { $0.route == "hbone" }
         #expect(outbound.count == count)
+        let broken = (nodes.b.telemetry.closedRecords + outbound).filter { $0.bytes.sent != 2048 }
+        #expect(broken.isEmpty, "\(broken.prefix(6).map { "\($0.direction) sent \($0.bytes.sent) received \($0.bytes.received): \($0.failure ?? "no failure")" })")
         #expect(outbound.reduce(0) { $0 + $1.bytes.sent } == UInt64(count * 2048))
         let inbound = nodes.b.telemetry.closedRecords.filter { $0.route == "hbone" }
         #expect(inbound.count == count)

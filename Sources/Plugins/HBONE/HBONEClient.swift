@@ -195,6 +195,9 @@ final class HBONEClient: Sendable {
             peerMaxConcurrentStreams: { pool.lowerLimit(connection, to: $0) },
             closed: { error in
                 pool.remove(connection)
+                if let error, !HBONEServer.isOrdinaryClose(error) {
+                    logger.info("HBONE connection closed", metadata: ["gateway": "\(gateway)", "error": "\(error)"])
+                }
                 let reason = rejection.withLockedValue { $0 } ?? error.map { Self.classify($0, gateway: gateway) }
                 connection.readyPromise.fail(
                     reason ?? HBONEError(.connectionClosed, "connection to \(gateway) closed during setup"))

@@ -218,7 +218,7 @@ final class HBONEServer: Sendable {
             closed: { error in
                 connections.withLockedValue { _ = $0.removeValue(forKey: id) }
                 if let error, !HBONEServer.isOrdinaryClose(error) {
-                    logger.debug("HBONE connection ended", metadata: ["peer": "\(remote)", "error": "\(error)"])
+                    logger.info("HBONE connection ended", metadata: ["peer": "\(remote)", "error": "\(error)"])
                 }
             })
         let handler = HBONEConnectionHandler(

@@ -44,6 +44,9 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
     /// count those as a denial-of-service signal.
     private var lastWrite: EventLoopFuture<Void>?
     private var context: ChannelHandlerContext?
+    /// A last-resort close for a stream whose final END_STREAM cannot be written (the
+    /// peer never opens its window).
+    private var lingering: Scheduled<Void>?
 
     init(onHead: @escaping HeadHandler) {
         self.onHead = onHead
@@ -178,8 +181,25 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         case .input:
             promise?.fail(ChannelError.operationUnsupported)
         case .all:
+            if outputEnded && inputEnded {
+                // Both directions are ending cleanly: NIOHTTP2 closes the stream once our
+                // END_STREAM is on the wire. Closing now would reset it (RST_STREAM), and
+                // peers rightly treat a stream of resets as an attack (rapid reset).
+                if let promise { context.channel.closeFuture.cascade(to: promise) }
+                if lingering == nil {
+                    let channel = context.channel
+                    lingering = context.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
+                }
+                return
+            }
             context.close(mode: .all, promise: promise)
         }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        lingering?.cancel()
+        lingering = nil
+        context.fireChannelInactive()
     }
 
     private func endInput(_ context: ChannelHandlerContext) {
