@@ -15,7 +15,7 @@ struct HBONEInteropTests {
         _ dir: TemporaryDirectory, identity: SpiffeID, ca: TestMeshCA = TestCARegistry.mesh, expired: Bool = false
     ) throws -> [String] {
         let files = try ca.writeFiles(
-            for: identity, prefix: "py-\(identity.serviceAccount)-\(ca.name)\(expired ? "-expired" : "")", in: dir.path,
+            for: identity, prefix: "py-\(identity.trustDomain)-\(identity.serviceAccount)-\(ca.name)\(expired ? "-expired" : "")", in: dir.path,
             notAfter: expired ? Date() - 60 : Date() + 86_400)
         // The Python client must trust our mesh root whatever CA issued its own certificate.
         let trust = dir.path + "/mesh-ca.crt"

@@ -169,7 +169,9 @@ final class HBONEConnectionHandler: ChannelInboundHandler {
             is NIOHTTP2Errors.ExcessiveOutboundFrameBuffering, is NIOHTTP2Errors.InvalidSetting,
             is NIOHTTP2Errors.ReceivedBadSettings, is NIOHTTP2Errors.InvalidStreamIDForPeer,
             is NIOHTTP2Errors.StreamIDTooSmall, is NIOHTTP2Errors.RaisedGoawayLastStreamID,
-            is NIOHTTP2Errors.PushInViolationOfSetting, is NIOHTTP2Errors.InvalidFlowControlWindowSize:
+            is NIOHTTP2Errors.PushInViolationOfSetting, is NIOHTTP2Errors.InvalidFlowControlWindowSize,
+            // Also stream-level at times; a peer that gets flow control wrong is broken as a whole.
+            is NIOHTTP2Errors.InvalidWindowIncrementSize, is NIOHTTP2Errors.FlowControlViolation:
             return true
         default:
             return false
