@@ -205,4 +205,17 @@ struct HBONEIntegrationTests {
         #expect(pool.reduce(0) { $0 + $1.streamsOpened } == count)
         try await nodes.stop()
     }
+
+    @Test("drain: the server sends GOAWAY and the client stops using the connection")
+    func drainSendsGoAway() async throws {
+        let nodes = try await TwoNodes()
+        let payload = Array("before drain".utf8)
+        let before = try await nodes.a.exchange(to: TestMesh.serverB, nodes.port(TestMesh.serverB), payload: payload)
+        #expect(before.reply == .succeeded)
+        #expect(nodes.a.hbone.poolConnections.first?.usable == true)
+        nodes.b.node.shutdown()
+        // GOAWAY retires the connection (or the close removes it); either way it is not reused.
+        #expect(await eventually { nodes.a.hbone.poolConnections.allSatisfy { !$0.usable } })
+        try await nodes.stop()
+    }
 }
