@@ -4,6 +4,7 @@ import CAServer
 import Capture
 import Certificates
 import Foundation
+import HBONE
 import Kernel
 import LocalConfig
 import Logging
@@ -33,6 +34,7 @@ enum FirstPartyPlugins {
             PluginType(TelemetryPlugin.self),
             PluginType(CertificatesPlugin.self),
             PluginType(CAServerPlugin.self),
+            PluginType(HBONEPlugin.self),
         ])
     }
 }

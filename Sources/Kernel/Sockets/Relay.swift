@@ -89,18 +89,27 @@ public enum Relay {
     }
 
     private static func installNow(_ handler: RelayHandler, into channel: any Channel) {
+        // Only socket channels take buffer and half-closure options. Multiplexed stream
+        // channels (an HTTP/2 stream carrying an HBONE tunnel) accept autoRead alone, trap on
+        // any other option, bound their buffering by flow control, and signal half-closure
+        // through a handler of their own.
+        let isSocket = channel is any SocketOptionProvider
         do {
             if let options = channel.syncOptions {
                 try options.setOption(.autoRead, value: false)
-                try options.setOption(.writeBufferWaterMark, value: writeBufferWaterMark)
-                // Best effort: a channel type without half-closure closes on EOF, which the
-                // relay can only take as an unexpected close that ends both sides.
-                try? options.setOption(.allowRemoteHalfClosure, value: true)
+                if isSocket {
+                    try options.setOption(.writeBufferWaterMark, value: writeBufferWaterMark)
+                    // Best effort: a channel type without half-closure closes on EOF, which the
+                    // relay can only take as an unexpected close that ends both sides.
+                    try? options.setOption(.allowRemoteHalfClosure, value: true)
+                }
             } else {
                 // On the channel's loop these complete at once for NIO's own channel types.
                 channel.setOption(.autoRead, value: false).whenFailure { _ in channel.close(promise: nil) }
-                channel.setOption(.writeBufferWaterMark, value: writeBufferWaterMark).whenFailure { _ in }
-                channel.setOption(.allowRemoteHalfClosure, value: true).whenFailure { _ in }
+                if isSocket {
+                    channel.setOption(.writeBufferWaterMark, value: writeBufferWaterMark).whenFailure { _ in }
+                    channel.setOption(.allowRemoteHalfClosure, value: true).whenFailure { _ in }
+                }
             }
             try channel.pipeline.syncOperations.addHandler(handler)
         } catch {
@@ -473,12 +482,36 @@ final class RelayHandler: ChannelInboundHandler {
         }
         let drained = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: drained)
-        drained.futureResult.assumeIsolated().whenComplete { _ in self.requestClose(context) }
+        drained.futureResult.assumeIsolated().whenComplete { _ in
+            // A clean close of the peer ends its data: pass that on as a half-close before
+            // closing. On a socket the close sends the FIN anyway; on a multiplexed stream
+            // (HTTP/2) a bare close is a reset, which would turn a clean end into an abort.
+            // NIO closes a socket whose output was shut when EOF arrives without reporting
+            // the input close, so this is the only notice the relay gets of that end.
+            guard !self.outputShutdownStarted else {
+                self.requestClose(context)
+                return
+            }
+            self.outputShutdownStarted = true
+            // A close follows in any case, and NIO turns the half-close into one when the
+            // input is already shut.
+            self.closeRequested = true
+            let shut = context.eventLoop.makePromise(of: Void.self)
+            context.close(mode: .output, promise: shut)
+            shut.futureResult.assumeIsolated().whenComplete { _ in self.requestClose(context) }
+        }
     }
 
     private func requestClose(_ context: ChannelHandlerContext) {
         closeRequested = true
-        context.close(promise: nil)
+        // Closed on the next tick, not from inside whatever event led here: a partner that
+        // closes synchronously (an HTTP/2 stream ending) can bring us here from within
+        // NIO's EOF handling (`channelReadComplete` before its own input close), and a full
+        // close at that point trips NIO's registration assertion when NIO then shuts the
+        // input of the already closed socket.
+        context.eventLoop.assumeIsolated().execute {
+            context.close(promise: nil)
+        }
     }
 
     private func channelDidClose() {

@@ -20,6 +20,8 @@ public final class CapturePlugin: Plugin, CaptureSource {
         public var connectTimeout: ConfigDuration = ConfigDuration(.seconds(5))
         /// SO_MARK on upstream sockets, so in-pod redirection never recaptures them.
         public var upstreamMark: UInt32?
+        /// The plaintext inbound listener (off by default).
+        public var inbound: InboundPlaintextConfig = InboundPlaintextConfig()
 
         /// SOCKS5 settings.
         public struct SOCKS5Config: Decodable, Sendable {
@@ -47,7 +49,7 @@ public final class CapturePlugin: Plugin, CaptureSource {
         public init() {}
 
         private enum CodingKeys: String, CodingKey, CaseIterable {
-            case socks5, connectTimeout, upstreamMark
+            case socks5, connectTimeout, upstreamMark, inbound
         }
 
         public init(from decoder: any Decoder) throws {
@@ -55,6 +57,7 @@ public final class CapturePlugin: Plugin, CaptureSource {
             socks5 = try c.decodeIfPresent(SOCKS5Config.self, forKey: .socks5) ?? socks5
             connectTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .connectTimeout) ?? connectTimeout
             upstreamMark = try c.decodeIfPresent(UInt32.self, forKey: .upstreamMark)
+            inbound = try c.decodeIfPresent(InboundPlaintextConfig.self, forKey: .inbound) ?? inbound
         }
     }
 
@@ -67,6 +70,8 @@ public final class CapturePlugin: Plugin, CaptureSource {
     private let context: PluginContext
     private let listeners = NIOLockedValueBox<[TCPListener]>([])
     private let outbound: OutboundPath
+    private let inbound: InboundPlaintext
+    private let inboundAddress = NIOLockedValueBox<SocketAddr?>(nil)
 
     public init(config: Config, context: PluginContext) throws {
         self.config = config
@@ -76,13 +81,23 @@ public final class CapturePlugin: Plugin, CaptureSource {
             dialer: TCPDialer(
                 options: DialerOptions(
                     mark: config.upstreamMark, connectTimeout: config.connectTimeout.timeAmount)))
+        self.inbound = InboundPlaintext(
+            config: config.inbound, context: context,
+            dialer: TCPDialer(
+                options: DialerOptions(
+                    mark: config.upstreamMark, connectTimeout: config.connectTimeout.timeAmount)))
     }
 
     private var socksComponent: String { "capture socks5 listener \(config.socks5.address)" }
+    private var inboundComponent: String { "capture inbound listener \(config.inbound.address)" }
 
     public func provision() async throws {
         if config.socks5.enabled { context.readiness.expect(socksComponent) }
+        if config.inbound.enabled { context.readiness.expect(inboundComponent) }
     }
+
+    /// The plaintext inbound listener's bound address, once listening.
+    public var inboundPlaintextAddress: SocketAddr? { inboundAddress.withLockedValue { $0 } }
 
     public var captureAddresses: [SocketAddr] {
         listeners.withLockedValue { $0.map(\.localAddress) }
@@ -112,6 +127,25 @@ public final class CapturePlugin: Plugin, CaptureSource {
             listeners.withLockedValue { $0.append(listener) }
             context.readiness.markReady(socksComponent)
             context.logger.info("SOCKS5 listening", metadata: ["address": "\(listener.localAddress)"])
+        }
+        if config.inbound.enabled {
+            let inbound = self.inbound
+            let listener: TCPListener
+            do {
+                listener = try await TCPListener.bind(
+                    ListenerOptions(address: config.inbound.address), group: context.eventLoopGroup
+                ) { channel in
+                    inbound.accept(channel)
+                }
+            } catch {
+                throw PluginError(
+                    .unavailable, plugin: Self.id,
+                    "cannot listen for inbound plaintext on \(config.inbound.address): \(error)")
+            }
+            listeners.withLockedValue { $0.append(listener) }
+            inboundAddress.withLockedValue { $0 = listener.localAddress }
+            context.readiness.markReady(inboundComponent)
+            context.logger.info("inbound plaintext listening", metadata: ["address": "\(listener.localAddress)"])
         }
         try? await gracefulShutdown()
         await stopListening()

@@ -1,0 +1,171 @@
+import Logging
+import NIOCore
+
+/// One connection arriving for a local workload, as the inbound path sees it before it
+/// decides anything.
+public struct InboundRequest: Sendable {
+    /// The original client: the HBONE `forwarded` address, or the TCP peer for plaintext.
+    public var source: SocketAddr
+    /// The workload address the connection is for (`ip:port`).
+    public var destination: SocketAddr
+    /// The peer's authenticated identity (HBONE mTLS); nil for plaintext.
+    public var peerIdentity: SpiffeID?
+    /// How the connection arrived, for records and logs: `hbone` or `plaintext`.
+    public var route: String
+
+    /// Creates a request.
+    public init(source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String) {
+        self.source = source
+        self.destination = destination
+        self.peerIdentity = peerIdentity
+        self.route = route
+    }
+}
+
+/// Why the inbound path refused a connection: a code to map to a protocol answer (HBONE
+/// status, a plain close) and a message for the log.
+public struct InboundRefusal: Error, Sendable, CustomStringConvertible {
+    /// What went wrong, as a growable set of named codes.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+
+        /// No workload of the mesh owns the destination address.
+        public static let unknownDestination = Code("unknownDestination")
+        /// The destination workload runs on another node.
+        public static let notLocal = Code("notLocal")
+        /// The destination port is one of the proxy's own ports.
+        public static let selfCall = Code("selfCall")
+        /// A policy plugin denied the connection.
+        public static let denied = Code("denied")
+        /// The local workload could not be reached.
+        public static let connectFailed = Code("connectFailed")
+
+        public var description: String { name }
+    }
+
+    /// What went wrong.
+    public var code: Code
+    /// What, where, and why.
+    public var message: String
+
+    /// Creates a refusal.
+    public init(code: Code, message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code): \(message)" }
+}
+
+/// The inbound path shared by every way a connection can reach a local workload (an HBONE
+/// stream, a plaintext capture): resolve the destination workload, refuse self-calls,
+/// consult the policy chain, dial the workload, relay, report telemetry.
+///
+/// Thread-safe. ``admit(_:)`` is async (policy plugins may wait); ``connect(_:on:)`` and
+/// ``relay(downstream:upstream:record:)`` are event-loop calls.
+public final class InboundPath: Sendable {
+    private let context: PluginContext
+    private let dialer: TCPDialer
+
+    /// An inbound path for the plugin owning `context`, dialing workloads with `dialer`.
+    public init(context: PluginContext, dialer: TCPDialer) {
+        self.context = context
+        self.dialer = dialer
+    }
+
+    private var logger: Logger { context.logger }
+
+    /// Resolves the destination workload and asks the policy chain (every enabled policy
+    /// plugin in manifest order; the first deny wins). Returns the connection's record (not
+    /// yet registered; it carries the attributes so a policy change can re-evaluate it) or
+    /// why it is refused. Refusals are logged here; denials are reported to telemetry.
+    public func admit(_ request: InboundRequest) async -> Result<ConnectionRecord, InboundRefusal> {
+        let mesh = context.mesh.snapshot
+        var metadata: Logger.Metadata = [
+            "source": "\(request.source)", "destination": "\(request.destination)", "route": "\(request.route)",
+        ]
+        if let peer = request.peerIdentity { metadata["peer"] = "\(peer)" }
+
+        if Forwarding.proxyPorts.contains(request.destination.port) {
+            return refuse(
+                .selfCall, "\(request.destination) is one of the proxy's own ports; refusing to connect to itself",
+                metadata)
+        }
+        guard let workload = mesh.workload(at: request.destination.ip) else {
+            return refuse(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", metadata)
+        }
+        if !context.nodeName.isEmpty && !workload.node.isEmpty && workload.node != context.nodeName {
+            return refuse(
+                .notLocal, "workload \(workload.uid) runs on node \(workload.node), not on \(context.nodeName)",
+                metadata)
+        }
+        let sourceWorkload = mesh.workload(at: request.source.ip)
+        let attributes = ConnectionAttributes(
+            sourceIdentity: request.peerIdentity, sourceAddress: request.source, sourceWorkload: sourceWorkload,
+            destinationAddress: request.destination, destinationWorkload: workload,
+            isMutualTLS: request.peerIdentity != nil)
+        let record = ConnectionRecord(
+            direction: .inbound, source: request.source, destination: request.destination,
+            sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
+            route: request.route, isMutualTLS: request.peerIdentity != nil, authorization: attributes)
+        let decision = await context.policyChain.authorize(attributes)
+        if !decision.allowed {
+            if let policy = decision.policy { metadata["policy"] = "\(policy)" }
+            record.recordFailure("denied: \(decision)", flag: .denied)
+            for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionDenied(record) }
+            return refuse(.denied, "denied by policy: \(decision)", metadata)
+        }
+        return .success(record)
+    }
+
+    /// Dials the record's destination (the local workload) from `eventLoop`. Fails with an
+    /// ``InboundRefusal`` of code ``InboundRefusal/Code/connectFailed``.
+    public func connect(_ record: ConnectionRecord, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let logger = self.logger
+        let sinks = context.providers(of: (any TelemetrySink).self)
+        return dialer.connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
+            logger.info(
+                "inbound: local workload unreachable",
+                metadata: ["destination": "\(record.destination)", "route": "\(record.route)", "error": "\(error)"])
+            record.recordFailure("connect to \(record.destination) failed: \(error)", flag: .connectFailure)
+            for sink in sinks { sink.connectionFailed(record) }
+            throw InboundRefusal(code: .connectFailed, message: "connect to \(record.destination) failed: \(error)")
+        }
+    }
+
+    /// Relays between the arriving connection (`downstream`) and the local workload
+    /// (`upstream`), registering the record and reporting it to every telemetry sink when it
+    /// opens and when it closes. The future completes once both sides are closed.
+    @discardableResult
+    public func relay(downstream: any Channel, upstream: any Channel, record: ConnectionRecord) -> EventLoopFuture<Void> {
+        let sinks = context.providers(of: (any TelemetrySink).self)
+        let logger = self.logger
+        for sink in sinks { sink.connectionOpened(record) }
+        logger.debug(
+            "inbound relaying",
+            metadata: [
+                "id": "\(record.id)", "source": "\(record.source)", "destination": "\(record.destination)",
+                "route": "\(record.route)", "peer": "\(record.peerIdentity.map { "\($0)" } ?? "none")",
+            ])
+        let done = Relay.join(downstream: downstream, upstream: upstream, record: record, registry: context.connections)
+        done.whenComplete { _ in
+            for sink in sinks { sink.connectionClosed(record) }
+            logger.debug(
+                "inbound connection closed",
+                metadata: [
+                    "id": "\(record.id)", "sent": "\(record.bytes.sent)", "received": "\(record.bytes.received)",
+                ])
+        }
+        return done
+    }
+
+    private func refuse(
+        _ code: InboundRefusal.Code, _ message: String, _ metadata: Logger.Metadata
+    ) -> Result<ConnectionRecord, InboundRefusal> {
+        var metadata = metadata
+        metadata["reason"] = "\(code)"
+        logger.info("inbound connection refused: \(message)", metadata: metadata)
+        return .failure(InboundRefusal(code: code, message: message))
+    }
+}

@@ -1,0 +1,114 @@
+import Kernel
+import Logging
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Settings of the plaintext inbound listener (`capture` config key `inbound`).
+public struct InboundPlaintextConfig: Decodable, Sendable {
+    /// Listen or not. Off by default: without in-pod redirection (or a fixed `destination`)
+    /// nothing arrives here.
+    public var enabled = false
+    /// Listen address; port 0 picks a free port.
+    public var address = SocketAddr(ip: .v4(0), port: 15006)
+    /// Send every connection to this local workload address. Absent: the connection's
+    /// original destination (`SO_ORIGINAL_DST`, set by in-pod REDIRECT rules), or, when it
+    /// was not redirected, the address it arrived on.
+    public var destination: SocketAddr?
+
+    public init() {}
+
+    private enum CodingKeys: String, CodingKey, CaseIterable {
+        case enabled, address, destination
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? enabled
+        address = try c.decodeIfPresent(SocketAddr.self, forKey: .address) ?? address
+        destination = try c.decodeIfPresent(SocketAddr.self, forKey: .destination)
+    }
+}
+
+/// The plaintext inbound path: plain TCP from outside the mesh (or from a workload that
+/// does not speak HBONE) to a local workload. There is no peer identity; the connection
+/// still goes through the policy role (a deny closes it) and telemetry, like an HBONE
+/// stream, through the kernel's ``InboundPath``.
+///
+/// Thread-safe.
+final class InboundPlaintext: Sendable {
+    private let config: InboundPlaintextConfig
+    private let inbound: InboundPath
+    private let logger: Logger
+
+    init(config: InboundPlaintextConfig, context: PluginContext, dialer: TCPDialer) {
+        self.config = config
+        self.inbound = InboundPath(context: context, dialer: dialer)
+        self.logger = context.logger
+    }
+
+    /// Sets up one accepted connection: reads stay off until the relay takes over.
+    func accept(_ channel: any Channel) -> EventLoopFuture<Void> {
+        let eventLoop = channel.eventLoop
+        guard let client = SocketAddr(channel.remoteAddress), let local = SocketAddr(channel.localAddress) else {
+            return eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+        }
+        do {
+            try channel.syncOptions?.setOption(.autoRead, value: false)
+        } catch {
+            return eventLoop.makeFailedFuture(error)
+        }
+        let fixed = config.destination.map { eventLoop.makeSucceededFuture(Optional($0)) }
+        let inbound = self.inbound
+        let logger = self.logger
+        (fixed ?? Self.originalDestination(of: channel)).whenSuccess { original in
+            let destination = original ?? local
+            // Not redirected and no fixed destination: the destination is this listener
+            // itself, which would loop.
+            if destination == local {
+                logger.info(
+                    "inbound plaintext refused: connection was not redirected (no original destination); set `inbound.destination` to forward without redirection",
+                    metadata: ["source": "\(client)", "local": "\(local)"])
+                channel.close(promise: nil)
+                return
+            }
+            let request = InboundRequest(source: client, destination: destination, peerIdentity: nil, route: "plaintext")
+            eventLoop.makeFutureWithTask { await inbound.admit(request) }.whenSuccess { result in
+                switch result {
+                case .failure:
+                    channel.close(promise: nil)
+                case .success(let record):
+                    inbound.connect(record, on: eventLoop).whenComplete { outcome in
+                        switch outcome {
+                        case .failure:
+                            channel.close(promise: nil)
+                        case .success(let upstream):
+                            inbound.relay(downstream: channel, upstream: upstream, record: record)
+                        }
+                    }
+                }
+            }
+        }
+        return eventLoop.makeSucceededVoidFuture()
+    }
+
+    /// `SO_ORIGINAL_DST` (IPv4): where the client meant to connect before a REDIRECT rule
+    /// sent it here. Nil when the socket option is unavailable (no conntrack entry).
+    static func originalDestination(of channel: any Channel) -> EventLoopFuture<SocketAddr?> {
+        #if os(Linux)
+        guard let provider = channel as? any SocketOptionProvider, SocketAddr(channel.localAddress)?.ip.isIPv4 == true
+        else { return channel.eventLoop.makeSucceededFuture(nil) }
+        // SOL_IP = 0, SO_ORIGINAL_DST = 80 (linux/netfilter_ipv4.h).
+        let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(IPPROTO_IP), name: SocketOptionName(80))
+        return future.map { address -> SocketAddr? in
+            SocketAddr(
+                ip: .v4(UInt32(bigEndian: address.sin_addr.s_addr)), port: UInt16(bigEndian: address.sin_port))
+        }.recover { _ in nil }
+        #else
+        return channel.eventLoop.makeSucceededFuture(nil)
+        #endif
+    }
+}

@@ -1,0 +1,235 @@
+import Kernel
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOSSL
+
+/// The HBONE client: opens one HTTP/2 CONNECT stream per tunnelled connection over a
+/// pooled mTLS connection to the destination's proxy (or waypoint).
+///
+/// The connection presents the source workload's certificate and accepts only a server
+/// whose SPIFFE identity is one of the request's expected identities. The returned stream
+/// channel carries `ByteBuffer`s and maps half-close to END_STREAM, ready for the relay.
+///
+/// Thread-safe.
+final class HBONEClient: Sendable {
+    private let config: HBONEConfig
+    private let context: PluginContext
+    private let identity: IdentityHolder
+    private let tls: HBONETLSContexts
+    private let dialer: TCPDialer
+    let pool: HBONEConnectionPool
+
+    init(config: HBONEConfig, context: PluginContext, identity: IdentityHolder, tls: HBONETLSContexts) {
+        self.config = config
+        self.context = context
+        self.identity = identity
+        self.tls = tls
+        self.dialer = TCPDialer(
+            options: DialerOptions(mark: config.client.mark, connectTimeout: config.client.connectTimeout.timeAmount))
+        self.pool = HBONEConnectionPool(
+            maxStreamsPerConnection: config.client.maxStreamsPerConnection,
+            idleTimeout: config.client.idleTimeout.timeAmount)
+    }
+
+    private var logger: Logger { context.logger }
+
+    /// Opens one tunnel; the future completes on `eventLoop` with the stream channel once
+    /// the peer answered 200, or fails with an ``HBONEError``.
+    func openTunnel(_ request: TunnelRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let key = HBONEPoolKey(
+            source: request.source.identity, destinations: request.expectedIdentities, gateway: request.gateway,
+            sourceIP: request.sourceAddress.ip)
+        guard let (connection, isNew) = pool.lease(key, eventLoop: eventLoop) else {
+            return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "the HBONE client is shut down"))
+        }
+        if isNew { establish(connection, request: request) }
+
+        let result = eventLoop.makePromise(of: (any Channel).self)
+        let timeout = config.client.connectTimeout.timeAmount
+        let deadline = eventLoop.scheduleTask(in: timeout) {
+            result.fail(
+                HBONEError(
+                    .timedOut,
+                    "tunnel to \(request.gateway) (authority \(request.authority)) not established within \(timeout.nanoseconds / 1_000_000) ms"
+                ))
+        }
+        connection.ready.flatMap { ready in
+            self.openStream(on: ready, request: request, connection: connection)
+        }.whenComplete { outcome in
+            deadline.cancel()
+            switch outcome {
+            case .success(let stream):
+                // The caller may have given up (timeout): then the stream has no user.
+                result.futureResult.whenFailure { _ in stream.close(promise: nil) }
+                result.succeed(stream)
+            case .failure(let error):
+                result.fail(error)
+            }
+        }
+        return result.futureResult
+    }
+
+    /// Opens the stream, sends the CONNECT, and waits for the response head. The pool slot
+    /// is released when the stream closes (or if it never opens).
+    private func openStream(
+        on ready: HBONEPooledConnection.Ready, request: TunnelRequest, connection: HBONEPooledConnection
+    ) -> EventLoopFuture<any Channel> {
+        let pool = self.pool
+        let loop = ready.channel.eventLoop
+        let response = loop.makePromise(of: (any Channel).self)
+        let headers = HBONEHeaders.request(
+            authority: request.authority, source: request.sourceAddress, workload: request.source)
+        let gateway = request.gateway
+        ready.multiplexer.createStreamChannel { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.syncOptions?.setOption(.autoRead, value: false)
+                let bridge = HBONEStreamBridge { headers, bridge, channel in
+                    let status = headers.first(name: ":status") ?? ""
+                    if status == "200" {
+                        bridge.open()
+                        response.succeed(channel)
+                    } else {
+                        response.fail(
+                            HBONEError(
+                                .refused, "\(gateway) answered the CONNECT with status \(status.isEmpty ? "none" : status)",
+                                status: Int(status)))
+                        channel.close(promise: nil)
+                    }
+                }
+                try stream.pipeline.syncOperations.addHandler(bridge)
+                bridge.sendHeaders(headers, endStream: false)
+                stream.closeFuture.whenComplete { _ in
+                    pool.release(connection)
+                    response.fail(HBONEError(.connectionClosed, "stream to \(gateway) closed before the CONNECT response"))
+                }
+            }
+        }.whenFailure { error in
+            pool.release(connection)
+            response.fail(HBONEError(.connectionClosed, "cannot open a stream to \(gateway): \(error)"))
+        }
+        return response.futureResult
+    }
+
+    /// Dials the gateway, then TLS (the source's certificate; the server must be one of the
+    /// expected identities) and HTTP/2; completes the connection's ready promise.
+    private func establish(_ connection: HBONEPooledConnection, request: TunnelRequest) {
+        let eventLoop = connection.eventLoop
+        let pool = self.pool
+        let logger = self.logger
+        let gateway = request.gateway
+        let source = request.source.identity
+        guard let provider = identity.provider else {
+            pool.remove(connection)
+            connection.readyPromise.fail(HBONEError(.certificate, "no identity provider"))
+            return
+        }
+        let tls = self.tls
+        let dialer = self.dialer
+        let expected = Set(request.expectedIdentities)
+        eventLoop.makeFutureWithTask {
+            let certificate = try await provider.certificate(for: source, priority: .onDemand)
+            return try tls.material(for: certificate, side: .client)
+        }.flatMap { material in
+            dialer.connect(to: gateway, on: eventLoop).flatMapThrowing { channel in
+                try self.install(on: channel, material: material, expected: expected, connection: connection)
+                return channel
+            }
+        }.whenFailure { error in
+            logger.info(
+                "HBONE connection failed",
+                metadata: ["gateway": "\(gateway)", "source": "\(source)", "error": "\(error)"])
+            pool.remove(connection)
+            connection.readyPromise.fail(Self.classify(error, gateway: gateway))
+        }
+    }
+
+    private func install(
+        on channel: any Channel, material: HBONETLSContexts.Material, expected: Set<SpiffeID>,
+        connection: HBONEPooledConnection
+    ) throws {
+        let pool = self.pool
+        let logger = self.logger
+        let gateway = connection.key.gateway
+        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
+        let roots = material.roots
+        let rejection = NIOLockedValueBox<HBONEError?>(nil)
+        let ssl = try NIOSSLClientHandler(
+            context: material.context, serverHostname: nil,
+            customVerificationCallback: { certificates, promise in
+            promise.completeWithTask {
+                switch await SpiffePeerVerifier.verify(chain: certificates, roots: roots, requirement: .oneOf(expected)) {
+                case .success:
+                    return .certificateVerified
+                case .failure(let error):
+                    rejection.withLockedValue { $0 = error }
+                    logger.info(
+                        "HBONE server certificate rejected", metadata: ["gateway": "\(gateway)", "reason": "\(error)"])
+                    return .failed
+                }
+            }
+        })
+        let http2 = NIOHTTP2Handler(
+            mode: .client, eventLoop: channel.eventLoop,
+            connectionConfiguration: HBONEHTTP2.connectionConfiguration(config, side: .client),
+            streamConfiguration: HBONEHTTP2.streamConfiguration(config)
+        ) { pushed in
+            // Servers never initiate streams in HBONE.
+            pushed.close()
+        }
+        let events = HBONEConnectionEvents(
+            ready: {
+                do {
+                    // Available once the handler is in the pipeline, which it is by the handshake.
+                    let multiplexer = try http2.syncMultiplexer()
+                    pool.attach(connection, channel: channel)
+                    connection.readyPromise.succeed(.init(channel: channel, multiplexer: multiplexer))
+                } catch {
+                    connection.readyPromise.fail(HBONEError(.handshakeFailed, "HTTP/2 with \(gateway) not set up: \(error)"))
+                    channel.close(promise: nil)
+                }
+            },
+            goAway: { pool.retire(connection) },
+            peerMaxConcurrentStreams: { pool.lowerLimit(connection, to: $0) },
+            closed: { error in
+                pool.remove(connection)
+                if let error, !HBONEServer.isOrdinaryClose(error) {
+                    logger.info("HBONE connection closed", metadata: ["gateway": "\(gateway)", "error": "\(error)"])
+                }
+                let reason = rejection.withLockedValue { $0 } ?? error.map { Self.classify($0, gateway: gateway) }
+                connection.readyPromise.fail(
+                    reason ?? HBONEError(.connectionClosed, "connection to \(gateway) closed during setup"))
+            })
+        let handler = HBONEConnectionHandler(
+            connectionWindow: config.http2.connectionWindow,
+            keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
+            keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
+            handshakeTimeout: config.client.connectTimeout.timeAmount, events: events)
+        try channel.pipeline.syncOperations.addHandlers([ssl, http2, handler])
+        // The dialer leaves autoRead off for the relay; a TLS + HTTP/2 connection reads
+        // continuously, and switching autoRead on needs one explicit read to start.
+        try channel.syncOptions?.setOption(.autoRead, value: true)
+        channel.read()
+    }
+
+    static func classify(_ error: any Error, gateway: SocketAddr) -> HBONEError {
+        if let error = error as? HBONEError { return error }
+        if error is NIOSSLError || error is BoringSSLError {
+            return HBONEError(.handshakeFailed, "TLS with \(gateway) failed: \(error)")
+        }
+        return HBONEError(.connectionClosed, "connection to \(gateway) failed: \(error)")
+    }
+
+    /// Takes every pooled connection out of use.
+    func drain() {
+        pool.retireAll()
+    }
+
+    /// Closes every pooled connection.
+    func close() async {
+        let channels = pool.close()
+        for channel in channels { try? await channel.closeFuture.get() }
+    }
+}

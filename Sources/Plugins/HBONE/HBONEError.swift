@@ -1,0 +1,42 @@
+/// Why an HBONE tunnel could not be opened or served.
+///
+/// The ``code`` is for programs (the outbound path maps it to a SOCKS5 reply, tests switch
+/// on it); the ``message`` is for people and names the peer, identity or status involved.
+public struct HBONEError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong, as a growable set of named codes.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        private let name: String
+        private init(_ name: String) { self.name = name }
+
+        /// No usable certificate for the identity (provider failed, bad PEM).
+        public static let certificate = Code("certificate")
+        /// The peer's certificate failed verification (chain, validity, SPIFFE identity).
+        public static let peerRejected = Code("peerRejected")
+        /// TLS or HTTP/2 could not be established (handshake failure, no ALPN `h2`, closed).
+        public static let handshakeFailed = Code("handshakeFailed")
+        /// The peer answered the CONNECT with a non-200 status.
+        public static let refused = Code("refused")
+        /// The tunnel was not established in time.
+        public static let timedOut = Code("timedOut")
+        /// The connection carrying the tunnel went away.
+        public static let connectionClosed = Code("connectionClosed")
+
+        public var description: String { name }
+    }
+
+    /// What went wrong.
+    public var code: Code
+    /// What, where, and what to check.
+    public var message: String
+    /// The CONNECT response status, for ``Code/refused``.
+    public var status: Int?
+
+    /// Creates an error.
+    public init(_ code: Code, _ message: String, status: Int? = nil) {
+        self.code = code
+        self.message = message
+        self.status = status
+    }
+
+    public var description: String { message }
+}

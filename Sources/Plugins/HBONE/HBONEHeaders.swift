@@ -1,0 +1,102 @@
+import Kernel
+import NIOHPACK
+
+/// The HBONE request and response headers (the facts file's "HBONE" section).
+enum HBONEHeaders {
+    /// The CONNECT request a client sends for one tunnelled connection.
+    static func request(authority: String, source: SocketAddr, workload: Workload) -> HPACKHeaders {
+        HPACKHeaders([
+            (":method", "CONNECT"),
+            (":authority", authority),
+            ("forwarded", "for=\"\(bracketed(source))\""),
+            ("baggage", baggage(of: workload)),
+            ("traceparent", traceparent()),
+        ])
+    }
+
+    /// A response with `status`; 200 carries the destination's baggage.
+    static func response(status: Int, destination: Workload?) -> HPACKHeaders {
+        var headers = HPACKHeaders([(":status", "\(status)")])
+        if status == 200, let destination { headers.add(name: "baggage", value: baggage(of: destination)) }
+        return headers
+    }
+
+    /// W3C baggage describing a workload: cluster, namespace, owner, canonical service and
+    /// revision.
+    static func baggage(of workload: Workload) -> String {
+        var entries = [
+            "k8s.cluster.name=\(workload.clusterID)",
+            "k8s.namespace.name=\(workload.namespace)",
+        ]
+        if !workload.workloadName.isEmpty {
+            entries.append("k8s.deployment.name=\(workload.workloadName)")
+        } else {
+            entries.append("k8s.pod.name=\(workload.name)")
+        }
+        entries.append("service.name=\(workload.canonicalName.isEmpty ? workload.name : workload.canonicalName)")
+        entries.append("service.version=\(workload.canonicalRevision.isEmpty ? "latest" : workload.canonicalRevision)")
+        return entries.joined(separator: ",")
+    }
+
+    /// A W3C `traceparent` with fresh random trace and span ids.
+    static func traceparent() -> String {
+        var generator = SystemRandomNumberGenerator()
+        func hex(_ value: UInt64) -> String {
+            let text = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - text.count) + text
+        }
+        // An all-zero trace or span id is invalid; 1 in 2^64 odds, but cheap to rule out.
+        let high = generator.next() as UInt64
+        let low = (generator.next() as UInt64) | 1
+        let span = (generator.next() as UInt64) | 1
+        return "00-\(hex(high))\(hex(low))-\(hex(span))-00"
+    }
+
+    /// `ip:port`, with IPv6 in brackets.
+    static func bracketed(_ address: SocketAddr) -> String {
+        address.ip.isIPv4 ? "\(address.ip):\(address.port)" : "[\(address.ip)]:\(address.port)"
+    }
+
+    /// Parses an `ip:port` / `[v6]:port` authority; nil for hostnames or anything else.
+    static func parseAuthority(_ text: String) -> SocketAddr? {
+        let host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            portText = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":"), text.firstIndex(of: ":") == colon else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard let ip = IPAddress(host), let port = UInt16(portText), port != 0 else { return nil }
+        return SocketAddr(ip: ip, port: port)
+    }
+
+    /// The address in a `forwarded: for="ip:port"` header, if it has one.
+    static func forwardedFor(_ value: String) -> SocketAddr? {
+        for element in value.split(separator: ",").first?.split(separator: ";") ?? [] {
+            let pair = element.hboneTrimmed
+            guard pair.lowercased().hasPrefix("for=") else { continue }
+            var address = pair.dropFirst(4)
+            if address.hasPrefix("\""), address.hasSuffix("\""), address.count >= 2 {
+                address = address.dropFirst().dropLast()
+            }
+            return parseAuthority(String(address))
+        }
+        return nil
+    }
+}
+
+extension StringProtocol {
+    fileprivate var hboneTrimmed: Substring {
+        let text = Substring(self)
+        guard let start = text.firstIndex(where: { $0 != " " }), let end = text.lastIndex(where: { $0 != " " }) else {
+            return ""
+        }
+        return text[start...end]
+    }
+}

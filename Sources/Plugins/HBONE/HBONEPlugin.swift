@@ -1,0 +1,87 @@
+import Kernel
+import NIOCore
+import ServiceLifecycle
+
+/// HBONE: every in-mesh TCP connection travels as one HTTP/2 CONNECT stream over mutual
+/// TLS between the source's and the destination's node proxies, with SPIFFE identities on
+/// both ends (Istio ambient's wire protocol; an Istio ztunnel can be the peer).
+///
+/// Provides the ``PluginRole/tunnelDialer`` role (the client with its connection pool,
+/// used by the capture plugin's outbound path) and the ``PluginRole/tunnelAcceptor`` role
+/// (the server on 15008, which hands streams to the kernel's ``InboundPath``). Requires an
+/// ``PluginRole/identity`` provider for workload certificates.
+public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
+    public typealias Config = HBONEConfig
+
+    public static let id = "hbone"
+    public static let summary = "mTLS + HTTP/2 CONNECT tunnels: client with connection pool, server on 15008"
+    public static let provides: Set<PluginRole> = [.tunnelDialer, .tunnelAcceptor]
+    public static let requires: Set<PluginRole> = [.identity]
+
+    private let config: HBONEConfig
+    private let context: PluginContext
+    private let identity = IdentityHolder()
+    private let client: HBONEClient
+    private let server: HBONEServer
+
+    public init(config: HBONEConfig, context: PluginContext) throws {
+        self.config = config
+        self.context = context
+        let tls = HBONETLSContexts(allowTLS12: config.allowTLS12)
+        self.client = HBONEClient(config: config, context: context, identity: identity, tls: tls)
+        self.server = HBONEServer(config: config, context: context, identity: identity, tls: tls)
+    }
+
+    public func provision() async throws {
+        let problems = config.problems()
+        if !problems.isEmpty {
+            throw PluginError(.invalidConfiguration, plugin: Self.id, problems.joined(separator: "; "))
+        }
+        guard let provider = context.provider(of: (any IdentityProvider).self) else {
+            throw PluginError(
+                .dependency, plugin: Self.id,
+                "no identity provider is enabled; add the `certificates` plugin before `hbone`")
+        }
+        identity.provider = provider
+        if config.server.enabled { context.readiness.expect(HBONEServer.readinessComponent) }
+    }
+
+    public func run() async throws {
+        if config.server.enabled {
+            try await server.run()
+        } else {
+            try? await gracefulShutdown()
+        }
+    }
+
+    public func drain() async {
+        client.drain()
+        await server.drain()
+    }
+
+    public func cleanup() async {
+        await server.close()
+        await client.close()
+    }
+
+    // MARK: TunnelDialer
+
+    public func openTunnel(_ request: TunnelRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        client.openTunnel(request, on: eventLoop)
+    }
+
+    // MARK: TunnelAcceptor
+
+    public var tunnelAddresses: [SocketAddr] { server.addresses }
+
+    // MARK: Introspection
+
+    /// Open server-side TLS connections.
+    public var serverConnectionCount: Int { server.connectionCount }
+
+    /// The client pool: one entry per pooled connection with the streams it carries now and
+    /// has ever carried.
+    public var poolConnections: [(key: String, activeStreams: Int, streamsOpened: Int, usable: Bool)] {
+        client.pool.snapshot.map { ("\($0.key)", $0.reserved, $0.opened, $0.usable) }
+    }
+}

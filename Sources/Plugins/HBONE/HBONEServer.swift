@@ -1,0 +1,379 @@
+import Kernel
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOSSL
+import ServiceLifecycle
+
+/// The HBONE server: terminates mTLS + HTTP/2 from other proxies on 15008 and hands each
+/// CONNECT stream to the kernel's inbound path.
+///
+/// The address a connection arrived on picks the destination workload; its certificate is
+/// presented, so one node proxy serves every local workload under its own identity. Peers
+/// must present a certificate chaining to that certificate's roots with a SPIFFE identity
+/// in the same trust domain; which identities may connect is left to the policy role.
+///
+/// Thread-safe.
+final class HBONEServer: Sendable {
+    private let config: HBONEConfig
+    private let context: PluginContext
+    private let identity: IdentityHolder
+    private let tls: HBONETLSContexts
+    private let inbound: InboundPath
+    private let listeners = NIOLockedValueBox<[SocketAddr: TCPListener]>([:])
+    private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    private let draining = NIOLockedValueBox(false)
+
+    static let readinessComponent = "hbone server"
+
+    init(config: HBONEConfig, context: PluginContext, identity: IdentityHolder, tls: HBONETLSContexts) {
+        self.config = config
+        self.context = context
+        self.identity = identity
+        self.tls = tls
+        self.inbound = InboundPath(
+            context: context,
+            dialer: TCPDialer(options: DialerOptions(connectTimeout: config.server.connectTimeout.timeAmount)))
+    }
+
+    private var logger: Logger { context.logger }
+
+    /// The bound listener addresses.
+    var addresses: [SocketAddr] {
+        listeners.withLockedValue { $0.values.map(\.localAddress) }.sorted { "\($0)" < "\($1)" }
+    }
+
+    /// Open TLS connections (for tests and `/config_dump`-style introspection).
+    var connectionCount: Int { connections.withLockedValue { $0.count } }
+
+    // MARK: Lifecycle
+
+    /// Listens until graceful shutdown: on the fixed address, or per local HBONE workload
+    /// following mesh updates.
+    func run() async throws {
+        if let address = config.server.address {
+            do {
+                try await bind(address)
+            } catch {
+                throw PluginError(.unavailable, plugin: HBONEPlugin.id, "cannot listen for HBONE on \(address): \(error)")
+            }
+            context.readiness.markReady(Self.readinessComponent)
+            try? await gracefulShutdown()
+        } else {
+            var first = true
+            for await snapshot in context.mesh.updates().cancelOnGracefulShutdown() {
+                await reconcile(snapshot)
+                if first {
+                    first = false
+                    context.readiness.markReady(Self.readinessComponent)
+                }
+            }
+        }
+        await stopListening()
+    }
+
+    /// Stops accepting and tells every peer with GOAWAY that no new streams will be taken;
+    /// open streams go on until the kernel's drain deadline.
+    func drain() async {
+        draining.withLockedValue { $0 = true }
+        await stopListening()
+        for channel in connections.withLockedValue({ Array($0.values) }) {
+            channel.eventLoop.execute {
+                let goAway = HTTP2Frame(
+                    streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
+                channel.writeAndFlush(goAway, promise: nil)
+            }
+        }
+    }
+
+    /// Closes every listener and connection.
+    func close() async {
+        await stopListening()
+        let open = connections.withLockedValue { Array($0.values) }
+        for channel in open { channel.close(promise: nil) }
+        for channel in open { try? await channel.closeFuture.get() }
+    }
+
+    private func stopListening() async {
+        let all = listeners.withLockedValue { listeners in
+            defer { listeners = [:] }
+            return Array(listeners.values)
+        }
+        for listener in all { await listener.stopAccepting() }
+    }
+
+    /// Listens on `<ip>:<port>` for every IP of every local HBONE workload and stops
+    /// listening where none is left. A failed bind is logged and retried on the next update.
+    func reconcile(_ snapshot: MeshSnapshot) async {
+        guard !draining.withLockedValue({ $0 }) else { return }
+        var wanted = Set<SocketAddr>()
+        for workload in snapshot.workloads.values where isLocal(workload) && workload.tunnelProtocol == .hbone {
+            for ip in workload.workloadIPs { wanted.insert(SocketAddr(ip: ip, port: config.server.port)) }
+        }
+        let current = Set(listeners.withLockedValue { Array($0.keys) })
+        for address in current.subtracting(wanted) {
+            if let listener = listeners.withLockedValue({ $0.removeValue(forKey: address) }) {
+                await listener.stopAccepting()
+                logger.info("HBONE listener closed", metadata: ["address": "\(address)"])
+            }
+        }
+        for address in wanted.subtracting(current).sorted(by: { "\($0)" < "\($1)" }) {
+            do {
+                try await bind(address)
+            } catch {
+                logger.error(
+                    "cannot listen for HBONE; will retry on the next mesh update",
+                    metadata: ["address": "\(address)", "error": "\(error)"])
+            }
+        }
+    }
+
+    private func bind(_ address: SocketAddr) async throws {
+        let listener = try await TCPListener.bind(ListenerOptions(address: address), group: context.eventLoopGroup) {
+            [self] channel in
+            self.initializeConnection(channel)
+        }
+        listeners.withLockedValue { $0[address] = listener }
+        logger.info("HBONE listening", metadata: ["address": "\(listener.localAddress)"])
+    }
+
+    private func isLocal(_ workload: Workload) -> Bool {
+        context.nodeName.isEmpty || workload.node.isEmpty || workload.node == context.nodeName
+    }
+
+    // MARK: Connections
+
+    /// Picks the destination workload from the local address, fetches its certificate (the
+    /// connection is not registered, so nothing is read, until it is there), then installs
+    /// TLS, HTTP/2 and the connection handler.
+    private func initializeConnection(_ channel: any Channel) -> EventLoopFuture<Void> {
+        let eventLoop = channel.eventLoop
+        guard let local = SocketAddr(channel.localAddress), let remote = SocketAddr(channel.remoteAddress) else {
+            return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "accepted connection has no addresses"))
+        }
+        guard let workload = context.mesh.snapshot.workload(at: local.ip), isLocal(workload),
+            workload.tunnelProtocol == .hbone
+        else {
+            logger.info(
+                "HBONE connection refused: no local HBONE workload has the address it arrived on",
+                metadata: ["local": "\(local)", "peer": "\(remote)"])
+            return eventLoop.makeFailedFuture(
+                HBONEError(.connectionClosed, "no local HBONE workload at \(local.ip)"))
+        }
+        guard let provider = identity.provider else {
+            return eventLoop.makeFailedFuture(HBONEError(.certificate, "no identity provider"))
+        }
+        let tls = self.tls
+        let logger = self.logger
+        return eventLoop.makeFutureWithTask {
+            let certificate = try await provider.certificate(for: workload.identity, priority: .onDemand)
+            return try tls.material(for: certificate, side: .server)
+        }.flatMapErrorThrowing { error in
+            logger.error(
+                "HBONE connection refused: no certificate for the destination workload",
+                metadata: ["workload": "\(workload.uid)", "identity": "\(workload.identity)", "error": "\(error)"])
+            throw error
+        }.flatMapThrowing { material in
+            try self.install(on: channel, material: material, workload: workload, remote: remote)
+        }
+    }
+
+    private func install(
+        on channel: any Channel, material: HBONETLSContexts.Material, workload: Workload, remote: SocketAddr
+    ) throws {
+        // TLS needs both directions of the socket; a half-closed peer is a closed peer.
+        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
+        let state = ServerConnectionState(workload: workload, remote: remote)
+        let logger = self.logger
+        let trustDomain = workload.trustDomain
+        let roots = material.roots
+        let ssl = NIOSSLServerHandler(context: material.context, customVerificationCallback: { certificates, promise in
+            promise.completeWithTask {
+                switch await SpiffePeerVerifier.verify(
+                    chain: certificates, roots: roots, requirement: .trustDomain(trustDomain))
+                {
+                case .success(let peer):
+                    state.peer = peer
+                    return .certificateVerified
+                case .failure(let error):
+                    logger.info(
+                        "HBONE client certificate rejected",
+                        metadata: ["peer": "\(remote)", "workload": "\(workload.uid)", "reason": "\(error)"])
+                    return .failed
+                }
+            }
+        })
+        let http2 = NIOHTTP2Handler(
+            mode: .server, eventLoop: channel.eventLoop,
+            connectionConfiguration: HBONEHTTP2.connectionConfiguration(config, side: .server),
+            streamConfiguration: HBONEHTTP2.streamConfiguration(config)
+        ) { [self] stream in
+            self.initializeStream(stream, state: state)
+        }
+        let id = ObjectIdentifier(channel)
+        let connections = self.connections
+        let events = HBONEConnectionEvents(
+            closed: { error in
+                connections.withLockedValue { _ = $0.removeValue(forKey: id) }
+                if let error, !HBONEServer.isOrdinaryClose(error) {
+                    logger.info("HBONE connection ended", metadata: ["peer": "\(remote)", "error": "\(error)"])
+                }
+            })
+        let handler = HBONEConnectionHandler(
+            connectionWindow: config.http2.connectionWindow,
+            keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
+            keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
+            handshakeTimeout: config.server.handshakeTimeout.timeAmount, events: events)
+        try channel.pipeline.syncOperations.addHandlers([ssl, http2, handler])
+        connections.withLockedValue { $0[id] = channel }
+    }
+
+    static func isOrdinaryClose(_ error: any Error) -> Bool {
+        if let error = error as? ChannelError, error == .ioOnClosedChannel || error == .eof { return true }
+        if let error = error as? NIOSSLError, case .uncleanShutdown = error { return true }
+        return false
+    }
+
+    // MARK: Streams
+
+    private func initializeStream(_ stream: any Channel, state: ServerConnectionState) -> EventLoopFuture<Void> {
+        stream.eventLoop.makeCompletedFuture {
+            // Reads are driven by the bridge, then by the relay: nothing is pulled off the
+            // stream before someone can take it.
+            try stream.syncOptions?.setOption(.autoRead, value: false)
+            let bridge = HBONEStreamBridge { [self] headers, bridge, channel in
+                self.handleRequest(headers, bridge: bridge, stream: channel, state: state)
+            }
+            try stream.pipeline.syncOperations.addHandler(bridge)
+        }
+    }
+
+    /// Validates one CONNECT and answers it: 400 for a bad request, 401 when policy denies,
+    /// 503 when the workload cannot be reached, else 200 and the relay.
+    private func handleRequest(
+        _ headers: HPACKHeaders, bridge: HBONEStreamBridge, stream: any Channel, state: ServerConnectionState
+    ) {
+        let workload = state.workload
+        let peer = state.peer
+        let authority = headers.first(name: ":authority") ?? ""
+        let logger = self.logger
+        let reject = { (status: Int, reason: String) in
+            logger.info(
+                "HBONE request rejected",
+                metadata: [
+                    "status": "\(status)", "reason": "\(reason)", "authority": "\(authority)",
+                    "peer": "\(peer.map { "\($0)" } ?? "unknown")", "from": "\(state.remote)",
+                ])
+            let sent = stream.eventLoop.makePromise(of: Void.self)
+            bridge.sendHeaders(HBONEHeaders.response(status: status, destination: nil), endStream: true, promise: sent)
+            sent.futureResult.whenComplete { _ in stream.close(promise: nil) }
+        }
+
+        let method = headers.first(name: ":method") ?? ""
+        guard method == "CONNECT" else {
+            return reject(400, "method \(method) is not CONNECT; HBONE streams are CONNECT tunnels")
+        }
+        guard let target = HBONEHeaders.parseAuthority(authority) else {
+            return reject(400, "authority \"\(authority)\" is not ip:port")
+        }
+        guard workload.workloadIPs.contains(target.ip) else {
+            return reject(
+                400, "authority IP \(target.ip) is not the destination workload's (\(workload.uid) at \(workload.workloadIPs.map { "\($0)" }.joined(separator: ",")))")
+        }
+        guard !Forwarding.proxyPorts.contains(target.port) else {
+            return reject(400, "port \(target.port) is one of the proxy's own ports")
+        }
+        let source = headers.first(name: "forwarded").flatMap(HBONEHeaders.forwardedFor) ?? state.remote
+        let request = InboundRequest(source: source, destination: target, peerIdentity: peer, route: "hbone")
+        let inbound = self.inbound
+        let loop = stream.eventLoop
+        let admitted = loop.makeFutureWithTask { await inbound.admit(request) }
+        admitted.assumeIsolated().whenSuccess { result in
+            switch result {
+            case .failure(let refusal):
+                let status = refusal.code == .denied ? 401 : (refusal.code == .connectFailed ? 503 : 400)
+                reject(status, refusal.message)
+            case .success(let record):
+                inbound.connect(record, on: loop).assumeIsolated().whenComplete { outcome in
+                    switch outcome {
+                    case .failure(let error):
+                        reject(503, "\(error)")
+                    case .success(let upstream):
+                        guard stream.isActive else {
+                            upstream.close(promise: nil)
+                            return
+                        }
+                        bridge.sendHeaders(HBONEHeaders.response(status: 200, destination: workload), endStream: false)
+                        bridge.open()
+                        inbound.relay(downstream: stream, upstream: upstream, record: record)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the streams of one server connection share: the destination workload, the peer's
+/// address and (after the handshake) its verified identity.
+final class ServerConnectionState: Sendable {
+    let workload: Workload
+    let remote: SocketAddr
+    private let peerBox = NIOLockedValueBox<SpiffeID?>(nil)
+
+    init(workload: Workload, remote: SocketAddr) {
+        self.workload = workload
+        self.remote = remote
+    }
+
+    /// Set by the verification callback, before any stream exists.
+    var peer: SpiffeID? {
+        get { peerBox.withLockedValue { $0 } }
+        set { peerBox.withLockedValue { $0 = newValue } }
+    }
+}
+
+/// The identity provider, found in provision (after every plugin is built).
+final class IdentityHolder: Sendable {
+    private let box = NIOLockedValueBox<(any IdentityProvider)?>(nil)
+    var provider: (any IdentityProvider)? {
+        get { box.withLockedValue { $0 } }
+        set { box.withLockedValue { $0 = newValue } }
+    }
+}
+
+/// HTTP/2 settings from the config (ztunnel's defaults).
+enum HBONEHTTP2 {
+    enum Side { case client, server }
+
+    static func connectionConfiguration(_ config: HBONEConfig, side: Side) -> NIOHTTP2Handler.ConnectionConfiguration {
+        var configuration = NIOHTTP2Handler.ConnectionConfiguration()
+        var settings: HTTP2Settings = [
+            HTTP2Setting(parameter: .initialWindowSize, value: config.http2.streamWindow),
+            HTTP2Setting(parameter: .maxFrameSize, value: config.http2.maxFrameSize),
+        ]
+        switch side {
+        case .server:
+            settings.append(HTTP2Setting(parameter: .maxConcurrentStreams, value: config.server.maxConcurrentStreams))
+            settings.append(HTTP2Setting(parameter: .maxHeaderListSize, value: config.server.maxHeaderListSize))
+        case .client:
+            settings.append(HTTP2Setting(parameter: .enablePush, value: 0))
+            settings.append(HTTP2Setting(parameter: .maxHeaderListSize, value: config.client.maxHeaderListSize))
+        }
+        configuration.initialSettings = settings
+        configuration.targetWindowSize = config.http2.connectionWindow
+        // Rapid-reset, CONTINUATION-flood, empty-frame and glitch limits keep NIOHTTP2's defaults.
+        return configuration
+    }
+
+    static func streamConfiguration(_ config: HBONEConfig) -> NIOHTTP2Handler.StreamConfiguration {
+        var configuration = NIOHTTP2Handler.StreamConfiguration()
+        configuration.targetWindowSize = config.http2.streamWindow
+        // The relay's credit scheme expects the same water marks as on sockets; NIOHTTP2's
+        // 8 KiB default would flip writability on every chunk.
+        configuration.outboundBufferSizeHighWatermark = Int(Relay.writeBufferWaterMark.high)
+        configuration.outboundBufferSizeLowWatermark = Int(Relay.writeBufferWaterMark.low)
+        return configuration
+    }
+}

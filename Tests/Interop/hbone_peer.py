@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""An independent HBONE peer for Ambit's interop tests, built on Python's ssl and h2.
+
+HBONE: mutual TLS 1.3 with ALPN h2, then one HTTP/2 CONNECT stream per tunnelled TCP
+connection. Subcommands (each prints one JSON object on its last stdout line):
+
+  check                      is h2 >= 4.4 importable
+  client  --connect ...      one CONNECT (or another method), send a payload, half-close,
+                             read the reply
+  server  --listen ...       accept tunnels, record each request's headers, answer with a
+                             status and echo the bytes (END_STREAM echoed as END_STREAM)
+  flood   --connect ...      open many streams and reset each at once (rapid reset)
+  violate --connect ...      send an HTTP/2 protocol violation after the preface
+  garbage --connect ...      send bytes that are not TLS at all
+
+Test-only code: it trusts the CA file it is given and nothing else.
+"""
+import argparse
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+
+try:
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+    import h2.errors
+    H2_VERSION = getattr(__import__("h2"), "__version__", "0")
+except ImportError:  # reported by `check`
+    h2 = None
+    H2_VERSION = None
+
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+MAX_FRAME = 1024 * 1024
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def split_addr(text):
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def tls_context(args, server):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if not server:
+        ctx.check_hostname = False  # SPIFFE peers are named by URI SAN, not host names
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(args.ca)
+    ctx.load_cert_chain(args.cert, args.key)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def new_h2(client, header_list):
+    config = h2.config.H2Configuration(client_side=client, header_encoding="utf-8", validate_inbound_headers=True)
+    conn = h2.connection.H2Connection(config=config)
+    # Local settings must be set before the preamble goes out.
+    conn.local_settings = h2.settings.Settings(
+        client=client,
+        initial_values={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
+        },
+    )
+    conn.initiate_connection()
+    # The connection window only grows by a WINDOW_UPDATE on stream 0.
+    conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+    return conn
+
+
+def peer_san(sock):
+    cert = sock.getpeercert()
+    if not cert:
+        return None
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "URI":
+            return value
+    return None
+
+
+def connect_tls(args):
+    host, port = split_addr(args.connect)
+    raw = socket.create_connection((host, port), timeout=args.timeout)
+    ctx = tls_context(args, server=False)
+    try:
+        sock = ctx.wrap_socket(raw, server_hostname=None)
+        # TLS 1.3: a rejected client certificate shows up only on the first read.
+        sock.settimeout(args.timeout)
+    except (ssl.SSLError, OSError) as error:
+        raw.close()
+        return None, "handshake failed: %s" % error
+    if sock.selected_alpn_protocol() != "h2":
+        sock.close()
+        return None, "no h2 ALPN"
+    return sock, None
+
+
+def cmd_check(args):
+    ok = H2_VERSION is not None and tuple(int(p) for p in H2_VERSION.split(".")[:2]) >= (4, 4)
+    emit({"ok": ok, "h2": H2_VERSION})
+
+
+def cmd_client(args):
+    sock, error = connect_tls(args)
+    if error:
+        emit({"handshake": error})
+        return
+    result = {"handshake": "ok", "server_san": peer_san(sock)}
+    conn = new_h2(True, 16 * 1024)
+    stream = conn.get_next_available_stream_id()
+    headers = [(":method", args.method), (":authority", args.authority)]
+    if args.method != "CONNECT":
+        headers += [(":scheme", "https"), (":path", "/")]
+    headers += [("forwarded", 'for="127.0.0.1:40000"'), ("baggage", "k8s.namespace.name=py")]
+    conn.send_headers(stream, headers, end_stream=False)
+    body = bytearray()
+    status = None
+    ended = False
+    response_headers = {}
+    try:
+        sock.sendall(conn.data_to_send())
+        while not ended:
+            data = sock.recv(65536)
+            if not data:
+                result["closed"] = True
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                    response_headers = dict(event.headers)
+                    status = int(response_headers.get(":status", "0"))
+                    if status == 200 and args.payload is not None:
+                        conn.send_data(stream, args.payload.encode(), end_stream=True)
+                elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                    ended = True
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
+                    result["reset"] = int(event.error_code)
+                    ended = True
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    result["goaway"] = int(event.error_code)
+                    ended = True
+            # Flush after every batch: acknowledgements unblock the sender.
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+    except (ssl.SSLError, OSError) as error:
+        result["error"] = str(error)
+    result.update({"status": status, "headers": response_headers, "body": body.decode(errors="replace")})
+    sock.close()
+    emit(result)
+
+
+def serve_connection(sock, args, record_lock):
+    conn = new_h2(False, 64 * 1024)
+    sock.sendall(conn.data_to_send())
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    headers = dict(event.headers)
+                    entry = {"headers": headers, "client_san": peer_san(sock)}
+                    with record_lock:
+                        with open(args.record, "a") as handle:
+                            handle.write(json.dumps(entry) + "\n")
+                    conn.send_headers(event.stream_id, [(":status", str(args.status))], end_stream=args.status != 200)
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    if event.data:
+                        conn.send_data(event.stream_id, b"waypoint: " + event.data)
+                elif isinstance(event, h2.events.StreamEnded):
+                    conn.end_stream(event.stream_id)
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+    except (ssl.SSLError, OSError, h2.exceptions.ProtocolError):
+        pass
+    finally:
+        sock.close()
+
+
+def cmd_server(args):
+    host, port = split_addr(args.listen)
+    ctx = tls_context(args, server=True)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(64)
+    listener.settimeout(0.5)
+    emit({"listening": "%s:%d" % listener.getsockname()})
+    lock = threading.Lock()
+    deadline = time.time() + args.max_seconds
+    while time.time() < deadline:
+        try:
+            raw, _ = listener.accept()
+        except socket.timeout:
+            continue
+        try:
+            sock = ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            continue
+        threading.Thread(target=serve_connection, args=(sock, args, lock), daemon=True).start()
+    listener.close()
+
+
+def read_until_closed(sock, conn, seconds):
+    """Reads until the peer closes or `seconds` pass; returns (closed, goaway code)."""
+    goaway = None
+    end = time.time() + seconds
+    sock.settimeout(0.5)
+    while time.time() < end:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except (ssl.SSLError, OSError):
+            return True, goaway
+        if not data:
+            return True, goaway
+        if conn is not None:
+            try:
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        goaway = int(event.error_code)
+                out = conn.data_to_send()
+                if out:
+                    sock.sendall(out)
+            except h2.exceptions.ProtocolError:
+                pass
+            except (ssl.SSLError, OSError):
+                return True, goaway
+    return False, goaway
+
+
+def cmd_flood(args):
+    sock, error = connect_tls(args)
+    if error:
+        emit({"handshake": error})
+        return
+    conn = new_h2(True, 16 * 1024)
+    sent = 0
+    try:
+        sock.sendall(conn.data_to_send())
+        for _ in range(args.streams):
+            stream = conn.get_next_available_stream_id()
+            conn.send_headers(stream, [(":method", "CONNECT"), (":authority", args.authority)])
+            conn.reset_stream(stream, error_code=h2.errors.ErrorCodes.CANCEL)
+            sent += 1
+            if sent % 50 == 0:
+                sock.sendall(conn.data_to_send())
+        sock.sendall(conn.data_to_send())
+    except (ssl.SSLError, OSError, h2.exceptions.ProtocolError):
+        pass
+    closed, goaway = read_until_closed(sock, conn, args.timeout)
+    emit({"handshake": "ok", "streams_sent": sent, "closed": closed, "goaway": goaway})
+
+
+def cmd_violate(args):
+    sock, error = connect_tls(args)
+    if error:
+        emit({"handshake": error})
+        return
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    if args.kind == "data-on-stream-0":
+        bad = b"\x00\x00\x04\x00\x00\x00\x00\x00\x00" + b"oops"
+    elif args.kind == "window-update-zero":
+        bad = b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+    else:  # a frame length beyond SETTINGS_MAX_FRAME_SIZE
+        bad = b"\xff\xff\xff\x00\x00\x00\x00\x00\x01"
+    try:
+        sock.sendall(preface + settings + bad)
+    except (ssl.SSLError, OSError):
+        pass
+    closed, _ = read_until_closed(sock, None, args.timeout)
+    emit({"handshake": "ok", "closed": closed})
+
+
+def cmd_garbage(args):
+    host, port = split_addr(args.connect)
+    sock = socket.create_connection((host, port), timeout=args.timeout)
+    try:
+        sock.sendall(os.urandom(4096))
+    except OSError:
+        pass
+    closed, _ = read_until_closed(sock, None, args.timeout)
+    emit({"closed": closed})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check")
+    for name in ("client", "flood", "violate", "garbage"):
+        p = sub.add_parser(name)
+        p.add_argument("--connect", required=True)
+        p.add_argument("--cert")
+        p.add_argument("--key")
+        p.add_argument("--ca")
+        p.add_argument("--authority", default="")
+        p.add_argument("--method", default="CONNECT")
+        p.add_argument("--payload")
+        p.add_argument("--streams", type=int, default=2000)
+        p.add_argument("--kind", default="oversized-frame")
+        p.add_argument("--timeout", type=float, default=10)
+    p = sub.add_parser("server")
+    p.add_argument("--listen", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--ca", required=True)
+    p.add_argument("--record", required=True)
+    p.add_argument("--status", type=int, default=200)
+    p.add_argument("--max-seconds", type=float, default=120)
+    args = parser.parse_args()
+    {"check": cmd_check, "client": cmd_client, "server": cmd_server, "flood": cmd_flood,
+     "violate": cmd_violate, "garbage": cmd_garbage}[args.command](args)
+
+
+if __name__ == "__main__":
+    if H2_VERSION is not None:
+        import h2.exceptions
+    main()
