@@ -31,6 +31,9 @@ func plainExchange(_ address: SocketAddr, _ payload: [UInt8]) async throws -> [U
             channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
         }
         .connect(to: try address.nioAddress()).get()
+    // A proxy that never answers fails the test instead of hanging it.
+    let deadline = channel.eventLoop.scheduleTask(in: .seconds(15)) { channel.close(promise: nil) }
+    defer { deadline.cancel() }
     try? await channel.writeAndFlush(ByteBuffer(bytes: payload))
     try? await channel.close(mode: .output)
     try? await channel.closeFuture.get()
