@@ -8,6 +8,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Testing
 import TestSupport
 
 /// Addresses of the test mesh. 127.0.8.x keeps clear of the other suites' 127.0.0.x.
@@ -325,3 +326,8 @@ struct PeerOutput: @unchecked Sendable, CustomStringConvertible {
     subscript(key: String) -> Any? { values[key] }
     var description: String { "\(values)" }
 }
+
+/// Every suite that starts node proxies: they listen on the same loopback addresses
+/// (127.0.8.x:15008), so they run one test at a time, suites included.
+@Suite("HBONE network tests", .serialized)
+struct HBONENetworkTests {}

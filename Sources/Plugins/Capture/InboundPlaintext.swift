@@ -63,7 +63,9 @@ final class InboundPlaintext: Sendable {
         let fixed = config.destination.map { eventLoop.makeSucceededFuture(Optional($0)) }
         let inbound = self.inbound
         let logger = self.logger
-        (fixed ?? Self.originalDestination(of: channel)).whenSuccess { original in
+        // The connection is registered (and so read) only once this future completes: the
+        // relay is installed by then, so no byte arrives before it.
+        return (fixed ?? Self.originalDestination(of: channel)).flatMap { original -> EventLoopFuture<ConnectionRecord> in
             let destination = original ?? local
             // Not redirected and no fixed destination: the destination is this listener
             // itself, which would loop.
@@ -71,27 +73,16 @@ final class InboundPlaintext: Sendable {
                 logger.info(
                     "inbound plaintext refused: connection was not redirected (no original destination); set `inbound.destination` to forward without redirection",
                     metadata: ["source": "\(client)", "local": "\(local)"])
-                channel.close(promise: nil)
-                return
+                return eventLoop.makeFailedFuture(
+                    InboundRefusal(code: .selfCall, message: "\(local) is this proxy's own listener"))
             }
             let request = InboundRequest(source: client, destination: destination, peerIdentity: nil, route: "plaintext")
-            eventLoop.makeFutureWithTask { await inbound.admit(request) }.whenSuccess { result in
-                switch result {
-                case .failure:
-                    channel.close(promise: nil)
-                case .success(let record):
-                    inbound.connect(record, on: eventLoop).whenComplete { outcome in
-                        switch outcome {
-                        case .failure:
-                            channel.close(promise: nil)
-                        case .success(let upstream):
-                            inbound.relay(downstream: channel, upstream: upstream, record: record)
-                        }
-                    }
-                }
+            return eventLoop.makeFutureWithTask { await inbound.admit(request) }.flatMapResult { $0 }
+        }.flatMap { record in
+            inbound.connect(record, on: eventLoop).map { upstream in
+                inbound.relay(downstream: channel, upstream: upstream, record: record)
             }
         }
-        return eventLoop.makeSucceededVoidFuture()
     }
 
     /// `SO_ORIGINAL_DST` (IPv4): where the client meant to connect before a REDIRECT rule
