@@ -18,6 +18,10 @@ let package = Package(
         .library(name: "Capture", targets: ["Capture"]),
         .library(name: "Authorization", targets: ["Authorization"]),
         .library(name: "Telemetry", targets: ["Telemetry"]),
+        // The SDK: `Kernel` is the plugin API; `AmbitTestKit` tests plugins; `AmbitCLI`
+        // is the command line a composed binary runs (see SDK/README.md).
+        .library(name: "AmbitTestKit", targets: ["AmbitTestKit"]),
+        .library(name: "AmbitCLI", targets: ["AmbitCLI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -89,11 +93,27 @@ let package = Package(
             path: "Sources/Plugins/Telemetry",
             swiftSettings: strictSettings
         ),
-        .executableTarget(
-            name: "ambit",
+        .target(
+            name: "AmbitCLI",
             dependencies: [
                 "Kernel", "LocalConfig", "Capture", "Authorization", "Telemetry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ambit",
+            dependencies: ["AmbitCLI"],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "AmbitTestKit",
+            dependencies: [
+                "Kernel", "LocalConfig", "Capture",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
@@ -114,6 +134,18 @@ let package = Package(
                 permissions: [.writeToPackageDirectory(reason: "creates Sources/Plugins/<Name>/")]
             ),
             path: "Plugins/NewPlugin"
+        ),
+        .plugin(
+            name: "Compose",
+            capability: .command(
+                intent: .custom(
+                    verb: "compose",
+                    description: "Build an ambit binary with the first-party plugins plus third-party plugin packages"),
+                permissions: [
+                    .writeToPackageDirectory(reason: "generates and builds the composed package under .build-compose/")
+                ]
+            ),
+            path: "Plugins/Compose"
         ),
         .testTarget(
             name: "KernelTests",
@@ -149,6 +181,14 @@ let package = Package(
             dependencies: [
                 "Kernel", "Capture", "LocalConfig", "Telemetry", "TestSupport",
                 .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "SDKTests",
+            dependencies: [
+                "Kernel", "AmbitTestKit", "AmbitCLI", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
