@@ -1,5 +1,6 @@
 import Foundation
 import Kernel
+import Logging
 import Synchronization
 
 /// Allows inbound connections only from the identities listed in a file, and re-reads

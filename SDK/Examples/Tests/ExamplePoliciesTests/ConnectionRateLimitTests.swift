@@ -38,6 +38,12 @@ struct ConnectionRateLimitTests {
         #expect(await tester.decide(.plaintext(from: "10.0.0.7")).verdict == .allow)
         #expect(await tester.decide(.plaintext(from: "10.0.0.7")).verdict == .deny)
         #expect(await tester.decide(.plaintext(from: "10.0.0.8")).verdict == .allow)
+        // A plaintext connection claiming an identity is still counted by its address.
+        var claimed = ConnectionAttributes.mTLS(from: "cluster.local/ns/a/sa/fresh", sourceIP: "10.0.0.7")
+        claimed.isMutualTLS = false
+        let spoofed = await tester.decide(claimed)
+        #expect(spoofed.verdict == .deny)
+        #expect(spoofed.reason.contains("ip:10.0.0.7"))
     }
 
     @Test("the number of tracked sources stays bounded")

@@ -8,7 +8,8 @@ import Testing
 struct TimeWindowTests {
     /// 2024-01-01 was a Monday; times are UTC.
     static func utc(day: Int, _ hour: Int, _ minute: Int = 0) -> Date {
-        Date(timeIntervalSince1970: 1_704_067_200 + Double((day - 1) * 86_400 + hour * 3600 + minute * 60))
+        let seconds: Int = (day - 1) * 86_400 + hour * 3600 + minute * 60
+        return Date(timeIntervalSince1970: 1_704_067_200 + TimeInterval(seconds))
     }
 
     func tester(_ yaml: String, _ clock: ManualClock) async throws -> PolicyTester<TimeWindowPlugin> {
