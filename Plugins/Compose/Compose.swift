@@ -48,7 +48,15 @@ struct Compose: CommandPlugin {
         }
 
         var build = ["build", "--package-path", directory.path, "--product", composition.name, "-c", release ? "release" : "debug"]
-        if let scratch { build += ["--scratch-path", URL(fileURLWithPath: scratch, relativeTo: cwd).standardizedFileURL.path] }
+        if let scratch {
+            let path = URL(fileURLWithPath: scratch, relativeTo: cwd).standardizedFileURL.path
+            // `swift package` holds the lock on Ambit's own build directory while this
+            // plugin runs, so a build there would wait forever.
+            if path == root.appending(path: ".build").standardizedFileURL.path {
+                throw ComposeError("--scratch-path cannot be Ambit's own .build (swift package holds it); use another directory")
+            }
+            build += ["--scratch-path", path]
+        }
         try run(build, output: .standardError)
         let binPath = try run(build + ["--show-bin-path"], output: nil).trimmingCharacters(in: .whitespacesAndNewlines)
         print(URL(fileURLWithPath: binPath).appending(path: composition.name).path)
