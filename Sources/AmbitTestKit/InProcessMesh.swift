@@ -109,6 +109,10 @@ public final class InProcessMesh: Sendable {
         let prefix = "127.\(100 + Int(getpid() % 100)).\(1 + Int(number % 250))"
         let clients = names.enumerated().map { Client(name: $0.element, address: IPAddress("\(prefix).\($0.offset + 2)")!) }
         let serverIP = "\(prefix).200"
+        // The nodes' own listeners (SOCKS5, admin, readiness) use the mesh's prefix too:
+        // a free port taken on 127.0.0.1 could be one another test just chose as closed
+        // or free.
+        let nodeIP = "\(prefix).1"
         let server = SocketAddr("\(serverIP):18080")!
 
         let directory = NSTemporaryDirectory() + "ambit-mesh-" + UUID().uuidString
@@ -126,12 +130,12 @@ public final class InProcessMesh: Sendable {
             let clientPlan = try ManifestLoader.load(
                 yaml: """
                     node: {name: node-a, drainDeadline: 1s}
-                    admin: {address: "127.0.0.1:0", readinessAddress: "127.0.0.1:0"}
+                    admin: {address: "\(nodeIP):0", readinessAddress: "\(nodeIP):0"}
                     plugins:
                       - id: local-config
                         config: {path: mesh.yaml, watch: false}
                       - id: capture
-                        config: {socks5: {address: "127.0.0.1:0"}}
+                        config: {socks5: {address: "\(nodeIP):0"}}
                       - id: test-tunnel
                     """,
                 file: "node-a.yaml", baseDirectory: directory,
@@ -143,7 +147,7 @@ public final class InProcessMesh: Sendable {
             let serverPlan = try ManifestLoader.load(
                 yaml: """
                     node: {name: node-b, drainDeadline: 1s, policyDeadline: \(ConfigDuration(policyDeadline))}
-                    admin: {address: "127.0.0.1:0", readinessAddress: "127.0.0.1:0"}
+                    admin: {address: "\(nodeIP):0", readinessAddress: "\(nodeIP):0"}
                     plugins:
                       - id: local-config
                         config: {path: mesh.yaml, watch: false}
