@@ -19,6 +19,10 @@ let package = Package(
         .library(name: "Authorization", targets: ["Authorization"]),
         .library(name: "Telemetry", targets: ["Telemetry"]),
         .library(name: "HBONE", targets: ["HBONE"]),
+        // The SDK: `Kernel` is the plugin API; `AmbitTestKit` tests plugins; `AmbitCLI`
+        // is the command line a composed binary runs (see SDK/README.md).
+        .library(name: "AmbitTestKit", targets: ["AmbitTestKit"]),
+        .library(name: "AmbitCLI", targets: ["AmbitCLI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -159,11 +163,27 @@ let package = Package(
             path: "Sources/Plugins/HBONE",
             swiftSettings: strictSettings
         ),
-        .executableTarget(
-            name: "ambit",
+        .target(
+            name: "AmbitCLI",
             dependencies: [
                 "Kernel", "LocalConfig", "Capture", "Authorization", "Telemetry", "Certificates", "CAServer", "HBONE",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ambit",
+            dependencies: ["AmbitCLI"],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "AmbitTestKit",
+            dependencies: [
+                "Kernel", "LocalConfig", "Capture",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
@@ -184,6 +204,18 @@ let package = Package(
                 permissions: [.writeToPackageDirectory(reason: "creates Sources/Plugins/<Name>/")]
             ),
             path: "Plugins/NewPlugin"
+        ),
+        .plugin(
+            name: "Compose",
+            capability: .command(
+                intent: .custom(
+                    verb: "compose",
+                    description: "Build an ambit binary with the first-party plugins plus third-party plugin packages"),
+                permissions: [
+                    .writeToPackageDirectory(reason: "generates and builds the composed package under .build-compose/")
+                ]
+            ),
+            path: "Plugins/Compose"
         ),
         .testTarget(
             name: "KernelTests",
@@ -253,6 +285,14 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "SDKTests",
+            dependencies: [
+                "Kernel", "AmbitTestKit", "AmbitCLI", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings

@@ -29,8 +29,8 @@ struct NewPlugin: CommandPlugin {
 
             Add to Package.swift targets:
                 .target(name: "\(name)", dependencies: ["Kernel"], path: "Sources/Plugins/\(name)"),
-            add "\(name)" to the `ambit` target's dependencies, and register it in
-            Sources/ambit/AmbitCommand.swift (FirstPartyPlugins): PluginType(\(name)Plugin.self)
+            add "\(name)" to the `AmbitCLI` target's dependencies, and register it in
+            Sources/AmbitCLI/AmbitCommand.swift (FirstPartyPlugins): PluginType(\(name)Plugin.self)
             Enable it in a manifest:
                 plugins:
                   - id: \(id)

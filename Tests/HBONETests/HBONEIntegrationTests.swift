@@ -15,8 +15,13 @@ final class TwoNodes: Sendable {
     let b: MeshNode
     let backends: [String: HashServer]
 
+    /// The pair a test left running when it failed before `stop()`: the next test stops
+    /// it first, so one failure does not cascade through every later test's fixed ports.
+    private static let leftover = NIOLockedValueBox<TwoNodes?>(nil)
+
     /// Starts hash backends on server-a, server-b and plain-b, then both nodes.
     init(denyPortsOnB: [UInt16] = [], hbone: String = "{}") async throws {
+        if let previous = Self.leftover.withLockedValue({ $0.take() }) { try? await previous.stop() }
         var backends: [String: HashServer] = [:]
         for ip in [TestMesh.serverA, TestMesh.serverB, TestMesh.plainB] {
             backends[ip] = try await HashServer(ip: ip)
@@ -31,13 +36,16 @@ final class TwoNodes: Sendable {
                 waitForListeners: [TestMesh.serverB, TestMesh.viaWaypoint])
         } catch {
             try? await a.stop()
+            for backend in backends.values { await backend.close() }
             throw error
         }
+        Self.leftover.withLockedValue { $0 = self }
     }
 
     func port(_ ip: String) -> UInt16 { backends[ip]!.address.port }
 
     func stop() async throws {
+        Self.leftover.withLockedValue { if $0 === self { $0 = nil } }
         try await a.stop()
         try await b.stop()
         for backend in backends.values { await backend.close() }
@@ -83,6 +91,7 @@ extension HBONENetworkTests {
             #expect(inbound.source.ip == IPAddress(TestMesh.clientA))
             #expect(inbound.destinationWorkload?.name == "server-b")
             #expect(inbound.bytes.sent == UInt64(size))
+            #expect(await eventually { nodes.a.telemetry.closedRecords.contains { $0.route == "hbone" } })
             let outbound = try #require(nodes.a.telemetry.closedRecords.first { $0.route == "hbone" })
             #expect(outbound.direction == .outbound)
             #expect(outbound.bytes.sent == UInt64(size))

@@ -198,7 +198,7 @@ struct ManifestTests {
                 config: {path: m.yaml}
               - id: foo
             """)
-        #expect(found == ["manifest.yaml:4: plugins[1].id: unknown plugin \"foo\" (compiled in: capture, deny-list, local-config)"])
+        #expect(found == ["manifest.yaml:4: plugins[1].id: unknown plugin \"foo\": not compiled into this binary (compiled in: capture, deny-list, local-config); compose a binary with it: swift package compose, see SDK/README.md"])
     }
 
     @Test("duplicate plugin id")

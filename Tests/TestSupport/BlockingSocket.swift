@@ -11,7 +11,10 @@ import Glibc
 /// test instead of hanging it. Use it from one thread at a time; from async tests wrap
 /// calls in ``offload(_:)`` so they never block a Swift concurrency thread.
 public final class BlockingSocket: @unchecked Sendable {
-    private let fd: Int32
+    // A `var` so failed inits can mark it closed: a class init that throws after every
+    // property is set still runs `deinit`, and a second close would hit whatever
+    // descriptor another thread opened meanwhile (NIO then crashes on EBADF).
+    private var fd: Int32
 
     /// Connects to `address`, optionally from `source`, with `TCP_NODELAY` so small
     /// writes leave as separate segments.
@@ -28,16 +31,18 @@ public final class BlockingSocket: @unchecked Sendable {
             let local = try SocketAddr(ip: source, port: 0).nioAddress()
             guard local.withSockAddr({ bind(fd, $0, socklen_t($1)) }) == 0 else {
                 close(fd)
+                fd = -1
                 throw TestFailure("bind \(source): errno \(errno)")
             }
         }
         guard nio.withSockAddr({ connect(fd, $0, socklen_t($1)) }) == 0 else {
             close(fd)
+            fd = -1
             throw TestFailure("connect to \(address): errno \(errno)")
         }
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
 
     /// Sends all of `bytes`.
     public func send(_ bytes: [UInt8]) throws {

@@ -18,6 +18,7 @@ import NIOCore
 ///                            #   this are local to this proxy
 ///   threads: 2               # event-loop threads, default: number of cores
 ///   drainDeadline: 5s        # how long open connections may finish on shutdown
+///   policyDeadline: 1s       # how long a policy plugin may take to decide; then deny
 /// logging:                   # optional
 ///   level: info              # trace, debug, info, notice, warning, error, critical
 ///   format: text             # text | json
@@ -40,16 +41,23 @@ public struct Manifest: Sendable {
         public var threads: Int
         /// How long open connections may run after shutdown starts. Default: 5s.
         public var drainDeadline: Duration
+        /// How long one policy plugin may take to decide one connection before the
+        /// connection is denied (see ``PolicyGuard``). Default: 1s.
+        public var policyDeadline: Duration
 
         /// The defaults.
-        public init(name: String = Manifest.hostName, threads: Int = System.coreCount, drainDeadline: Duration = .seconds(5)) {
+        public init(
+            name: String = Manifest.hostName, threads: Int = System.coreCount, drainDeadline: Duration = .seconds(5),
+            policyDeadline: Duration = PolicyGuard.defaultDeadline
+        ) {
             self.name = name
             self.threads = threads
             self.drainDeadline = drainDeadline
+            self.policyDeadline = policyDeadline
         }
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case name, threads, drainDeadline
+            case name, threads, drainDeadline, policyDeadline
         }
 
         public init(from decoder: any Decoder) throws {
@@ -58,6 +66,10 @@ public struct Manifest: Sendable {
             name = try container.decodeIfPresent(String.self, forKey: .name) ?? defaults.name
             threads = try container.decodeIfPresent(Int.self, forKey: .threads) ?? defaults.threads
             drainDeadline = try container.decodeIfPresent(ConfigDuration.self, forKey: .drainDeadline)?.duration ?? defaults.drainDeadline
+            policyDeadline = try container.decodeIfPresent(ConfigDuration.self, forKey: .policyDeadline)?.duration ?? defaults.policyDeadline
+            if policyDeadline <= .zero {
+                throw DecodingError.dataCorruptedError(forKey: .policyDeadline, in: container, debugDescription: "must be longer than 0")
+            }
             if name.isEmpty {
                 throw DecodingError.dataCorruptedError(forKey: .name, in: container, debugDescription: "must not be empty")
             }

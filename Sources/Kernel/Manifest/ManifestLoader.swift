@@ -107,7 +107,8 @@ public enum ManifestLoader {
                 let known = registry.ids.isEmpty ? "none" : registry.ids.joined(separator: ", ")
                 errors.append(ConfigError(
                     file: file, line: raw.value?["id"]?.line ?? entry.line, path: "plugins[\(index)].id",
-                    message: "unknown plugin \"\(entry.id)\" (compiled in: \(known))"))
+                    message: "unknown plugin \"\(entry.id)\": not compiled into this binary (compiled in: \(known)); "
+                        + "compose a binary with it: swift package compose, see SDK/README.md"))
                 continue
             }
             do {

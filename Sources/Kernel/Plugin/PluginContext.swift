@@ -23,13 +23,15 @@ public final class PluginContext: Sendable {
     /// The directory relative paths in the plugin's config are resolved against (the
     /// manifest's directory).
     public let baseDirectory: String
+    /// The node's policy decision deadline and failure counts (see ``PolicyChain``).
+    public let policyGuard: PolicyGuard
     private let directory: PluginDirectory
 
     /// Creates a context. The kernel does this; tests may too.
     public init(
         pluginID: String, logger: Logger, eventLoopGroup: any EventLoopGroup, mesh: MeshStore,
         connections: ConnectionRegistry, readiness: Readiness, nodeName: String,
-        baseDirectory: String, directory: PluginDirectory
+        baseDirectory: String, directory: PluginDirectory, policyGuard: PolicyGuard = PolicyGuard()
     ) {
         var logger = logger
         logger[metadataKey: "plugin"] = "\(pluginID)"
@@ -42,6 +44,7 @@ public final class PluginContext: Sendable {
         self.nodeName = nodeName
         self.baseDirectory = baseDirectory
         self.directory = directory
+        self.policyGuard = policyGuard
     }
 
     /// Every enabled plugin providing role protocol `R`, in manifest order. Available

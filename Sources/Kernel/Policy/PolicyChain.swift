@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// The node's policy chain: every enabled ``ConnectionAuthorizer`` (role
@@ -40,27 +41,34 @@ public struct PolicyChain: Sendable {
 
     /// The links, in the order they are consulted.
     public let links: [Link]
+    /// The decision deadline and failure counts every link is held to.
+    public let guardrail: PolicyGuard
 
-    /// A chain of explicit links (tests, composed binaries).
-    public init(_ links: [Link]) {
+    /// A chain of explicit links (tests, composed binaries), held to `guardrail`.
+    public init(_ links: [Link], guardrail: PolicyGuard = PolicyGuard()) {
         self.links = links
+        self.guardrail = guardrail
     }
 
-    /// Every enabled plugin providing ``ConnectionAuthorizer``, in manifest order.
-    /// Available from ``Plugin/provision()`` on (before that the directory is empty).
+    /// Every enabled plugin providing ``ConnectionAuthorizer``, in manifest order, held
+    /// to the node's ``PluginContext/policyGuard``. Available from
+    /// ``Plugin/provision()`` on (before that the directory is empty).
     public init(context: PluginContext) {
         links = context.providers(of: (any ConnectionAuthorizer).self).map { authorizer in
             let id = (authorizer as? any Plugin).map { type(of: $0).id } ?? String(describing: type(of: authorizer))
             return Link(id: id, authorizer: authorizer)
         }
+        guardrail = context.policyGuard
     }
 
     /// Asks each link in order; returns the first deny, else the last allow, else an
     /// allow saying that nothing objected. The returned decision names its plugin.
+    ///
+    /// A link that throws or misses the deadline is a deny (see ``PolicyGuard``).
     public func authorize(_ attributes: ConnectionAttributes) async -> AuthorizationDecision {
         var lastAllow: AuthorizationDecision?
         for link in links {
-            var decision = await link.authorizer.authorize(attributes)
+            var decision = await decide(link, attributes)
             decision.plugin = link.id
             switch decision.verdict {
             case .deny: return decision
@@ -70,6 +78,39 @@ public struct PolicyChain: Sendable {
         }
         if let lastAllow { return lastAllow }
         return .allow(reason: links.isEmpty ? "no policy plugin enabled" : "no policy plugin objected")
+    }
+
+    /// One link's decision, raced against the deadline. The plugin runs in a task of its
+    /// own so that a call that never returns can be abandoned: awaiting it here (or in a
+    /// task group, which waits for its children) would hold the connection forever.
+    private func decide(_ link: Link, _ attributes: ConnectionAttributes) async -> AuthorizationDecision {
+        let guardrail = self.guardrail
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<LinkOutcome, Never>) in
+            let once = ResumeOnce(continuation)
+            let timer = Task {
+                try? await Task.sleep(for: guardrail.deadline)
+                once.resume(.timedOut)
+            }
+            let work = Task {
+                do {
+                    once.resume(.decided(try await link.authorizer.authorize(attributes)))
+                } catch {
+                    once.resume(.threw(error))
+                }
+                timer.cancel()
+            }
+            once.onTimeout { work.cancel() }
+        }
+        switch outcome {
+        case .decided(let decision):
+            return decision
+        case .threw(let error):
+            guardrail.record(plugin: link.id, .threw, detail: "\(error)")
+            return .deny(reason: "policy plugin \(link.id) failed: \(error)")
+        case .timedOut:
+            guardrail.record(plugin: link.id, .timedOut, detail: "no decision within \(ConfigDuration(guardrail.deadline))")
+            return .deny(reason: "policy plugin \(link.id) did not decide within \(ConfigDuration(guardrail.deadline))")
+        }
     }
 
     /// ``authorize(_:)`` for event-loop code: the future completes on `eventLoop`.
@@ -112,6 +153,49 @@ public struct PolicyChain: Sendable {
             closed.append(Closed(record: record, decision: decision))
         }
         return closed
+    }
+}
+
+private enum LinkOutcome: Sendable {
+    case decided(AuthorizationDecision)
+    case threw(any Error)
+    case timedOut
+}
+
+/// Resumes a continuation with the first outcome only: the plugin's answer and the
+/// deadline race, and the loser must be dropped.
+private final class ResumeOnce: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<LinkOutcome, Never>?
+        var cancelPlugin: (@Sendable () -> Void)?
+    }
+
+    private let state: NIOLockedValueBox<State>
+
+    init(_ continuation: CheckedContinuation<LinkOutcome, Never>) {
+        state = NIOLockedValueBox(State(continuation: continuation, cancelPlugin: nil))
+    }
+
+    /// Cancels the plugin's task if the deadline wins (set once the task exists).
+    func onTimeout(_ action: @escaping @Sendable () -> Void) {
+        let alreadyResumed = state.withLockedValue { state -> Bool in
+            if state.continuation == nil { return true }
+            state.cancelPlugin = action
+            return false
+        }
+        // Already resumed: cancelling a finished task is harmless, a hung one needs it.
+        if alreadyResumed { action() }
+    }
+
+    func resume(_ outcome: LinkOutcome) {
+        let taken = state.withLockedValue { state -> State in
+            let taken = state
+            state = State(continuation: nil, cancelPlugin: nil)
+            return taken
+        }
+        guard let continuation = taken.continuation else { return }
+        continuation.resume(returning: outcome)
+        if case .timedOut = outcome { taken.cancelPlugin?() }
     }
 }
 

@@ -104,7 +104,13 @@ public struct AuthorizationDecision: Sendable, Equatable, CustomStringConvertibl
 ///
 /// Threading: called concurrently from many connections; must be thread-safe and
 /// should not block (it is async so it may wait on I/O, e.g. an external check).
+///
+/// Misbehaviour is contained by the chain, not trusted away: an authorizer that throws,
+/// or that has not answered within the node's decision deadline (`node.policyDeadline`,
+/// see ``PolicyGuard``), is taken as a deny of that connection, logged and counted; the
+/// node keeps serving. A non-throwing implementation satisfies this requirement too.
 public protocol ConnectionAuthorizer: AnyObject, Sendable {
-    /// The verdict for one connection. Fail closed: if unsure, deny.
-    func authorize(_ connection: ConnectionAttributes) async -> AuthorizationDecision
+    /// The verdict for one connection. Fail closed: if unsure, deny (or throw, which the
+    /// chain turns into a deny naming the error).
+    func authorize(_ connection: ConnectionAttributes) async throws -> AuthorizationDecision
 }

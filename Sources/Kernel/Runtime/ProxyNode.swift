@@ -30,6 +30,8 @@ public final class ProxyNode: Sendable {
     public let connections = ConnectionRegistry()
     /// What the node still waits for before it is ready.
     public let readiness = Readiness()
+    /// The policy decision deadline and the count of policy plugin failures.
+    public let policyGuard: PolicyGuard
 
     private let logger: Logger
     private let logLevel: LogLevelControl?
@@ -58,6 +60,7 @@ public final class ProxyNode: Sendable {
         self.logger = logger
         self.logLevel = logLevel
         self.handleSignals = handleSignals
+        self.policyGuard = PolicyGuard(deadline: plan.manifest.node.policyDeadline, logger: logger)
     }
 
     /// The bound admin address, once `run()` has started it.
@@ -221,7 +224,7 @@ public final class ProxyNode: Sendable {
             let context = PluginContext(
                 pluginID: entry.type.id, logger: logger, eventLoopGroup: group, mesh: mesh,
                 connections: connections, readiness: readiness, nodeName: plan.manifest.node.name,
-                baseDirectory: plan.baseDirectory, directory: directory)
+                baseDirectory: plan.baseDirectory, directory: directory, policyGuard: policyGuard)
             do {
                 built.append((entry.type.id, try entry.type.make(config: entry.config, context: context)))
                 setState(entry.type.id, .configured)

@@ -10,10 +10,10 @@ import LocalConfig
 import Logging
 import Telemetry
 
-/// The composed node proxy: every first-party plugin plus the CLI.
-@main
-struct AmbitCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+/// The `ambit` command line, shared by the first-party binary and every composed one.
+/// The plugins it knows are the registry given to ``Ambit/main(registry:)``.
+public struct AmbitCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
         commandName: "ambit",
         abstract: "Ambit: a node proxy for Istio-style ambient meshes, composed from plugins.",
         version: AmbitVersion.current,
@@ -22,11 +22,15 @@ struct AmbitCommand: AsyncParsableCommand {
             PolicyCommand.self,
             CACommand.self,
         ])
+
+    public init() {}
 }
 
-/// The plugins compiled into this binary.
-enum FirstPartyPlugins {
-    static var registry: PluginRegistry {
+/// The first-party plugins: what the `ambit` binary contains, and what a composed
+/// binary starts from before it adds its own.
+public enum FirstPartyPlugins {
+    /// Every first-party plugin type.
+    public static var registry: PluginRegistry {
         PluginRegistry([
             PluginType(LocalConfigPlugin.self),
             PluginType(CapturePlugin.self),
@@ -59,7 +63,7 @@ struct RunCommand: AsyncParsableCommand {
     func run() async throws {
         let plan: ManifestPlan
         do {
-            plan = try ManifestLoader.load(path: manifest, registry: FirstPartyPlugins.registry)
+            plan = try ManifestLoader.load(path: manifest, registry: Ambit.registry)
         } catch {
             reportErrors(error)
             throw ExitCode.failure
@@ -101,7 +105,7 @@ struct ValidateCommand: AsyncParsableCommand {
     func run() async throws {
         let plan: ManifestPlan
         do {
-            plan = try ManifestLoader.load(path: manifest, registry: FirstPartyPlugins.registry)
+            plan = try ManifestLoader.load(path: manifest, registry: Ambit.registry)
         } catch {
             reportErrors(error)
             FileHandle.standardError.write(Data("\(manifest): \(error.errors.count) error(s)\n".utf8))
@@ -126,7 +130,7 @@ struct PluginsCommand: ParsableCommand {
         commandName: "plugins", abstract: "List the plugins compiled into this binary, one a line.")
 
     func run() {
-        let types = FirstPartyPlugins.registry.all
+        let types = Ambit.registry.all
         let width = types.map(\.id.count).max() ?? 0
         for type in types {
             print(type.id.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + type.summary)
