@@ -20,7 +20,9 @@ struct DemoCommand: AsyncParsableCommand {
         AmbitLogging.bootstrap(format: .text, control: LogLevelControl(verbose ? .info : .critical))
         let outcome = try await DemoMesh.run(logger: Logger(label: "ambit.demo"))
         print(outcome.table)
-        print("\nIstio TCP metrics from the node (a few of the 23 labels shown):")
+        print("\nWorkload certificates, issued by the demo CA over Istio's CA gRPC API:")
+        for line in outcome.certificates { print("  " + line) }
+        print("\nistio_tcp_connections_closed_total from both nodes (a few of the 23 labels shown):")
         for line in outcome.metrics { print("  " + line) }
         if outcome.failures.isEmpty {
             print("\nAll \(outcome.rows.count) connections behaved as expected.")

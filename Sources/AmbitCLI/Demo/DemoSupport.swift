@@ -17,6 +17,7 @@ final class DemoRecorderPlugin: Plugin, TelemetrySink {
     static let provides: Set<PluginRole> = [.telemetry]
 
     private let closed = NIOLockedValueBox<[ConnectionRecord]>([])
+    private let denied = NIOLockedValueBox<[ConnectionRecord]>([])
 
     init(config: Config, context: PluginContext) {}
 
@@ -24,17 +25,28 @@ final class DemoRecorderPlugin: Plugin, TelemetrySink {
         closed.withLockedValue { $0.append(connection) }
     }
 
-    var closedCount: Int { closed.withLockedValue { $0.count } }
+    func connectionDenied(_ connection: ConnectionRecord) {
+        denied.withLockedValue { $0.append(connection) }
+    }
 
-    /// The first record closed after the first `count`, waiting up to 2 s for it.
-    func waitForClosed(after count: Int) async -> ConnectionRecord? {
+    /// The closed record matching `predicate`, waiting up to 2 s for it.
+    func waitForClosed(_ predicate: @Sendable (ConnectionRecord) -> Bool) async -> ConnectionRecord? {
+        await wait { closed.withLockedValue { $0.first(where: predicate) } }
+    }
+
+    /// The denied record matching `predicate`, waiting up to 2 s for it.
+    func waitForDenied(_ predicate: @Sendable (ConnectionRecord) -> Bool) async -> ConnectionRecord? {
+        await wait { denied.withLockedValue { $0.first(where: predicate) } }
+    }
+
+    private func wait(_ find: () -> ConnectionRecord?) async -> ConnectionRecord? {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: .seconds(2))
         while clock.now < deadline {
-            if let record = closed.withLockedValue({ $0.count > count ? $0[count] : nil }) { return record }
+            if let record = find() { return record }
             try? await Task.sleep(for: .milliseconds(5))
         }
-        return nil
+        return find()
     }
 }
 

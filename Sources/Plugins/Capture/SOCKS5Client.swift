@@ -23,12 +23,15 @@ public final class SOCKS5Client: @unchecked Sendable {
     public let reply: SOCKS5Reply
     /// The bound address the proxy reported.
     public let boundAddress: SocketAddr?
+    /// This client's own address (what the proxy sees as the source).
+    public let localAddress: SocketAddr?
 
     /// Connects to `proxy` (optionally from `source`), performs the handshake for
     /// `request`, and returns the client whatever the reply; check ``reply``. After a
     /// refusal the proxy closes the connection.
     public init(proxy: SocketAddr, source: IPAddress? = nil, request: SOCKS5Request, timeoutSeconds: Int = 5) throws {
         fd = try Self.open(proxy: proxy, source: source, timeoutSeconds: timeoutSeconds)
+        localAddress = Self.localAddress(of: fd)
         var bytes: [UInt8] = [5, 1, 0, 5, 1, 0]
         switch request.address {
         case .ip(let ip):
@@ -135,6 +138,30 @@ public final class SOCKS5Client: @unchecked Sendable {
             throw error
         }
         return fd
+    }
+
+    private static func localAddress(of fd: Int32) -> SocketAddr? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) == 0 }
+        }
+        guard ok else { return nil }
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            let address = withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
+            }
+            return SocketAddr(ip: .v4(UInt32(bigEndian: address.sin_addr.s_addr)), port: UInt16(bigEndian: address.sin_port))
+        case AF_INET6:
+            var address = withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee }
+            }
+            let ip = IPAddress(bytes: withUnsafeBytes(of: &address.sin6_addr) { Array($0) })
+            return ip.map { SocketAddr(ip: $0, port: UInt16(bigEndian: address.sin6_port)) }
+        default:
+            return nil
+        }
     }
 
     private static func withSockaddr(

@@ -30,6 +30,10 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
     private enum Phase {
         case awaitingHead
         case holding
+        /// ``open()`` was called but nobody has asked to read yet: DATA that arrives now
+        /// (often in the same read as the response head) is still held, because the relay
+        /// that will consume it may not be installed yet.
+        case opening
         case open
     }
 
@@ -64,9 +68,10 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers, endStream: endStream))), promise: promise)
     }
 
-    /// From now on bytes flow: held DATA is delivered on the next `read()`.
+    /// From now on bytes flow: held DATA is delivered on the next `read()` (the relay's
+    /// first read), never before.
     func open() {
-        phase = .open
+        if phase == .holding { phase = .opening }
     }
 
     // MARK: Inbound
@@ -104,7 +109,7 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
             case .awaitingHead:
                 // DATA before HEADERS cannot happen on a valid stream; NIOHTTP2 rejects it first.
                 context.close(promise: nil)
-            case .holding:
+            case .holding, .opening:
                 if buffer.readableBytes > 0 { held.append(buffer) }
                 if frame.endStream { heldEnd = true }
             case .open:
@@ -121,7 +126,7 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         case .awaitingHead:
             // Still waiting for the first HEADERS (it may come in CONTINUATION pieces).
             context.read()
-        case .holding:
+        case .holding, .opening:
             break
         case .open:
             context.fireChannelReadComplete()
@@ -137,6 +142,9 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         case .holding:
             // The relay is not installed yet; the stream's own buffer and window hold the rest.
             break
+        case .opening:
+            phase = .open
+            fallthrough
         case .open:
             if !held.isEmpty || heldEnd {
                 let buffers = held
