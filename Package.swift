@@ -275,7 +275,7 @@ let package = Package(
         .testTarget(
             name: "HBONETests",
             dependencies: [
-                "Kernel", "LocalConfig", "Capture", "HBONE", "TestSupport",
+                "Kernel", "LocalConfig", "Capture", "HBONE", "Telemetry", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -9,6 +9,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
+import Telemetry
 import TestSupport
 
 /// Addresses of the test mesh. 127.0.8.x keeps clear of the other suites' 127.0.0.x.
@@ -103,6 +104,7 @@ final class MeshNode: Sendable {
     static let registry = PluginRegistry([
         PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self), PluginType(HBONEPlugin.self),
         PluginType(TestIdentityPlugin.self), PluginType(TestPolicyPlugin.self), PluginType(TestTelemetryPlugin.self),
+        PluginType(TelemetryPlugin.self),
     ])
 
     init(
@@ -124,6 +126,8 @@ final class MeshNode: Sendable {
                   - id: test-policy
                     config: {denyPorts: [\(denyPorts.map(String.init).joined(separator: ","))]}
                   - id: test-telemetry
+                  - id: telemetry
+                    config: {address: "127.0.0.1:0"}
                   - id: capture
                     config: {socks5: {address: "127.0.0.1:0"}\(captureExtra)}
                   - id: hbone
@@ -153,6 +157,18 @@ final class MeshNode: Sendable {
 
     var hbone: HBONEPlugin { node.plugin(HBONEPlugin.self)! }
     var telemetry: TestTelemetryPlugin { node.plugin(TestTelemetryPlugin.self)! }
+    var metrics: TelemetryPlugin { node.plugin(TelemetryPlugin.self)! }
+
+    /// The value of the Istio series `metric` whose labels include every pair in `labels`.
+    func metricValue(_ metric: String, _ labels: [String: String]) -> UInt64? {
+        for line in metrics.sampleLines(of: metric) {
+            guard labels.allSatisfy({ line.contains("\($0.key)=\"\($0.value)\"") }),
+                let value = line.split(separator: " ").last.flatMap({ Double($0) })
+            else { continue }
+            return UInt64(value)
+        }
+        return nil
+    }
     var policy: TestPolicyPlugin { node.plugin(TestPolicyPlugin.self)! }
     var capture: CapturePlugin { node.plugin(CapturePlugin.self)! }
 

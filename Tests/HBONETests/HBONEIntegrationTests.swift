@@ -7,6 +7,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
+import Telemetry
 import TestSupport
 
 /// Two in-process node proxies on loopback with real TLS and HTTP/2 between them.
@@ -96,6 +97,18 @@ extension HBONENetworkTests {
             #expect(outbound.direction == .outbound)
             #expect(outbound.bytes.sent == UInt64(size))
             #expect(outbound.bytes.received == UInt64(expected.utf8.count))
+            // Istio metrics: both reporters count exactly the bytes that crossed, each way.
+            let received = IstioTCPMetrics.Name.received
+            let sent = IstioTCPMetrics.Name.sent
+            let source = ["reporter": "source", "destination_workload": "server-b"]
+            let destination = [
+                "reporter": "destination", "destination_workload": "server-b", "connection_security_policy": "mutual_tls",
+                "source_principal": "\(TestMesh.identity("client-a"))",
+            ]
+            #expect(nodes.a.metricValue(received, source) == UInt64(size))
+            #expect(nodes.b.metricValue(received, destination) == UInt64(size))
+            #expect(nodes.a.metricValue(sent, source) == UInt64(expected.utf8.count))
+            #expect(nodes.b.metricValue(sent, destination) == UInt64(expected.utf8.count))
             // The policy role saw the peer identity.
             #expect(nodes.b.policy.seen.withLockedValue { $0.last?.sourceIdentity } == TestMesh.identity("client-a"))
             try await nodes.stop()
