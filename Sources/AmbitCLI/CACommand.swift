@@ -64,7 +64,7 @@ struct CAServeCommand: AsyncParsableCommand {
     func run() async throws {
         let plan: ManifestPlan
         do {
-            plan = try ManifestLoader.load(path: manifest, registry: FirstPartyPlugins.registry)
+            plan = try ManifestLoader.load(path: manifest, registry: Ambit.registry)
         } catch {
             reportErrors(error)
             throw ExitCode.failure
