@@ -43,6 +43,16 @@ public enum FirstPartyPlugins {
     }
 }
 
+/// Loads a manifest with the binary's plugins, or prints every error and fails.
+func loadPlan(_ manifest: String) throws -> ManifestPlan {
+    do {
+        return try ManifestLoader.load(path: manifest, registry: Ambit.registry)
+    } catch {
+        reportErrors(error)
+        throw ExitCode.failure
+    }
+}
+
 /// Prints configuration errors, one a line, to stderr.
 func reportErrors(_ errors: ConfigErrors) {
     for error in errors.errors {
@@ -61,13 +71,11 @@ struct RunCommand: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
-        let plan: ManifestPlan
-        do {
-            plan = try ManifestLoader.load(path: manifest, registry: Ambit.registry)
-        } catch {
-            reportErrors(error)
-            throw ExitCode.failure
-        }
+        try await Self.serve(try loadPlan(manifest), logLevel: logLevel)
+    }
+
+    /// Runs a node from a loaded plan until graceful shutdown; `ambit ca serve` shares it.
+    static func serve(_ plan: ManifestPlan, logLevel: String?) async throws {
         let control = LogLevelControl(plan.manifest.logging.level)
         if let logLevel {
             guard let level = LogLevelControl.parse(logLevel) else {

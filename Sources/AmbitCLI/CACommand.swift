@@ -62,22 +62,13 @@ struct CAServeCommand: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
-        let plan: ManifestPlan
-        do {
-            plan = try ManifestLoader.load(path: manifest, registry: Ambit.registry)
-        } catch {
-            reportErrors(error)
-            throw ExitCode.failure
-        }
+        let plan = try loadPlan(manifest)
         guard plan.entries.contains(where: { $0.type.id == CAServerPlugin.id }) else {
             FileHandle.standardError.write(
                 Data("error: \(manifest): no \(CAServerPlugin.id) plugin; add one (see Examples/ca.yaml)\n".utf8))
             throw ExitCode.failure
         }
         // The same node runtime as `ambit run`: only the plugins differ.
-        var arguments = ["--manifest", manifest]
-        if let logLevel { arguments += ["--log-level", logLevel] }
-        let command = try RunCommand.parse(arguments)
-        try await command.run()
+        try await RunCommand.serve(plan, logLevel: logLevel)
     }
 }
