@@ -64,6 +64,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
@@ -176,7 +177,8 @@ let package = Package(
         .target(
             name: "AmbitTestKit",
             dependencies: [
-                "Kernel", "LocalConfig", "Capture",
+                "Kernel", "LocalConfig", "Capture", "Certificates", "HBONE", "Telemetry",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -289,8 +291,10 @@ let package = Package(
         .testTarget(
             name: "SDKTests",
             dependencies: [
-                "Kernel", "AmbitTestKit", "AmbitCLI", "TestSupport",
+                "Kernel", "AmbitTestKit", "AmbitCLI", "Telemetry", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: strictSettings
         ),

@@ -1,5 +1,7 @@
 import Capture
+import Certificates
 import Foundation
+import HBONE
 import Kernel
 import LocalConfig
 import Logging
@@ -7,25 +9,31 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Synchronization
+import Telemetry
 
-/// A small mesh in one process, on loopback: two node proxies and real sockets, for an
-/// end-to-end check that a policy plugin decides real connections.
+/// A small mesh in one process, on loopback: a certificate authority, two node proxies
+/// and real sockets, for an end-to-end check that a policy plugin decides real
+/// connections.
 ///
 /// ```
-/// client workloads ──SOCKS5──▶ node-a ──tunnel──▶ node-b ──▶ server workload (echo)
-///  (127.x.y.2, .3…)          capture, test-tunnel   test-tunnel + your policy plugins
+/// client workloads ──SOCKS5──▶ node-a ══HBONE (mTLS, HTTP/2 CONNECT)══▶ node-b ──▶ server workload (echo)
+///                              capture, hbone            hbone + your policy plugins
 /// ```
 ///
-/// Node `node-a` runs `local-config` and `capture` (SOCKS5) and the tunnel's dialer;
-/// node `node-b` runs `local-config`, the tunnel's acceptor and the policy plugins you
-/// give it, in your order. The server workload speaks HBONE in the mesh, so node-a's
-/// forwarding decision tunnels to node-b, which asks its policy chain before dialing
-/// the echo server. Each client workload has its own loopback address and identity
-/// `spiffe://cluster.local/ns/default/sa/<name>`.
+/// Both nodes run Ambit's own plugins, as a deployed node would: `local-config`,
+/// `certificates` (the local CA backend, with a CA made for this mesh), `hbone` and
+/// `telemetry`; node-a adds `capture` (SOCKS5) and node-b the policy plugins you give
+/// it, in your order. The server workload speaks HBONE, so node-a's forwarding decision
+/// opens an HBONE tunnel to node-b: mutual TLS with workload certificates from the CA,
+/// then an HTTP/2 CONNECT stream. node-b authenticates the client workload's SPIFFE
+/// identity from its certificate and asks its policy chain (so
+/// ``ConnectionAttributes/authenticatedIdentity`` is what the certificate proves, and
+/// the deadline and containment apply) before it dials the echo server.
 ///
-/// The tunnel is ``LoopbackTunnelPlugin`` (identity sent, not proven) until the HBONE
-/// plugin and a certificate plugin are first-party; the API here will not change when
-/// it switches to them.
+/// Each client workload has its own loopback address and identity
+/// `spiffe://cluster.local/ns/default/sa/<name>`. Addresses come from
+/// 127.0.20.0–127.0.27.255, a block of 16 per mesh (the server listens on the HBONE port
+/// 15008 of its own address), so meshes in parallel tests and processes do not collide.
 public final class InProcessMesh: Sendable {
     /// One client workload on node-a.
     public struct Client: Sendable {
@@ -49,6 +57,9 @@ public final class InProcessMesh: Sendable {
         public var reply: SOCKS5Reply
         /// node-b's policy decision for it, naming the deciding plugin.
         public var decision: AuthorizationDecision?
+        /// What node-b's policy chain saw: the client identity it authenticated from the
+        /// client workload's certificate, the source and destination workloads.
+        public var attributes: ConnectionAttributes?
 
         public var description: String {
             allowed ? "allowed (\(decision.map { "\($0)" } ?? "no decision"))" : "refused: \(decision.map { "\($0)" } ?? "\(reply)")"
@@ -64,14 +75,15 @@ public final class InProcessMesh: Sendable {
     /// The server side node, running the policy plugins.
     public let serverNode: ProxyNode
     /// The directory both manifests live in: relative paths in plugin configs resolve
-    /// here. Use ``write(_:_:)`` to create or change files policies read.
+    /// here. Use ``write(_:_:)`` to create or change files policies read. The mesh's CA
+    /// is in its `ca/` subdirectory.
     public let directory: String
 
     private let socks: SocketAddr
     private let tasks: [Task<Void, any Error>]
     private let echo: EchoServer
 
-    private static let nextMesh = Atomic<UInt32>(0)
+    private static let nextMesh = Atomic<Int>(0)
 
     private init(
         clients: [Client], server: SocketAddr, clientNode: ProxyNode, serverNode: ProxyNode, directory: String,
@@ -94,7 +106,7 @@ public final class InProcessMesh: Sendable {
     ///   - manifest: node-b's policy plugin entries, as they would appear under
     ///     `plugins:` in a manifest (a YAML list, not indented), e.g.
     ///     `"- id: time-window\n  config: {days: [mon]}"`.
-    ///   - clients: names of the client workloads to create.
+    ///   - clients: names of the client workloads to create (at most 13).
     ///   - files: files to write into ``directory`` before the nodes start (name → text).
     ///   - policyDeadline: node-b's `node.policyDeadline`.
     ///   - logLevel: the nodes' log level (the process's logging backend decides where
@@ -104,60 +116,66 @@ public final class InProcessMesh: Sendable {
         files: [String: String] = [:], policyDeadline: Duration = PolicyGuard.defaultDeadline,
         logLevel: Logger.Level = .notice
     ) async throws -> InProcessMesh {
-        // A fresh 127.a.b.0/24 per mesh so meshes in parallel tests never share an address.
-        let number = nextMesh.add(1, ordering: .relaxed).oldValue
-        let prefix = "127.\(100 + Int(getpid() % 100)).\(1 + Int(number % 250))"
-        let clients = names.enumerated().map { Client(name: $0.element, address: IPAddress("\(prefix).\($0.offset + 2)")!) }
-        let serverIP = "\(prefix).200"
-        // The nodes' own listeners (SOCKS5, admin, readiness) use the mesh's prefix too:
-        // a free port taken on 127.0.0.1 could be one another test just chose as closed
-        // or free.
-        let nodeIP = "\(prefix).1"
-        let server = SocketAddr("\(serverIP):18080")!
+        guard names.count <= AddressBlock.maxClients else {
+            throw InProcessMeshError("at most \(AddressBlock.maxClients) client workloads, got \(names.count)")
+        }
+        let block = try await AddressBlock.claim(first: nextMesh.add(1, ordering: .relaxed).oldValue)
+        let clients = names.enumerated().map { Client(name: $0.element, address: block.client($0.offset)) }
 
         let directory = NSTemporaryDirectory() + "ambit-mesh-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        for (name, text) in files { try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8) }
-        try meshYAML(clients: clients, server: serverIP).write(
-            toFile: directory + "/mesh.yaml", atomically: true, encoding: .utf8)
-
         var logger = Logger(label: "in-process-mesh")
         logger.logLevel = logLevel
-        let echo = try await EchoServer.start(at: server)
         var tasks: [Task<Void, any Error>] = []
         var nodes: [ProxyNode] = []
+        var echo: EchoServer?
         do {
+            for (name, text) in files { try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8) }
+            _ = try CertificateAuthority.write(
+                CertificateAuthority.makeRoot(trustDomain: "cluster.local"), to: directory + "/ca", force: true)
+            let started = try await EchoServer.start(at: SocketAddr(ip: block.server, port: 0))
+            echo = started
+            let server = started.address
+            try meshYAML(clients: clients, server: block.server).write(
+                toFile: directory + "/mesh.yaml", atomically: true, encoding: .utf8)
+
+            // The nodes' own listeners (SOCKS5, admin, readiness, metrics) take free ports on
+            // the block's first address: a free port taken on 127.0.0.1 could be one another
+            // test just chose as closed or free.
+            let nodeIP = block.nodes
+            let common = """
+                  - id: local-config
+                    config: {path: mesh.yaml, watch: false}
+                  - id: certificates
+                    config: {backend: {local: {caDirectory: ca}}}
+                  - id: telemetry
+                    config: {address: "\(nodeIP):0"}
+                """
             let clientPlan = try ManifestLoader.load(
                 yaml: """
                     node: {name: node-a, drainDeadline: 1s}
                     admin: {address: "\(nodeIP):0", readinessAddress: "\(nodeIP):0"}
                     plugins:
-                      - id: local-config
-                        config: {path: mesh.yaml, watch: false}
+                    \(common)
                       - id: capture
                         config: {socks5: {address: "\(nodeIP):0"}}
-                      - id: test-tunnel
+                      - id: hbone
+                        config: {server: {enabled: false}}
                     """,
-                file: "node-a.yaml", baseDirectory: directory,
-                registry: PluginRegistry([
-                    PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self),
-                    PluginType(LoopbackTunnelPlugin.self),
-                ]))
+                file: "node-a.yaml", baseDirectory: directory, registry: PluginRegistry(firstParty))
             let entries = manifest.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }
             let serverPlan = try ManifestLoader.load(
                 yaml: """
                     node: {name: node-b, drainDeadline: 1s, policyDeadline: \(ConfigDuration(policyDeadline))}
                     admin: {address: "\(nodeIP):0", readinessAddress: "\(nodeIP):0"}
                     plugins:
-                      - id: local-config
-                        config: {path: mesh.yaml, watch: false}
-                      - id: test-tunnel
-                        config: {accept: ["\(serverIP):15008"]}
+                    \(common)
+                      - id: hbone
+                      - id: \(InboundDecisionLog.id)
                     \(entries.joined(separator: "\n"))
                     """,
                 file: "node-b.yaml", baseDirectory: directory,
-                registry: PluginRegistry(
-                    [PluginType(LocalConfigPlugin.self), PluginType(LoopbackTunnelPlugin.self)] + policies))
+                registry: PluginRegistry(firstParty + [PluginType(InboundDecisionLog.self)] + policies))
             let failures = NIOLockedValueBox<[String]>([])
             for plan in [clientPlan, serverPlan] {
                 let node = ProxyNode(plan: plan, logger: logger, handleSignals: false)
@@ -178,25 +196,26 @@ public final class InProcessMesh: Sendable {
             while true {
                 if let socks = clientNode.plugin(CapturePlugin.self)?.captureAddresses.first, clientNode.readiness.isReady,
                     serverNode.readiness.isReady,
-                    serverNode.plugin(LoopbackTunnelPlugin.self)?.tunnelAddresses.isEmpty == false
+                    serverNode.plugin(HBONEPlugin.self)?.tunnelAddresses.contains(where: { $0.ip == block.server }) == true
                 {
                     return InProcessMesh(
                         clients: clients, server: server, clientNode: clientNode, serverNode: serverNode,
-                        directory: directory, socks: socks, tasks: tasks, echo: echo)
+                        directory: directory, socks: socks, tasks: tasks, echo: started)
                 }
                 let failed = failures.withLockedValue { $0 }
                 if !failed.isEmpty {
                     throw InProcessMeshError("a node of the in-process mesh failed to start: \(failed.joined(separator: "; "))")
                 }
                 if ContinuousClock.now > deadline {
-                    throw InProcessMeshError("the in-process mesh did not become ready within 20 s")
+                    let pending = nodes.flatMap { $0.readiness.pending }
+                    throw InProcessMeshError("the in-process mesh did not become ready within 20 s (pending: \(pending))")
                 }
                 try await Task.sleep(for: .milliseconds(20))
             }
         } catch {
             for node in nodes { node.shutdown() }
             for task in tasks { _ = try? await task.value }
-            await echo.close()
+            await echo?.close()
             try? FileManager.default.removeItem(atPath: directory)
             throw error
         }
@@ -208,18 +227,31 @@ public final class InProcessMesh: Sendable {
         guard let source = clients.first(where: { $0.name == client }) else {
             throw InProcessMeshError("no client workload named \(client) (have \(clients.map(\.name)))")
         }
-        let tunnel = serverNode.plugin(LoopbackTunnelPlugin.self)
-        let before = tunnel?.decisions.count ?? 0
         let (socks, server) = (self.socks, self.server)
-        let (reply, bytes) = try await Blocking.run {
-            try SOCKS5Client.exchange(
-                proxy: socks, source: source.address,
-                request: SOCKS5Request(address: .ip(server.ip), port: server.port), payload: Array(payload.utf8))
+        let (reply, bytes, local) = try await Blocking.run { () throws -> (SOCKS5Reply, [UInt8], SocketAddr?) in
+            let connection = try SOCKS5Client(
+                proxy: socks, source: source.address, request: SOCKS5Request(address: .ip(server.ip), port: server.port))
+            defer { connection.close() }
+            guard connection.reply == .succeeded else { return (connection.reply, [], connection.localAddress) }
+            try connection.send(Array(payload.utf8))
+            connection.finishSending()
+            return (connection.reply, try connection.receiveToEnd(), connection.localAddress)
         }
         let response = String(decoding: bytes, as: UTF8.self)
-        let decision = tunnel?.decisions.dropFirst(before).last { $0.attributes.sourceAddress.ip == source.address }?
-            .decision
-        return Outcome(allowed: reply == .succeeded && response == payload, response: response, reply: reply, decision: decision)
+        // node-b records its decision before it answers the tunnel, so it is there by
+        // now; the wait covers a refusal that came from elsewhere (no record at all).
+        var record: ConnectionRecord?
+        if let local, let log = serverNode.plugin(InboundDecisionLog.self) {
+            let deadline = ContinuousClock.now.advanced(by: .seconds(1))
+            record = log.record(from: local)
+            while record == nil && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+                record = log.record(from: local)
+            }
+        }
+        return Outcome(
+            allowed: reply == .succeeded && response == payload, response: response, reply: reply,
+            decision: record?.decision, attributes: record?.authorization)
     }
 
     /// Writes (or replaces) a file in ``directory``; returns its path.
@@ -239,7 +271,12 @@ public final class InProcessMesh: Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    private static func meshYAML(clients: [Client], server: String) -> String {
+    private static let firstParty = [
+        PluginType(LocalConfigPlugin.self), PluginType(CertificatesPlugin.self), PluginType(TelemetryPlugin.self),
+        PluginType(CapturePlugin.self), PluginType(HBONEPlugin.self),
+    ]
+
+    private static func meshYAML(clients: [Client], server: IPAddress) -> String {
         var lines = ["workloads:"]
         for client in clients {
             lines += [
@@ -262,6 +299,78 @@ public struct InProcessMeshError: Error, Sendable, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// The loopback addresses of one mesh: a block of 16 in 127.0.20.0–127.0.27.255 (the
+/// range the test kit keeps to, clear of other suites): offset 1 for the nodes'
+/// listeners, 2 for the server workload, 3… for the clients.
+struct AddressBlock {
+    static let count = 128
+    static let maxClients = 13
+
+    let base: (third: Int, fourth: Int)
+
+    init(index: Int) {
+        base = (20 + index / 16, (index % 16) * 16)
+    }
+
+    private func address(_ offset: Int) -> IPAddress { IPAddress("127.0.\(base.third).\(base.fourth + offset)")! }
+
+    var nodes: IPAddress { address(1) }
+    var server: IPAddress { address(2) }
+    func client(_ index: Int) -> IPAddress { address(3 + index) }
+
+    /// A block whose server address has the HBONE port free, starting from one chosen by
+    /// the process id and `first` (a per-process counter), so parallel meshes in one
+    /// process never share a block and meshes of other processes rarely do.
+    static func claim(first: Int) async throws -> AddressBlock {
+        let start = Int(getpid() % 1009) * 37 + first
+        for attempt in 0..<count {
+            let block = AddressBlock(index: (start + attempt) % count)
+            if await isFree(SocketAddr(ip: block.server, port: 15008)) { return block }
+        }
+        throw InProcessMeshError("no free address block in 127.0.20.0–127.0.27.255 (port 15008 taken everywhere)")
+    }
+
+    private static func isFree(_ address: SocketAddr) async -> Bool {
+        do {
+            let probe = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .bind(to: address.nioAddress()).get()
+            try? await probe.close()
+            return true
+        } catch {
+            return false
+        }
+    }
+}
+
+/// Test kit: node-b's record of its inbound connections with the policy chain's
+/// decision on each, allowed or denied. A telemetry sink like any other: the HBONE
+/// server's inbound path reports to it.
+final class InboundDecisionLog: Plugin, TelemetrySink {
+    struct Config: Decodable, Sendable {}
+    static let id = "test-kit-inbound-log"
+    static let summary = "test kit only: keeps inbound connections and their policy decisions for InProcessMesh"
+    static let provides: Set<PluginRole> = [.telemetry]
+
+    private let records = NIOLockedValueBox<[ConnectionRecord]>([])
+
+    init(config: Config, context: PluginContext) {}
+
+    /// The inbound record of the connection from `source` (the client's address).
+    func record(from source: SocketAddr) -> ConnectionRecord? {
+        records.withLockedValue { $0.last { $0.source == source } }
+    }
+
+    func connectionOpened(_ connection: ConnectionRecord) { keep(connection) }
+    func connectionDenied(_ connection: ConnectionRecord) { keep(connection) }
+    func connectionFailed(_ connection: ConnectionRecord) { keep(connection) }
+
+    private func keep(_ connection: ConnectionRecord) {
+        guard connection.direction == .inbound else { return }
+        records.withLockedValue { $0.append(connection) }
+    }
+}
+
 /// Blocking socket calls off Swift's cooperative threads: blocking one would starve the
 /// in-process nodes' own async work.
 enum Blocking {
@@ -276,8 +385,12 @@ enum Blocking {
 /// half-close, so a client can read "to the end".
 final class EchoServer: Sendable {
     let channel: any Channel
+    let address: SocketAddr
 
-    private init(channel: any Channel) { self.channel = channel }
+    private init(channel: any Channel, address: SocketAddr) {
+        self.channel = channel
+        self.address = address
+    }
 
     static func start(at address: SocketAddr) async throws -> EchoServer {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -287,7 +400,11 @@ final class EchoServer: Sendable {
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Echo()) }
             }
             .bind(to: address.nioAddress()).get()
-        return EchoServer(channel: channel)
+        guard let bound = SocketAddr(channel.localAddress) else {
+            try? await channel.close()
+            throw InProcessMeshError("the echo server on \(address) has no local address")
+        }
+        return EchoServer(channel: channel, address: bound)
     }
 
     func close() async {

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Kernel
 import Logging
@@ -57,24 +58,27 @@ public final class PolicyTester<P: Plugin & ConnectionAuthorizer>: Sendable {
     ///   - baseDirectory: where relative paths in the config are resolved.
     ///   - nodeName: the node's name.
     ///   - deadline: the decision deadline.
+    ///   - metrics: where the plugin's ``PluginContext/metrics`` record, e.g. a
+    ///     `TestMetrics` from swift-metrics' MetricsTestKit to assert on them; default
+    ///     a no-op factory (a node without the telemetry plugin).
     ///   - make: builds the plugin; pass one to inject test doubles (a clock), default
     ///     `P(config:context:)` as the kernel does.
     public static func start(
         config yaml: String = "{}", mesh snapshot: MeshSnapshot = .empty,
         baseDirectory: String = FileManager.default.currentDirectoryPath, nodeName: String = "node-a",
-        deadline: Duration = PolicyGuard.defaultDeadline,
+        deadline: Duration = PolicyGuard.defaultDeadline, metrics: (any MetricsFactory)? = nil,
         make: (@Sendable (P.Config, PluginContext) throws -> P)? = nil
     ) async throws -> PolicyTester<P> {
         try await start(
             config: decodeConfig(yaml), mesh: snapshot, baseDirectory: baseDirectory, nodeName: nodeName,
-            deadline: deadline, make: make)
+            deadline: deadline, metrics: metrics, make: make)
     }
 
     /// Builds, provisions and validates the plugin from a typed config.
     public static func start(
         config: P.Config, mesh snapshot: MeshSnapshot = .empty,
         baseDirectory: String = FileManager.default.currentDirectoryPath, nodeName: String = "node-a",
-        deadline: Duration = PolicyGuard.defaultDeadline,
+        deadline: Duration = PolicyGuard.defaultDeadline, metrics: (any MetricsFactory)? = nil,
         make: (@Sendable (P.Config, PluginContext) throws -> P)? = nil
     ) async throws -> PolicyTester<P> {
         let mesh = MeshStore()
@@ -86,7 +90,7 @@ public final class PolicyTester<P: Plugin & ConnectionAuthorizer>: Sendable {
         let context = PluginContext(
             pluginID: P.id, logger: logger, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, mesh: mesh,
             connections: connections, readiness: Readiness(), nodeName: nodeName, baseDirectory: baseDirectory,
-            directory: directory, policyGuard: policyGuard)
+            directory: directory, policyGuard: policyGuard, metrics: metrics ?? NOOPMetricsHandler.instance)
         let plugin = try make?(config, context) ?? P(config: config, context: context)
         directory.set([plugin])
         do {

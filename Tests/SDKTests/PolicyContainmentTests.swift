@@ -2,6 +2,8 @@ import AmbitCLI
 import AmbitTestKit
 import Foundation
 import Kernel
+import Telemetry
+import TestSupport
 import Testing
 
 /// A policy plugin that misbehaves on purpose, chosen by the source's service account:
@@ -114,6 +116,12 @@ struct PolicyContainmentTests {
         #expect(fine.allowed && fine.response == "still serving", "\(fine)")
         #expect(mesh.serverNode.policyGuard.count(plugin: "misbehaving", .timedOut) == 1)
         #expect(mesh.serverNode.policyGuard.count(plugin: "misbehaving", .threw) == 1)
+
+        // Counted where an operator sees it: node-b's Prometheus scrape.
+        let metrics = try await scrape(mesh.serverNode)
+        #expect(metrics.contains("ambit_policy_failures_total{plugin=\"misbehaving\",reason=\"timed-out\"} 1\n"), "\(metrics)")
+        #expect(metrics.contains("ambit_policy_failures_total{plugin=\"misbehaving\",reason=\"threw\"} 1\n"), "\(metrics)")
+        #expect(metrics.contains("# HELP ambit_policy_failures_total "))
     }
 
     @Test("node.policyDeadline is read from the manifest and must be positive")

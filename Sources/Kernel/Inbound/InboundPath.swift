@@ -110,6 +110,7 @@ public final class InboundPath: Sendable {
             sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
             route: request.route, isMutualTLS: request.peerIdentity != nil, authorization: attributes)
         let decision = await context.policyChain.authorize(attributes)
+        record.recordDecision(decision)
         if !decision.allowed {
             if let policy = decision.policy { metadata["policy"] = "\(policy)" }
             record.recordFailure("denied: \(decision)", flag: .denied)

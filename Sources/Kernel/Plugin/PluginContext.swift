@@ -1,9 +1,10 @@
+import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// What the kernel gives a plugin: its logger, the event loops, the mesh, the
-/// connection registry, readiness, and the other enabled plugins by role.
+/// What the kernel gives a plugin: its logger and metrics, the event loops, the mesh,
+/// the connection registry, readiness, and the other enabled plugins by role.
 public final class PluginContext: Sendable {
     /// The plugin's manifest id.
     public let pluginID: String
@@ -26,12 +27,17 @@ public final class PluginContext: Sendable {
     /// The node's policy decision deadline and failure counts (see ``PolicyChain``).
     public let policyGuard: PolicyGuard
     private let directory: PluginDirectory
+    private let explicitMetrics: (any MetricsFactory)?
 
     /// Creates a context. The kernel does this; tests may too.
+    ///
+    /// `metrics` fixes the factory ``metrics`` returns (a test's `TestMetrics` from
+    /// swift-metrics' MetricsTestKit); nil asks the enabled ``MetricsBackend``.
     public init(
         pluginID: String, logger: Logger, eventLoopGroup: any EventLoopGroup, mesh: MeshStore,
         connections: ConnectionRegistry, readiness: Readiness, nodeName: String,
-        baseDirectory: String, directory: PluginDirectory, policyGuard: PolicyGuard = PolicyGuard()
+        baseDirectory: String, directory: PluginDirectory, policyGuard: PolicyGuard = PolicyGuard(),
+        metrics: (any MetricsFactory)? = nil
     ) {
         var logger = logger
         logger[metadataKey: "plugin"] = "\(pluginID)"
@@ -45,6 +51,26 @@ public final class PluginContext: Sendable {
         self.baseDirectory = baseDirectory
         self.directory = directory
         self.policyGuard = policyGuard
+        self.explicitMetrics = metrics
+    }
+
+    /// Where the plugin records metrics with the swift-metrics API (`import CoreMetrics`):
+    ///
+    /// ```swift
+    /// let denied = Counter(label: "my_policy_denied_total", dimensions: [("reason", "sandbox")], factory: context.metrics)
+    /// denied.increment()
+    /// ```
+    ///
+    /// With the `telemetry` plugin enabled (any ``MetricsBackend``), the metrics appear in
+    /// this node's scrape (`/metrics` on port 15020) next to Istio's; without one they go
+    /// nowhere. A name that clashes with the backend's own metrics (`istio_`, `ambit_`,
+    /// `process_`…) or is reused with another type or label set records nothing and is
+    /// logged, rather than taking the node down. Create metrics from
+    /// ``Plugin/provision()`` on (before that the other plugins are not known) and keep
+    /// them; several nodes in one process each have their own.
+    public var metrics: any MetricsFactory {
+        if let explicitMetrics { return explicitMetrics }
+        return provider(of: (any MetricsBackend).self)?.metricsFactory(for: pluginID) ?? NOOPMetricsHandler.instance
     }
 
     /// Every enabled plugin providing role protocol `R`, in manifest order. Available

@@ -62,6 +62,7 @@ public final class ConnectionRecord: Sendable, Identifiable {
 
     private let state = NIOLockedValueBox<(closer: (@Sendable () -> Void)?, failure: String?)>((nil, nil))
     private let flag = NIOLockedValueBox<ResponseFlag?>(nil)
+    private let verdict = NIOLockedValueBox<AuthorizationDecision?>(nil)
     private static let nextID = Atomic<UInt64>(1)
 
     /// Creates a record with a fresh id.
@@ -113,6 +114,16 @@ public final class ConnectionRecord: Sendable, Identifiable {
 
     /// The response flag recorded with ``recordFailure(_:flag:)``, if any.
     public var responseFlag: ResponseFlag? { flag.withLockedValue { $0 } }
+
+    /// Records the policy chain's decision on the connection (inbound paths do, allowed
+    /// or denied, before they report it to telemetry); the first one wins.
+    public func recordDecision(_ decision: AuthorizationDecision) {
+        verdict.withLockedValue { if $0 == nil { $0 = decision } }
+    }
+
+    /// The policy chain's decision, naming the deciding plugin, once the inbound path has
+    /// asked; nil for connections no policy governs (outbound).
+    public var decision: AuthorizationDecision? { verdict.withLockedValue { $0 } }
 }
 
 /// Every open proxied connection of the node. Drain waits on it; policy re-evaluation

@@ -57,6 +57,7 @@ public enum AccessLog {
         put("duration", "\(elapsed.seconds * 1000 + elapsed.attoseconds / 1_000_000_000_000_000)ms")
         put("response_flags", labels["response_flags"])
         put("route", connection.route)
+        put("authz", connection.decision?.description)
         put("connection_id", String(connection.id))
         let level: Logger.Level = connection.failure == nil ? .info : .error
         switch format {

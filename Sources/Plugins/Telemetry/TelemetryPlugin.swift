@@ -1,3 +1,4 @@
+import CoreMetrics
 import Kernel
 import Logging
 import NIOConcurrencyHelpers
@@ -14,13 +15,18 @@ import ServiceLifecycle
 /// the process metrics on `address` (default `0.0.0.0:15020`) at `/metrics` and
 /// `/stats/prometheus`, like ztunnel.
 ///
+/// The scrape also carries `ambit_policy_failures_total{plugin, reason}` (policy plugin
+/// decisions that threw or missed the deadline; see ``PolicyGuard``) and the metrics
+/// other plugins record through ``PluginContext/metrics``: the plugin is the node's
+/// ``MetricsBackend``.
+///
 /// Each plugin instance has its own `PrometheusCollectorRegistry` rather than
 /// bootstrapping swift-metrics' global `MetricsSystem`: several nodes in one process
 /// (the in-process tests, the demo) each scrape only their own connections, and series
 /// can be removed (the global factory API cannot unregister). Code that wants to record
 /// its own metrics into the same scrape through the swift-metrics API can use
 /// ``metricsFactory`` (and a composed binary may bootstrap `MetricsSystem` with it).
-public final class TelemetryPlugin: Plugin, TelemetrySink {
+public final class TelemetryPlugin: Plugin, TelemetrySink, MetricsBackend {
     /// `telemetry` plugin configuration.
     public struct Config: Decodable, Sendable {
         /// Where `/metrics` and `/stats/prometheus` are served; port 0 picks a free port
@@ -87,6 +93,8 @@ public final class TelemetryPlugin: Plugin, TelemetrySink {
     private let config: Config
     private let context: PluginContext
     private let process: ProcessMetrics
+    private let policyFailures: PolicyFailureMetrics
+    private let pluginMetricNames = PluginMetricNames()
     private let accessLog: NIOLockedValueBox<AccessLogWriter?> = NIOLockedValueBox(nil)
     private let server: NIOLockedValueBox<HTTPEndpointServer?> = NIOLockedValueBox(nil)
 
@@ -95,11 +103,20 @@ public final class TelemetryPlugin: Plugin, TelemetrySink {
         self.context = context
         self.tcpMetrics = IstioTCPMetrics(registry: registry, gracePeriod: config.seriesGracePeriod.duration)
         self.process = ProcessMetrics(registry: registry)
+        self.policyFailures = PolicyFailureMetrics(registry: registry)
     }
 
     /// A swift-metrics factory recording into this plugin's registry, so the values show
     /// up in this node's scrape.
     public var metricsFactory: PrometheusMetricsFactory { PrometheusMetricsFactory(registry: registry) }
+
+    /// The factory behind another plugin's ``PluginContext/metrics``: its metrics land in
+    /// this node's scrape, and a name that clashes with this plugin's own series
+    /// (`istio_`, `ambit_`, `process_`) or is reused with another type or label set
+    /// records nothing (logged once) instead of stopping the process.
+    public func metricsFactory(for plugin: String) -> any MetricsFactory {
+        PluginMetricsFactory(plugin: plugin, names: pluginMetricNames, prometheus: metricsFactory, logger: context.logger)
+    }
 
     /// The bound metrics address once ``run()`` has started serving.
     public var metricsAddress: SocketAddr? { server.withLockedValue { $0?.localAddress } }
@@ -201,6 +218,7 @@ public final class TelemetryPlugin: Plugin, TelemetrySink {
     public func renderMetrics() -> String {
         tcpMetrics.flush()
         process.update()
+        policyFailures.update(from: context.policyGuard, plugins: context.policyChain.links.map(\.id))
         return registry.emitToString()
     }
 

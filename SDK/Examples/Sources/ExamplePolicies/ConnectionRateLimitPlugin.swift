@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Kernel
 import Synchronization
@@ -16,6 +17,9 @@ import Synchronization
 /// The source is the authenticated identity (mTLS); a plaintext connection has none
 /// and is counted against its source IP instead, so it is limited rather than let
 /// through. A connection over the limit is denied; it does not use up a token.
+///
+/// Denials are counted in `connection_rate_limit_denied_total` (on the node's
+/// `/metrics` with the `telemetry` plugin), and each is logged at debug level.
 public final class ConnectionRateLimitPlugin: Plugin, ConnectionAuthorizer {
     /// `connection-rate-limit` configuration.
     public struct Config: Decodable, Sendable {
@@ -64,18 +68,28 @@ public final class ConnectionRateLimitPlugin: Plugin, ConnectionAuthorizer {
     public static let provides: Set<PluginRole> = [.policy]
 
     private let config: Config
+    private let context: PluginContext
     private let now: @Sendable () -> Date
     private let buckets = Mutex<[String: Bucket]>([:])
+    private let denials = Mutex<Counter?>(nil)
 
     /// Built by the kernel: the system clock.
     public convenience init(config: Config, context: PluginContext) throws {
-        self.init(config: config, now: Date.init)
+        self.init(config: config, context: context, now: Date.init)
     }
 
     /// Built by tests: `now` is the clock (see AmbitTestKit's `ManualClock`).
-    public init(config: Config, now: @escaping @Sendable () -> Date) {
+    public init(config: Config, context: PluginContext, now: @escaping @Sendable () -> Date) {
         self.config = config
+        self.context = context
         self.now = now
+    }
+
+    public func provision() async throws {
+        // From provision on, `context.metrics` reaches the node's telemetry plugin. No
+        // per-identity label: the number of identities is unbounded.
+        let counter = Counter(label: "connection_rate_limit_denied_total", factory: context.metrics)
+        denials.withLock { $0 = counter }
     }
 
     /// How many sources have a bucket.
@@ -96,9 +110,12 @@ public final class ConnectionRateLimitPlugin: Plugin, ConnectionAuthorizer {
             buckets[source] = bucket
             return allowed
         }
-        return allowed
-            ? .allow(reason: "\(source) is within \(rate)/s")
-            : .deny(reason: "\(source) exceeded \(rate) connections/s (burst \(config.burst))")
+        guard allowed else {
+            denials.withLock { $0?.increment() }
+            context.logger.debug("connection over the rate limit", metadata: ["source": "\(source)"])
+            return .deny(reason: "\(source) exceeded \(rate) connections/s (burst \(config.burst))")
+        }
+        return .allow(reason: "\(source) is within \(rate)/s")
     }
 
     /// Makes room: drops buckets that have refilled (forgetting them changes nothing),

@@ -2,14 +2,27 @@ import AmbitTestKit
 import ExamplePolicies
 import Foundation
 import Kernel
+import MetricsTestKit
 import Testing
 
 @Suite("connection-rate-limit")
 struct ConnectionRateLimitTests {
-    func tester(_ yaml: String, _ clock: ManualClock) async throws -> PolicyTester<ConnectionRateLimitPlugin> {
-        try await PolicyTester<ConnectionRateLimitPlugin>.start(config: yaml) { config, _ in
-            ConnectionRateLimitPlugin(config: config, now: clock.now)
+    func tester(_ yaml: String, _ clock: ManualClock, metrics: TestMetrics? = nil) async throws
+        -> PolicyTester<ConnectionRateLimitPlugin>
+    {
+        try await PolicyTester<ConnectionRateLimitPlugin>.start(config: yaml, metrics: metrics) { config, context in
+            ConnectionRateLimitPlugin(config: config, context: context, now: clock.now)
         }
+    }
+
+    @Test("denials are counted in connection_rate_limit_denied_total")
+    func metrics() async throws {
+        let metrics = TestMetrics()
+        let tester = try await tester("{connectionsPerSecond: 0.001, burst: 1}", ManualClock(), metrics: metrics)
+        let alice = ConnectionAttributes.mTLS(from: "cluster.local/ns/a/sa/alice")
+        #expect(await tester.decide(alice).verdict == .allow)
+        for _ in 0..<2 { #expect(await tester.decide(alice).verdict == .deny) }
+        #expect(try metrics.expectCounter("connection_rate_limit_denied_total").totalValue == 2)
     }
 
     @Test("a burst, then the sustained rate, per identity")
