@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import Kernel
+import Logging
 import Synchronization
 
 /// Limits how often each source may open connections: a token bucket per source
