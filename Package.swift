@@ -32,6 +32,8 @@ let package = Package(
         .library(name: "Authorization", targets: ["Authorization"]),
         .library(name: "Telemetry", targets: ["Telemetry"]),
         .library(name: "HBONE", targets: ["HBONE"]),
+        .library(name: "Certificates", targets: ["Certificates"]),
+        .library(name: "CAServer", targets: ["CAServer"]),
         // The SDK: `Kernel` is the plugin API; `AmbitTestKit` tests plugins; `AmbitCLI`
         // is the command line a composed binary runs (see SDK/README.md).
         .library(name: "AmbitTestKit", targets: ["AmbitTestKit"]),

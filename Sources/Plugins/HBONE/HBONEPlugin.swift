@@ -79,6 +79,14 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
     /// Open server-side TLS connections.
     public var serverConnectionCount: Int { server.connectionCount }
 
+    /// The server's handshake guard: connections handshaking now, and how many were
+    /// closed at accept because `server.maxPendingHandshakes` were handshaking or closed
+    /// because they outlasted `server.handshakeTimeout`.
+    public var serverHandshakes: (pending: Int, refused: Int, timedOut: Int) {
+        let counters = server.handshakes.snapshot
+        return (counters.pending, counters.refused, counters.timedOut)
+    }
+
     /// The client pool: one entry per pooled connection with the streams it carries now and
     /// has ever carried.
     public var poolConnections: [(key: String, activeStreams: Int, streamsOpened: Int, usable: Bool)] {

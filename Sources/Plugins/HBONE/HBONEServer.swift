@@ -25,6 +25,7 @@ final class HBONEServer: Sendable {
     private let listeners = NIOLockedValueBox<[SocketAddr: TCPListener]>([:])
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let draining = NIOLockedValueBox(false)
+    let handshakes: PendingHandshakes
 
     static let readinessComponent = "hbone server"
 
@@ -33,6 +34,8 @@ final class HBONEServer: Sendable {
         self.context = context
         self.identity = identity
         self.tls = tls
+        self.handshakes = PendingHandshakes(
+            limit: config.server.maxPendingHandshakes, timeout: config.server.handshakeTimeout.timeAmount)
         self.inbound = InboundPath(
             context: context,
             dialer: TCPDialer(options: DialerOptions(connectTimeout: config.server.connectTimeout.timeAmount)))
@@ -145,13 +148,37 @@ final class HBONEServer: Sendable {
 
     // MARK: Connections
 
-    /// Picks the destination workload from the local address, fetches its certificate (the
+    /// Admits the connection under the pending-handshake cap and deadline, picks the
+    /// destination workload from the local address, fetches its certificate (the
     /// connection is not registered, so nothing is read, until it is there), then installs
     /// TLS, HTTP/2 and the connection handler.
     private func initializeConnection(_ channel: any Channel) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
         guard let local = SocketAddr(channel.localAddress), let remote = SocketAddr(channel.remoteAddress) else {
             return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "accepted connection has no addresses"))
+        }
+        let logger = self.logger
+        let timeout = config.server.handshakeTimeout
+        guard
+            let slot = handshakes.admit(
+                channel,
+                onTimeout: {
+                    logger.debug(
+                        "HBONE connection closed: TLS handshake not finished in time",
+                        metadata: ["peer": "\(remote)", "local": "\(local)", "timeout": "\(timeout)"])
+                })
+        else {
+            // Logged sparingly: under a flood a line per connection would be a second flood.
+            let refused = handshakes.snapshot.refused
+            if refused == 1 || refused % 1000 == 0 {
+                logger.warning(
+                    "HBONE connections refused: too many TLS handshakes pending",
+                    metadata: [
+                        "limit": "\(handshakes.limit)", "refusedSoFar": "\(refused)", "peer": "\(remote)",
+                    ])
+            }
+            return eventLoop.makeFailedFuture(
+                HBONEError(.refused, "more than \(handshakes.limit) TLS handshakes pending"))
         }
         guard let workload = context.mesh.snapshot.workload(at: local.ip), isLocal(workload),
             workload.tunnelProtocol == .hbone
@@ -166,7 +193,6 @@ final class HBONEServer: Sendable {
             return eventLoop.makeFailedFuture(HBONEError(.certificate, "no identity provider"))
         }
         let tls = self.tls
-        let logger = self.logger
         return eventLoop.makeFutureWithTask {
             let certificate = try await provider.certificate(for: workload.identity, priority: .onDemand)
             return try tls.material(for: certificate, side: .server)
@@ -176,12 +202,13 @@ final class HBONEServer: Sendable {
                 metadata: ["workload": "\(workload.uid)", "identity": "\(workload.identity)", "error": "\(error)"])
             throw error
         }.flatMapThrowing { material in
-            try self.install(on: channel, material: material, workload: workload, remote: remote)
+            try self.install(on: channel, material: material, workload: workload, remote: remote, slot: slot)
         }
     }
 
     private func install(
-        on channel: any Channel, material: HBONETLSContexts.Material, workload: Workload, remote: SocketAddr
+        on channel: any Channel, material: HBONETLSContexts.Material, workload: Workload, remote: SocketAddr,
+        slot: PendingHandshakes.Slot
     ) throws {
         // TLS needs both directions of the socket; a half-closed peer is a closed peer.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
@@ -215,6 +242,7 @@ final class HBONEServer: Sendable {
         let id = ObjectIdentifier(channel)
         let connections = self.connections
         let events = HBONEConnectionEvents(
+            ready: { slot.established() },
             closed: { error in
                 connections.withLockedValue { _ = $0.removeValue(forKey: id) }
                 if let error, !HBONEServer.isOrdinaryClose(error) {
@@ -225,7 +253,8 @@ final class HBONEServer: Sendable {
             connectionWindow: config.http2.connectionWindow,
             keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
             keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
-            handshakeTimeout: config.server.handshakeTimeout.timeAmount, events: events)
+            // The handshake deadline runs from accept, in `handshakes`.
+            handshakeTimeout: nil, events: events)
         try channel.pipeline.syncOperations.addHandlers([ssl, http2, handler])
         connections.withLockedValue { $0[id] = channel }
     }
@@ -257,35 +286,39 @@ final class HBONEServer: Sendable {
     ) {
         let workload = state.workload
         let peer = state.peer
-        let authority = headers.first(name: ":authority") ?? ""
+        // Bounded: the header list may be up to server.maxHeaderListSize long.
+        let authority = (headers.first(name: ":authority") ?? "").prefix(256)
         let logger = self.logger
+        let validation = Result { () throws(HBONEConnectRequest.Rejection) in
+            try HBONEConnectRequest.validate(
+                headers: headers.map { (name: $0.name, value: $0.value) }, destinationIPs: workload.workloadIPs)
+        }
+        // The workload the peer says it sends for (its baggage), when it says.
+        let claimed: String = {
+            guard case .success(let request) = validation, let namespace = request.baggage["k8s.namespace.name"],
+                let name = request.baggage["service.name"]
+            else { return "" }
+            return "\(name.prefix(128)).\(namespace.prefix(128))"
+        }()
         let reject = { (status: Int, reason: String) in
-            logger.info(
-                "HBONE request rejected",
-                metadata: [
-                    "status": "\(status)", "reason": "\(reason)", "authority": "\(authority)",
-                    "peer": "\(peer.map { "\($0)" } ?? "unknown")", "from": "\(state.remote)",
-                ])
+            var metadata: Logger.Metadata = [
+                "status": "\(status)", "reason": "\(reason)", "authority": "\(authority)",
+                "peer": "\(peer.map { "\($0)" } ?? "unknown")", "from": "\(state.remote)",
+            ]
+            if !claimed.isEmpty { metadata["peerWorkload"] = "\(claimed)" }
+            logger.info("HBONE request rejected", metadata: metadata)
             let sent = stream.eventLoop.makePromise(of: Void.self)
             bridge.sendHeaders(HBONEHeaders.response(status: status, destination: nil), endStream: true, promise: sent)
             sent.futureResult.whenComplete { _ in stream.close(promise: nil) }
         }
 
-        let method = headers.first(name: ":method") ?? ""
-        guard method == "CONNECT" else {
-            return reject(400, "method \(method) is not CONNECT; HBONE streams are CONNECT tunnels")
+        let validated: HBONEConnectRequest
+        switch validation {
+        case .success(let request): validated = request
+        case .failure(let rejection): return reject(rejection.status, rejection.reason)
         }
-        guard let target = HBONEHeaders.parseAuthority(authority) else {
-            return reject(400, "authority \"\(authority)\" is not ip:port")
-        }
-        guard workload.workloadIPs.contains(target.ip) else {
-            return reject(
-                400, "authority IP \(target.ip) is not the destination workload's (\(workload.uid) at \(workload.workloadIPs.map { "\($0)" }.joined(separator: ",")))")
-        }
-        guard !Forwarding.proxyPorts.contains(target.port) else {
-            return reject(400, "port \(target.port) is one of the proxy's own ports")
-        }
-        let source = headers.first(name: "forwarded").flatMap(HBONEHeaders.forwardedFor) ?? state.remote
+        let target = validated.target
+        let source = validated.forwardedFor ?? state.remote
         let request = InboundRequest(source: source, destination: target, peerIdentity: peer, route: "hbone")
         let inbound = self.inbound
         let loop = stream.eventLoop
