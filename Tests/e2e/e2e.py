@@ -508,18 +508,23 @@ def scenario_iperf(c):
     report = json.loads(result.stdout)
     sent = int(report["end"]["sum_sent"]["bytes"])
     received = int(report["end"]["sum_received"]["bytes"])
-    expect(sent > 0 and sent == received, f"iperf3 sent {sent}, received {received}")
+    # iperf3 stops counting at the end of the test while bytes are still in flight (socket
+    # buffers, HTTP/2 windows), so the server may have read a little less than was sent.
+    expect(0 < received <= sent, f"iperf3 sent {sent}, received {received}")
 
     def matches():
         after = c.metrics("node2")
         labels = dict(reporter="destination", source_principal=principal("a1"), destination_workload="b1")
         delta = series(after, "istio_tcp_received_bytes_total", **labels) - \
             series(before, "istio_tcp_received_bytes_total", **labels)
-        # Data connection plus iperf3's control connection (a few KiB of JSON).
-        expect(sent <= delta <= sent + 64 * 1024, f"node2 counted {int(delta)} bytes, iperf3 sent {sent}")
+        # Everything the server read crossed node2; at most what the client wrote plus
+        # iperf3's control connection (a few KiB of JSON) did.
+        expect(received <= delta <= sent + 64 * 1024,
+               f"node2 counted {int(delta)} bytes; iperf3 sent {sent}, its server read {received}")
         return delta
     delta = eventually(matches)
-    print(f"    iperf3: {sent} bytes in 3 s ({sent * 8 / 3 / 1e9:.2f} Gbit/s); node2 metrics: {int(delta)} bytes")
+    print(f"    iperf3: sent {sent}, server read {received} bytes in 3 s ({received * 8 / 3 / 1e9:.2f} Gbit/s); "
+          f"node2 metrics: {int(delta)} bytes")
 
 
 def scenario_admin_pod(c):
