@@ -58,9 +58,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     ],
     targets: [
+        // Linux calls Glibc's Swift module leaves out (setns, fstatfs).
+        .target(name: "CAmbitSystem"),
         .target(
             name: "Kernel",
             dependencies: [
+                "CAmbitSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -46,6 +46,9 @@ struct HBONEConnectRequestTests {
             [(":method", "CONNECT"), (":authority", "10.0.0.1:15080")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":protocol", "websocket")],
+            // An address with a NUL: a C parser would stop there and accept 10.0.0.1.
+            [(":method", "CONNECT"), (":authority", "10.0.0.1\u{0}junk:80")],
+            [(":method", "CONNECT"), (":authority", "[fd00::1\u{0}]:80")],
         ] as [[(String, String)]])
     func rejected(_ headers: [(String, String)]) {
         guard case .failure(let rejection) = Self.validate(headers) else {

@@ -119,12 +119,15 @@ public final class InboundPath: Sendable {
         return .success(record)
     }
 
-    /// Dials the record's destination (the local workload) from `eventLoop`. Fails with an
+    /// Dials the record's destination (the local workload) from `eventLoop`, inside
+    /// `namespace` when given (the destination pod's, under in-pod capture). Fails with an
     /// ``InboundRefusal`` of code ``InboundRefusal/Code/connectFailed``.
-    public func connect(_ record: ConnectionRecord, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+    public func connect(
+        _ record: ConnectionRecord, on eventLoop: any EventLoop, in namespace: NetworkNamespace? = nil
+    ) -> EventLoopFuture<any Channel> {
         let logger = self.logger
         let sinks = context.providers(of: (any TelemetrySink).self)
-        return dialer.connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
+        return dialer.placed(in: namespace).connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
             logger.info(
                 "inbound: local workload unreachable",
                 metadata: ["destination": "\(record.destination)", "route": "\(record.route)", "error": "\(error)"])

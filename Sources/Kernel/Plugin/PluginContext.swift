@@ -25,13 +25,17 @@ public final class PluginContext: Sendable {
     public let baseDirectory: String
     /// The node's policy decision deadline and failure counts (see ``PolicyChain``).
     public let policyGuard: PolicyGuard
+    /// The pods this node captures inside their own network namespaces (in-pod capture),
+    /// one registry per node.
+    public let pods: CapturedPods
     private let directory: PluginDirectory
 
     /// Creates a context. The kernel does this; tests may too.
     public init(
         pluginID: String, logger: Logger, eventLoopGroup: any EventLoopGroup, mesh: MeshStore,
         connections: ConnectionRegistry, readiness: Readiness, nodeName: String,
-        baseDirectory: String, directory: PluginDirectory, policyGuard: PolicyGuard = PolicyGuard()
+        baseDirectory: String, directory: PluginDirectory, policyGuard: PolicyGuard = PolicyGuard(),
+        pods: CapturedPods? = nil
     ) {
         var logger = logger
         logger[metadataKey: "plugin"] = "\(pluginID)"
@@ -45,6 +49,7 @@ public final class PluginContext: Sendable {
         self.baseDirectory = baseDirectory
         self.directory = directory
         self.policyGuard = policyGuard
+        self.pods = pods ?? CapturedPods(readiness: readiness)
     }
 
     /// Every enabled plugin providing role protocol `R`, in manifest order. Available

@@ -11,12 +11,16 @@ struct HBONEPoolKey: Hashable, Sendable, CustomStringConvertible {
     var destinations: [SpiffeID]
     var gateway: SocketAddr
     var sourceIP: IPAddress
+    /// The source pod's network namespace path under in-pod capture: its connections leave
+    /// from inside the pod, so they are never shared with another pod's.
+    var namespace: String?
 
-    init(source: SpiffeID, destinations: [SpiffeID], gateway: SocketAddr, sourceIP: IPAddress) {
+    init(source: SpiffeID, destinations: [SpiffeID], gateway: SocketAddr, sourceIP: IPAddress, namespace: String? = nil) {
         self.source = source
         self.destinations = Array(Set(destinations)).sorted()
         self.gateway = gateway
         self.sourceIP = sourceIP
+        self.namespace = namespace
     }
 
     var description: String { "\(source) → \(gateway) [\(destinations.map(\.description).joined(separator: ","))]" }

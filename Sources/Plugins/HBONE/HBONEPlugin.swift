@@ -43,7 +43,11 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
                 "no identity provider is enabled; add the `certificates` plugin before `hbone`")
         }
         identity.provider = provider
-        if config.server.enabled { context.readiness.expect(HBONEServer.readinessComponent) }
+        if config.server.enabled {
+            context.readiness.expect(HBONEServer.readinessComponent)
+            // With a fixed address there is no per-pod listener.
+            if config.server.address == nil { context.pods.declareServer(HBONEServer.podServerName) }
+        }
     }
 
     public func run() async throws {

@@ -23,11 +23,15 @@ final class HBONEServer: Sendable {
     private let tls: HBONETLSContexts
     private let inbound: InboundPath
     private let listeners = NIOLockedValueBox<[SocketAddr: TCPListener]>([:])
+    /// Listeners inside captured pods' namespaces (in-pod capture), by workload uid.
+    private let podListeners = NIOLockedValueBox<[String: (listener: TCPListener, namespace: NetworkNamespace)]>([:])
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let draining = NIOLockedValueBox(false)
     let handshakes: PendingHandshakes
 
     static let readinessComponent = "hbone server"
+    /// The name this server reports to ``CapturedPods``.
+    static let podServerName = "hbone"
 
     init(config: HBONEConfig, context: PluginContext, identity: IdentityHolder, tls: HBONETLSContexts) {
         self.config = config
@@ -48,6 +52,9 @@ final class HBONEServer: Sendable {
         listeners.withLockedValue { $0.values.map(\.localAddress) }.sorted { "\($0)" < "\($1)" }
     }
 
+    /// The pods (workload uids) with a listener inside their namespace.
+    var podsListening: [String] { podListeners.withLockedValue { Array($0.keys) }.sorted() }
+
     /// Open TLS connections (for tests and `/config_dump`-style introspection).
     var connectionCount: Int { connections.withLockedValue { $0.count } }
 
@@ -65,6 +72,7 @@ final class HBONEServer: Sendable {
             context.readiness.markReady(Self.readinessComponent)
             try? await gracefulShutdown()
         } else {
+            let pods = Task { await self.followPods() }
             var first = true
             for await snapshot in context.mesh.updates().cancelOnGracefulShutdown() {
                 await reconcile(snapshot)
@@ -73,8 +81,60 @@ final class HBONEServer: Sendable {
                     context.readiness.markReady(Self.readinessComponent)
                 }
             }
+            pods.cancel()
         }
         await stopListening()
+    }
+
+    /// Keeps one listener inside every captured pod's namespace (in-pod capture), following
+    /// the kernel's pod list; failed binds are retried every 2 s.
+    private func followPods() async {
+        let (kicks, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let updates = context.pods.updates()
+        let follower = Task {
+            for await _ in updates { continuation.yield() }
+        }
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: 2_000_000_000)
+                continuation.yield()
+            }
+        }
+        for await _ in kicks {
+            if Task.isCancelled || draining.withLockedValue({ $0 }) { break }
+            await reconcilePods(context.pods.pods)
+        }
+        follower.cancel()
+        ticker.cancel()
+    }
+
+    /// Binds `0.0.0.0:<port>` inside each captured pod's namespace and closes the listeners
+    /// of pods that are gone.
+    func reconcilePods(_ pods: [String: CapturedPods.Pod]) async {
+        let current = podListeners.withLockedValue { $0 }
+        for (uid, entry) in current where pods[uid].map({ !$0.namespace.isSame(as: entry.namespace) }) ?? true {
+            podListeners.withLockedValue { _ = $0.removeValue(forKey: uid) }
+            await entry.listener.stopAccepting()
+            logger.info("HBONE pod listener closed", metadata: ["pod": "\(uid)"])
+        }
+        for (uid, pod) in pods.sorted(by: { $0.key < $1.key }) where podListeners.withLockedValue({ $0[uid] == nil }) {
+            let namespace = pod.namespace
+            do {
+                let listener = try await TCPListener.bind(
+                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.server.port), namespace: namespace),
+                    group: context.eventLoopGroup
+                ) { [self] channel in
+                    self.initializeConnection(channel, pod: (uid, namespace))
+                }
+                podListeners.withLockedValue { $0[uid] = (listener, namespace) }
+                context.pods.markListening(uid: uid, server: Self.podServerName)
+                logger.info(
+                    "HBONE listening in pod", metadata: ["pod": "\(uid)", "address": "\(listener.localAddress)", "netns": "\(namespace.path)"])
+            } catch {
+                logger.error(
+                    "cannot listen for HBONE in pod; retrying", metadata: ["pod": "\(uid)", "error": "\(error)"])
+            }
+        }
     }
 
     /// Stops accepting and tells every peer with GOAWAY that no new streams will be taken;
@@ -104,7 +164,11 @@ final class HBONEServer: Sendable {
             defer { listeners = [:] }
             return Array(listeners.values)
         }
-        for listener in all { await listener.stopAccepting() }
+        let inPods = podListeners.withLockedValue { listeners in
+            defer { listeners = [:] }
+            return listeners.values.map(\.listener)
+        }
+        for listener in all + inPods { await listener.stopAccepting() }
     }
 
     /// Listens on `<ip>:<port>` for every IP of every local HBONE workload and stops
@@ -112,7 +176,11 @@ final class HBONEServer: Sendable {
     func reconcile(_ snapshot: MeshSnapshot) async {
         guard !draining.withLockedValue({ $0 }) else { return }
         var wanted = Set<SocketAddr>()
-        for workload in snapshot.workloads.values where isLocal(workload) && workload.tunnelProtocol == .hbone {
+        // Pods captured in their own namespaces get their listener there (reconcilePods).
+        for workload in snapshot.workloads.values
+        where isLocal(workload) && workload.tunnelProtocol == .hbone && workload.netns == nil
+            && context.pods.namespace(forWorkload: workload.uid) == nil
+        {
             for ip in workload.workloadIPs { wanted.insert(SocketAddr(ip: ip, port: config.server.port)) }
         }
         let current = Set(listeners.withLockedValue { Array($0.keys) })
@@ -152,7 +220,9 @@ final class HBONEServer: Sendable {
     /// destination workload from the local address, fetches its certificate (the
     /// connection is not registered, so nothing is read, until it is there), then installs
     /// TLS, HTTP/2 and the connection handler.
-    private func initializeConnection(_ channel: any Channel) -> EventLoopFuture<Void> {
+    private func initializeConnection(
+        _ channel: any Channel, pod: (uid: String, namespace: NetworkNamespace)? = nil
+    ) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
         guard let local = SocketAddr(channel.localAddress), let remote = SocketAddr(channel.remoteAddress) else {
             return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "accepted connection has no addresses"))
@@ -189,6 +259,13 @@ final class HBONEServer: Sendable {
             return eventLoop.makeFailedFuture(
                 HBONEError(.connectionClosed, "no local HBONE workload at \(local.ip)"))
         }
+        if let pod, workload.uid != pod.uid {
+            logger.info(
+                "HBONE connection refused: it arrived in pod \(pod.uid)'s namespace for another workload's address",
+                metadata: ["local": "\(local)", "peer": "\(remote)", "workload": "\(workload.uid)"])
+            return eventLoop.makeFailedFuture(
+                HBONEError(.connectionClosed, "\(local.ip) is not pod \(pod.uid)"))
+        }
         guard let provider = identity.provider else {
             return eventLoop.makeFailedFuture(HBONEError(.certificate, "no identity provider"))
         }
@@ -202,17 +279,19 @@ final class HBONEServer: Sendable {
                 metadata: ["workload": "\(workload.uid)", "identity": "\(workload.identity)", "error": "\(error)"])
             throw error
         }.flatMapThrowing { material in
-            try self.install(on: channel, material: material, workload: workload, remote: remote, slot: slot)
+            try self.install(
+                on: channel, material: material, workload: workload, remote: remote, namespace: pod?.namespace,
+                slot: slot)
         }
     }
 
     private func install(
         on channel: any Channel, material: HBONETLSContexts.Material, workload: Workload, remote: SocketAddr,
-        slot: PendingHandshakes.Slot
+        namespace: NetworkNamespace?, slot: PendingHandshakes.Slot
     ) throws {
         // TLS needs both directions of the socket; a half-closed peer is a closed peer.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
-        let state = ServerConnectionState(workload: workload, remote: remote)
+        let state = ServerConnectionState(workload: workload, remote: remote, namespace: namespace)
         let logger = self.logger
         let trustDomain = workload.trustDomain
         let roots = material.roots
@@ -329,7 +408,7 @@ final class HBONEServer: Sendable {
                 let status = refusal.code == .denied ? 401 : (refusal.code == .connectFailed ? 503 : 400)
                 reject(status, refusal.message)
             case .success(let record):
-                inbound.connect(record, on: loop).assumeIsolated().whenComplete { outcome in
+                inbound.connect(record, on: loop, in: state.namespace).assumeIsolated().whenComplete { outcome in
                     switch outcome {
                     case .failure(let error):
                         reject(503, "\(error)")
@@ -353,11 +432,15 @@ final class HBONEServer: Sendable {
 final class ServerConnectionState: Sendable {
     let workload: Workload
     let remote: SocketAddr
+    /// The pod's namespace when the connection arrived inside one (in-pod capture): the
+    /// workload is dialed from there.
+    let namespace: NetworkNamespace?
     private let peerBox = NIOLockedValueBox<SpiffeID?>(nil)
 
-    init(workload: Workload, remote: SocketAddr) {
+    init(workload: Workload, remote: SocketAddr, namespace: NetworkNamespace? = nil) {
         self.workload = workload
         self.remote = remote
+        self.namespace = namespace
     }
 
     /// Set by the verification callback, before any stream exists.
