@@ -8,7 +8,7 @@ import PackageDescription
 
 /// SwiftPM names a path dependency after its folder: the checkout's own name.
 let ambitFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-let ambit = ambitFolder.lastPathComponent
+let ambit = ambitFolder.lastPathComponent.lowercased()
 
 let strictSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
