@@ -19,7 +19,10 @@ let strictSettings: [SwiftSetting] = [
 func fuzzTarget(_ name: String, _ products: [String]) -> Target {
     .executableTarget(
         name: "fuzz-\(name)",
-        dependencies: ["FuzzSupport"] + products.map { .product(name: $0, package: ambit) },
+        dependencies: ["FuzzSupport"]
+            + products.map { product -> Target.Dependency in
+                product.hasPrefix("NIO") ? .product(name: product, package: "swift-nio") : .product(name: product, package: ambit)
+            },
         path: "Sources/fuzz-\(name)",
         swiftSettings: strictSettings
     )
@@ -29,6 +32,7 @@ func fuzzTarget(_ name: String, _ products: [String]) -> Target {
 /// a short run builds only what it runs.
 let allTargets: [(name: String, products: [String])] = [
     ("socks5", ["Capture"]),
+    ("socks5-handler", ["Kernel", "Capture", "NIOCore", "NIOEmbedded", "NIOConcurrencyHelpers"]),
     ("hbone-request", ["Kernel", "HBONE"]),
     // Not the certificates and ca-server plugins: they would link the Istio CA's gRPC
     // stack, which doubles the sanitizer build; their configs use the same decoder.
@@ -44,7 +48,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [],
     dependencies: [
-        .package(path: ambitFolder.path)
+        .package(path: ambitFolder.path),
+        // The same SwiftNIO as the main package (its Package.swift pins the version).
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
     ],
     targets: [
         .target(name: "FuzzSupport", path: "Sources/FuzzSupport", swiftSettings: strictSettings)
