@@ -27,6 +27,8 @@ final class HBONEServer: Sendable {
     private let podListeners = NIOLockedValueBox<[String: (listener: TCPListener, namespace: NetworkNamespace)]>([:])
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let draining = NIOLockedValueBox(false)
+    /// Addresses whose bind failed, so a failure is logged once, not on every mesh update.
+    private let failedBinds = NIOLockedValueBox<Set<SocketAddr>>([])
 
     static let readinessComponent = "hbone server"
     /// The name this server reports to ``CapturedPods``.
@@ -190,10 +192,13 @@ final class HBONEServer: Sendable {
         for address in wanted.subtracting(current).sorted(by: { "\($0)" < "\($1)" }) {
             do {
                 try await bind(address)
+                failedBinds.withLockedValue { _ = $0.remove(address) }
             } catch {
-                logger.error(
-                    "cannot listen for HBONE; will retry on the next mesh update",
-                    metadata: ["address": "\(address)", "error": "\(error)"])
+                if failedBinds.withLockedValue({ $0.insert(address).inserted }) {
+                    logger.error(
+                        "cannot listen for HBONE; will retry on every mesh update (logged once)",
+                        metadata: ["address": "\(address)", "error": "\(error)"])
+                }
             }
         }
     }
