@@ -139,6 +139,8 @@ class Bench:
             out = inns("a", "iperf3", "-c", host, "-p", str(iperf_port), "-t", str(duration), "-J",
                        timeout=duration + 60)
             report = json.loads(out.stdout)
+            if "error" in report:
+                raise RuntimeError(f"iperf3 to {host}:{iperf_port} ({name}): {report['error']}")
             received = report["end"]["sum_received"]
             runs.append(received["bits_per_second"] / 1e9)
             if pids:
@@ -262,7 +264,7 @@ backend echo
             base = 16000 + index * 100
             manifest = f"""node: {{name: node-{pod}, drainDeadline: 2s}}
 admin: {{address: "127.0.0.1:{base}", readinessAddress: "127.0.0.1:{base + 21}"}}
-logging: {{level: warning}}
+logging: {{level: info}}
 plugins:
   - id: local-config
     config: {{path: mesh.yaml}}
