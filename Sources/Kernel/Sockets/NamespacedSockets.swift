@@ -123,6 +123,21 @@ enum NamespacedSockets {
         }
     }
 
+    /// Checks without waiting whether the connect started on `fd` has finished: the
+    /// result (closing `fd` on failure), or nil while it is still in progress.
+    static func connectFinishedNow(fd: Int32, to destination: SocketAddr, in namespace: NetworkNamespace) -> Result<Int32, SocketError>? {
+        var pollFD = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        guard poll(&pollFD, 1, 0) == 1 else { return nil }
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0 { error = errno }
+        if error != 0 {
+            Glibc.close(fd)
+            return .failure(connectError(error, to: destination, in: namespace))
+        }
+        return .success(fd)
+    }
+
     private static func connectError(_ code: Int32, to destination: SocketAddr, in namespace: NetworkNamespace) -> SocketError {
         let text = String(cString: strerror(code))
         if code == ECONNREFUSED {

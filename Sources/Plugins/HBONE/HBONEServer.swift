@@ -372,7 +372,7 @@ final class HBONEServer: Sendable {
         let request = InboundRequest(source: source, destination: target, peerIdentity: peer, route: "hbone")
         let inbound = self.inbound
         let loop = stream.eventLoop
-        let admitted = loop.makeFutureWithTask { await inbound.admit(request) }
+        let admitted = inbound.admit(request, on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {
             case .failure(let refusal):
