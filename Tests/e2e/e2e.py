@@ -423,6 +423,13 @@ def scenario_cross_node(c):
         expect(opened >= 2, f"node2 did not record a1's identity on mTLS connections (opened +{opened})")
         expect(received >= 8 * 1024 * 1024, f"node2 counted {received} bytes from a1, expected >= 8 MiB")
     eventually(seen)
+    # The pooled HBONE connection leaves from inside a1 (its socket was made in a1's
+    # namespace, with a1's address), not from the node.
+    inside = inns("a1", "ss", "-Htn", "state", "established", "dst", f"{PODS['b1'][1]}:15008").stdout
+    expect(inside.strip(), "no HBONE connection from inside a1 to b1:15008")
+    expect(PODS["a1"][1] in inside, f"HBONE connection does not use a1's address: {inside}")
+    on_node = inns("node1", "ss", "-Htn", "state", "established", "dst", f"{PODS['b1'][1]}:15008").stdout
+    expect(not on_node.strip(), f"node1's own namespace holds an HBONE connection to b1: {on_node}")
     # curl, unmodified, fetching a 4 MiB file over the captured path.
     with open(os.path.join(c.dir, "blob.bin"), "rb") as f:
         want = hashlib.sha256(f.read()).hexdigest()

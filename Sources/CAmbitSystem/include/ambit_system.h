@@ -10,4 +10,9 @@ int ambit_setns_net(int fd);
 /// The file system magic number of `fd` (fstatfs f_type), or -1.
 long ambit_fs_magic(int fd);
 
+/// bind(2) / connect(2) to an IPv4 (`length` 4) or IPv6 (`length` 16) address in network
+/// byte order and a port in host byte order.
+int ambit_bind_ip(int fd, const unsigned char *address, int length, unsigned short port);
+int ambit_connect_ip(int fd, const unsigned char *address, int length, unsigned short port);
+
 #endif

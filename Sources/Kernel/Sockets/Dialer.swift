@@ -121,6 +121,13 @@ public struct TCPDialer: Sendable {
         let connected: EventLoopFuture<Int32>
         if started.connected {
             connected = eventLoop.makeSucceededFuture(started.fd)
+        } else if let done = NamespacedSockets.connectFinishedNow(fd: started.fd, to: destination, in: namespace) {
+            // Local destinations (the pod's own application) are usually connected by the
+            // time the kernel returns from connect: no thread hop.
+            switch done {
+            case .success(let fd): connected = eventLoop.makeSucceededFuture(fd)
+            case .failure(let error): connected = eventLoop.makeFailedFuture(error)
+            }
         } else {
             let fd = started.fd
             connected = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {

@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CAmbitSystem
 import NIOCore
 import NIOPosix
 
@@ -31,12 +32,10 @@ enum NamespacedSockets {
                     try set(fd, Int32(IPPROTO_IPV6), IPV6_TRANSPARENT, 1, what: "IPV6_TRANSPARENT", at: address)
                 }
             }
-            try withSockaddr(address) { pointer, length in
-                guard Glibc.bind(fd, pointer, length) == 0 else {
-                    throw SocketError(
-                        code: .bindFailed,
-                        message: "cannot listen on \(address) in \(namespace): \(NetworkNamespace.errnoText())")
-                }
+            guard bind(fd, address) == 0 else {
+                throw SocketError(
+                    code: .bindFailed,
+                    message: "cannot listen on \(address) in \(namespace): \(NetworkNamespace.errnoText())")
             }
             guard Glibc.listen(fd, options.backlog) == 0 else {
                 throw SocketError(
@@ -72,17 +71,18 @@ enum NamespacedSockets {
                 }
             }
             if let source = options.sourceAddress {
-                try withSockaddr(SocketAddr(ip: source, port: 0)) { pointer, length in
-                    guard Glibc.bind(fd, pointer, length) == 0 else {
-                        throw SocketError(
-                            code: .connectFailed,
-                            message: "cannot bind source \(source) to connect to \(destination) in \(namespace): \(NetworkNamespace.errnoText())")
-                    }
+                guard bind(fd, SocketAddr(ip: source, port: 0)) == 0 else {
+                    throw SocketError(
+                        code: .connectFailed,
+                        message: "cannot bind source \(source) to connect to \(destination) in \(namespace): \(NetworkNamespace.errnoText())")
                 }
             }
-            let connected = try withSockaddr(destination) { pointer, length -> Bool in
-                if Glibc.connect(fd, pointer, length) == 0 { return true }
-                if errno == EINPROGRESS { return false }
+            let connected: Bool
+            if connect(fd, destination) == 0 {
+                connected = true
+            } else if errno == EINPROGRESS {
+                connected = false
+            } else {
                 throw connectError(errno, to: destination, in: namespace)
             }
             return (fd, connected)
@@ -123,6 +123,21 @@ enum NamespacedSockets {
         }
     }
 
+    /// Checks without waiting whether the connect started on `fd` has finished: the
+    /// result (closing `fd` on failure), or nil while it is still in progress.
+    static func connectFinishedNow(fd: Int32, to destination: SocketAddr, in namespace: NetworkNamespace) -> Result<Int32, SocketError>? {
+        var pollFD = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        guard poll(&pollFD, 1, 0) == 1 else { return nil }
+        var error: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0 { error = errno }
+        if error != 0 {
+            Glibc.close(fd)
+            return .failure(connectError(error, to: destination, in: namespace))
+        }
+        return .success(fd)
+    }
+
     private static func connectError(_ code: Int32, to destination: SocketAddr, in namespace: NetworkNamespace) -> SocketError {
         let text = String(cString: strerror(code))
         if code == ECONNREFUSED {
@@ -148,34 +163,16 @@ enum NamespacedSockets {
         }
     }
 
-    private static func withSockaddr<T>(
-        _ address: SocketAddr, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T
-    ) throws -> T {
-        switch address.ip {
-        case .v4(let value):
-            var storage = sockaddr_in()
-            storage.sin_family = sa_family_t(AF_INET)
-            storage.sin_port = address.port.bigEndian
-            storage.sin_addr.s_addr = value.bigEndian
-            return try withUnsafePointer(to: &storage) {
-                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    try body($0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-        case .v6:
-            var storage = sockaddr_in6()
-            storage.sin6_family = sa_family_t(AF_INET6)
-            storage.sin6_port = address.port.bigEndian
-            let bytes = address.ip.bytes
-            withUnsafeMutableBytes(of: &storage.sin6_addr) { raw in
-                for (index, byte) in bytes.enumerated() { raw[index] = byte }
-            }
-            return try withUnsafePointer(to: &storage) {
-                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size))
-                }
-            }
-        }
+    /// bind(2) to `address`.
+    private static func bind(_ fd: Int32, _ address: SocketAddr) -> Int32 {
+        let bytes = address.ip.bytes
+        return bytes.withUnsafeBufferPointer { ambit_bind_ip(fd, $0.baseAddress, Int32($0.count), address.port) }
+    }
+
+    /// connect(2) to `address`.
+    private static func connect(_ fd: Int32, _ address: SocketAddr) -> Int32 {
+        let bytes = address.ip.bytes
+        return bytes.withUnsafeBufferPointer { ambit_connect_ip(fd, $0.baseAddress, Int32($0.count), address.port) }
     }
     #endif
 }

@@ -111,12 +111,10 @@ public final class NetworkNamespace: Sendable, CustomStringConvertible {
             guard fd >= 0 else {
                 throw SocketError(code: .bindFailed, message: "network namespace \(path) was released")
             }
-            let home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
-            guard home >= 0 else {
+            guard let home = Self.home else {
                 throw SocketError(
-                    code: .bindFailed, message: "cannot open this thread's network namespace: \(Self.errnoText())")
+                    code: .bindFailed, message: "cannot open the proxy's own network namespace (/proc/self/ns/net)")
             }
-            defer { Glibc.close(home) }
             guard ambit_setns_net(fd) == 0 else {
                 throw SocketError(
                     code: .bindFailed,
@@ -142,6 +140,17 @@ public final class NetworkNamespace: Sendable, CustomStringConvertible {
     }
 
     static func errnoText() -> String { String(cString: strerror(errno)) }
+
+    /// The proxy's own namespace, which every thread returns to after making a socket:
+    /// opened once (threads only ever leave it for the length of a `socket(2)` call).
+    private static let home: Int32? = {
+        #if os(Linux)
+        let fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)
+        return fd >= 0 ? fd : nil
+        #else
+        return nil
+        #endif
+    }()
 
     /// NSFS_MAGIC from linux/magic.h.
     private static let nsfsMagic: UInt = 0x6e73_6673

@@ -91,7 +91,7 @@ final class InboundPlaintext: Sendable {
                     InboundRefusal(code: .unknownDestination, message: "\(destination) is not pod \(pod.workload)"))
             }
             let request = InboundRequest(source: client, destination: destination, peerIdentity: nil, route: "plaintext")
-            return eventLoop.makeFutureWithTask { await inbound.admit(request) }.flatMapResult { $0 }
+            return inbound.admit(request, on: eventLoop).flatMapResult { $0 }
         }.flatMap { record in
             inbound.connect(record, on: eventLoop, in: pod?.namespace).map { upstream in
                 inbound.relay(downstream: channel, upstream: upstream, record: record)

@@ -128,7 +128,7 @@ final class OutboundPath: Sendable {
             let tunnelRequest = TunnelRequest(
                 source: source, sourceAddress: sourceAddress, gateway: target.gateway,
                 authority: target.authority, expectedIdentities: target.expectedIdentities,
-                destination: target.destinationWorkload)
+                destination: target.destinationWorkload, namespace: namespace)
             let record = ConnectionRecord(
                 direction: .outbound, source: sourceAddress, destination: request.destination,
                 sourceWorkload: source, destinationWorkload: target.destinationWorkload,

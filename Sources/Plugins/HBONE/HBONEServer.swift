@@ -28,6 +28,8 @@ final class HBONEServer: Sendable {
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let draining = NIOLockedValueBox(false)
     let handshakes: PendingHandshakes
+    /// Addresses whose bind failed, so a failure is logged once, not on every mesh update.
+    private let failedBinds = NIOLockedValueBox<Set<SocketAddr>>([])
 
     static let readinessComponent = "hbone server"
     /// The name this server reports to ``CapturedPods``.
@@ -193,10 +195,13 @@ final class HBONEServer: Sendable {
         for address in wanted.subtracting(current).sorted(by: { "\($0)" < "\($1)" }) {
             do {
                 try await bind(address)
+                failedBinds.withLockedValue { _ = $0.remove(address) }
             } catch {
-                logger.error(
-                    "cannot listen for HBONE; will retry on the next mesh update",
-                    metadata: ["address": "\(address)", "error": "\(error)"])
+                if failedBinds.withLockedValue({ $0.insert(address).inserted }) {
+                    logger.error(
+                        "cannot listen for HBONE; will retry on every mesh update (logged once)",
+                        metadata: ["address": "\(address)", "error": "\(error)"])
+                }
             }
         }
     }
@@ -401,7 +406,7 @@ final class HBONEServer: Sendable {
         let request = InboundRequest(source: source, destination: target, peerIdentity: peer, route: "hbone")
         let inbound = self.inbound
         let loop = stream.eventLoop
-        let admitted = loop.makeFutureWithTask { await inbound.admit(request) }
+        let admitted = inbound.admit(request, on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {
             case .failure(let refusal):
