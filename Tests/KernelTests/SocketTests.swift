@@ -1,3 +1,4 @@
+import Foundation
 import Kernel
 import NIOCore
 import NIOPosix
@@ -160,6 +161,74 @@ struct SocketTests {
             #expect(error?.code == .invalidAddress)
             await listener.stopAccepting()
         }
+    }
+
+    /// Runs `ip` (the test needs root, as in CI).
+    private static func ip(_ arguments: String...) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["ip"] + arguments
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw SocketError(code: .bindFailed, message: "ip \(arguments.joined(separator: " ")) failed")
+        }
+    }
+
+    @Test
+    func listenerAndDialerWorkInsideAnotherNetworkNamespace() async throws {
+        let name = "ambit-kt-\(getpid())"
+        try Self.ip("netns", "add", name)
+        defer { try? Self.ip("netns", "del", name) }
+        try Self.ip("-n", name, "link", "set", "lo", "up")
+        let namespace = try NetworkNamespace(path: "/var/run/netns/\(name)", mark: 0x539)
+        defer { namespace.close() }
+        #expect(namespace.isStillMounted)
+
+        try await Self.withGroup { group in
+            let accepted = group.next().makePromise(of: (any Channel).self)
+            let listener = try await Self.echoListener(
+                ListenerOptions(address: SocketAddr(ip: loopback, port: 0), namespace: namespace), group: group,
+                accepted: accepted)
+            #expect(listener.localAddress.port != 0)
+
+            // From the proxy's own namespace the port is not there: the listener is in the other one.
+            let outside = await #expect(throws: SocketError.self) {
+                try await Self.connect(to: listener.localAddress, group: group)
+            }
+            #expect(outside?.code == .connectionRefused)
+
+            // A dialer placed in the namespace reaches it; both ends carry the namespace's mark.
+            let client = try await TCPDialer().placed(in: namespace).connect(to: listener.localAddress, on: group.next())
+                .get()
+            #expect(try await Self.roundTrip("inside", over: client) == "inside")
+            #expect(try await SocketOptions.mark(of: client).get() == 0x539)
+            let serverSide = try await value(of: accepted.futureResult, "accepted connection")
+            #expect(try await SocketOptions.mark(of: serverSide).get() == 0x539)
+
+            // Refusals inside the namespace are classified like any other.
+            let refused = await #expect(throws: SocketError.self) {
+                try await TCPDialer().placed(in: namespace).connect(
+                    to: SocketAddr(ip: loopback, port: 1), on: group.next()
+                ).get()
+            }
+            #expect(refused?.code == .connectionRefused)
+            #expect(refused?.message.contains(name) == true)
+            try await client.close()
+            await listener.stopAccepting()
+        }
+        try Self.ip("netns", "del", name)
+        #expect(!namespace.isStillMounted)
+    }
+
+    @Test
+    func openingSomethingThatIsNotANetworkNamespaceNamesThePath() throws {
+        let missing = #expect(throws: SocketError.self) {
+            try NetworkNamespace(path: "/var/run/netns/ambit-no-such-namespace")
+        }
+        #expect(missing?.message.contains("/var/run/netns/ambit-no-such-namespace") == true)
+        let notNamespace = #expect(throws: SocketError.self) { try NetworkNamespace(path: "/etc/hostname") }
+        #expect(notNamespace?.message.contains("not a network namespace") == true)
     }
 
     @Test

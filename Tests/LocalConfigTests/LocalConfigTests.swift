@@ -321,3 +321,62 @@ struct LocalConfigTests {
         #expect(LocalConfigPlugin.provides == [.discovery])
     }
 }
+
+/// Fault: the mesh file replaced with garbage of every kind (RELIABILITY.md).
+@Suite("LocalConfig faults")
+struct LocalConfigFaultTests {
+    /// Inputs a broken writer, a wrong copy or an attacker with write access could leave.
+    static let garbage: [(name: String, bytes: [UInt8])] = {
+        var generator = SystemRandomNumberGenerator()
+        let good = Array(mesh(workloads: ["a", "b"]).utf8)
+        let laughs =
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            + "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+            + "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+            + "workloads: [*f]\n"
+        return [
+            ("empty", []),
+            ("whitespace and comments", Array("\n  \n# nothing here\n".utf8)),
+            ("truncated mid-entry", Array(good.prefix(good.count / 2 + 7))),
+            ("random bytes", (0..<4096).map { _ in UInt8.random(in: 0...255, using: &generator) }),
+            ("invalid UTF-8", [0xff, 0xfe, 0x77, 0x6f, 0x72, 0x6b, 0xc3, 0x28] + good),
+            ("NUL bytes", good.map { $0 == UInt8(ascii: ":") ? 0 : $0 }),
+            ("a mapping instead of a list", Array("workloads: {a: 1}\n".utf8)),
+            ("a scalar document", Array("just text\n".utf8)),
+            ("deep nesting", Array((String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000)).utf8)),
+            ("alias expansion (billion laughs)", Array(laughs.utf8)),
+            ("1 MiB of one line", Array(repeating: UInt8(ascii: "x"), count: 1 << 20)),
+        ]
+    }()
+
+    /// Promise: whatever replaces the file, the watcher logs an error naming the file and
+    /// keeps serving the last good mesh; a good file afterwards is applied again.
+    @Test("a mesh file replaced with garbage keeps the last good mesh", .timeLimit(.minutes(2)))
+    func garbageKeepsLastGoodMesh() async throws {
+        let directory = makeTempDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = "\(directory)/mesh.yaml"
+        write(mesh(workloads: ["a", "b"]), to: file)
+        let (plugin, store) = try makePlugin(directory: directory)
+        try await plugin.provision()
+        let runner = Task { try await plugin.run() }
+        defer { runner.cancel() }
+        var kept = 0
+        for (name, bytes) in Self.garbage {
+            let before = plugin.status.published
+            try Data(bytes).write(to: URL(fileURLWithPath: file))
+            let rejected = await eventually(within: 10) { plugin.status.lastError != nil }
+            #expect(rejected, "\(name): not rejected")
+            #expect(plugin.status.lastError?.errors.first?.file == file, "\(name)")
+            #expect(plugin.status.published == before, "\(name): published")
+            #expect(Set(store.snapshot.workloads.keys) == ["a", "b"], "\(name)")
+            if rejected && Set(store.snapshot.workloads.keys) == ["a", "b"] { kept += 1 }
+            // Back to good between garbage, so each garbage is a change the watcher sees.
+            write(mesh(workloads: ["a", "b"]), to: file)
+            #expect(await eventually { plugin.status.lastError == nil }, "\(name): good file not applied again")
+        }
+        print("reliability: mesh file replaced with \(Self.garbage.count) kinds of garbage: last good mesh kept \(kept) times")
+        runner.cancel()
+        _ = await runner.result
+    }
+}

@@ -151,6 +151,10 @@ struct IstioTCPMetricsTests {
         ] {
             #expect(line.contains(" \(field)"), "\(field) in \(line)")
         }
+        #expect(!line.contains("authz="))  // no decision recorded: no field
+        record.recordDecision(AuthorizationDecision(verdict: .allow, reason: "listed", plugin: "allow-list"))
+        let decided = AccessLog.line(for: record, format: .json)
+        #expect(decided.contains(#""authz":"allow by allow-list: listed""#), "\(decided)")
         record.recordFailure("peer reset", flag: .connectFailure)
         let failed = AccessLog.line(for: record, outcome: "connection failed", format: .text)
         #expect(failed.contains(" error [access] connection failed "))

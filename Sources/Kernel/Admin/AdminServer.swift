@@ -31,6 +31,8 @@ public struct AdminEndpoints: Sendable {
     public var currentLogLevel: @Sendable () -> String
     /// `POST /quitquitquit`: starts the graceful drain; called after the answer is sent.
     public var quit: @Sendable () -> Void
+    /// Routes added by plugins (``AdminRouteProvider``), looked up on every request.
+    public var routes: @Sendable () -> [AdminRoute]
 
     /// Creates endpoints from closures.
     public init(
@@ -38,13 +40,15 @@ public struct AdminEndpoints: Sendable {
         plugins: @escaping @Sendable () async -> String,
         setLogLevel: @escaping @Sendable (String) -> Result<String, AdminFailure>,
         currentLogLevel: @escaping @Sendable () -> String,
-        quit: @escaping @Sendable () -> Void
+        quit: @escaping @Sendable () -> Void,
+        routes: @escaping @Sendable () -> [AdminRoute] = { [] }
     ) {
         self.configDump = configDump
         self.plugins = plugins
         self.setLogLevel = setLogLevel
         self.currentLogLevel = currentLogLevel
         self.quit = quit
+        self.routes = routes
     }
 
     /// Creates endpoints whose `/logging` reads and sets `logLevel`.
@@ -138,7 +142,14 @@ public final class AdminServer: Sendable {
         switch request.path {
         case "/":
             guard isRead else { return now(.methodNotAllowed(request, allowed: [.GET, .HEAD])) }
-            return now(HTTPEndpointResponse(.ok, index))
+            let extra = endpoints.routes().map { route in
+                let methods = route.methods.map { "\($0)" }.joined(separator: ",")
+                func pad(_ text: String, _ width: Int) -> String {
+                    text + String(repeating: " ", count: max(1, width - text.count))
+                }
+                return "  \(pad(methods, 5))\(pad(route.path, 32))\(route.summary)\n"
+            }.joined()
+            return now(HTTPEndpointResponse(.ok, index + extra))
         case "/config_dump":
             guard isRead else { return now(.methodNotAllowed(request, allowed: [.GET, .HEAD])) }
             return json(endpoints.configDump)
@@ -171,7 +182,43 @@ public final class AdminServer: Sendable {
             logger.notice("graceful drain requested through the admin server")
             return now(HTTPEndpointResponse(.ok, "OK\n", afterSent: endpoints.quit))
         default:
-            return now(.notFound(request))
+            guard let route = endpoints.routes().first(where: { $0.path == request.path }) else {
+                return now(.notFound(request))
+            }
+            guard route.methods.contains(request.method) else {
+                return now(.methodNotAllowed(request, allowed: route.methods))
+            }
+            return eventLoop.makeFutureWithTask { await route.handler(request) }
         }
     }
+}
+
+/// One admin route a plugin adds, e.g. the capture plugin's `/pods`.
+public struct AdminRoute: Sendable {
+    /// The exact path, e.g. `/pods`.
+    public var path: String
+    /// The methods it answers; others get 405.
+    public var methods: [HTTPMethod]
+    /// One line for the admin index: what it does.
+    public var summary: String
+    /// Answers one request (query parameters carry the arguments; bodies are not read).
+    public var handler: @Sendable (HTTPEndpointRequest) async -> HTTPEndpointResponse
+
+    /// Creates a route.
+    public init(
+        path: String, methods: [HTTPMethod], summary: String,
+        handler: @escaping @Sendable (HTTPEndpointRequest) async -> HTTPEndpointResponse
+    ) {
+        self.path = path
+        self.methods = methods
+        self.summary = summary
+        self.handler = handler
+    }
+}
+
+/// A plugin that adds routes to the node's admin server (port 15000, localhost). Routes
+/// must not shadow the kernel's (`/config_dump`, `/plugins`, `/logging`, `/quitquitquit`).
+public protocol AdminRouteProvider: Sendable {
+    /// The plugin's routes; read on every admin request, so they may change over time.
+    var adminRoutes: [AdminRoute] { get }
 }

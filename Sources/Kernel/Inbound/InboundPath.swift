@@ -81,6 +81,43 @@ public final class InboundPath: Sendable {
     /// yet registered; it carries the attributes so a policy change can re-evaluate it) or
     /// why it is refused. Refusals are logged here; denials are reported to telemetry.
     public func admit(_ request: InboundRequest) async -> Result<ConnectionRecord, InboundRefusal> {
+        switch prepare(request) {
+        case .refused(let refusal):
+            return .failure(refusal)
+        case .ready(let record, let attributes, let metadata):
+            let decision = await context.policyChain.authorize(attributes)
+            return finish(record, decision: decision, metadata: metadata)
+        }
+    }
+
+    /// ``admit(_:)`` without suspending, when the policy chain can decide at once (no
+    /// policy plugin, or only ``ImmediateConnectionAuthorizer``s that answer now): call it
+    /// on the connection's event loop and fall back to ``admit(_:)`` when it returns nil.
+    public func admitImmediately(_ request: InboundRequest) -> Result<ConnectionRecord, InboundRefusal>? {
+        switch prepare(request) {
+        case .refused(let refusal):
+            return .failure(refusal)
+        case .ready(let record, let attributes, let metadata):
+            guard let decision = context.policyChain.authorizeImmediately(attributes) else { return nil }
+            return finish(record, decision: decision, metadata: metadata)
+        }
+    }
+
+    /// Admits `request` on `eventLoop`: at once when the chain can decide at once, else
+    /// through a task.
+    public func admit(_ request: InboundRequest, on eventLoop: any EventLoop) -> EventLoopFuture<Result<ConnectionRecord, InboundRefusal>> {
+        if let now = admitImmediately(request) { return eventLoop.makeSucceededFuture(now) }
+        return eventLoop.makeFutureWithTask { await self.admit(request) }
+    }
+
+    private enum Prepared {
+        case refused(InboundRefusal)
+        case ready(ConnectionRecord, ConnectionAttributes, Logger.Metadata)
+    }
+
+    /// Everything before the policy decision: self-call, destination workload, locality,
+    /// the record and the attributes policies see.
+    private func prepare(_ request: InboundRequest) -> Prepared {
         let mesh = context.mesh.snapshot
         var metadata: Logger.Metadata = [
             "source": "\(request.source)", "destination": "\(request.destination)", "route": "\(request.route)",
@@ -88,15 +125,15 @@ public final class InboundPath: Sendable {
         if let peer = request.peerIdentity { metadata["peer"] = "\(peer)" }
 
         if Forwarding.proxyPorts.contains(request.destination.port) {
-            return refuse(
+            return refused(
                 .selfCall, "\(request.destination) is one of the proxy's own ports; refusing to connect to itself",
                 metadata)
         }
         guard let workload = mesh.workload(at: request.destination.ip) else {
-            return refuse(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", metadata)
+            return refused(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", metadata)
         }
         if !context.nodeName.isEmpty && !workload.node.isEmpty && workload.node != context.nodeName {
-            return refuse(
+            return refused(
                 .notLocal, "workload \(workload.uid) runs on node \(workload.node), not on \(context.nodeName)",
                 metadata)
         }
@@ -109,7 +146,18 @@ public final class InboundPath: Sendable {
             direction: .inbound, source: request.source, destination: request.destination,
             sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
             route: request.route, isMutualTLS: request.peerIdentity != nil, authorization: attributes)
-        let decision = await context.policyChain.authorize(attributes)
+        return .ready(record, attributes, metadata)
+    }
+
+    private func refused(_ code: InboundRefusal.Code, _ message: String, _ metadata: Logger.Metadata) -> Prepared {
+        if case .failure(let refusal) = refuse(code, message, metadata) { return .refused(refusal) }
+        return .refused(InboundRefusal(code: code, message: message))
+    }
+
+    private func finish(
+        _ record: ConnectionRecord, decision: AuthorizationDecision, metadata: Logger.Metadata
+    ) -> Result<ConnectionRecord, InboundRefusal> {
+        var metadata = metadata
         record.recordDecision(decision)
         if !decision.allowed {
             if let policy = decision.policy { metadata["policy"] = "\(policy)" }
@@ -120,12 +168,15 @@ public final class InboundPath: Sendable {
         return .success(record)
     }
 
-    /// Dials the record's destination (the local workload) from `eventLoop`. Fails with an
+    /// Dials the record's destination (the local workload) from `eventLoop`, inside
+    /// `namespace` when given (the destination pod's, under in-pod capture). Fails with an
     /// ``InboundRefusal`` of code ``InboundRefusal/Code/connectFailed``.
-    public func connect(_ record: ConnectionRecord, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+    public func connect(
+        _ record: ConnectionRecord, on eventLoop: any EventLoop, in namespace: NetworkNamespace? = nil
+    ) -> EventLoopFuture<any Channel> {
         let logger = self.logger
         let sinks = context.providers(of: (any TelemetrySink).self)
-        return dialer.connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
+        return dialer.placed(in: namespace).connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
             logger.info(
                 "inbound: local workload unreachable",
                 metadata: ["destination": "\(record.destination)", "route": "\(record.route)", "error": "\(error)"])

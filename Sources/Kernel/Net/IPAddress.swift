@@ -18,6 +18,9 @@ public enum IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible, 
     /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (no zone, no brackets).
     public init?(_ text: some StringProtocol) {
         let string = String(text)
+        // inet_pton reads a C string: it would stop at a NUL and accept "10.0.0.1\0junk".
+        // The longest valid form (IPv4-mapped IPv6) is 45 characters.
+        guard string.utf8.count <= 45, !string.utf8.contains(0) else { return nil }
         var v4 = in_addr()
         if inet_pton(AF_INET, string, &v4) == 1 {
             self = .v4(UInt32(bigEndian: v4.s_addr))

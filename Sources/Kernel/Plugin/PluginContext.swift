@@ -26,6 +26,9 @@ public final class PluginContext: Sendable {
     public let baseDirectory: String
     /// The node's policy decision deadline and failure counts (see ``PolicyChain``).
     public let policyGuard: PolicyGuard
+    /// The pods this node captures inside their own network namespaces (in-pod capture),
+    /// one registry per node.
+    public let pods: CapturedPods
     private let directory: PluginDirectory
     private let explicitMetrics: (any MetricsFactory)?
 
@@ -37,7 +40,7 @@ public final class PluginContext: Sendable {
         pluginID: String, logger: Logger, eventLoopGroup: any EventLoopGroup, mesh: MeshStore,
         connections: ConnectionRegistry, readiness: Readiness, nodeName: String,
         baseDirectory: String, directory: PluginDirectory, policyGuard: PolicyGuard = PolicyGuard(),
-        metrics: (any MetricsFactory)? = nil
+        pods: CapturedPods? = nil, metrics: (any MetricsFactory)? = nil
     ) {
         var logger = logger
         logger[metadataKey: "plugin"] = "\(pluginID)"
@@ -51,6 +54,7 @@ public final class PluginContext: Sendable {
         self.baseDirectory = baseDirectory
         self.directory = directory
         self.policyGuard = policyGuard
+        self.pods = pods ?? CapturedPods(readiness: readiness)
         self.explicitMetrics = metrics
     }
 

@@ -80,6 +80,26 @@ public struct PolicyChain: Sendable {
         return .allow(reason: links.isEmpty ? "no policy plugin enabled" : "no policy plugin objected")
     }
 
+    /// The chain's decision without suspending, when every link it consults can answer at
+    /// once (``ImmediateConnectionAuthorizer``); nil when one of them needs
+    /// ``authorize(_:)``. Same rules as ``authorize(_:)``: the first deny wins.
+    public func authorizeImmediately(_ attributes: ConnectionAttributes) -> AuthorizationDecision? {
+        var lastAllow: AuthorizationDecision?
+        for link in links {
+            guard let immediate = link.authorizer as? any ImmediateConnectionAuthorizer,
+                var decision = immediate.authorizeImmediately(attributes)
+            else { return nil }
+            decision.plugin = link.id
+            switch decision.verdict {
+            case .deny: return decision
+            case .allow: lastAllow = decision
+            case .abstain: continue
+            }
+        }
+        if let lastAllow { return lastAllow }
+        return .allow(reason: links.isEmpty ? "no policy plugin enabled" : "no policy plugin objected")
+    }
+
     /// One link's decision, raced against the deadline. The plugin runs in a task of its
     /// own so that a call that never returns can be abandoned: awaiting it here (or in a
     /// task group, which waits for its children) would hold the connection forever.

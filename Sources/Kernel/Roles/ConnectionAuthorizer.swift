@@ -114,3 +114,15 @@ public protocol ConnectionAuthorizer: AnyObject, Sendable {
     /// chain turns into a deny naming the error).
     func authorize(_ connection: ConnectionAttributes) async throws -> AuthorizationDecision
 }
+
+/// A ``ConnectionAuthorizer`` that can often decide at once, without suspending: the
+/// inbound path then decides on the connection's event loop, with no task hop (the
+/// first-party `authorization` plugin evaluates its in-memory index this way).
+///
+/// ``authorizeImmediately(_:)`` is called on an event loop: it must not block or wait.
+/// Returning nil sends the connection through ``ConnectionAuthorizer/authorize(_:)``
+/// instead, under the chain's deadline.
+public protocol ImmediateConnectionAuthorizer: ConnectionAuthorizer {
+    /// The verdict now, or nil when it needs to wait (then `authorize` is called).
+    func authorizeImmediately(_ connection: ConnectionAttributes) -> AuthorizationDecision?
+}

@@ -14,11 +14,15 @@ public struct TunnelRequest: Sendable {
     public var expectedIdentities: [SpiffeID]
     /// The destination workload, when known.
     public var destination: Workload?
+    /// Where the tunnel's socket must be made: the source pod's network namespace under
+    /// in-pod capture (the connection then leaves from the pod, marked so it is not
+    /// recaptured); nil for the proxy's own namespace.
+    public var namespace: NetworkNamespace?
 
     /// Creates a request.
     public init(
         source: Workload, sourceAddress: SocketAddr, gateway: SocketAddr, authority: String,
-        expectedIdentities: [SpiffeID], destination: Workload?
+        expectedIdentities: [SpiffeID], destination: Workload?, namespace: NetworkNamespace? = nil
     ) {
         self.source = source
         self.sourceAddress = sourceAddress
@@ -26,6 +30,7 @@ public struct TunnelRequest: Sendable {
         self.authority = authority
         self.expectedIdentities = expectedIdentities
         self.destination = destination
+        self.namespace = namespace
     }
 }
 

@@ -29,7 +29,9 @@ public final class ProxyNode: Sendable {
     /// Open connections.
     public let connections = ConnectionRegistry()
     /// What the node still waits for before it is ready.
-    public let readiness = Readiness()
+    public let readiness: Readiness
+    /// The pods captured inside their own network namespaces (in-pod capture).
+    public let pods: CapturedPods
     /// The policy decision deadline and the count of policy plugin failures.
     public let policyGuard: PolicyGuard
 
@@ -61,6 +63,9 @@ public final class ProxyNode: Sendable {
         self.logLevel = logLevel
         self.handleSignals = handleSignals
         self.policyGuard = PolicyGuard(deadline: plan.manifest.node.policyDeadline, logger: logger)
+        let readiness = Readiness()
+        self.readiness = readiness
+        self.pods = CapturedPods(readiness: readiness)
     }
 
     /// The bound admin address, once `run()` has started it.
@@ -224,7 +229,7 @@ public final class ProxyNode: Sendable {
             let context = PluginContext(
                 pluginID: entry.type.id, logger: logger, eventLoopGroup: group, mesh: mesh,
                 connections: connections, readiness: readiness, nodeName: plan.manifest.node.name,
-                baseDirectory: plan.baseDirectory, directory: directory, policyGuard: policyGuard)
+                baseDirectory: plan.baseDirectory, directory: directory, policyGuard: policyGuard, pods: pods)
             do {
                 built.append((entry.type.id, try entry.type.make(config: entry.config, context: context)))
                 setState(entry.type.id, .configured)
@@ -288,6 +293,9 @@ public final class ProxyNode: Sendable {
             currentLogLevel: { [logLevel] in logLevel?.level.rawValue ?? "info" },
             quit: { [self] in
                 shutdown()
+            },
+            routes: { [self] in
+                state.withLockedValue { $0.plugins }.flatMap { ($0.plugin as? any AdminRouteProvider)?.adminRoutes ?? [] }
             })
     }
 }

@@ -13,17 +13,22 @@ public struct DialerOptions: Sendable {
     /// `IP_TRANSPARENT` and `IP_FREEBIND`, so ``sourceAddress`` may be an address that is
     /// not this host's (connecting as the workload).
     public var transparent: Bool
+    /// Connect from inside this network namespace (a pod's, for in-pod capture) instead of
+    /// the proxy's own; its ``NetworkNamespace/mark`` applies when ``mark`` is nil. Nil: the
+    /// proxy's namespace.
+    public var namespace: NetworkNamespace?
 
     /// Options with everything defaulted: no mark, a 5 s timeout, the kernel's choice of
-    /// source address.
+    /// source address, the proxy's own namespace.
     public init(
         mark: UInt32? = nil, connectTimeout: TimeAmount = .seconds(5), sourceAddress: IPAddress? = nil,
-        transparent: Bool = false
+        transparent: Bool = false, namespace: NetworkNamespace? = nil
     ) {
         self.mark = mark
         self.connectTimeout = connectTimeout
         self.sourceAddress = sourceAddress
         self.transparent = transparent
+        self.namespace = namespace
     }
 }
 
@@ -43,6 +48,14 @@ public struct TCPDialer: Sendable {
         self.options = options
     }
 
+    /// This dialer, connecting from inside `namespace` (nil: unchanged).
+    public func placed(in namespace: NetworkNamespace?) -> TCPDialer {
+        guard let namespace else { return self }
+        var copy = self
+        copy.options.namespace = namespace
+        return copy
+    }
+
     /// Connects to `destination` from `eventLoop`, which then owns the channel. Dial on the
     /// downstream channel's loop so the relay runs without thread hops.
     ///
@@ -51,6 +64,9 @@ public struct TCPDialer: Sendable {
     ///   ``SocketError/Code/connectFailed``, ``SocketError/Code/invalidAddress``). The future
     ///   completes on `eventLoop`.
     public func connect(to destination: SocketAddr, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        if let namespace = options.namespace {
+            return connect(to: destination, on: eventLoop, in: namespace)
+        }
         let target: SocketAddress
         var source: SocketAddress?
         do {
@@ -86,5 +102,51 @@ public struct TCPDialer: Sendable {
         return bootstrap.connect(to: target).flatMapErrorThrowing { error in
             throw SocketError.connect(to: destination, failedWith: error)
         }
+    }
+
+    /// Connects from inside `namespace`: the socket is made there and the connect started
+    /// on the calling thread; a connect that does not complete at once is waited for on
+    /// NIO's blocking thread pool. The connected descriptor then joins `eventLoop`.
+    private func connect(
+        to destination: SocketAddr, on eventLoop: any EventLoop, in namespace: NetworkNamespace
+    ) -> EventLoopFuture<any Channel> {
+        #if os(Linux)
+        let options = self.options
+        let started: (fd: Int32, connected: Bool)
+        do {
+            started = try NamespacedSockets.startConnect(to: destination, options: options, in: namespace)
+        } catch {
+            return eventLoop.makeFailedFuture(SocketError.connect(to: destination, failedWith: error))
+        }
+        let connected: EventLoopFuture<Int32>
+        if started.connected {
+            connected = eventLoop.makeSucceededFuture(started.fd)
+        } else if let done = NamespacedSockets.connectFinishedNow(fd: started.fd, to: destination, in: namespace) {
+            // Local destinations (the pod's own application) are usually connected by the
+            // time the kernel returns from connect: no thread hop.
+            switch done {
+            case .success(let fd): connected = eventLoop.makeSucceededFuture(fd)
+            case .failure(let error): connected = eventLoop.makeFailedFuture(error)
+            }
+        } else {
+            let fd = started.fd
+            connected = NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
+                try NamespacedSockets.finishConnect(
+                    fd: fd, to: destination, timeout: options.connectTimeout, in: namespace)
+                return fd
+            }
+        }
+        return connected.flatMap { fd in
+            ClientBootstrap(group: eventLoop)
+                .channelOption(.allowRemoteHalfClosure, value: true)
+                .channelOption(.autoRead, value: false)
+                .withConnectedSocket(fd)
+        }.flatMapErrorThrowing { error in
+            throw SocketError.connect(to: destination, failedWith: error)
+        }
+        #else
+        return eventLoop.makeFailedFuture(
+            SocketError(code: .connectFailed, message: "network namespaces exist on Linux only"))
+        #endif
     }
 }

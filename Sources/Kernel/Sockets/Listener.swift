@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import NIOCore
 import NIOPosix
 
@@ -14,17 +17,22 @@ public struct ListenerOptions: Sendable {
     public var transparent: Bool
     /// The kernel's accept queue length.
     public var backlog: Int32
+    /// Listen inside this network namespace (a pod's, for in-pod capture) instead of the
+    /// proxy's own; its ``NetworkNamespace/mark`` applies when ``mark`` is nil. Nil: the
+    /// proxy's namespace.
+    public var namespace: NetworkNamespace?
 
     /// Options for `address`; the rest default to a plain listener.
     public init(
         address: SocketAddr, reusePort: Bool = false, mark: UInt32? = nil, transparent: Bool = false,
-        backlog: Int32 = 1024
+        backlog: Int32 = 1024, namespace: NetworkNamespace? = nil
     ) {
         self.address = address
         self.reusePort = reusePort
         self.mark = mark
         self.transparent = transparent
         self.backlog = backlog
+        self.namespace = namespace
     }
 }
 
@@ -61,6 +69,9 @@ public final class TCPListener: Sendable {
         _ options: ListenerOptions, group: any EventLoopGroup,
         childInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) async throws -> TCPListener {
+        if let namespace = options.namespace {
+            return try await bind(options, in: namespace, group: group, childInitializer: childInitializer)
+        }
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: options.backlog)
             // A restarted proxy must be able to listen again while old connections sit in TIME_WAIT.
@@ -97,6 +108,39 @@ public final class TCPListener: Sendable {
             throw SocketError(code: .bindFailed, message: "listener on \(options.address) has no IP local address")
         }
         return TCPListener(channel: channel, localAddress: local)
+    }
+
+    /// A listener inside `namespace`: the socket is made there, bound and listening, then
+    /// handed to NIO.
+    private static func bind(
+        _ options: ListenerOptions, in namespace: NetworkNamespace, group: any EventLoopGroup,
+        childInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) async throws -> TCPListener {
+        #if os(Linux)
+        let fd = try NamespacedSockets.listeningSocket(options, in: namespace)
+        let bootstrap = ServerBootstrap(group: group)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.autoRead, value: true)
+            .childChannelInitializer(childInitializer)
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.withBoundSocket(fd).get()
+        } catch {
+            // NIO closes the descriptor when it took it; a failure before that leaves it open.
+            _ = Glibc.close(fd)
+            throw SocketError(
+                code: .bindFailed, message: "cannot listen on \(options.address) in \(namespace): \(error)",
+                underlying: error)
+        }
+        guard let local = SocketAddr(channel.localAddress) else {
+            channel.close(promise: nil)
+            throw SocketError(code: .bindFailed, message: "listener on \(options.address) has no IP local address")
+        }
+        return TCPListener(channel: channel, localAddress: local)
+        #else
+        throw SocketError(code: .bindFailed, message: "network namespaces exist on Linux only")
+        #endif
     }
 
     /// Stops accepting: closes the listening socket and returns once it is closed. Already

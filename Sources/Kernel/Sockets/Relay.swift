@@ -1,3 +1,10 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -466,7 +473,7 @@ final class RelayHandler: ChannelInboundHandler {
         outbox = []
         guard let context, !channelClosed else { return }
         if abortive {
-            requestClose(context)
+            abort(context)
         } else if started {
             finishAfterPeerClose(context)
         }
@@ -477,7 +484,7 @@ final class RelayHandler: ChannelInboundHandler {
     /// channel (unless the peer failed), then close it.
     private func finishAfterPeerClose(_ context: ChannelHandlerContext) {
         if peerCloseAbortive {
-            requestClose(context)
+            abort(context)
             return
         }
         let drained = context.eventLoop.makePromise(of: Void.self)
@@ -500,6 +507,17 @@ final class RelayHandler: ChannelInboundHandler {
             context.close(mode: .output, promise: shut)
             shut.futureResult.assumeIsolated().whenComplete { _ in self.requestClose(context) }
         }
+    }
+
+    /// The peer failed (reset, error, unexpected close): end our channel the same way, so
+    /// its other end cannot take the truncated transfer for a complete one. A socket is
+    /// reset (SO_LINGER 0: RST instead of FIN); a multiplexed stream resets itself on a
+    /// plain close.
+    private func abort(_ context: ChannelHandlerContext) {
+        if let socket = context.channel as? any SocketOptionProvider {
+            _ = socket.setSoLinger(linger(l_onoff: 1, l_linger: 0))
+        }
+        requestClose(context)
     }
 
     private func requestClose(_ context: ChannelHandlerContext) {

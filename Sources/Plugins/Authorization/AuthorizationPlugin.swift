@@ -32,7 +32,7 @@ import ServiceLifecycle
 ///     watch: true                       # reload the files on change
 ///     pollInterval: 1s
 /// ```
-public final class AuthorizationPlugin: Plugin, ConnectionAuthorizer {
+public final class AuthorizationPlugin: Plugin, ImmediateConnectionAuthorizer {
     /// `config:` of the manifest entry.
     public struct Config: Decodable, Sendable {
         /// Policy files, as written (relative paths are taken from the manifest's directory).
@@ -198,6 +198,15 @@ public final class AuthorizationPlugin: Plugin, ConnectionAuthorizer {
     // MARK: - ConnectionAuthorizer
 
     public func authorize(_ connection: ConnectionAttributes) async -> AuthorizationDecision {
+        decide(connection)
+    }
+
+    /// Always answers at once: the evaluation is a lookup in the in-memory index.
+    public func authorizeImmediately(_ connection: ConnectionAttributes) -> AuthorizationDecision? {
+        decide(connection)
+    }
+
+    private func decide(_ connection: ConnectionAttributes) -> AuthorizationDecision {
         let mesh = context.mesh.snapshot
         let evaluation = index(for: mesh).evaluate(connection, mesh: mesh)
         let decision = evaluation.decision

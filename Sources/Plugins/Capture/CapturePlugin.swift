@@ -6,12 +6,17 @@ import ServiceLifecycle
 
 /// Captures application connections and sends them through the node's outbound path.
 ///
-/// First mode: an explicit SOCKS5 listener (no authentication; IPv4, IPv6 and domain
-/// destinations). The client's source IP identifies the source workload, the
-/// forwarding decision picks the destination, and plain-TCP destinations are relayed
-/// directly. HBONE destinations go through the tunnel-dialer role (the `hbone`
-/// plugin); without one they are refused with a log line saying so.
-public final class CapturePlugin: Plugin, CaptureSource {
+/// Two modes, usable together:
+/// - an explicit SOCKS5 listener (no authentication; IPv4, IPv6 and domain destinations).
+///   The client's source IP identifies the source workload;
+/// - in-pod capture (``InPodConfig``, off by default): redirect rules and listeners inside
+///   each local pod's network namespace, the way istio-cni + ztunnel do it; the pod
+///   identifies the source workload, `SO_ORIGINAL_DST` the destination.
+///
+/// The forwarding decision picks the destination; plain-TCP destinations are relayed
+/// directly, HBONE destinations go through the tunnel-dialer role (the `hbone` plugin);
+/// without one they are refused with a log line saying so.
+public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
     /// `capture` plugin configuration.
     public struct Config: Decodable, Sendable {
         /// The SOCKS5 listener.
@@ -22,6 +27,8 @@ public final class CapturePlugin: Plugin, CaptureSource {
         public var upstreamMark: UInt32?
         /// The plaintext inbound listener (off by default).
         public var inbound: InboundPlaintextConfig = InboundPlaintextConfig()
+        /// In-pod capture (off by default).
+        public var inPod: InPodConfig = InPodConfig()
 
         /// SOCKS5 settings.
         public struct SOCKS5Config: Decodable, Sendable {
@@ -49,7 +56,7 @@ public final class CapturePlugin: Plugin, CaptureSource {
         public init() {}
 
         private enum CodingKeys: String, CodingKey, CaseIterable {
-            case socks5, connectTimeout, upstreamMark, inbound
+            case socks5, connectTimeout, upstreamMark, inbound, inPod
         }
 
         public init(from decoder: any Decoder) throws {
@@ -58,6 +65,7 @@ public final class CapturePlugin: Plugin, CaptureSource {
             connectTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .connectTimeout) ?? connectTimeout
             upstreamMark = try c.decodeIfPresent(UInt32.self, forKey: .upstreamMark)
             inbound = try c.decodeIfPresent(InboundPlaintextConfig.self, forKey: .inbound) ?? inbound
+            inPod = try c.decodeIfPresent(InPodConfig.self, forKey: .inPod) ?? inPod
         }
     }
 
@@ -72,6 +80,7 @@ public final class CapturePlugin: Plugin, CaptureSource {
     private let outbound: OutboundPath
     private let inbound: InboundPlaintext
     private let inboundAddress = NIOLockedValueBox<SocketAddr?>(nil)
+    private let inPod: InPodCapture?
 
     public init(config: Config, context: PluginContext) throws {
         self.config = config
@@ -86,12 +95,20 @@ public final class CapturePlugin: Plugin, CaptureSource {
             dialer: TCPDialer(
                 options: DialerOptions(
                     mark: config.upstreamMark, connectTimeout: config.connectTimeout.timeAmount)))
+        self.inPod =
+            config.inPod.enabled
+            ? InPodCapture(config: config.inPod, context: context, outbound: outbound, inbound: inbound) : nil
     }
 
     private var socksComponent: String { "capture socks5 listener \(config.socks5.address)" }
     private var inboundComponent: String { "capture inbound listener \(config.inbound.address)" }
 
     public func provision() async throws {
+        let problems = config.inPod.problems()
+        if !problems.isEmpty {
+            throw PluginError(.invalidConfiguration, plugin: Self.id, problems.joined(separator: "; "))
+        }
+        inPod?.provision()
         if config.socks5.enabled { context.readiness.expect(socksComponent) }
         if config.inbound.enabled { context.readiness.expect(inboundComponent) }
     }
@@ -147,16 +164,31 @@ public final class CapturePlugin: Plugin, CaptureSource {
             context.readiness.markReady(inboundComponent)
             context.logger.info("inbound plaintext listening", metadata: ["address": "\(listener.localAddress)"])
         }
+        let podLoop = inPod.map { inPod in Task { await inPod.run() } }
         try? await gracefulShutdown()
+        podLoop?.cancel()
+        inPod?.stop()
         await stopListening()
     }
 
     public func drain() async {
         await stopListening()
+        inPod?.stop()
+        await stopPodListeners()
     }
 
     public func cleanup() async {
+        inPod?.stop()
+        await inPod?.closeAll()
         await stopListening()
+    }
+
+    /// `/pods` when in-pod capture is on.
+    public var adminRoutes: [AdminRoute] { inPod.map { [$0.adminRoute] } ?? [] }
+
+    /// Stops accepting on every pod's listeners (in-pod capture) as part of the drain.
+    private func stopPodListeners() async {
+        await inPod?.closeAll()
     }
 
     private func stopListening() async {

@@ -42,15 +42,21 @@ final class InboundPlaintext: Sendable {
     private let config: InboundPlaintextConfig
     private let inbound: InboundPath
     private let logger: Logger
+    private let mesh: MeshStore
 
     init(config: InboundPlaintextConfig, context: PluginContext, dialer: TCPDialer) {
+        self.mesh = context.mesh
         self.config = config
         self.inbound = InboundPath(context: context, dialer: dialer)
         self.logger = context.logger
     }
 
     /// Sets up one accepted connection: reads stay off until the relay takes over.
-    func accept(_ channel: any Channel) -> EventLoopFuture<Void> {
+    ///
+    /// - Parameter pod: under in-pod capture, the pod whose namespace the listener is in:
+    ///   the destination must be one of its addresses, and the workload is dialed from
+    ///   inside that namespace.
+    func accept(_ channel: any Channel, pod: (workload: String, namespace: NetworkNamespace)? = nil) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
         guard let client = SocketAddr(channel.remoteAddress), let local = SocketAddr(channel.localAddress) else {
             return eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
@@ -63,6 +69,7 @@ final class InboundPlaintext: Sendable {
         let fixed = config.destination.map { eventLoop.makeSucceededFuture(Optional($0)) }
         let inbound = self.inbound
         let logger = self.logger
+        let mesh = self.mesh
         // The connection is registered (and so read) only once this future completes: the
         // relay is installed by then, so no byte arrives before it.
         return (fixed ?? Self.originalDestination(of: channel)).flatMap { original -> EventLoopFuture<ConnectionRecord> in
@@ -76,10 +83,17 @@ final class InboundPlaintext: Sendable {
                 return eventLoop.makeFailedFuture(
                     InboundRefusal(code: .selfCall, message: "\(local) is this proxy's own listener"))
             }
+            if let pod, mesh.snapshot.workload(at: destination.ip)?.uid != pod.workload {
+                logger.info(
+                    "inbound plaintext refused: destination is not the pod whose namespace it arrived in",
+                    metadata: ["source": "\(client)", "destination": "\(destination)", "pod": "\(pod.workload)"])
+                return eventLoop.makeFailedFuture(
+                    InboundRefusal(code: .unknownDestination, message: "\(destination) is not pod \(pod.workload)"))
+            }
             let request = InboundRequest(source: client, destination: destination, peerIdentity: nil, route: "plaintext")
-            return eventLoop.makeFutureWithTask { await inbound.admit(request) }.flatMapResult { $0 }
+            return inbound.admit(request, on: eventLoop).flatMapResult { $0 }
         }.flatMap { record in
-            inbound.connect(record, on: eventLoop).map { upstream in
+            inbound.connect(record, on: eventLoop, in: pod?.namespace).map { upstream in
                 inbound.relay(downstream: channel, upstream: upstream, record: record)
             }
         }

@@ -49,8 +49,24 @@ final class OutboundPath: Sendable {
         return resolve(request, mesh: mesh, network: source.network, on: eventLoop).flatMap { destination in
             self.route(
                 OutboundRequest(source: source, sourceAddress: client, destination: destination),
-                mesh: mesh, downstream: downstream)
+                mesh: mesh, downstream: downstream, namespace: nil)
         }
+    }
+
+    /// Handles one connection redirected to the outbound listener inside a pod's network
+    /// namespace (in-pod capture): the source is that pod's workload, the destination the
+    /// connection's original destination. Upstream sockets (a plain connection or the HBONE
+    /// connection) are made inside the pod's namespace too. The returned future succeeds
+    /// once upstream is connected; call `start(nil)` to relay.
+    func connectCaptured(
+        from downstream: any Channel, source: Workload, destination: SocketAddr, namespace: NetworkNamespace
+    ) -> EventLoopFuture<SOCKS5Connected> {
+        guard let client = SocketAddr(downstream.remoteAddress) else {
+            return downstream.eventLoop.makeFailedFuture(SOCKS5Error(.generalFailure, "client address unknown"))
+        }
+        return route(
+            OutboundRequest(source: source, sourceAddress: client, destination: destination),
+            mesh: context.mesh.snapshot, downstream: downstream, namespace: namespace)
     }
 
     /// Domain names resolve through the mesh's service hostnames first (a service VIP on
@@ -79,7 +95,7 @@ final class OutboundPath: Sendable {
     }
 
     private func route(
-        _ request: OutboundRequest, mesh: MeshSnapshot, downstream: any Channel
+        _ request: OutboundRequest, mesh: MeshSnapshot, downstream: any Channel, namespace: NetworkNamespace?
     ) -> EventLoopFuture<SOCKS5Connected> {
         let eventLoop = downstream.eventLoop
         let decision = Forwarding.decide(request, in: mesh)
@@ -112,7 +128,7 @@ final class OutboundPath: Sendable {
             let tunnelRequest = TunnelRequest(
                 source: source, sourceAddress: sourceAddress, gateway: target.gateway,
                 authority: target.authority, expectedIdentities: target.expectedIdentities,
-                destination: target.destinationWorkload)
+                destination: target.destinationWorkload, namespace: namespace)
             let record = ConnectionRecord(
                 direction: .outbound, source: sourceAddress, destination: request.destination,
                 sourceWorkload: source, destinationWorkload: target.destinationWorkload,
@@ -127,24 +143,24 @@ final class OutboundPath: Sendable {
         case .plaintext(let destination, let workload, let service):
             return dial(
                 destination, downstream: downstream, request: request, destinationWorkload: workload,
-                service: service, route: "direct")
+                service: service, route: "direct", namespace: namespace)
 
         case .passthrough(let destination):
             return dial(
                 destination, downstream: downstream, request: request, destinationWorkload: nil,
-                service: nil, route: "passthrough")
+                service: nil, route: "passthrough", namespace: namespace)
         }
     }
 
     private func dial(
         _ destination: SocketAddr, downstream: any Channel, request: OutboundRequest,
-        destinationWorkload: Workload?, service: Service?, route: String
+        destinationWorkload: Workload?, service: Service?, route: String, namespace: NetworkNamespace?
     ) -> EventLoopFuture<SOCKS5Connected> {
         let record = ConnectionRecord(
             direction: .outbound, source: request.sourceAddress ?? destination, destination: request.destination,
             sourceWorkload: request.source, destinationWorkload: destinationWorkload, destinationService: service,
             route: route)
-        return dialer.connect(to: destination, on: downstream.eventLoop).flatMapErrorThrowing { error in
+        return dialer.placed(in: namespace).connect(to: destination, on: downstream.eventLoop).flatMapErrorThrowing { error in
             self.logger.info(
                 "upstream connect failed",
                 metadata: ["destination": "\(destination)", "error": "\(error)"])

@@ -20,8 +20,13 @@ public struct HBONEConfig: Decodable, Sendable {
         public var address: SocketAddr?
         /// The port of per-workload listeners.
         public var port: UInt16 = Forwarding.hbonePort
-        /// How long a peer may take to finish the TLS handshake and send its first stream.
+        /// How long a peer may take from TCP accept to a finished TLS handshake; slower
+        /// connections are closed.
         public var handshakeTimeout = ConfigDuration(.seconds(10))
+        /// How many accepted connections may be in their TLS handshake at once (across
+        /// every listener); more are closed as they are accepted. Established connections
+        /// do not count.
+        public var maxPendingHandshakes = 1024
         /// SETTINGS_MAX_CONCURRENT_STREAMS the server advertises.
         public var maxConcurrentStreams = 200
         /// SETTINGS_MAX_HEADER_LIST_SIZE the server advertises.
@@ -32,7 +37,8 @@ public struct HBONEConfig: Decodable, Sendable {
         public init() {}
 
         private enum CodingKeys: String, CodingKey, CaseIterable {
-            case enabled, address, port, handshakeTimeout, maxConcurrentStreams, maxHeaderListSize, connectTimeout
+            case enabled, address, port, handshakeTimeout, maxPendingHandshakes, maxConcurrentStreams, maxHeaderListSize
+            case connectTimeout
         }
 
         public init(from decoder: any Decoder) throws {
@@ -41,6 +47,7 @@ public struct HBONEConfig: Decodable, Sendable {
             address = try c.decodeIfPresent(SocketAddr.self, forKey: .address)
             port = try c.decodeIfPresent(UInt16.self, forKey: .port) ?? port
             handshakeTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .handshakeTimeout) ?? handshakeTimeout
+            maxPendingHandshakes = try c.decodeIfPresent(Int.self, forKey: .maxPendingHandshakes) ?? maxPendingHandshakes
             maxConcurrentStreams = try c.decodeIfPresent(Int.self, forKey: .maxConcurrentStreams) ?? maxConcurrentStreams
             maxHeaderListSize = try c.decodeIfPresent(Int.self, forKey: .maxHeaderListSize) ?? maxHeaderListSize
             connectTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .connectTimeout) ?? connectTimeout
@@ -134,6 +141,12 @@ public struct HBONEConfig: Decodable, Sendable {
         }
         if client.maxStreamsPerConnection < 1 {
             problems.append("client.maxStreamsPerConnection must be at least 1")
+        }
+        if server.maxPendingHandshakes < 1 {
+            problems.append("server.maxPendingHandshakes must be at least 1")
+        }
+        if server.handshakeTimeout.duration <= .zero {
+            problems.append("server.handshakeTimeout must be positive")
         }
         if server.maxConcurrentStreams < 1 {
             problems.append("server.maxConcurrentStreams must be at least 1")

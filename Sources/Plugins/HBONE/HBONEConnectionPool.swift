@@ -11,12 +11,16 @@ struct HBONEPoolKey: Hashable, Sendable, CustomStringConvertible {
     var destinations: [SpiffeID]
     var gateway: SocketAddr
     var sourceIP: IPAddress
+    /// The source pod's network namespace path under in-pod capture: its connections leave
+    /// from inside the pod, so they are never shared with another pod's.
+    var namespace: String?
 
-    init(source: SpiffeID, destinations: [SpiffeID], gateway: SocketAddr, sourceIP: IPAddress) {
+    init(source: SpiffeID, destinations: [SpiffeID], gateway: SocketAddr, sourceIP: IPAddress, namespace: String? = nil) {
         self.source = source
         self.destinations = Array(Set(destinations)).sorted()
         self.gateway = gateway
         self.sourceIP = sourceIP
+        self.namespace = namespace
     }
 
     var description: String { "\(source) → \(gateway) [\(destinations.map(\.description).joined(separator: ","))]" }
@@ -47,10 +51,12 @@ final class HBONEPooledConnection: Sendable {
 
 /// The client's connection pool.
 ///
-/// A lease reserves one stream slot on a usable connection of the key that has room, so a
-/// burst of first tunnels shares the one connection being established instead of opening
-/// one each; a new connection is opened only when every connection of the key is at its
-/// stream limit (the configured maximum, lowered by the peer's SETTINGS). A connection
+/// Connections are pooled per event loop, as Envoy pools per worker: a tunnel's stream then
+/// lives on the same thread as the connection it carries, so relaying never hops threads.
+/// A lease reserves one stream slot on a usable connection of the key on the caller's
+/// event loop that has room, so a burst of first tunnels shares the one connection being
+/// established instead of opening one each; a new connection is opened only when every
+/// connection of the key on that loop is at its stream limit (the configured maximum, lowered by the peer's SETTINGS). A connection
 /// with no stream for `idleTimeout` is closed. GOAWAY or a close takes a connection out of
 /// the pool; its open streams finish undisturbed.
 ///
@@ -88,8 +94,13 @@ final class HBONEConnectionPool: Sendable {
     func lease(_ key: HBONEPoolKey, eventLoop: any EventLoop) -> (connection: HBONEPooledConnection, isNew: Bool)? {
         let (lease, timer): ((HBONEPooledConnection, Bool)?, Scheduled<Void>?) = state.withLockedValue { state in
             guard !state.closed else { return (nil, nil) }
+            // A connection on the caller's event loop, so the relay and the tunnel stream
+            // share a thread (no cross-thread hop per read cycle): one pool per event loop,
+            // as Envoy pools per worker.
             for id in state.byKey[key] ?? [] {
-                guard var slot = state.slots[id], slot.usable, slot.reserved < slot.limit else { continue }
+                guard var slot = state.slots[id], slot.usable, slot.reserved < slot.limit,
+                    slot.connection.eventLoop === eventLoop
+                else { continue }
                 slot.reserved += 1
                 slot.opened += 1
                 let timer = slot.idleTimer

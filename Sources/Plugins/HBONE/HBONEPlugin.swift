@@ -43,7 +43,11 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
                 "no identity provider is enabled; add the `certificates` plugin before `hbone`")
         }
         identity.provider = provider
-        if config.server.enabled { context.readiness.expect(HBONEServer.readinessComponent) }
+        if config.server.enabled {
+            context.readiness.expect(HBONEServer.readinessComponent)
+            // With a fixed address there is no per-pod listener.
+            if config.server.address == nil { context.pods.declareServer(HBONEServer.podServerName) }
+        }
     }
 
     public func run() async throws {
@@ -78,6 +82,14 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
 
     /// Open server-side TLS connections.
     public var serverConnectionCount: Int { server.connectionCount }
+
+    /// The server's handshake guard: connections handshaking now, and how many were
+    /// closed at accept because `server.maxPendingHandshakes` were handshaking or closed
+    /// because they outlasted `server.handshakeTimeout`.
+    public var serverHandshakes: (pending: Int, refused: Int, timedOut: Int) {
+        let counters = server.handshakes.snapshot
+        return (counters.pending, counters.refused, counters.timedOut)
+    }
 
     /// The client pool: one entry per pooled connection with the streams it carries now and
     /// has ever carried.

@@ -23,16 +23,25 @@ final class HBONEServer: Sendable {
     private let tls: HBONETLSContexts
     private let inbound: InboundPath
     private let listeners = NIOLockedValueBox<[SocketAddr: TCPListener]>([:])
+    /// Listeners inside captured pods' namespaces (in-pod capture), by workload uid.
+    private let podListeners = NIOLockedValueBox<[String: (listener: TCPListener, namespace: NetworkNamespace)]>([:])
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let draining = NIOLockedValueBox(false)
+    let handshakes: PendingHandshakes
+    /// Addresses whose bind failed, so a failure is logged once, not on every mesh update.
+    private let failedBinds = NIOLockedValueBox<Set<SocketAddr>>([])
 
     static let readinessComponent = "hbone server"
+    /// The name this server reports to ``CapturedPods``.
+    static let podServerName = "hbone"
 
     init(config: HBONEConfig, context: PluginContext, identity: IdentityHolder, tls: HBONETLSContexts) {
         self.config = config
         self.context = context
         self.identity = identity
         self.tls = tls
+        self.handshakes = PendingHandshakes(
+            limit: config.server.maxPendingHandshakes, timeout: config.server.handshakeTimeout.timeAmount)
         self.inbound = InboundPath(
             context: context,
             dialer: TCPDialer(options: DialerOptions(connectTimeout: config.server.connectTimeout.timeAmount)))
@@ -44,6 +53,9 @@ final class HBONEServer: Sendable {
     var addresses: [SocketAddr] {
         listeners.withLockedValue { $0.values.map(\.localAddress) }.sorted { "\($0)" < "\($1)" }
     }
+
+    /// The pods (workload uids) with a listener inside their namespace.
+    var podsListening: [String] { podListeners.withLockedValue { Array($0.keys) }.sorted() }
 
     /// Open TLS connections (for tests and `/config_dump`-style introspection).
     var connectionCount: Int { connections.withLockedValue { $0.count } }
@@ -62,6 +74,7 @@ final class HBONEServer: Sendable {
             context.readiness.markReady(Self.readinessComponent)
             try? await gracefulShutdown()
         } else {
+            let pods = Task { await self.followPods() }
             var first = true
             for await snapshot in context.mesh.updates().cancelOnGracefulShutdown() {
                 await reconcile(snapshot)
@@ -70,8 +83,60 @@ final class HBONEServer: Sendable {
                     context.readiness.markReady(Self.readinessComponent)
                 }
             }
+            pods.cancel()
         }
         await stopListening()
+    }
+
+    /// Keeps one listener inside every captured pod's namespace (in-pod capture), following
+    /// the kernel's pod list; failed binds are retried every 2 s.
+    private func followPods() async {
+        let (kicks, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let updates = context.pods.updates()
+        let follower = Task {
+            for await _ in updates { continuation.yield() }
+        }
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: 2_000_000_000)
+                continuation.yield()
+            }
+        }
+        for await _ in kicks {
+            if Task.isCancelled || draining.withLockedValue({ $0 }) { break }
+            await reconcilePods(context.pods.pods)
+        }
+        follower.cancel()
+        ticker.cancel()
+    }
+
+    /// Binds `0.0.0.0:<port>` inside each captured pod's namespace and closes the listeners
+    /// of pods that are gone.
+    func reconcilePods(_ pods: [String: CapturedPods.Pod]) async {
+        let current = podListeners.withLockedValue { $0 }
+        for (uid, entry) in current where pods[uid].map({ !$0.namespace.isSame(as: entry.namespace) }) ?? true {
+            podListeners.withLockedValue { _ = $0.removeValue(forKey: uid) }
+            await entry.listener.stopAccepting()
+            logger.info("HBONE pod listener closed", metadata: ["pod": "\(uid)"])
+        }
+        for (uid, pod) in pods.sorted(by: { $0.key < $1.key }) where podListeners.withLockedValue({ $0[uid] == nil }) {
+            let namespace = pod.namespace
+            do {
+                let listener = try await TCPListener.bind(
+                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.server.port), namespace: namespace),
+                    group: context.eventLoopGroup
+                ) { [self] channel in
+                    self.initializeConnection(channel, pod: (uid, namespace))
+                }
+                podListeners.withLockedValue { $0[uid] = (listener, namespace) }
+                context.pods.markListening(uid: uid, server: Self.podServerName)
+                logger.info(
+                    "HBONE listening in pod", metadata: ["pod": "\(uid)", "address": "\(listener.localAddress)", "netns": "\(namespace.path)"])
+            } catch {
+                logger.error(
+                    "cannot listen for HBONE in pod; retrying", metadata: ["pod": "\(uid)", "error": "\(error)"])
+            }
+        }
     }
 
     /// Stops accepting and tells every peer with GOAWAY that no new streams will be taken;
@@ -101,7 +166,11 @@ final class HBONEServer: Sendable {
             defer { listeners = [:] }
             return Array(listeners.values)
         }
-        for listener in all { await listener.stopAccepting() }
+        let inPods = podListeners.withLockedValue { listeners in
+            defer { listeners = [:] }
+            return listeners.values.map(\.listener)
+        }
+        for listener in all + inPods { await listener.stopAccepting() }
     }
 
     /// Listens on `<ip>:<port>` for every IP of every local HBONE workload and stops
@@ -109,7 +178,11 @@ final class HBONEServer: Sendable {
     func reconcile(_ snapshot: MeshSnapshot) async {
         guard !draining.withLockedValue({ $0 }) else { return }
         var wanted = Set<SocketAddr>()
-        for workload in snapshot.workloads.values where isLocal(workload) && workload.tunnelProtocol == .hbone {
+        // Pods captured in their own namespaces get their listener there (reconcilePods).
+        for workload in snapshot.workloads.values
+        where isLocal(workload) && workload.tunnelProtocol == .hbone && workload.netns == nil
+            && context.pods.namespace(forWorkload: workload.uid) == nil
+        {
             for ip in workload.workloadIPs { wanted.insert(SocketAddr(ip: ip, port: config.server.port)) }
         }
         let current = Set(listeners.withLockedValue { Array($0.keys) })
@@ -122,10 +195,13 @@ final class HBONEServer: Sendable {
         for address in wanted.subtracting(current).sorted(by: { "\($0)" < "\($1)" }) {
             do {
                 try await bind(address)
+                failedBinds.withLockedValue { _ = $0.remove(address) }
             } catch {
-                logger.error(
-                    "cannot listen for HBONE; will retry on the next mesh update",
-                    metadata: ["address": "\(address)", "error": "\(error)"])
+                if failedBinds.withLockedValue({ $0.insert(address).inserted }) {
+                    logger.error(
+                        "cannot listen for HBONE; will retry on every mesh update (logged once)",
+                        metadata: ["address": "\(address)", "error": "\(error)"])
+                }
             }
         }
     }
@@ -145,13 +221,39 @@ final class HBONEServer: Sendable {
 
     // MARK: Connections
 
-    /// Picks the destination workload from the local address, fetches its certificate (the
+    /// Admits the connection under the pending-handshake cap and deadline, picks the
+    /// destination workload from the local address, fetches its certificate (the
     /// connection is not registered, so nothing is read, until it is there), then installs
     /// TLS, HTTP/2 and the connection handler.
-    private func initializeConnection(_ channel: any Channel) -> EventLoopFuture<Void> {
+    private func initializeConnection(
+        _ channel: any Channel, pod: (uid: String, namespace: NetworkNamespace)? = nil
+    ) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
         guard let local = SocketAddr(channel.localAddress), let remote = SocketAddr(channel.remoteAddress) else {
             return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "accepted connection has no addresses"))
+        }
+        let logger = self.logger
+        let timeout = config.server.handshakeTimeout
+        guard
+            let slot = handshakes.admit(
+                channel,
+                onTimeout: {
+                    logger.debug(
+                        "HBONE connection closed: TLS handshake not finished in time",
+                        metadata: ["peer": "\(remote)", "local": "\(local)", "timeout": "\(timeout)"])
+                })
+        else {
+            // Logged sparingly: under a flood a line per connection would be a second flood.
+            let refused = handshakes.snapshot.refused
+            if refused == 1 || refused % 1000 == 0 {
+                logger.warning(
+                    "HBONE connections refused: too many TLS handshakes pending",
+                    metadata: [
+                        "limit": "\(handshakes.limit)", "refusedSoFar": "\(refused)", "peer": "\(remote)",
+                    ])
+            }
+            return eventLoop.makeFailedFuture(
+                HBONEError(.refused, "more than \(handshakes.limit) TLS handshakes pending"))
         }
         guard let workload = context.mesh.snapshot.workload(at: local.ip), isLocal(workload),
             workload.tunnelProtocol == .hbone
@@ -162,11 +264,17 @@ final class HBONEServer: Sendable {
             return eventLoop.makeFailedFuture(
                 HBONEError(.connectionClosed, "no local HBONE workload at \(local.ip)"))
         }
+        if let pod, workload.uid != pod.uid {
+            logger.info(
+                "HBONE connection refused: it arrived in pod \(pod.uid)'s namespace for another workload's address",
+                metadata: ["local": "\(local)", "peer": "\(remote)", "workload": "\(workload.uid)"])
+            return eventLoop.makeFailedFuture(
+                HBONEError(.connectionClosed, "\(local.ip) is not pod \(pod.uid)"))
+        }
         guard let provider = identity.provider else {
             return eventLoop.makeFailedFuture(HBONEError(.certificate, "no identity provider"))
         }
         let tls = self.tls
-        let logger = self.logger
         return eventLoop.makeFutureWithTask {
             let certificate = try await provider.certificate(for: workload.identity, priority: .onDemand)
             return try tls.material(for: certificate, side: .server)
@@ -176,16 +284,19 @@ final class HBONEServer: Sendable {
                 metadata: ["workload": "\(workload.uid)", "identity": "\(workload.identity)", "error": "\(error)"])
             throw error
         }.flatMapThrowing { material in
-            try self.install(on: channel, material: material, workload: workload, remote: remote)
+            try self.install(
+                on: channel, material: material, workload: workload, remote: remote, namespace: pod?.namespace,
+                slot: slot)
         }
     }
 
     private func install(
-        on channel: any Channel, material: HBONETLSContexts.Material, workload: Workload, remote: SocketAddr
+        on channel: any Channel, material: HBONETLSContexts.Material, workload: Workload, remote: SocketAddr,
+        namespace: NetworkNamespace?, slot: PendingHandshakes.Slot
     ) throws {
         // TLS needs both directions of the socket; a half-closed peer is a closed peer.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
-        let state = ServerConnectionState(workload: workload, remote: remote)
+        let state = ServerConnectionState(workload: workload, remote: remote, namespace: namespace)
         let logger = self.logger
         let trustDomain = workload.trustDomain
         let roots = material.roots
@@ -215,6 +326,7 @@ final class HBONEServer: Sendable {
         let id = ObjectIdentifier(channel)
         let connections = self.connections
         let events = HBONEConnectionEvents(
+            ready: { slot.established() },
             closed: { error in
                 connections.withLockedValue { _ = $0.removeValue(forKey: id) }
                 if let error, !HBONEServer.isOrdinaryClose(error) {
@@ -225,7 +337,8 @@ final class HBONEServer: Sendable {
             connectionWindow: config.http2.connectionWindow,
             keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
             keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
-            handshakeTimeout: config.server.handshakeTimeout.timeAmount, events: events)
+            // The handshake deadline runs from accept, in `handshakes`.
+            handshakeTimeout: nil, events: events)
         try channel.pipeline.syncOperations.addHandlers([ssl, http2, handler])
         connections.withLockedValue { $0[id] = channel }
     }
@@ -257,46 +370,50 @@ final class HBONEServer: Sendable {
     ) {
         let workload = state.workload
         let peer = state.peer
-        let authority = headers.first(name: ":authority") ?? ""
+        // Bounded: the header list may be up to server.maxHeaderListSize long.
+        let authority = (headers.first(name: ":authority") ?? "").prefix(256)
         let logger = self.logger
+        let validation = Result { () throws(HBONEConnectRequest.Rejection) in
+            try HBONEConnectRequest.validate(
+                headers: headers.map { (name: $0.name, value: $0.value) }, destinationIPs: workload.workloadIPs)
+        }
+        // The workload the peer says it sends for (its baggage), when it says.
+        let claimed: String = {
+            guard case .success(let request) = validation, let namespace = request.baggage["k8s.namespace.name"],
+                let name = request.baggage["service.name"]
+            else { return "" }
+            return "\(name.prefix(128)).\(namespace.prefix(128))"
+        }()
         let reject = { (status: Int, reason: String) in
-            logger.info(
-                "HBONE request rejected",
-                metadata: [
-                    "status": "\(status)", "reason": "\(reason)", "authority": "\(authority)",
-                    "peer": "\(peer.map { "\($0)" } ?? "unknown")", "from": "\(state.remote)",
-                ])
+            var metadata: Logger.Metadata = [
+                "status": "\(status)", "reason": "\(reason)", "authority": "\(authority)",
+                "peer": "\(peer.map { "\($0)" } ?? "unknown")", "from": "\(state.remote)",
+            ]
+            if !claimed.isEmpty { metadata["peerWorkload"] = "\(claimed)" }
+            logger.info("HBONE request rejected", metadata: metadata)
             let sent = stream.eventLoop.makePromise(of: Void.self)
             bridge.sendHeaders(HBONEHeaders.response(status: status, destination: nil), endStream: true, promise: sent)
             sent.futureResult.whenComplete { _ in stream.close(promise: nil) }
         }
 
-        let method = headers.first(name: ":method") ?? ""
-        guard method == "CONNECT" else {
-            return reject(400, "method \(method) is not CONNECT; HBONE streams are CONNECT tunnels")
+        let validated: HBONEConnectRequest
+        switch validation {
+        case .success(let request): validated = request
+        case .failure(let rejection): return reject(rejection.status, rejection.reason)
         }
-        guard let target = HBONEHeaders.parseAuthority(authority) else {
-            return reject(400, "authority \"\(authority)\" is not ip:port")
-        }
-        guard workload.workloadIPs.contains(target.ip) else {
-            return reject(
-                400, "authority IP \(target.ip) is not the destination workload's (\(workload.uid) at \(workload.workloadIPs.map { "\($0)" }.joined(separator: ",")))")
-        }
-        guard !Forwarding.proxyPorts.contains(target.port) else {
-            return reject(400, "port \(target.port) is one of the proxy's own ports")
-        }
-        let source = headers.first(name: "forwarded").flatMap(HBONEHeaders.forwardedFor) ?? state.remote
+        let target = validated.target
+        let source = validated.forwardedFor ?? state.remote
         let request = InboundRequest(source: source, destination: target, peerIdentity: peer, route: "hbone")
         let inbound = self.inbound
         let loop = stream.eventLoop
-        let admitted = loop.makeFutureWithTask { await inbound.admit(request) }
+        let admitted = inbound.admit(request, on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {
             case .failure(let refusal):
                 let status = refusal.code == .denied ? 401 : (refusal.code == .connectFailed ? 503 : 400)
                 reject(status, refusal.message)
             case .success(let record):
-                inbound.connect(record, on: loop).assumeIsolated().whenComplete { outcome in
+                inbound.connect(record, on: loop, in: state.namespace).assumeIsolated().whenComplete { outcome in
                     switch outcome {
                     case .failure(let error):
                         reject(503, "\(error)")
@@ -320,11 +437,15 @@ final class HBONEServer: Sendable {
 final class ServerConnectionState: Sendable {
     let workload: Workload
     let remote: SocketAddr
+    /// The pod's namespace when the connection arrived inside one (in-pod capture): the
+    /// workload is dialed from there.
+    let namespace: NetworkNamespace?
     private let peerBox = NIOLockedValueBox<SpiffeID?>(nil)
 
-    init(workload: Workload, remote: SocketAddr) {
+    init(workload: Workload, remote: SocketAddr, namespace: NetworkNamespace? = nil) {
         self.workload = workload
         self.remote = remote
+        self.namespace = namespace
     }
 
     /// Set by the verification callback, before any stream exists.

@@ -166,8 +166,9 @@ enum SpiffePeerVerifier {
             return .failure(
                 HBONEError(
                     .peerRejected,
-                    uris.isEmpty
-                        ? "peer certificate has no SPIFFE URI SAN" : "peer certificate has several SPIFFE URI SANs"))
+                    (uris.isEmpty
+                        ? "peer certificate has no SPIFFE URI SAN" : "peer certificate has several SPIFFE URI SANs")
+                        + " (subject \"\(certificate.subject)\", SANs: \(names.map { Array($0).map { "\($0)" }.joined(separator: ", ") } ?? "none"))"))
         }
         do {
             return .success(try SpiffeID(parsing: uri))

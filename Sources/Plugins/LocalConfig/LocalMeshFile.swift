@@ -59,15 +59,26 @@ import Kernel
 /// `serviceAccounts` also take ztunnel's `{namespace: ns, serviceAccount: sa}`, matched
 /// as `ns/sa`. Principals are written without `spiffe://` (a leading one is dropped).
 ///
-/// Besides type checks, the file is checked for: duplicate workload uids, duplicate
+/// Besides type checks, the file is checked for: emptiness, duplicate workload uids, duplicate
 /// services (`namespace/hostname`), duplicate policies (`namespace/name`), empty
 /// namespaces and hostnames, service port 0, and malformed addresses, CIDRs and
 /// `namespace/hostname` keys; every error names the path and line. A workload may name
 /// a service that is not defined (as in ztunnel).
 public enum LocalMeshFile {
     /// Parses the file's text into a snapshot; `file` names it in errors.
+    /// An empty file (nothing but whitespace and comments) is an error, not an empty mesh:
+    /// it is what a writer that truncated the file leaves, and taking it at its word would
+    /// drop every workload. A mesh with nothing in it is written `{}`.
     public static func parse(yaml: String, file: String) throws(ConfigErrors) -> MeshSnapshot {
-        let document = try ConfigDecoder.decode(Document.self, yaml: yaml, file: file)
+        let root = try ConfigNode.parse(yaml: yaml, file: file)
+        guard root.value != nil else {
+            throw ConfigErrors([
+                ConfigError(
+                    file: file, line: nil, path: "",
+                    message: "the file is empty; write {} for a mesh with nothing in it")
+            ])
+        }
+        let document = try ConfigDecoder.decode(Document.self, from: root)
         var errors: [ConfigError] = []
         var workloads: [Workload] = []
         var firstUID: [String: ConfigLocation] = [:]

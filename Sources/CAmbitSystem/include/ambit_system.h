@@ -1,0 +1,18 @@
+#ifndef AMBIT_SYSTEM_H
+#define AMBIT_SYSTEM_H
+
+/// Linux calls the Swift Glibc module does not export (they need _GNU_SOURCE or headers
+/// it leaves out). Each returns -1 and sets errno on failure, like the call it wraps.
+
+/// setns(fd, CLONE_NEWNET): moves the calling thread into the network namespace `fd`.
+int ambit_setns_net(int fd);
+
+/// The file system magic number of `fd` (fstatfs f_type), or -1.
+long ambit_fs_magic(int fd);
+
+/// bind(2) / connect(2) to an IPv4 (`length` 4) or IPv6 (`length` 16) address in network
+/// byte order and a port in host byte order.
+int ambit_bind_ip(int fd, const unsigned char *address, int length, unsigned short port);
+int ambit_connect_ip(int fd, const unsigned char *address, int length, unsigned short port);
+
+#endif

@@ -1,0 +1,180 @@
+import Kernel
+
+/// One inbound HBONE CONNECT request, validated: what the server acts on.
+///
+/// ``validate(headers:destinationIPs:)`` is the whole decision about a request's headers,
+/// as a pure function of them and the destination workload's addresses, so that it can be
+/// tested and fuzzed without a connection. The server calls it for every stream.
+public struct HBONEConnectRequest: Sendable, Equatable {
+    /// Where the tunnel goes: the `:authority`, an IP of the destination workload and a
+    /// port that is not one of the proxy's own.
+    public var target: SocketAddr
+    /// The original client address from `forwarded: for="ip:port"`, when the header has
+    /// one that parses; the server falls back to the TCP peer's address.
+    public var forwardedFor: SocketAddr?
+    /// The peer's W3C `baggage` entries (its own workload's description), members that do
+    /// not parse skipped; empty without the header. Informational only: nothing is
+    /// decided on it.
+    public var baggage: [String: String]
+
+    /// Creates a request.
+    public init(target: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:]) {
+        self.target = target
+        self.forwardedFor = forwardedFor
+        self.baggage = baggage
+    }
+
+    /// Why a request is refused and the status to answer with.
+    public struct Rejection: Error, Sendable, Equatable, CustomStringConvertible {
+        /// The HTTP status of the response (400 for every header problem).
+        public var status: Int
+        /// What was wrong, for the log.
+        public var reason: String
+
+        /// Creates a rejection.
+        public init(status: Int, _ reason: String) {
+            self.status = status
+            self.reason = reason
+        }
+
+        public var description: String { "\(status): \(reason)" }
+    }
+
+    /// The most baggage members kept (W3C Baggage allows at least 64 and no more need be
+    /// honoured); the rest are ignored.
+    public static let maximumBaggageMembers = 64
+    /// The longest `baggage` value parsed (W3C Baggage: 8192 bytes); a longer one is ignored.
+    public static let maximumBaggageLength = 8192
+
+    /// Validates the request headers of one stream for a destination workload with
+    /// addresses `destinationIPs`.
+    ///
+    /// The request must have exactly one `:method`, `CONNECT`; no `:scheme`, `:path` or
+    /// `:protocol` (a plain CONNECT, not extended CONNECT); exactly one `:authority` of
+    /// the form `ip:port` or `[ipv6]:port` with a non-zero port, whose IP is one of
+    /// `destinationIPs` and whose port is not one of ``Forwarding/proxyPorts``. `forwarded`
+    /// and `baggage` never fail a request: the first `for=` of the first `forwarded`
+    /// header is used if it parses, and baggage is best effort.
+    public static func validate(
+        headers: some Sequence<(name: String, value: String)>, destinationIPs: [IPAddress]
+    ) throws(Rejection) -> HBONEConnectRequest {
+        var methods: [String] = []
+        var authorities: [String] = []
+        var forwarded: String?
+        var baggage: String?
+        for (name, value) in headers {
+            switch name {
+            case ":method": methods.append(value)
+            case ":authority": authorities.append(value)
+            case ":scheme", ":path", ":protocol":
+                throw Rejection(status: 400, "\(name) is not allowed on an HBONE CONNECT")
+            case "forwarded": if forwarded == nil { forwarded = value }
+            case "baggage": if baggage == nil { baggage = value }
+            default: break
+            }
+        }
+        guard methods.count == 1, let method = methods.first else {
+            throw Rejection(status: 400, "\(methods.count) :method headers; exactly one is required")
+        }
+        guard method == "CONNECT" else {
+            throw Rejection(
+                status: 400, "method \(quoted(method)) is not CONNECT; HBONE streams are CONNECT tunnels")
+        }
+        guard authorities.count == 1, let authority = authorities.first else {
+            throw Rejection(status: 400, "\(authorities.count) :authority headers; exactly one is required")
+        }
+        guard let target = HBONEHeaders.parseAuthority(authority) else {
+            throw Rejection(status: 400, "authority \(quoted(authority)) is not ip:port")
+        }
+        guard destinationIPs.contains(target.ip) else {
+            let ips = destinationIPs.map { "\($0)" }.joined(separator: ",")
+            throw Rejection(status: 400, "authority IP \(target.ip) is not the destination workload's (\(ips))")
+        }
+        guard !Forwarding.proxyPorts.contains(target.port) else {
+            throw Rejection(status: 400, "port \(target.port) is one of the proxy's own ports")
+        }
+        return HBONEConnectRequest(
+            target: target, forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
+            baggage: baggage.map(parseBaggage) ?? [:])
+    }
+
+    /// Parses a W3C `baggage` value, `key=value;property,…`, into keys and percent-decoded
+    /// values. Members without a key or `=` are skipped, properties are dropped, the first
+    /// occurrence of a key wins, and at most ``maximumBaggageMembers`` are kept; a value
+    /// longer than ``maximumBaggageLength`` yields nothing.
+    public static func parseBaggage(_ value: String) -> [String: String] {
+        guard value.utf8.count <= maximumBaggageLength else { return [:] }
+        var entries: [String: String] = [:]
+        for member in value.utf8.split(separator: UInt8(ascii: ",")) {
+            guard entries.count < maximumBaggageMembers else { break }
+            let pair = member.prefix { $0 != UInt8(ascii: ";") }
+            guard let equals = pair.firstIndex(of: UInt8(ascii: "=")) else { continue }
+            let key = trimmed(pair[pair.startIndex..<equals])
+            let rawValue = trimmed(pair[pair.index(after: equals)...])
+            guard !key.isEmpty, key.allSatisfy(isTokenByte) else { continue }
+            let name = String(decoding: key, as: UTF8.self)
+            if entries[name] == nil { entries[name] = percentDecoded(rawValue) }
+        }
+        return entries
+    }
+
+    /// RFC 7230 `tchar`: the characters of a baggage key.
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        default:
+            return Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
+        }
+    }
+
+    /// Without leading and trailing spaces and tabs (OWS).
+    private static func trimmed(_ bytes: Substring.UTF8View.SubSequence) -> Substring.UTF8View.SubSequence {
+        var start = bytes.startIndex
+        var end = bytes.endIndex
+        while start < end, bytes[start] == UInt8(ascii: " ") || bytes[start] == UInt8(ascii: "\t") {
+            start = bytes.index(after: start)
+        }
+        while end > start {
+            let last = bytes.index(before: end)
+            guard bytes[last] == UInt8(ascii: " ") || bytes[last] == UInt8(ascii: "\t") else { break }
+            end = last
+        }
+        return bytes[start..<end]
+    }
+
+    /// `%XX` escapes decoded; a malformed escape is kept as it is; invalid UTF-8 repaired.
+    private static func percentDecoded(_ bytes: some Collection<UInt8>) -> String {
+        let input = Array(bytes)
+        var output: [UInt8] = []
+        output.reserveCapacity(input.count)
+        var index = 0
+        while index < input.count {
+            if input[index] == UInt8(ascii: "%"), index + 2 < input.count,
+                let high = hexValue(input[index + 1]), let low = hexValue(input[index + 2])
+            {
+                output.append(high << 4 | low)
+                index += 3
+            } else {
+                output.append(input[index])
+                index += 1
+            }
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+
+    /// A header value for a log line: quoted, cut at 128 characters.
+    private static func quoted(_ value: String) -> String {
+        value.count > 128 ? "\"\(value.prefix(128))…\"" : "\"\(value)\""
+    }
+}

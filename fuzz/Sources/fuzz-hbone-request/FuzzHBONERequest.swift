@@ -1,0 +1,37 @@
+import FuzzSupport
+import HBONE
+import Kernel
+
+private let destinationIPs = [IPAddress("10.0.0.1")!, IPAddress("fd00::1")!]
+
+/// The HBONE server's request validation (`:method`, `:authority`, `forwarded`,
+/// `baggage`, pseudo-headers) over arbitrary header lists. The input is one header per
+/// line, `name: value`, where a name may start with `:`.
+///
+/// Invariants: an accepted request targets one of the destination IPs on a port that is
+/// neither 0 nor a proxy port; a rejection is a 400; baggage stays within its limits.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let text = String(decoding: fuzzBytes(data, size), as: UTF8.self)
+    var headers: [(name: String, value: String)] = []
+    for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        let separator = line.dropFirst().firstIndex(of: ":") ?? line.endIndex
+        let name = String(line[..<separator])
+        let value = separator < line.endIndex ? String(line[line.index(after: separator)...].drop { $0 == " " }) : ""
+        headers.append((name, value))
+    }
+    do {
+        let request = try HBONEConnectRequest.validate(headers: headers, destinationIPs: destinationIPs)
+        invariant(destinationIPs.contains(request.target.ip), "target \(request.target) is not a destination IP")
+        invariant(request.target.port != 0, "target port 0")
+        invariant(!Forwarding.proxyPorts.contains(request.target.port), "target is a proxy port: \(request.target)")
+        invariant(request.baggage.count <= HBONEConnectRequest.maximumBaggageMembers, "too many baggage members")
+        if let source = request.forwardedFor { invariant(source.port != 0, "forwarded port 0") }
+    } catch {
+        invariant(error.status == 400, "rejection with status \(error.status)")
+    }
+    let baggage = HBONEConnectRequest.parseBaggage(text)
+    invariant(baggage.count <= HBONEConnectRequest.maximumBaggageMembers, "too many baggage members")
+    invariant(baggage.keys.allSatisfy { !$0.isEmpty }, "empty baggage key")
+    return 0
+}
