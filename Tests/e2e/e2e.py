@@ -364,6 +364,11 @@ def series(text, name, **labels):
     return total
 
 
+def growth(before, after, name, **labels):
+    """How much metric `name` (summed over series with `labels`) grew between two scrapes."""
+    return series(after, name, **labels) - series(before, name, **labels)
+
+
 def principal(pod):
     return f"spiffe://{TRUST}/ns/default/sa/{pod}"
 
@@ -416,10 +421,8 @@ def scenario_cross_node(c):
         after = c.metrics("node2")
         labels = dict(reporter="destination", source_principal=principal("a1"), destination_workload="b1",
                       connection_security_policy="mutual_tls")
-        opened = series(after, "istio_tcp_connections_opened_total", **labels) - \
-            series(before, "istio_tcp_connections_opened_total", **labels)
-        received = series(after, "istio_tcp_received_bytes_total", **labels) - \
-            series(before, "istio_tcp_received_bytes_total", **labels)
+        opened = growth(before, after, "istio_tcp_connections_opened_total", **labels)
+        received = growth(before, after, "istio_tcp_received_bytes_total", **labels)
         expect(opened >= 2, f"node2 did not record a1's identity on mTLS connections (opened +{opened})")
         expect(received >= 8 * 1024 * 1024, f"node2 counted {received} bytes from a1, expected >= 8 MiB")
     eventually(seen)
@@ -448,8 +451,7 @@ def scenario_same_node(c):
     def seen():
         after = c.metrics("node1")
         labels = dict(reporter="destination", source_principal=principal("a1"), destination_workload="a2")
-        delta = series(after, "istio_tcp_connections_opened_total", **labels) - \
-            series(before, "istio_tcp_connections_opened_total", **labels)
+        delta = growth(before, after, "istio_tcp_connections_opened_total", **labels)
         expect(delta >= 1, "node1 did not record the same-node connection as inbound with a1's identity")
     eventually(seen)
 
@@ -463,8 +465,7 @@ def scenario_out_of_mesh_client(c):
     def seen():
         after = c.metrics("node2")
         labels = dict(reporter="destination", destination_workload="b1", source_principal="unknown")
-        delta = series(after, "istio_tcp_connections_opened_total", **labels) - \
-            series(before, "istio_tcp_connections_opened_total", **labels)
+        delta = growth(before, after, "istio_tcp_connections_opened_total", **labels)
         expect(delta >= 1, "node2 did not record x's plaintext connection (no identity)")
     eventually(seen)
     denied = c.echo("x", PODS["b1"][1], 9001, 4096)
@@ -490,8 +491,7 @@ def scenario_policy_deny(c):
     def seen():
         after = c.metrics("node2")
         labels = dict(reporter="destination", source_principal=principal("a2"), response_flags="DENY")
-        delta = series(after, "istio_tcp_connections_closed_total", **labels) - \
-            series(before, "istio_tcp_connections_closed_total", **labels)
+        delta = growth(before, after, "istio_tcp_connections_closed_total", **labels)
         expect(delta >= 1, "node2 metrics show no DENY for a2")
     eventually(seen)
 
@@ -522,8 +522,7 @@ def scenario_iperf(c):
     def matches():
         after = c.metrics("node2")
         labels = dict(reporter="destination", source_principal=principal("a1"), destination_workload="b1")
-        delta = series(after, "istio_tcp_received_bytes_total", **labels) - \
-            series(before, "istio_tcp_received_bytes_total", **labels)
+        delta = growth(before, after, "istio_tcp_received_bytes_total", **labels)
         # Everything the server read crossed node2; at most what the client wrote plus
         # iperf3's control connection (a few KiB of JSON) did.
         expect(received <= delta <= sent + 64 * 1024,

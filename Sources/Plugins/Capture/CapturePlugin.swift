@@ -174,7 +174,7 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
     public func drain() async {
         await stopListening()
         inPod?.stop()
-        await stopPodListeners()
+        await inPod?.closeAll()
     }
 
     public func cleanup() async {
@@ -186,10 +186,6 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
     /// `/pods` when in-pod capture is on.
     public var adminRoutes: [AdminRoute] { inPod.map { [$0.adminRoute] } ?? [] }
 
-    /// Stops accepting on every pod's listeners (in-pod capture) as part of the drain.
-    private func stopPodListeners() async {
-        await inPod?.closeAll()
-    }
 
     private func stopListening() async {
         for listener in listeners.withLockedValue({ $0 }) {
