@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "ambit_system.h"
 
 #include <errno.h>
@@ -50,3 +51,11 @@ long ambit_fs_magic(int fd) {
 int ambit_setns_net(int fd) { (void)fd; errno = ENOSYS; return -1; }
 long ambit_fs_magic(int fd) { (void)fd; errno = ENOSYS; return -1; }
 #endif
+
+int ambit_malloc_trim(void) {
+#if defined(__GLIBC__)
+    return malloc_trim(0);
+#else
+    return 0;
+#endif
+}

@@ -15,4 +15,8 @@ long ambit_fs_magic(int fd);
 int ambit_bind_ip(int fd, const unsigned char *address, int length, unsigned short port);
 int ambit_connect_ip(int fd, const unsigned char *address, int length, unsigned short port);
 
+/// Returns freed heap memory to the system (glibc's malloc_trim(0)); 1 when some was
+/// released, 0 when none was or the C library has no such call.
+int ambit_malloc_trim(void);
+
 #endif

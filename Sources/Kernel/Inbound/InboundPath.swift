@@ -84,9 +84,9 @@ public final class InboundPath: Sendable {
         switch prepare(request) {
         case .refused(let refusal):
             return .failure(refusal)
-        case .ready(let record, let attributes, let metadata):
+        case .ready(let record, let attributes):
             let decision = await context.policyChain.authorize(attributes)
-            return finish(record, decision: decision, metadata: metadata)
+            return finish(record, decision: decision, request: request)
         }
     }
 
@@ -97,9 +97,9 @@ public final class InboundPath: Sendable {
         switch prepare(request) {
         case .refused(let refusal):
             return .failure(refusal)
-        case .ready(let record, let attributes, let metadata):
+        case .ready(let record, let attributes):
             guard let decision = context.policyChain.authorizeImmediately(attributes) else { return nil }
-            return finish(record, decision: decision, metadata: metadata)
+            return finish(record, decision: decision, request: request)
         }
     }
 
@@ -112,58 +112,53 @@ public final class InboundPath: Sendable {
 
     private enum Prepared {
         case refused(InboundRefusal)
-        case ready(ConnectionRecord, ConnectionAttributes, Logger.Metadata)
+        case ready(ConnectionRecord, ConnectionAttributes)
     }
 
     /// Everything before the policy decision: self-call, destination workload, locality,
     /// the record and the attributes policies see.
     private func prepare(_ request: InboundRequest) -> Prepared {
         let mesh = context.mesh.snapshot
-        var metadata: Logger.Metadata = [
-            "source": "\(request.source)", "destination": "\(request.destination)", "route": "\(request.route)",
-        ]
-        if let peer = request.peerIdentity { metadata["peer"] = "\(peer)" }
 
         if Forwarding.proxyPorts.contains(request.destination.port) {
             return refused(
                 .selfCall, "\(request.destination) is one of the proxy's own ports; refusing to connect to itself",
-                metadata)
+                request)
         }
         guard let workload = mesh.workload(at: request.destination.ip) else {
-            return refused(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", metadata)
+            return refused(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", request)
         }
         if !context.nodeName.isEmpty && !workload.node.isEmpty && workload.node != context.nodeName {
             return refused(
                 .notLocal, "workload \(workload.uid) runs on node \(workload.node), not on \(context.nodeName)",
-                metadata)
+                request)
         }
         let sourceWorkload = mesh.workload(at: request.source.ip)
+        let record = ConnectionRecord(
+            governed: .inbound, source: request.source, destination: request.destination,
+            sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
+            route: request.route, isMutualTLS: request.peerIdentity != nil)
+        // What the policy chain sees is what the record holds (and re-evaluates later).
         let attributes = ConnectionAttributes(
             sourceIdentity: request.peerIdentity, sourceAddress: request.source, sourceWorkload: sourceWorkload,
             destinationAddress: request.destination, destinationWorkload: workload,
             isMutualTLS: request.peerIdentity != nil)
-        let record = ConnectionRecord(
-            direction: .inbound, source: request.source, destination: request.destination,
-            sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
-            route: request.route, isMutualTLS: request.peerIdentity != nil, authorization: attributes)
-        return .ready(record, attributes, metadata)
+        return .ready(record, attributes)
     }
 
-    private func refused(_ code: InboundRefusal.Code, _ message: String, _ metadata: Logger.Metadata) -> Prepared {
-        if case .failure(let refusal) = refuse(code, message, metadata) { return .refused(refusal) }
+    private func refused(_ code: InboundRefusal.Code, _ message: String, _ request: InboundRequest) -> Prepared {
+        if case .failure(let refusal) = refuse(code, message, request) { return .refused(refusal) }
         return .refused(InboundRefusal(code: code, message: message))
     }
 
     private func finish(
-        _ record: ConnectionRecord, decision: AuthorizationDecision, metadata: Logger.Metadata
+        _ record: ConnectionRecord, decision: AuthorizationDecision, request: InboundRequest
     ) -> Result<ConnectionRecord, InboundRefusal> {
-        var metadata = metadata
         record.recordDecision(decision)
         if !decision.allowed {
-            if let policy = decision.policy { metadata["policy"] = "\(policy)" }
             record.recordFailure("denied: \(decision)", flag: .denied)
             for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionDenied(record) }
-            return refuse(.denied, "denied by policy: \(decision)", metadata)
+            return refuse(.denied, "denied by policy: \(decision)", request, policy: decision.policy.map { "\($0)" })
         }
         return .success(record)
     }
@@ -213,10 +208,15 @@ public final class InboundPath: Sendable {
     }
 
     private func refuse(
-        _ code: InboundRefusal.Code, _ message: String, _ metadata: Logger.Metadata
+        _ code: InboundRefusal.Code, _ message: String, _ request: InboundRequest, policy: String? = nil
     ) -> Result<ConnectionRecord, InboundRefusal> {
-        var metadata = metadata
-        metadata["reason"] = "\(code)"
+        // Built only for a refusal: admitted connections pay nothing for log metadata.
+        var metadata: Logger.Metadata = [
+            "source": "\(request.source)", "destination": "\(request.destination)", "route": "\(request.route)",
+            "reason": "\(code)",
+        ]
+        if let peer = request.peerIdentity { metadata["peer"] = "\(peer)" }
+        if let policy { metadata["policy"] = "\(policy)" }
         logger.info("inbound connection refused: \(message)", metadata: metadata)
         return .failure(InboundRefusal(code: code, message: message))
     }

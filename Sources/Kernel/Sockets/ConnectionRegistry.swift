@@ -54,15 +54,48 @@ public final class ConnectionRecord: Sendable, Identifiable {
     /// What the policy chain saw when it authorized the connection (inbound paths set
     /// it); ``PolicyChain/reevaluate(_:logger:)`` checks these records again when
     /// policies change. Nil for connections no policy governs (outbound).
-    public let authorization: ConnectionAttributes?
+    public var authorization: ConnectionAttributes? {
+        switch policyInputs {
+        case .none: nil
+        case .recorded:
+            ConnectionAttributes(
+                sourceIdentity: peerIdentity, sourceAddress: source, sourceWorkload: sourceWorkload,
+                destinationAddress: destination, destinationWorkload: destinationWorkload,
+                isMutualTLS: isMutualTLS)
+        case .given(let box): box.value
+        }
+    }
     /// When it was accepted.
     public let openedAt: ContinuousClock.Instant
     /// Bytes each way, updated as they flow.
     public let bytes = ByteCounters()
 
-    private let state = NIOLockedValueBox<(closer: (@Sendable () -> Void)?, failure: String?)>((nil, nil))
-    private let flag = NIOLockedValueBox<ResponseFlag?>(nil)
-    private let verdict = NIOLockedValueBox<AuthorizationDecision?>(nil)
+    /// What changes over the connection's life, under one lock (a lock each would cost
+    /// an allocation each, on every connection).
+    private struct Mutable {
+        var closer: (@Sendable () -> Void)?
+        var failure: String?
+        var flag: ResponseFlag?
+        var verdict: AuthorizationDecision?
+    }
+
+    /// The policy inputs, boxed: most records (outbound) have none, and a nil box costs
+    /// a pointer where the attributes inline would cost two workloads' worth of bytes.
+    private final class AuthorizationBox: Sendable {
+        let value: ConnectionAttributes
+        init(_ value: ConnectionAttributes) { self.value = value }
+    }
+
+    /// Where ``authorization`` comes from: nowhere, the record's own fields (what the
+    /// inbound path asks about is exactly what it records), or attributes of their own.
+    private enum PolicyInputs: Sendable {
+        case none
+        case recorded
+        case given(AuthorizationBox)
+    }
+
+    private let policyInputs: PolicyInputs
+    private let state = NIOLockedValueBox(Mutable())
     private static let nextID = Atomic<UInt64>(1)
 
     /// Creates a record with a fresh id.
@@ -82,7 +115,30 @@ public final class ConnectionRecord: Sendable, Identifiable {
         self.peerIdentity = peerIdentity
         self.route = route
         self.isMutualTLS = isMutualTLS
-        self.authorization = authorization
+        self.policyInputs = authorization.map { .given(AuthorizationBox($0)) } ?? .none
+        self.openedAt = .now
+    }
+
+    /// Creates a record with a fresh id for a connection the policy chain governs, whose
+    /// ``authorization`` is what the record itself holds: the peer identity as the source
+    /// identity, the addresses and workloads, and whether it is mutual TLS (kept once, not
+    /// twice, on every inbound connection).
+    public init(
+        governed direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
+        sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
+        peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool
+    ) {
+        self.id = Self.nextID.add(1, ordering: .relaxed).oldValue
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        self.sourceWorkload = sourceWorkload
+        self.destinationWorkload = destinationWorkload
+        self.destinationService = destinationService
+        self.peerIdentity = peerIdentity
+        self.route = route
+        self.isMutualTLS = isMutualTLS
+        self.policyInputs = .recorded
         self.openedAt = .now
     }
 
@@ -108,22 +164,24 @@ public final class ConnectionRecord: Sendable, Identifiable {
     /// Records why the connection failed and the Istio response flag that classifies it
     /// (telemetry's `response_flags` label); the first reason and the first flag win.
     public func recordFailure(_ reason: String, flag: ResponseFlag) {
-        recordFailure(reason)
-        self.flag.withLockedValue { if $0 == nil { $0 = flag } }
+        state.withLockedValue {
+            if $0.failure == nil { $0.failure = reason }
+            if $0.flag == nil { $0.flag = flag }
+        }
     }
 
     /// The response flag recorded with ``recordFailure(_:flag:)``, if any.
-    public var responseFlag: ResponseFlag? { flag.withLockedValue { $0 } }
+    public var responseFlag: ResponseFlag? { state.withLockedValue { $0.flag } }
 
     /// Records the policy chain's decision on the connection (inbound paths do, allowed
     /// or denied, before they report it to telemetry); the first one wins.
     public func recordDecision(_ decision: AuthorizationDecision) {
-        verdict.withLockedValue { if $0 == nil { $0 = decision } }
+        state.withLockedValue { if $0.verdict == nil { $0.verdict = decision } }
     }
 
     /// The policy chain's decision, naming the deciding plugin, once the inbound path has
     /// asked; nil for connections no policy governs (outbound).
-    public var decision: AuthorizationDecision? { verdict.withLockedValue { $0 } }
+    public var decision: AuthorizationDecision? { state.withLockedValue { $0.verdict } }
 }
 
 /// Every open proxied connection of the node. Drain waits on it; policy re-evaluation
@@ -143,8 +201,14 @@ public final class ConnectionRegistry: Sendable {
 
     /// Removes a connection (idempotent).
     public func unregister(_ record: ConnectionRecord) {
-        open.withLockedValue { _ = $0.removeValue(forKey: record.id) }
+        let removed = open.withLockedValue { $0.removeValue(forKey: record.id) != nil }
+        if removed { closedCount.add(1, ordering: .relaxed) }
     }
+
+    private let closedCount = Atomic<UInt64>(0)
+
+    /// How many connections have been unregistered since the registry was made.
+    public var closedTotal: UInt64 { closedCount.load(ordering: .relaxed) }
 
     /// How many connections are open.
     public var count: Int { open.withLockedValue { $0.count } }

@@ -100,13 +100,15 @@ final class OutboundPath: Sendable {
         let eventLoop = downstream.eventLoop
         let decision = Forwarding.decide(request, in: mesh)
         let source = request.source
-        var metadata: Logger.Metadata = [
-            "source": "\(source?.uid ?? "unknown")", "destination": "\(request.destination)",
-        ]
+        // Built only when something is logged: admitted connections pay nothing for it.
+        func metadata(_ extra: Logger.Metadata) -> Logger.Metadata {
+            extra.merging(
+                ["source": "\(source?.uid ?? "unknown")", "destination": "\(request.destination)"]
+            ) { own, _ in own }
+        }
         switch decision {
         case .refuse(let refusal):
-            metadata["reason"] = "\(refusal)"
-            logger.info("refused outbound connection", metadata: metadata)
+            logger.info("refused outbound connection", metadata: metadata(["reason": "\(refusal)"]))
             report(
                 refused: request, mesh: mesh, refusal.description,
                 refusal.code == .noHealthyEndpoint ? .noHealthyUpstream : .noRoute)
@@ -117,10 +119,9 @@ final class OutboundPath: Sendable {
             guard let tunnel = context.provider(of: (any TunnelDialer).self), let source,
                 let sourceAddress = request.sourceAddress
             else {
-                metadata["gateway"] = "\(target.gateway)"
                 logger.warning(
                     "refused: destination speaks HBONE and no tunnel plugin is enabled (enable `hbone`)",
-                    metadata: metadata)
+                    metadata: metadata(["gateway": "\(target.gateway)"]))
                 report(refused: request, mesh: mesh, "HBONE destination needs a tunnel plugin", .noRoute)
                 return eventLoop.makeFailedFuture(
                     SOCKS5Error(.notAllowed, "HBONE destination needs a tunnel plugin"))

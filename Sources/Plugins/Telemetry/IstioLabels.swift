@@ -27,6 +27,20 @@ public struct IstioLabels: Sendable, Hashable {
         Self.names.firstIndex(of: name).map { values[$0] }
     }
 
+    /// The index of `response_flags` in ``names``.
+    static let responseFlagsIndex = names.firstIndex(of: "response_flags")!
+
+    /// The same labels with `response_flags` set to `flag`.
+    func with(flag: ResponseFlag) -> IstioLabels {
+        var values = values
+        values[Self.responseFlagsIndex] = flag.rawValue
+        return IstioLabels(values: values)
+    }
+
+    private init(values: [String]) {
+        self.values = values
+    }
+
     /// `(name, value)` pairs, as the Prometheus registry takes them.
     public var pairs: [(String, String)] { Array(zip(Self.names, values)) }
 

@@ -72,18 +72,45 @@ public final class IstioTCPMetrics: Sendable {
         var fingerprint: String
     }
 
-    private struct Series: Sendable {
-        var counters: [Kind: Counter] = [:]
+    /// One label set's counters. A class so an open connection holds its series directly
+    /// and its close and byte flushes need no lookup by label set (hashing 23 strings).
+    /// Only touched under ``state``'s lock.
+    private final class Series: @unchecked Sendable {
+        let labels: IstioLabels
+        var opened: Counter?
+        var closed: Counter?
+        var received: Counter?
+        var sent: Counter?
         var origins: Set<Origin> = []
         /// Open connections counting on this series (their bytes still flow into it).
         var open = 0
         /// When an origin was first seen gone; nil while all are present.
         var departedSince: ContinuousClock.Instant?
+
+        init(labels: IstioLabels) {
+            self.labels = labels
+        }
+
+        var counters: [Counter] { [opened, closed, received, sent].compactMap { $0 } }
+
+        func counter(_ kind: Kind, in registry: PrometheusCollectorRegistry) -> Counter {
+            let path: ReferenceWritableKeyPath<Series, Counter?> =
+                switch kind {
+                case .opened: \.opened
+                case .closed: \.closed
+                case .received: \.received
+                case .sent: \.sent
+                }
+            if let existing = self[keyPath: path] { return existing }
+            let made = registry.makeCounter(descriptor: .named(kind.name, help: kind.help), labels: labels.pairs)
+            self[keyPath: path] = made
+            return made
+        }
     }
 
     private struct Tracked: Sendable {
         var record: ConnectionRecord
-        var labels: IstioLabels
+        var series: Series
         var flushedSent: UInt64 = 0
         var flushedReceived: UInt64 = 0
     }
@@ -105,32 +132,40 @@ public final class IstioTCPMetrics: Sendable {
     }
 
     /// A connection started relaying: counts it opened and starts following its bytes.
+    ///
+    /// The label set is computed once here; the close reuses it (with the outcome's
+    /// flag), and the series' origins are only worked out when the series is new.
     public func opened(_ record: ConnectionRecord) {
         let labels = IstioLabels(record, flag: .noFlag)
-        let origins = Self.origins(of: record)
         state.withLockedValue { state in
             guard state.open[record.id] == nil else { return }
-            counter(.opened, labels, origins, in: &state).increment()
-            for kind in [Kind.received, .sent] { _ = counter(kind, labels, origins, in: &state) }
-            state.series[labels]?.open += 1
-            state.open[record.id] = Tracked(record: record, labels: labels)
+            let series = self.series(labels, origins: Self.origins(of: record), in: &state)
+            series.counter(.opened, in: registry).increment()
+            _ = series.counter(.received, in: registry)
+            _ = series.counter(.sent, in: registry)
+            series.open += 1
+            state.open[record.id] = Tracked(record: record, series: series)
         }
     }
 
     /// A connection ended: adds its last bytes and counts it closed under its outcome's
     /// response flag.
     public func closed(_ record: ConnectionRecord) {
-        let closedLabels = IstioLabels(record)
-        let origins = Self.origins(of: record)
+        let flag = record.responseFlag ?? .noFlag
         state.withLockedValue { state in
             guard let tracked = state.open.removeValue(forKey: record.id) else {
                 // Never seen opened (e.g. the sink was added late): still count the close.
-                counter(.closed, closedLabels, origins, in: &state).increment()
+                series(IstioLabels(record), origins: Self.origins(of: record), in: &state)
+                    .counter(.closed, in: registry).increment()
                 return
             }
             flush(tracked, in: &state)
-            state.series[tracked.labels]?.open -= 1
-            counter(.closed, closedLabels, origins, in: &state).increment()
+            tracked.series.open -= 1
+            let closing =
+                flag == .noFlag
+                ? tracked.series
+                : series(tracked.series.labels.with(flag: flag), origins: Self.origins(of: record), in: &state)
+            closing.counter(.closed, in: registry).increment()
         }
     }
 
@@ -138,12 +173,14 @@ public final class IstioTCPMetrics: Sendable {
     /// closed under its flag (the record's, else `fallback`).
     public func refused(_ record: ConnectionRecord, fallback: ResponseFlag) {
         let openedLabels = IstioLabels(record, flag: .noFlag)
-        let closedLabels = IstioLabels(record, flag: record.responseFlag ?? fallback)
-        let origins = Self.origins(of: record)
+        let closedLabels = openedLabels.with(flag: record.responseFlag ?? fallback)
         state.withLockedValue { state in
-            counter(.opened, openedLabels, origins, in: &state).increment()
-            for kind in [Kind.received, .sent] { _ = counter(kind, openedLabels, origins, in: &state) }
-            counter(.closed, closedLabels, origins, in: &state).increment()
+            let opened = series(openedLabels, origins: Self.origins(of: record), in: &state)
+            opened.counter(.opened, in: registry).increment()
+            _ = opened.counter(.received, in: registry)
+            _ = opened.counter(.sent, in: registry)
+            series(closedLabels, origins: Self.origins(of: record), in: &state).counter(.closed, in: registry)
+                .increment()
         }
     }
 
@@ -180,16 +217,16 @@ public final class IstioTCPMetrics: Sendable {
             var removedSeries = 0
             for (labels, series) in state.series {
                 guard series.open == 0, !series.origins.allSatisfy(isPresent) else {
-                    state.series[labels]?.departedSince = nil
+                    series.departedSince = nil
                     continue
                 }
                 let since = series.departedSince ?? now
                 if since.duration(to: now) >= gracePeriod {
-                    for counter in series.counters.values { registry.unregisterCounter(counter) }
+                    for counter in series.counters { registry.unregisterCounter(counter) }
                     removedSeries += 1
                     state.series[labels] = nil
                 } else {
-                    state.series[labels]?.departedSince = since
+                    series.departedSince = since
                 }
             }
             return removedSeries
@@ -210,20 +247,23 @@ public final class IstioTCPMetrics: Sendable {
         guard sent != tracked.flushedSent || received != tracked.flushedReceived else { return }
         // Client → destination is Istio's "received", destination → client its "sent".
         if sent > tracked.flushedSent {
-            counter(.received, tracked.labels, [], in: &state).increment(by: Int64(sent - tracked.flushedSent))
+            tracked.series.counter(.received, in: registry).increment(by: Int64(sent - tracked.flushedSent))
         }
         if received > tracked.flushedReceived {
-            counter(.sent, tracked.labels, [], in: &state).increment(by: Int64(received - tracked.flushedReceived))
+            tracked.series.counter(.sent, in: registry).increment(by: Int64(received - tracked.flushedReceived))
         }
         state.open[tracked.record.id]?.flushedSent = sent
         state.open[tracked.record.id]?.flushedReceived = received
     }
 
-    private func counter(_ kind: Kind, _ labels: IstioLabels, _ origins: Set<Origin>, in state: inout State) -> Counter {
-        if let existing = state.series[labels]?.counters[kind] { return existing }
-        let made = registry.makeCounter(descriptor: .named(kind.name, help: kind.help), labels: labels.pairs)
-        state.series[labels, default: Series()].counters[kind] = made
-        state.series[labels]?.origins.formUnion(origins)
+    /// The series of `labels`, made (with `origins`) when there is none yet.
+    private func series(
+        _ labels: IstioLabels, origins: @autoclosure () -> Set<Origin>, in state: inout State
+    ) -> Series {
+        if let existing = state.series[labels] { return existing }
+        let made = Series(labels: labels)
+        made.origins = origins()
+        state.series[labels] = made
         return made
     }
 
