@@ -217,6 +217,7 @@ def sigterm_scenario(pair, engine, node, count=1000, finishing_count=300):
     drive(engine, signal_at - time.monotonic(), tick=tick)
     process_pid = pair.pid(node)
     cpu = {n: cpu_seconds(pair.pid(n)) for n in ["node-a", "node-b"]}
+    backend_before = pair.echo_stats()
     signalled = time.monotonic()
     pair.signal(node, signal.SIGTERM)
     # A new connection late in the drain is not served. (Not early: the plugins stop their
@@ -238,6 +239,10 @@ def sigterm_scenario(pair, engine, node, count=1000, finishing_count=300):
     status, waited = pair.wait_exit(node, 20)
     exited = time.monotonic() - signalled
     complete, cut, bad = audit(conns)
+    # The backend application's view: a cut connection must reach it as an abort too, never
+    # as a clean end of the request. (Stats are written within 0.2 s of a change.)
+    time.sleep(0.5)
+    backend = {k: v - backend_before.get(k, 0) for k, v in pair.echo_stats().items()}
     finished_in = max((c.ended_at - signalled for c in complete), default=0)
     # Cut: every connection that ended in a reset (the lasting ones, and finishing ones a
     # starved machine could not finish in time).
@@ -248,7 +253,8 @@ def sigterm_scenario(pair, engine, node, count=1000, finishing_count=300):
            f"after SIGTERM), {len(cut)} cut ({ends(cut)}; {cut_times[0] if cut_times else 0:.2f}–"
            f"{cut_times[-1] if cut_times else 0:.2f} s after SIGTERM), {len(bad)} bad; exit status {status} after {exited:.2f} s; "
            f"a new connection during the drain: {late.end if late else None}; CPU seconds during the drain: "
-           f"{node} {drained_cpu[0]:.1f}, {other} {other_cpu:.1f}")
+           f"{node} {drained_cpu[0]:.1f}, {other} {other_cpu:.1f}; the backend saw {backend['eof']} clean ends and "
+           f"{backend['reset']} resets ({backend['error']} other errors)")
     if unfinished:
         states = {}
         for c in unfinished:
@@ -258,6 +264,9 @@ def sigterm_scenario(pair, engine, node, count=1000, finishing_count=300):
         print(f"    unfinished transfers at the deadline: {states}")
     expect(not bad, "connections that ended wrongly: " + "; ".join(f"#{c.id} ({c.group}): {why}" for c, why in bad[:5]))
     expect(all(c.end == "reset" for c in lasting), f"connections open at the deadline must be reset: {ends(lasting)}")
+    expect(backend["eof"] == len(complete) and backend["reset"] + backend["error"] == len(cut),
+           f"the backend saw {backend} for {len(complete)} complete and {len(cut)} cut connections: a cut "
+           f"connection must reach it as an abort, not a clean end")
     # Nothing is cut before the deadline: a finishing transfer ends complete, or, if the
     # machine was too busy to finish it in time, is reset at the deadline like the others.
     expect(all(c.end == "reset" for c in unfinished), f"unfinished transfers must be reset: {ends(unfinished)}")

@@ -138,6 +138,7 @@ class Pair:
         self.hbone_extra = hbone_extra
         self.nodes = {}  # name -> Popen
         self.echo = None
+        self.echo_stats_path = os.path.join(workdir, "echo-stats.json")
 
     # ------------------------------------------------------------ setup
     def write_config(self):
@@ -175,8 +176,8 @@ plugins:
     def start_echo(self):
         log = open(os.path.join(self.dir, "echo.log"), "a")
         self.echo = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "echo", self.layout.server_ip, str(self.layout.echo_port)],
-            stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, os.path.abspath(__file__), "echo", self.layout.server_ip, str(self.layout.echo_port),
+             self.echo_stats_path], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -205,6 +206,15 @@ plugins:
 
     def pid(self, node):
         return self.nodes[node].pid
+
+    def echo_stats(self):
+        """How the echo backend's connections ended so far: {"eof": n, "reset": n, "error": n}
+        (written by the backend at most 0.2 s after a change)."""
+        try:
+            with open(self.echo_stats_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {"eof": 0, "reset": 0, "error": 0}
 
     # ------------------------------------------------------------ state
     def http(self, port, path, method="GET", timeout=5):
@@ -560,10 +570,26 @@ class Engine:
 
 # ---------------------------------------------------------------- echo backend
 
-def echo_server(host, port):
+def echo_server(host, port, stats_path=None):
     """Echoes every byte; after the client's EOF, echoes what is left, then half-closes and
-    closes. A reset or error closes the connection. Single-threaded epoll."""
+    closes. A reset or error closes the connection. Single-threaded epoll. Counts how
+    connections ended (a clean EOF, a reset, another error) in `stats_path`."""
     raise_fd_limit()
+    stats = {"eof": 0, "reset": 0, "error": 0}
+    dirty = [False, 0.0]
+
+    def ended(how):
+        stats[how] += 1
+        dirty[0] = True
+
+    def save():
+        if not stats_path or not dirty[0] or time.monotonic() - dirty[1] < 0.2:
+            return
+        dirty[0] = False
+        dirty[1] = time.monotonic()
+        with open(stats_path + ".tmp", "w") as f:
+            json.dump(stats, f)
+        os.replace(stats_path + ".tmp", stats_path)
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
@@ -592,7 +618,9 @@ def echo_server(host, port):
                 n = sock.send(pending)
             except BlockingIOError:
                 break
-            except OSError:
+            except OSError as error:
+                if not entry[2]:  # else already counted as a clean end
+                    ended("reset" if error.errno in (errno.ECONNRESET, errno.EPIPE) else "error")
                 drop(fd)
                 return
             del pending[:n]
@@ -610,7 +638,8 @@ def echo_server(host, port):
             ep.modify(fd, mask)
 
     while True:
-        for fd, mask in ep.poll():
+        save()
+        for fd, mask in ep.poll(0.2):
             if fd == listener.fileno():
                 while True:
                     try:
@@ -633,11 +662,13 @@ def echo_server(host, port):
                         n = entry[0].recv_into(buffer)
                     except BlockingIOError:
                         break
-                    except OSError:
+                    except OSError as error:
+                        ended("reset" if error.errno == errno.ECONNRESET else "error")
                         drop(fd)
                         break
                     if n == 0:
                         entry[2] = True
+                        ended("eof")
                         break
                     entry[1] += memoryview(buffer)[:n]
                     if n < len(buffer):
@@ -645,15 +676,15 @@ def echo_server(host, port):
                 if fd not in conns:
                     continue
             elif mask & (select.EPOLLHUP | select.EPOLLERR):
-                drop(fd)
+                drop(fd)  # after its EOF, already counted
                 continue
             flush(fd)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "echo":
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "echo":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        echo_server(sys.argv[2], int(sys.argv[3]))
+        echo_server(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) == 5 else None)
     else:
         print(__doc__)
         sys.exit(2)

@@ -552,7 +552,9 @@ final class RelayHandler: ChannelInboundHandler {
         if !expected && !sawError {
             outcome.fail(RelayError(code: .closedUnexpectedly, side: side))
         }
-        send(.closed(abortive: sawError || !expected))
+        // A forced close (``ConnectionRecord/close()``) is an abort for the peer too: its end
+        // must not pass a half-close on (a FIN or END_STREAM) before it closes.
+        send(.closed(abortive: sawError || !expected || outcome.isForced))
         peer = nil
         waiting = []
         outbox = []
