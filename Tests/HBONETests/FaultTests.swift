@@ -117,6 +117,69 @@ extension HBONENetworkTests {
             #expect(after.bytes > 0)
             try await nodes.stop()
         }
+
+        /// Promise: a connection still open when the drain deadline passes (SIGTERM, on
+        /// either proxy) is cut with a reset, so its client cannot take it for a complete
+        /// transfer. Found by `Tests/reliability/faults` (sigterm_source): the relay closed
+        /// both sides with a FIN.
+        @Test("drain deadline on either proxy: a connection still open is reset, not ended cleanly")
+        func drainDeadlineResets() async throws {
+            let nodes = try await HostileNodes()
+            // A listener that never accepts: the kernel takes the bytes, nothing answers.
+            let silent = try ResetAfterServer(ip: HostileMesh.server)
+            let socks = nodes.a.socks
+            let target = SOCKS5Request(address: .ip(silent.address.ip), port: silent.address.port)
+            for (name, node) in [("source", nodes.a), ("destination", nodes.b)] {
+                let client = try await offload {
+                    SequentialUse(try SOCKS5Client(
+                        proxy: socks, source: IPAddress(HostileMesh.client), request: target, timeoutSeconds: 10))
+                }
+                #expect(client.value.reply == .succeeded)
+                try await offload { try client.value.send(HashServer.pattern(offset: 0, count: 10_000)) }
+                #expect(await eventually { nodes.a.node.connections.count == 1 && nodes.b.node.connections.count == 1 })
+                let outcome = await node.node.connections.drain(deadline: .zero)
+                let (received, end) = try await offload { client.value.receiveUntilEnd() }
+                report("drain deadline on the \(name) proxy: \(outcome.forced) connection closed by force; client saw \(end)")
+                #expect(outcome.forced == 1)
+                #expect(end == .reset, "\(name) proxy: a connection cut at the drain deadline must reach the client as a reset")
+                #expect(received.isEmpty)
+                #expect(await eventually { nodes.a.node.connections.count == 0 && nodes.b.node.connections.count == 0 })
+            }
+            try await nodes.stop()
+        }
+
+        /// Promise: when the HBONE connection carrying a tunnel goes away while the tunnel is
+        /// open (the destination proxy killed or shut down), the client sees a reset, also
+        /// after it has half-closed and is waiting for the rest of the answer. Found by
+        /// `Tests/reliability/faults` (sigterm_destination): NIOHTTP2 ends the streams of a
+        /// closed connection as if they had finished, and the source proxy passed that on as
+        /// a clean end of stream, truncating the answer silently.
+        @Test("the HBONE connection under a half-closed tunnel closes: the client sees a reset")
+        func carrierLostAfterHalfClose() async throws {
+            let nodes = try await HostileNodes()
+            let silent = try ResetAfterServer(ip: HostileMesh.server)
+            let socks = nodes.a.socks
+            let target = SOCKS5Request(address: .ip(silent.address.ip), port: silent.address.port)
+            let client = try await offload {
+                SequentialUse(try SOCKS5Client(
+                    proxy: socks, source: IPAddress(HostileMesh.client), request: target, timeoutSeconds: 10))
+            }
+            #expect(client.value.reply == .succeeded)
+            try await offload {
+                try client.value.send(HashServer.pattern(offset: 0, count: 10_000))
+                client.value.finishSending()
+            }
+            #expect(await eventually { nodes.b.node.connections.count == 1 })
+            // The destination proxy's HBONE side goes away: its connections close (TLS
+            // close_notify, then FIN) without resetting the streams they carry.
+            await nodes.b.hbone.cleanup()
+            let (received, end) = try await offload { client.value.receiveUntilEnd() }
+            report("HBONE connection closed under a half-closed tunnel: client saw \(end)")
+            #expect(end == .reset, "a tunnel whose carrying connection vanished must not end cleanly")
+            #expect(received.isEmpty)
+            #expect(await eventually { nodes.a.node.connections.count == 0 })
+            try await nodes.stop()
+        }
     }
 }
 

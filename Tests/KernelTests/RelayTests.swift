@@ -183,7 +183,7 @@ struct RelayTests {
     }
 
     @Test
-    func registryHoldsTheOpenConnectionAndItsCloserEndsBothSides() async throws {
+    func registryHoldsTheOpenConnectionAndItsCloserResetsBothSides() async throws {
         let size = 1 * Self.mebibyte
         let serverProgress = PeerProgress()
         try await RelayFixture.with { channel, report in
@@ -208,18 +208,19 @@ struct RelayTests {
             try await value(of: relayed.done, within: .seconds(5), "relay end")
             #expect(!relayed.downstream.isActive)
             #expect(!relayed.upstream.isActive)
-            // Both ends see the connection end (they allow half-closure, so they see EOF
-            // and stay open until they close themselves).
-            #expect(await eventually { clientProgress.sawEOF && serverProgress.sawEOF })
             #expect(fixture.registry.count == 0)
             #expect(relayed.record.failure == nil)
             // The closer outlives the relay harmlessly.
             relayed.record.close()
 
-            try await clientChannel.close()
-            try await value(of: fixture.serverChannel.futureResult, "server connection").close()
+            // Both ends see the connection end as a reset, never as EOF: a connection closed
+            // by force (drain deadline, policy change) has not finished its transfer.
             let client = try await value(of: clientReport.futureResult, within: .seconds(5), "client close")
             let server = try await value(of: fixture.serverReport.futureResult, within: .seconds(5), "server close")
+            #expect(!clientProgress.sawEOF && !serverProgress.sawEOF)
+            #expect(client.error?.contains("reset by peer") == true, "client: \(client.error ?? "no error")")
+            #expect(server.error?.contains("reset by peer") == true, "server: \(server.error ?? "no error")")
+            try? await clientChannel.close()
             #expect(client.receivedDigest == server.sentDigest)
             #expect(server.receivedDigest == client.sentDigest)
         }

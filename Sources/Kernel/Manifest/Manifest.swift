@@ -17,7 +17,7 @@ import NIOCore
 ///   name: node-a             # default: the host name; workloads whose `node` equals
 ///                            #   this are local to this proxy
 ///   threads: 2               # event-loop threads, default: number of cores
-///   drainDeadline: 5s        # how long open connections may finish on shutdown
+///   drainDeadline: 5s        # how long open connections may finish on shutdown (from the signal)
 ///   policyDeadline: 1s       # how long a policy plugin may take to decide; then deny
 /// logging:                   # optional
 ///   level: info              # trace, debug, info, notice, warning, error, critical

@@ -47,6 +47,9 @@ public final class ProxyNode: Sendable {
         var group: ServiceGroup?
         var quitRequested = false
         var draining = false
+        /// When the drain began (the signal or `/quitquitquit`): the drain deadline counts
+        /// from here.
+        var drainStarted: ContinuousClock.Instant?
         var adminAddress: SocketAddr?
         var readinessAddress: SocketAddr?
     }
@@ -176,6 +179,12 @@ public final class ProxyNode: Sendable {
                     failureTerminationBehavior: .gracefullyShutdownGroup,
                     serviceName: id))
         }
+        // Last in the list, so the group shuts it down first: it notes when the drain began,
+        // before the plugins take their time to stop.
+        services.append(
+            .init(
+                service: DrainClockService(node: self), successTerminationBehavior: .ignore,
+                failureTerminationBehavior: .ignore, serviceName: "drain-clock"))
         let configuration = ServiceGroupConfiguration(
             services: services,
             gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
@@ -208,6 +217,7 @@ public final class ProxyNode: Sendable {
         let group = state.withLockedValue { state -> ServiceGroup? in
             state.quitRequested = true
             state.draining = true
+            if state.drainStarted == nil { state.drainStarted = .now }
             return state.group
         }
         if let group { Task { await group.triggerGracefulShutdown() } }
@@ -218,7 +228,16 @@ public final class ProxyNode: Sendable {
     }
 
     func markDraining() {
-        state.withLockedValue { $0.draining = true }
+        state.withLockedValue { state in
+            state.draining = true
+            if state.drainStarted == nil { state.drainStarted = .now }
+        }
+    }
+
+    /// How much of `deadline` is left since the drain began (all of it before).
+    func drainTimeLeft(of deadline: Duration) -> Duration {
+        guard let started = state.withLockedValue({ $0.drainStarted }) else { return deadline }
+        return max(.zero, deadline - started.duration(to: .now))
     }
 
     /// Every plugin's id and lifecycle state, in manifest order.
@@ -334,7 +353,19 @@ struct PluginService: ServiceLifecycle.Service {
     }
 }
 
-/// Waits for graceful shutdown, then lets open connections finish until the deadline.
+/// Notes when graceful shutdown began: the group shuts it down before any plugin.
+struct DrainClockService: ServiceLifecycle.Service {
+    let node: ProxyNode
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        node.markDraining()
+    }
+}
+
+/// Waits for graceful shutdown, then lets open connections finish until the deadline,
+/// counted from the start of the drain (the plugins have stopped accepting by now, which
+/// can take a while on a busy node), and closes the rest.
 struct ConnectionDrainService: ServiceLifecycle.Service {
     let node: ProxyNode
     let deadline: Duration
@@ -342,7 +373,7 @@ struct ConnectionDrainService: ServiceLifecycle.Service {
     func run() async throws {
         try? await gracefulShutdown()
         node.markDraining()
-        let outcome = await node.connections.drain(deadline: deadline)
+        let outcome = await node.connections.drain(deadline: node.drainTimeLeft(of: deadline))
         node.logLevelLogger.info(
             "drained connections",
             metadata: ["open_at_start": "\(outcome.atStart)", "closed_at_deadline": "\(outcome.forced)"])

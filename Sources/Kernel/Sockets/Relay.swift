@@ -51,7 +51,8 @@ public enum Relay {
     /// ``ConnectionRecord/close()`` closes both sides at once.
     ///
     /// The record is registered in `registry` now and unregistered exactly once, after both
-    /// channels are closed; its closer closes both channels.
+    /// channels are closed; its closer closes both channels abortively (a reset on sockets),
+    /// so neither end can take the cut connection for a complete one.
     ///
     /// Threading: may be called from any thread; the channels may be on different event
     /// loops (bytes then hop once per read cycle). Called on the downstream's event loop
@@ -75,8 +76,8 @@ public enum Relay {
         registry?.register(record)
         record.setCloser {
             outcome.markForced()
-            downstream.close(promise: nil)
-            upstream.close(promise: nil)
+            abortiveClose(downstream)
+            abortiveClose(upstream)
         }
 
         let sameLoop = downstream.eventLoop === upstream.eventLoop
@@ -94,6 +95,18 @@ public enum Relay {
             record.setCloser {}
             if let error = outcome.error { throw error }
         }
+    }
+
+    /// Closes `channel` so that its other end sees an abort, not a clean end of stream: a
+    /// connection closed by force (drain deadline, policy change) has not finished its
+    /// transfer. A socket is reset (SO_LINGER 0: RST instead of FIN); a multiplexed stream
+    /// resets itself on a plain close.
+    private static func abortiveClose(_ channel: any Channel) {
+        guard let socket = channel as? any SocketOptionProvider else {
+            channel.close(promise: nil)
+            return
+        }
+        socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
     }
 
     private static func install(_ handler: LoopOwned<RelayHandler>, into channel: any Channel) {
@@ -550,7 +563,9 @@ final class RelayHandler: ChannelInboundHandler {
         if !expected && !sawError {
             outcome.fail(RelayError(code: .closedUnexpectedly, side: side))
         }
-        send(.closed(abortive: sawError || !expected))
+        // A forced close (``ConnectionRecord/close()``) is an abort for the peer too: its end
+        // must not pass a half-close on (a FIN or END_STREAM) before it closes.
+        send(.closed(abortive: sawError || !expected || outcome.isForced))
         peer = nil
         waiting = []
         outbox = []

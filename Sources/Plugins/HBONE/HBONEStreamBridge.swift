@@ -43,6 +43,8 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
     private var heldEnd = false
     private var inputEnded = false
     private var outputEnded = false
+    /// A full close was asked for on this side (the relay ending, a forced close).
+    private var closing = false
     /// The last DATA write, so an empty write (the relay's "tell me when the queue is
     /// written") completes in order without putting an empty DATA frame on the wire: peers
     /// count those as a denial-of-service signal.
@@ -189,6 +191,7 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         case .input:
             promise?.fail(ChannelError.operationUnsupported)
         case .all:
+            closing = true
             if outputEnded && inputEnded {
                 // Both directions are ending cleanly: NIOHTTP2 closes the stream once our
                 // END_STREAM is on the wire. Closing now would reset it (RST_STREAM), and
@@ -207,6 +210,15 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         lingering?.cancel()
         lingering = nil
+        // NIOHTTP2 closes the streams of a connection that goes away (the peer proxy killed,
+        // drained or unreachable) as if they had ended cleanly. Unless the peer ended its
+        // direction with END_STREAM or this side closed the stream, that is a lost stream:
+        // say so, so the relay passes it on as an abort (a reset to the application) rather
+        // than as a clean end that would pass for a complete transfer.
+        if !inputEnded && !heldEnd && !closing {
+            context.fireErrorCaught(
+                HBONEError(.connectionClosed, "the HBONE connection carrying the stream closed before the stream ended"))
+        }
         context.fireChannelInactive()
     }
 
