@@ -99,34 +99,38 @@ public final class ConnectionRecord: Sendable, Identifiable {
     private static let nextID = Atomic<UInt64>(1)
 
     /// Creates a record with a fresh id.
-    public init(
+    public convenience init(
         direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
         peerIdentity: SpiffeID? = nil, route: String, isMutualTLS: Bool = false,
         authorization: ConnectionAttributes? = nil
     ) {
-        self.id = Self.nextID.add(1, ordering: .relaxed).oldValue
-        self.direction = direction
-        self.source = source
-        self.destination = destination
-        self.sourceWorkload = sourceWorkload
-        self.destinationWorkload = destinationWorkload
-        self.destinationService = destinationService
-        self.peerIdentity = peerIdentity
-        self.route = route
-        self.isMutualTLS = isMutualTLS
-        self.policyInputs = authorization.map { .given(AuthorizationBox($0)) } ?? .none
-        self.openedAt = .now
+        self.init(
+            direction: direction, source: source, destination: destination, sourceWorkload: sourceWorkload,
+            destinationWorkload: destinationWorkload, destinationService: destinationService,
+            peerIdentity: peerIdentity, route: route, isMutualTLS: isMutualTLS,
+            policyInputs: authorization.map { .given(AuthorizationBox($0)) } ?? .none)
     }
 
     /// Creates a record with a fresh id for a connection the policy chain governs, whose
     /// ``authorization`` is what the record itself holds: the peer identity as the source
     /// identity, the addresses and workloads, and whether it is mutual TLS (kept once, not
     /// twice, on every inbound connection).
-    public init(
+    public convenience init(
         governed direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
         peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool
+    ) {
+        self.init(
+            direction: direction, source: source, destination: destination, sourceWorkload: sourceWorkload,
+            destinationWorkload: destinationWorkload, destinationService: destinationService,
+            peerIdentity: peerIdentity, route: route, isMutualTLS: isMutualTLS, policyInputs: .recorded)
+    }
+
+    private init(
+        direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
+        sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service?,
+        peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool, policyInputs: PolicyInputs
     ) {
         self.id = Self.nextID.add(1, ordering: .relaxed).oldValue
         self.direction = direction
@@ -138,7 +142,7 @@ public final class ConnectionRecord: Sendable, Identifiable {
         self.peerIdentity = peerIdentity
         self.route = route
         self.isMutualTLS = isMutualTLS
-        self.policyInputs = .recorded
+        self.policyInputs = policyInputs
         self.openedAt = .now
     }
 
