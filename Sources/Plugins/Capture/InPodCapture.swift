@@ -252,11 +252,9 @@ final class InPodCapture: Sendable {
                     ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.outboundPort), namespace: namespace),
                     group: context.eventLoopGroup
                 ) { channel in
-                    Self.registerAtOnce(
-                        channel,
-                        Self.acceptOutbound(
-                            channel, pod: uid, namespace: namespace, context: context, outbound: outbound,
-                            logger: logger))
+                    Self.acceptOutbound(
+                        channel, pod: uid, namespace: namespace, context: context, outbound: outbound,
+                        logger: logger)
                 })
             let inbound = self.inbound
             listeners.append(
@@ -264,7 +262,7 @@ final class InPodCapture: Sendable {
                     ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.inboundPort), namespace: namespace),
                     group: context.eventLoopGroup
                 ) { channel in
-                    Self.registerAtOnce(channel, inbound.accept(channel, pod: (uid, namespace)))
+                    inbound.accept(channel, pod: (uid, namespace))
                 })
         } catch {
             for listener in listeners { await listener.stopAccepting() }
@@ -304,20 +302,6 @@ final class InPodCapture: Sendable {
     }
 
     // MARK: Connections
-
-    /// Lets the accepted channel register with its event loop now, while `setUp` (which
-    /// has already turned `autoRead` off, so nothing is read before the relay asks) goes
-    /// on; a failed set-up closes the connection.
-    ///
-    /// Returning `setUp` itself from the listener's initializer would hold the channel's
-    /// registration until the upstream is connected, and NIO then completes it through the
-    /// listener's event loop: two cross-thread hops on every new connection's first bytes.
-    /// Registered early, the channel also notices a client that resets while the upstream
-    /// is being set up (the relay then closes the upstream).
-    static func registerAtOnce(_ channel: any Channel, _ setUp: EventLoopFuture<Void>) -> EventLoopFuture<Void> {
-        setUp.whenFailure { _ in channel.close(promise: nil) }
-        return channel.eventLoop.makeSucceededVoidFuture()
-    }
 
     /// One connection redirected to the pod's outbound listener.
     private static func acceptOutbound(

@@ -70,8 +70,8 @@ final class InboundPlaintext: Sendable {
         let inbound = self.inbound
         let logger = self.logger
         let mesh = self.mesh
-        // autoRead is off: nothing is read before the relay is installed and asks for
-        // bytes, whether the listener registers the channel now or once this completes.
+        // The connection is registered (and so read) only once this future completes: the
+        // relay is installed by then, so no byte arrives before it.
         return (fixed ?? Self.originalDestination(of: channel)).flatMap { original -> EventLoopFuture<ConnectionRecord> in
             let destination = original ?? local
             // Not redirected and no fixed destination: the destination is this listener
