@@ -139,16 +139,11 @@ public final class InboundPath: Sendable {
             sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
             route: request.route, isMutualTLS: request.peerIdentity != nil)
         // What the policy chain sees is what the record holds (and re-evaluates later).
-        let attributes = ConnectionAttributes(
-            sourceIdentity: request.peerIdentity, sourceAddress: request.source, sourceWorkload: sourceWorkload,
-            destinationAddress: request.destination, destinationWorkload: workload,
-            isMutualTLS: request.peerIdentity != nil)
-        return .ready(record, attributes)
+        return .ready(record, record.recordedAttributes)
     }
 
     private func refused(_ code: InboundRefusal.Code, _ message: String, _ request: InboundRequest) -> Prepared {
-        if case .failure(let refusal) = refuse(code, message, request) { return .refused(refusal) }
-        return .refused(InboundRefusal(code: code, message: message))
+        .refused(refuse(code, message, request))
     }
 
     private func finish(
@@ -158,7 +153,8 @@ public final class InboundPath: Sendable {
         if !decision.allowed {
             record.recordFailure("denied: \(decision)", flag: .denied)
             for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionDenied(record) }
-            return refuse(.denied, "denied by policy: \(decision)", request, policy: decision.policy.map { "\($0)" })
+            let policy = decision.policy.map { "\($0)" }
+            return .failure(refuse(.denied, "denied by policy: \(decision)", request, policy: policy))
         }
         return .success(record)
     }
@@ -209,7 +205,7 @@ public final class InboundPath: Sendable {
 
     private func refuse(
         _ code: InboundRefusal.Code, _ message: String, _ request: InboundRequest, policy: String? = nil
-    ) -> Result<ConnectionRecord, InboundRefusal> {
+    ) -> InboundRefusal {
         // Built only for a refusal: admitted connections pay nothing for log metadata.
         var metadata: Logger.Metadata = [
             "source": "\(request.source)", "destination": "\(request.destination)", "route": "\(request.route)",
@@ -218,6 +214,6 @@ public final class InboundPath: Sendable {
         if let peer = request.peerIdentity { metadata["peer"] = "\(peer)" }
         if let policy { metadata["policy"] = "\(policy)" }
         logger.info("inbound connection refused: \(message)", metadata: metadata)
-        return .failure(InboundRefusal(code: code, message: message))
+        return InboundRefusal(code: code, message: message)
     }
 }

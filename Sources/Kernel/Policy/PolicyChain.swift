@@ -66,38 +66,48 @@ public struct PolicyChain: Sendable {
     ///
     /// A link that throws or misses the deadline is a deny (see ``PolicyGuard``).
     public func authorize(_ attributes: ConnectionAttributes) async -> AuthorizationDecision {
-        var lastAllow: AuthorizationDecision?
+        var verdicts = Verdicts()
         for link in links {
-            var decision = await decide(link, attributes)
-            decision.plugin = link.id
-            switch decision.verdict {
-            case .deny: return decision
-            case .allow: lastAllow = decision
-            case .abstain: continue
-            }
+            if let deny = verdicts.add(await decide(link, attributes), from: link) { return deny }
         }
-        if let lastAllow { return lastAllow }
-        return .allow(reason: links.isEmpty ? "no policy plugin enabled" : "no policy plugin objected")
+        return verdicts.outcome(links: links.count)
     }
 
     /// The chain's decision without suspending, when every link it consults can answer at
     /// once (``ImmediateConnectionAuthorizer``); nil when one of them needs
     /// ``authorize(_:)``. Same rules as ``authorize(_:)``: the first deny wins.
     public func authorizeImmediately(_ attributes: ConnectionAttributes) -> AuthorizationDecision? {
-        var lastAllow: AuthorizationDecision?
+        var verdicts = Verdicts()
         for link in links {
             guard let immediate = link.authorizer as? any ImmediateConnectionAuthorizer,
-                var decision = immediate.authorizeImmediately(attributes)
+                let decision = immediate.authorizeImmediately(attributes)
             else { return nil }
+            if let deny = verdicts.add(decision, from: link) { return deny }
+        }
+        return verdicts.outcome(links: links.count)
+    }
+
+    /// The chain's rule, shared by both ways of asking: the first deny wins, else the last
+    /// allow, else an allow saying that nothing objected. Decisions are named after their
+    /// plugin.
+    private struct Verdicts {
+        private var lastAllow: AuthorizationDecision?
+
+        /// Adds one link's decision; returns it when it ends the chain (a deny).
+        mutating func add(_ decision: AuthorizationDecision, from link: Link) -> AuthorizationDecision? {
+            var decision = decision
             decision.plugin = link.id
             switch decision.verdict {
             case .deny: return decision
             case .allow: lastAllow = decision
-            case .abstain: continue
+            case .abstain: break
             }
+            return nil
         }
-        if let lastAllow { return lastAllow }
-        return .allow(reason: links.isEmpty ? "no policy plugin enabled" : "no policy plugin objected")
+
+        func outcome(links: Int) -> AuthorizationDecision {
+            lastAllow ?? .allow(reason: links == 0 ? "no policy plugin enabled" : "no policy plugin objected")
+        }
     }
 
     /// One link's decision, raced against the deadline. The plugin runs in a task of its

@@ -51,6 +51,11 @@ public final class ProxyNode: Sendable {
         /// from here.
         var drainStarted: ContinuousClock.Instant?
         var adminAddress: SocketAddr?
+
+        mutating func beginDrain() {
+            draining = true
+            if drainStarted == nil { drainStarted = .now }
+        }
         var readinessAddress: SocketAddr?
     }
 
@@ -216,8 +221,7 @@ public final class ProxyNode: Sendable {
     public func shutdown() {
         let group = state.withLockedValue { state -> ServiceGroup? in
             state.quitRequested = true
-            state.draining = true
-            if state.drainStarted == nil { state.drainStarted = .now }
+            state.beginDrain()
             return state.group
         }
         if let group { Task { await group.triggerGracefulShutdown() } }
@@ -228,10 +232,7 @@ public final class ProxyNode: Sendable {
     }
 
     func markDraining() {
-        state.withLockedValue { state in
-            state.draining = true
-            if state.drainStarted == nil { state.drainStarted = .now }
-        }
+        state.withLockedValue { $0.beginDrain() }
     }
 
     /// How much of `deadline` is left since the drain began (all of it before).

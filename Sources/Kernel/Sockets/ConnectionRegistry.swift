@@ -57,13 +57,17 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public var authorization: ConnectionAttributes? {
         switch policyInputs {
         case .none: nil
-        case .recorded:
-            ConnectionAttributes(
-                sourceIdentity: peerIdentity, sourceAddress: source, sourceWorkload: sourceWorkload,
-                destinationAddress: destination, destinationWorkload: destinationWorkload,
-                isMutualTLS: isMutualTLS)
+        case .recorded: recordedAttributes
         case .given(let box): box.value
         }
+    }
+
+    /// The record's own fields as policy inputs: the peer identity as the source identity,
+    /// the addresses and workloads, and whether it is mutual TLS.
+    var recordedAttributes: ConnectionAttributes {
+        ConnectionAttributes(
+            sourceIdentity: peerIdentity, sourceAddress: source, sourceWorkload: sourceWorkload,
+            destinationAddress: destination, destinationWorkload: destinationWorkload, isMutualTLS: isMutualTLS)
     }
     /// When it was accepted.
     public let openedAt: ContinuousClock.Instant

@@ -102,11 +102,18 @@ public enum Relay {
     /// transfer. A socket is reset (SO_LINGER 0: RST instead of FIN); a multiplexed stream
     /// resets itself on a plain close.
     private static func abortiveClose(_ channel: any Channel) {
-        guard let socket = channel as? any SocketOptionProvider else {
+        guard let lingering = resetOnClose(channel) else {
             channel.close(promise: nil)
             return
         }
-        socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+        lingering.whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// Makes `channel`'s close send a reset (SO_LINGER 0) when it is a socket; nil for
+    /// other channels (a multiplexed stream resets itself on a plain close).
+    @discardableResult
+    static func resetOnClose(_ channel: any Channel) -> EventLoopFuture<Void>? {
+        (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
     }
 
     private static func install(_ handler: LoopOwned<RelayHandler>, into channel: any Channel) {
@@ -538,9 +545,7 @@ final class RelayHandler: ChannelInboundHandler {
     /// reset (SO_LINGER 0: RST instead of FIN); a multiplexed stream resets itself on a
     /// plain close.
     private func abort(_ context: ChannelHandlerContext) {
-        if let socket = context.channel as? any SocketOptionProvider {
-            _ = socket.setSoLinger(linger(l_onoff: 1, l_linger: 0))
-        }
+        Relay.resetOnClose(context.channel)
         requestClose(context)
     }
 

@@ -186,7 +186,6 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
     /// `/pods` when in-pod capture is on.
     public var adminRoutes: [AdminRoute] { inPod.map { [$0.adminRoute] } ?? [] }
 
-
     private func stopListening() async {
         for listener in listeners.withLockedValue({ $0 }) {
             await listener.stopAccepting()

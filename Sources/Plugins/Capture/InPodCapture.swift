@@ -253,8 +253,7 @@ final class InPodCapture: Sendable {
                     group: context.eventLoopGroup
                 ) { channel in
                     Self.acceptOutbound(
-                        channel, pod: uid, namespace: namespace, context: context, outbound: outbound,
-                        logger: logger)
+                        channel, pod: uid, namespace: namespace, context: context, outbound: outbound, logger: logger)
                 })
             let inbound = self.inbound
             listeners.append(
