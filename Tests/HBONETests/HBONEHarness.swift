@@ -193,7 +193,8 @@ final class MeshNode: Sendable {
 
 /// A backend that hashes what it receives and, after the client half-closes, answers with
 /// `<byte count> <sha256 hex>` and closes; or, with `sourceBytes`, sends that many
-/// deterministic bytes and closes without reading.
+/// deterministic bytes and closes without reading; or, with `echo`, echoes every byte
+/// (reading only while it can write) and half-closes once it has echoed everything.
 final class HashServer: Sendable {
     let address: SocketAddr
     private let channel: any Channel
@@ -205,17 +206,33 @@ final class HashServer: Sendable {
         var hasher = SHA256()
         var count = 0
         let sourceBytes: Int?
+        let echo: Bool
         var sent = 0
-        init(sourceBytes: Int?) { self.sourceBytes = sourceBytes }
+        var readPending = false
+        init(sourceBytes: Int?, echo: Bool) {
+            self.sourceBytes = sourceBytes
+            self.echo = echo
+        }
 
         func channelActive(context: ChannelHandlerContext) {
             context.fireChannelActive()
             if sourceBytes != nil { pump(context) }
+            if echo { context.read() }
         }
 
         func channelWritabilityChanged(context: ChannelHandlerContext) {
             if sourceBytes != nil { pump(context) }
+            if echo && readPending && context.channel.isWritable {
+                readPending = false
+                context.read()
+            }
             context.fireChannelWritabilityChanged()
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            guard echo else { return }
+            context.flush()
+            if context.channel.isWritable { context.read() } else { readPending = true }
         }
 
         private func pump(_ context: ChannelHandlerContext) {
@@ -237,11 +254,23 @@ final class HashServer: Sendable {
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let buffer = unwrapInboundIn(data)
+            if echo {
+                context.write(data, promise: nil)
+                return
+            }
             buffer.withUnsafeReadableBytes { hasher.update(bufferPointer: $0) }
             count += buffer.readableBytes
         }
 
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case ChannelEvent.inputClosed = event, echo {
+                // Everything echoed first: a full close would drop what is still queued.
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated()
+                    .whenComplete { _ in
+                        context.close(mode: .output).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                    }
+                return
+            }
             if case ChannelEvent.inputClosed = event, sourceBytes == nil {
                 let digest = hasher.finalize().map { String(format: "%02x", $0) }.joined()
                 let reply = "\(count) \(digest)"
@@ -261,9 +290,10 @@ final class HashServer: Sendable {
         (offset..<(offset + count)).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }
     }
 
-    init(ip: String, sourceBytes: Int? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton)
-        async throws
-    {
+    init(
+        ip: String, sourceBytes: Int? = nil, echo: Bool = false,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws {
         let accepted = self.accepted
         channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -271,7 +301,8 @@ final class HashServer: Sendable {
             .childChannelInitializer { channel in
                 accepted.withLockedValue { $0 += 1 }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Handler(sourceBytes: sourceBytes))
+                    if echo { try channel.syncOptions?.setOption(.autoRead, value: false) }
+                    try channel.pipeline.syncOperations.addHandler(Handler(sourceBytes: sourceBytes, echo: echo))
                 }
             }
             .bind(host: ip, port: 0).get()

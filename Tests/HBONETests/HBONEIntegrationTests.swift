@@ -21,11 +21,12 @@ final class TwoNodes: Sendable {
     private static let leftover = NIOLockedValueBox<TwoNodes?>(nil)
 
     /// Starts hash backends on server-a, server-b and plain-b, then both nodes.
-    init(denyPortsOnB: [UInt16] = [], hbone: String = "{}") async throws {
+    /// With `echoOnB`, server-b's backend echoes (``HashServer`` with `echo`) instead of hashing.
+    init(denyPortsOnB: [UInt16] = [], hbone: String = "{}", echoOnB: Bool = false) async throws {
         if let previous = Self.leftover.withLockedValue({ $0.take() }) { try? await previous.stop() }
         var backends: [String: HashServer] = [:]
         for ip in [TestMesh.serverA, TestMesh.serverB, TestMesh.plainB] {
-            backends[ip] = try await HashServer(ip: ip)
+            backends[ip] = try await HashServer(ip: ip, echo: echoOnB && ip == TestMesh.serverB)
         }
         self.backends = backends
         let mesh = TestMesh.yaml(ports: backends.mapValues(\.address.port))

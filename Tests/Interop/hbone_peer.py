@@ -16,11 +16,17 @@ connection. Subcommands (each prints one JSON object on its last stdout line):
                              a sustained flood: attack, and reconnect each time the
                              server closes the connection, until S seconds have passed
   oversized --connect ...    one CONNECT whose header list is --header-bytes long
+  matrix  --connect ... --rows 4x4MiB,8x2MiB
+                             per row, one connection with K concurrent CONNECT streams;
+                             each sends N random bytes, half-closes, and reads the echo
+                             back to its END_STREAM; every stream's bytes are SHA-checked
 
 Test-only code: it trusts the CA file it is given and nothing else.
 """
 import argparse
+import hashlib
 import json
+import random
 import os
 import socket
 import ssl
@@ -77,6 +83,9 @@ def new_h2(client, header_list):
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
         },
     )
+    # Initial values count as already acknowledged, so h2 never raises its own frame-size
+    # limit from them when the peer's ACK arrives: set it here.
+    conn.max_inbound_frame_size = MAX_FRAME
     conn.initiate_connection()
     # The connection window only grows by a WINDOW_UPDATE on stream 0.
     conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
@@ -427,11 +436,159 @@ def cmd_oversized(args):
     emit(result)
 
 
+def parse_size(text):
+    """`512KiB`, `4MiB`, `1GiB` or a plain byte count."""
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "k": 1 << 10, "m": 1 << 20, "": 1}
+    match = __import__("re").fullmatch(r"(\d+)\s*([a-zA-Z]*)", text.strip())
+    if not match or match.group(2).lower() not in units:
+        raise ValueError("bad size %r" % text)
+    return int(match.group(1)) * units[match.group(2).lower()]
+
+
+def parse_rows(text):
+    rows = []
+    for item in text.split(","):
+        count, _, size = item.strip().lower().partition("x")
+        rows.append((int(count), parse_size(size)))
+    return rows
+
+
+class EchoStream:
+    __slots__ = ("id", "payload", "sent", "want", "hasher", "received", "status", "local_end", "remote_end",
+                 "reset", "first_mismatch")
+
+    def __init__(self, stream_id, payload):
+        self.id = stream_id
+        self.payload = payload
+        self.sent = 0
+        self.want = hashlib.sha256(payload).hexdigest()
+        self.hasher = hashlib.sha256()
+        self.received = 0
+        self.status = None
+        self.local_end = False
+        self.remote_end = False
+        self.reset = None
+        self.first_mismatch = None
+
+    @property
+    def finished(self):
+        return self.reset is not None or self.remote_end or (self.status is not None and self.status != 200)
+
+    def verdict(self):
+        digest = self.hasher.hexdigest()
+        ok = (self.status == 200 and self.local_end and self.remote_end and self.reset is None
+              and self.received == len(self.payload) and digest == self.want)
+        return {"stream": self.id, "ok": ok, "status": self.status, "sent": self.sent, "received": self.received,
+                "size": len(self.payload), "sha_ok": digest == self.want, "end_stream_sent": self.local_end,
+                "end_stream_received": self.remote_end, "reset": self.reset, "first_mismatch": self.first_mismatch}
+
+
+def matrix_row(args, count, size, seed):
+    """One connection, `count` concurrent echo streams of `size` bytes each."""
+    started = time.time()
+    sock, error = connect_tls(args)
+    if error:
+        return {"streams": count, "bytes": size, "ok": False, "error": error}
+    conn = new_h2(True, 16 * 1024)
+    rng = random.Random(seed)
+    streams = {}
+    for _ in range(count):
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(stream_id, [(":method", "CONNECT"), (":authority", args.authority),
+                                      ("forwarded", 'for="127.0.0.1:40000"')], end_stream=False)
+        streams[stream_id] = EchoStream(stream_id, rng.randbytes(size))
+    result = {"streams": count, "bytes": size}
+    deadline = started + args.timeout
+    sock.settimeout(0.05)
+    try:
+        sock.sendall(conn.data_to_send())
+        while not all(s.finished for s in streams.values()):
+            if time.time() > deadline:
+                result["error"] = "timed out after %.0f s" % args.timeout
+                break
+            # Send what the peer's windows allow, then END_STREAM once a stream's bytes are out.
+            for s in streams.values():
+                if s.status != 200 or s.local_end or s.reset is not None:
+                    continue
+                while s.sent < size:
+                    window = min(conn.local_flow_control_window(s.id), conn.max_outbound_frame_size)
+                    chunk = min(window, size - s.sent)
+                    if chunk <= 0:
+                        break
+                    conn.send_data(s.id, s.payload[s.sent:s.sent + chunk])
+                    s.sent += chunk
+                if s.sent == size:
+                    conn.end_stream(s.id)
+                    s.local_end = True
+            out = conn.data_to_send()
+            if out:
+                sock.settimeout(args.timeout)
+                sock.sendall(out)
+                sock.settimeout(0.05)
+            try:
+                data = sock.recv(1 << 20)
+            except (socket.timeout, ssl.SSLWantReadError):
+                continue
+            if not data:
+                result["closed"] = True
+                break
+            for event in conn.receive_data(data):
+                s = streams.get(getattr(event, "stream_id", None))
+                if isinstance(event, h2.events.ResponseReceived) and s:
+                    s.status = int(dict(event.headers).get(":status", "0"))
+                elif isinstance(event, h2.events.DataReceived) and s:
+                    chunk = event.data
+                    expected = s.payload[s.received:s.received + len(chunk)]
+                    if s.first_mismatch is None and chunk != expected:
+                        s.first_mismatch = s.received + next(
+                            (i for i, (a, b) in enumerate(zip(chunk, expected)) if a != b), min(len(chunk), len(expected)))
+                    s.hasher.update(chunk)
+                    s.received += len(chunk)
+                    try:
+                        conn.acknowledge_received_data(event.flow_controlled_length, s.id)
+                    except h2.exceptions.StreamClosedError:
+                        pass
+                elif isinstance(event, h2.events.StreamEnded) and s:
+                    s.remote_end = True
+                elif isinstance(event, h2.events.StreamReset) and s:
+                    s.reset = int(event.error_code)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    result["goaway"] = int(event.error_code)
+            out = conn.data_to_send()
+            if out:
+                sock.settimeout(args.timeout)
+                sock.sendall(out)
+                sock.settimeout(0.05)
+    except (ssl.SSLError, OSError, h2.exceptions.ProtocolError) as error:
+        result["error"] = "%s: %s" % (type(error).__name__, error)
+    try:
+        sock.close()
+    except OSError:
+        pass
+    verdicts = [s.verdict() for s in streams.values()]
+    result["failed"] = [v for v in verdicts if not v["ok"]]
+    result["ok"] = not result["failed"] and "error" not in result and "goaway" not in result
+    result["seconds"] = round(time.time() - started, 3)
+    return result
+
+
+def cmd_matrix(args):
+    rows = parse_rows(args.rows)
+    results = []
+    for repeat in range(args.repeat):
+        for index, (count, size) in enumerate(rows):
+            row = matrix_row(args, count, size, seed=(repeat << 16) + index)
+            row["repeat"] = repeat
+            results.append(row)
+    emit({"ok": all(r["ok"] for r in results), "rows": results,
+          "failed_rows": sum(1 for r in results if not r["ok"])})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check")
-    for name in ("client", "flood", "violate", "garbage", "attack", "oversized"):
+    for name in ("client", "flood", "violate", "garbage", "attack", "oversized", "matrix"):
         p = sub.add_parser(name)
         p.add_argument("--connect", required=True)
         p.add_argument("--cert")
@@ -446,6 +603,8 @@ def main():
         p.add_argument("--seconds", type=float, default=5)
         p.add_argument("--header-bytes", type=int, default=100000)
         p.add_argument("--wait-settings", action="store_true")
+        p.add_argument("--rows", default="4x4MiB")
+        p.add_argument("--repeat", type=int, default=1)
     p = sub.add_parser("server")
     p.add_argument("--listen", required=True)
     p.add_argument("--cert", required=True)
@@ -456,7 +615,8 @@ def main():
     p.add_argument("--max-seconds", type=float, default=120)
     args = parser.parse_args()
     {"check": cmd_check, "client": cmd_client, "server": cmd_server, "flood": cmd_flood,
-     "violate": cmd_violate, "garbage": cmd_garbage, "attack": cmd_attack, "oversized": cmd_oversized}[args.command](args)
+     "violate": cmd_violate, "garbage": cmd_garbage, "attack": cmd_attack, "oversized": cmd_oversized,
+     "matrix": cmd_matrix}[args.command](args)
 
 
 if __name__ == "__main__":

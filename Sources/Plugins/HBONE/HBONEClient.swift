@@ -83,10 +83,11 @@ final class HBONEClient: Sendable {
         let headers = HBONEHeaders.request(
             authority: request.authority, source: request.sourceAddress, workload: request.source)
         let gateway = request.gateway
+        let logger = self.logger
         ready.multiplexer.createStreamChannel { stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.syncOptions?.setOption(.autoRead, value: false)
-                let bridge = HBONEStreamBridge { headers, bridge, channel in
+                let bridge = HBONEStreamBridge(logger: logger) { headers, bridge, channel in
                     let status = headers.first(name: ":status") ?? ""
                     if status == "200" {
                         bridge.open()
@@ -202,12 +203,15 @@ final class HBONEClient: Sendable {
                 connection.readyPromise.fail(
                     reason ?? HBONEError(.connectionClosed, "connection to \(gateway) closed during setup"))
             })
+        var connectionLogger = logger
+        connectionLogger[metadataKey: "gateway"] = "\(gateway)"
         let handler = HBONEConnectionHandler(
             connectionWindow: config.http2.connectionWindow,
             keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
             keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
-            handshakeTimeout: config.client.connectTimeout.timeAmount, events: events)
-        try channel.pipeline.syncOperations.addHandlers([ssl, http2, handler])
+            handshakeTimeout: config.client.connectTimeout.timeAmount, isClient: true,
+            logger: connectionLogger, events: events)
+        try channel.pipeline.syncOperations.addHandlers([ssl, handler.frameWatcher, http2, handler])
         // The dialer leaves autoRead off for the relay; a TLS + HTTP/2 connection reads
         // continuously, and switching autoRead on needs one explicit read to start.
         try channel.syncOptions?.setOption(.autoRead, value: true)

@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOHTTP2
 import NIOSSL
@@ -20,6 +21,12 @@ struct HBONEConnectionEvents {
 /// receive window with a WINDOW_UPDATE on stream 0, sends keepalive PINGs and closes the
 /// connection when one goes unanswered, and reports GOAWAY and the peer's stream limit.
 ///
+/// Errors: only a connection error (RFC 9113 §5.4.1) ends the connection. A stream error
+/// (§5.4.2) ends its stream with RST_STREAM, which NIOHTTP2 sends; this handler logs it
+/// (the stream, the code and the reason) and every other stream goes on. Which one an
+/// error was, NIOHTTP2 tells by the frame it answers with, which ``frameWatcher`` sees.
+/// Install ``frameWatcher`` between TLS and `NIOHTTP2Handler`.
+///
 /// Threading: a channel handler; used on the connection's event loop only.
 final class HBONEConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
@@ -30,6 +37,13 @@ final class HBONEConnectionHandler: ChannelInboundHandler {
     private let keepaliveTimeout: TimeAmount
     private let handshakeTimeout: TimeAmount?
     private var events: HBONEConnectionEvents
+    private let logger: Logger
+    /// Watches the frames NIOHTTP2 writes; goes between TLS and `NIOHTTP2Handler`.
+    let frameWatcher: HTTP2FrameWatcher
+    /// NIOHTTP2 sent GOAWAY with an error: the error it reports now is a connection error.
+    private var connectionErrorSent: HTTP2ErrorCode?
+    /// The last stream error reported, for the log line of the RST_STREAM that answers it.
+    private var lastStreamError: String?
 
     private var started = false
     private var isReady = false
@@ -41,16 +55,38 @@ final class HBONEConnectionHandler: ChannelInboundHandler {
 
     init(
         connectionWindow: Int, keepaliveInterval: TimeAmount, keepaliveTimeout: TimeAmount,
-        handshakeTimeout: TimeAmount?, events: HBONEConnectionEvents
+        handshakeTimeout: TimeAmount?, isClient: Bool, logger: Logger, events: HBONEConnectionEvents
     ) {
         self.connectionWindow = connectionWindow
         self.keepaliveInterval = keepaliveInterval
         self.keepaliveTimeout = keepaliveTimeout
         self.handshakeTimeout = handshakeTimeout
+        self.logger = logger
         self.events = events
+        self.frameWatcher = HTTP2FrameWatcher(isClient: isClient)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        let loop = context.eventLoop
+        frameWatcher.events = HTTP2FrameWatcher.Events(
+            goAway: { code in
+                if code != .noError { self.connectionErrorSent = code }
+            },
+            reset: { stream, code in
+                // A stream ended early by this side. CANCEL is the ordinary way a tunnel whose
+                // other side failed (or was closed by force) ends; other codes are stream
+                // errors, logged with the reason, which NIOHTTP2 reports just after it sends
+                // the frame (or just before, when the frame had to wait for the socket).
+                guard code != .cancel, code != .noError else { return }
+                loop.assumeIsolated().execute {
+                    self.logger.info(
+                        "HBONE stream reset; the connection and its other streams go on",
+                        metadata: [
+                            "stream": "\(stream)", "code": "\(code)", "reason": "\(self.lastStreamError ?? "not reported")",
+                        ])
+                    self.lastStreamError = nil
+                }
+            })
         if context.channel.isActive { start(context) }
     }
 
@@ -145,19 +181,27 @@ final class HBONEConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if self.error == nil { self.error = error }
-        // Stream errors reach the parent too (NIOHTTP2 has already reset that stream); only
-        // failures of the connection as a whole end it, so one bad stream never takes the
-        // other tunnels down. NIOHTTP2 answers a connection error with GOAWAY but leaves the
-        // close to us.
-        if !isReady || Self.isConnectionFatal(error) {
+        // Stream errors reach the connection too, whether NIOHTTP2 reset the stream (an
+        // inbound protocol error on it) or refused a frame on it; only failures of the
+        // connection as a whole end it, so one bad stream never takes the other tunnels
+        // down. NIOHTTP2 answers a connection error with GOAWAY but leaves the close to us.
+        if !isReady || connectionErrorSent != nil || Self.isConnectionFatal(error) {
+            if self.error == nil { self.error = error }
             context.close(promise: nil)
+            return
         }
+        lastStreamError = "\(error)"
+        logger.debug("HBONE stream error; only that stream is affected", metadata: ["reason": "\(error)"])
+        // A reason no RST_STREAM followed (a refused frame) must not label a later one. A
+        // RST_STREAM written just before this error has its log line queued ahead of this.
+        context.eventLoop.assumeIsolated().execute { self.lastStreamError = nil }
     }
 
-    /// Errors after which the connection cannot go on: TLS and socket failures, framing
-    /// errors, and NIOHTTP2's denial-of-service protections (rapid reset, CONTINUATION and
-    /// empty-frame floods, glitches).
+    /// Errors after which the connection cannot go on whatever NIOHTTP2 answered: TLS and
+    /// socket failures, framing errors, and NIOHTTP2's denial-of-service protections (rapid
+    /// reset, CONTINUATION and empty-frame floods, glitches). Flow-control errors are not
+    /// here: they are stream errors on a stream's window and connection errors on the
+    /// connection's, and NIOHTTP2's GOAWAY tells which.
     static func isConnectionFatal(_ error: any Error) -> Bool {
         switch error {
         case is NIOSSLError, is BoringSSLError, is IOError, is ChannelError,
@@ -169,9 +213,7 @@ final class HBONEConnectionHandler: ChannelInboundHandler {
             is NIOHTTP2Errors.ExcessiveOutboundFrameBuffering, is NIOHTTP2Errors.InvalidSetting,
             is NIOHTTP2Errors.ReceivedBadSettings, is NIOHTTP2Errors.InvalidStreamIDForPeer,
             is NIOHTTP2Errors.StreamIDTooSmall, is NIOHTTP2Errors.RaisedGoawayLastStreamID,
-            is NIOHTTP2Errors.PushInViolationOfSetting, is NIOHTTP2Errors.InvalidFlowControlWindowSize,
-            // Also stream-level at times; a peer that gets flow control wrong is broken as a whole.
-            is NIOHTTP2Errors.InvalidWindowIncrementSize, is NIOHTTP2Errors.FlowControlViolation:
+            is NIOHTTP2Errors.PushInViolationOfSetting:
             return true
         default:
             return false

@@ -20,6 +20,8 @@ public struct HBONEError: Error, Sendable, CustomStringConvertible {
         public static let timedOut = Code("timedOut")
         /// The connection carrying the tunnel went away.
         public static let connectionClosed = Code("connectionClosed")
+        /// The tunnel's stream was reset because one of its frames could not be sent.
+        public static let streamReset = Code("streamReset")
 
         public var description: String { name }
     }

@@ -333,13 +333,15 @@ final class HBONEServer: Sendable {
                     logger.info("HBONE connection ended", metadata: ["peer": "\(remote)", "error": "\(error)"])
                 }
             })
+        var connectionLogger = logger
+        connectionLogger[metadataKey: "peer"] = "\(remote)"
         let handler = HBONEConnectionHandler(
             connectionWindow: config.http2.connectionWindow,
             keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
             keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
             // The handshake deadline runs from accept, in `handshakes`.
-            handshakeTimeout: nil, events: events)
-        try channel.pipeline.syncOperations.addHandlers([ssl, http2, handler])
+            handshakeTimeout: nil, isClient: false, logger: connectionLogger, events: events)
+        try channel.pipeline.syncOperations.addHandlers([ssl, handler.frameWatcher, http2, handler])
         connections.withLockedValue { $0[id] = channel }
     }
 
@@ -356,7 +358,7 @@ final class HBONEServer: Sendable {
             // Reads are driven by the bridge, then by the relay: nothing is pulled off the
             // stream before someone can take it.
             try stream.syncOptions?.setOption(.autoRead, value: false)
-            let bridge = HBONEStreamBridge { [self] headers, bridge, channel in
+            let bridge = HBONEStreamBridge(logger: logger) { [self] headers, bridge, channel in
                 self.handleRequest(headers, bridge: bridge, stream: channel, state: state)
             }
             try stream.pipeline.syncOperations.addHandler(bridge)

@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
@@ -15,6 +16,24 @@ import NIOHTTP2
 /// needs `ChannelEvent.inputClosed` for END_STREAM and `close(mode: .output)` to send it,
 /// which an `HTTP2StreamChannel` does not do by itself (it ignores the close mode and
 /// resets the stream).
+///
+/// Errors and the stream's state. NIOHTTP2 checks every frame against the stream's state
+/// when it leaves its buffers, not when it is written, and the state can change in between
+/// (the peer half-closes or resets while a frame waits for the connection to be writable or
+/// for flow-control window). So:
+/// - the bridge itself never writes DATA, HEADERS or END_STREAM after its own END_STREAM
+///   (such writes fail locally, nothing is sent), and every frame it writes is watched: if
+///   NIOHTTP2 refuses one while the stream lives, bytes of the tunnel would be lost, so the
+///   bridge resets the stream (RST_STREAM `INTERNAL_ERROR`), logs it with the stream and the
+///   reason, and fails the relay, which resets the other side too;
+/// - an error NIOHTTP2 raises on a stream that is still active, for a frame the bridge did
+///   not write, is a refusal of NIOHTTP2's own flow-control frame: a stream WINDOW_UPDATE
+///   it computed while the stream was open, buffered while the connection could not write,
+///   and dropped because the peer ended its direction meanwhile. Window credit for a
+///   direction that has ended is worth nothing, so the tunnel goes on untouched;
+/// - an error on a stream that is closing (a reset by the peer, or NIOHTTP2's own reset
+///   for a protocol error on this stream) is passed on, so the relay ends the other side as
+///   an abort. Errors of the connection as a whole are ``HBONEConnectionHandler``'s.
 ///
 /// Threading: a channel handler; every member is used on the stream channel's event loop.
 final class HBONEStreamBridge: ChannelDuplexHandler {
@@ -53,8 +72,15 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
     /// A last-resort close for a stream whose final END_STREAM cannot be written (the
     /// peer never opens its window).
     private var lingering: Scheduled<Void>?
+    /// This side reset the stream because one of its frames was refused.
+    private var resetSent = false
+    /// Set when NIOHTTP2 fails a frame of ours, just before it reports the same error
+    /// through `errorCaught`, which then has nothing left to do.
+    private var ownFrameRefused = false
+    private let logger: Logger?
 
-    init(onHead: @escaping HeadHandler) {
+    init(logger: Logger? = nil, onHead: @escaping HeadHandler) {
+        self.logger = logger
         self.onHead = onHead
     }
 
@@ -66,8 +92,14 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
+        guard !outputEnded, !resetSent else {
+            promise?.fail(ChannelError.outputClosed)
+            return
+        }
         if endStream { outputEnded = true }
-        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: headers, endStream: endStream))), promise: promise)
+        context.writeAndFlush(
+            wrapOutboundOut(.headers(.init(headers: headers, endStream: endStream))),
+            promise: watched(promise, frame: "HEADERS", context: context))
     }
 
     /// From now on bytes flow: held DATA is delivered on the next `read()` (the relay's
@@ -164,6 +196,11 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let buffer = unwrapOutboundIn(data)
+        guard !outputEnded, !resetSent else {
+            // After END_STREAM (or our reset) a DATA frame is a protocol error: never sent.
+            promise?.fail(ChannelError.outputClosed)
+            return
+        }
         if buffer.readableBytes == 0 {
             if let lastWrite, let promise {
                 lastWrite.cascade(to: promise)
@@ -172,7 +209,7 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
             }
             return
         }
-        let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+        let written = watched(promise, frame: "DATA", context: context)
         lastWrite = written.futureResult
         context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(buffer)))), promise: written)
     }
@@ -181,13 +218,13 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         switch mode {
         case .output:
             // Half-close is END_STREAM: an empty DATA frame with the flag, after what is queued.
-            if outputEnded {
+            if outputEnded || resetSent {
                 promise?.succeed(())
                 return
             }
             outputEnded = true
             let frame = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(context.channel.allocator.buffer(capacity: 0)), endStream: true))
-            context.writeAndFlush(wrapOutboundOut(frame), promise: promise)
+            context.writeAndFlush(wrapOutboundOut(frame), promise: watched(promise, frame: "END_STREAM", context: context))
         case .input:
             promise?.fail(ChannelError.operationUnsupported)
         case .all:
@@ -207,6 +244,73 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         }
     }
 
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard context.channel.isActive else {
+            // The stream is closing with this error: reset by the peer, or by NIOHTTP2 for a
+            // protocol error on it. The relay ends the other side as an abort.
+            if let closed = error as? NIOHTTP2Errors.StreamClosed, !resetSent {
+                logger?.debug(
+                    "HBONE stream reset",
+                    metadata: ["stream": "\(closed.streamID)", "code": "\(closed.errorCode)"])
+            }
+            context.fireErrorCaught(error)
+            return
+        }
+        if ownFrameRefused {
+            // Already handled where the frame failed: the stream is reset, the relay told.
+            ownFrameRefused = false
+            return
+        }
+        // NIOHTTP2 refused a frame of its own on a stream that lives on: a flow-control
+        // WINDOW_UPDATE that waited in its buffer while the peer ended its direction.
+        // Nothing of the tunnel is lost; do not end it.
+        logger?.debug(
+            "HBONE stream: a flow-control frame was not sent (the peer had ended its direction); the stream goes on",
+            metadata: ["stream": "\(Self.streamID(context))", "reason": "\(error)"])
+    }
+
+    /// A promise for a frame this bridge writes, failing `promise` as NIOHTTP2 fails the frame
+    /// and resetting the stream if NIOHTTP2 refused it while the stream lives.
+    private func watched(
+        _ promise: EventLoopPromise<Void>?, frame: StaticString, context: ChannelHandlerContext
+    ) -> EventLoopPromise<Void> {
+        let watched = promise ?? context.eventLoop.makePromise(of: Void.self)
+        watched.futureResult.assumeIsolated().whenFailure { error in
+            self.frameFailed(frame, error: error)
+        }
+        return watched
+    }
+
+    private func frameFailed(_ frame: StaticString, error: any Error) {
+        // A write that failed because the stream or connection is gone is the closure's to
+        // report; only a refusal while the stream lives means bytes would silently go missing.
+        guard !Self.isClosure(error), let context, context.channel.isActive, !resetSent else { return }
+        resetSent = true
+        ownFrameRefused = true
+        lingering?.cancel()
+        lingering = nil
+        let stream = Self.streamID(context)
+        logger?.warning(
+            "HBONE stream reset: a frame of the tunnel was refused",
+            metadata: ["stream": "\(stream)", "frame": "\(frame)", "reason": "\(error)"])
+        // On the next tick: NIOHTTP2 is failing the frame from inside its own write path.
+        context.eventLoop.assumeIsolated().execute {
+            guard let context = self.context else { return }
+            context.writeAndFlush(self.wrapOutboundOut(.rstStream(.internalError)), promise: nil)
+        }
+        context.fireErrorCaught(
+            HBONEError(.streamReset, "HBONE stream \(stream) reset: its \(frame) frame was refused (\(error))"))
+    }
+
+    /// Errors that say the stream or its connection is already gone.
+    static func isClosure(_ error: any Error) -> Bool {
+        error is ChannelError || error is NIOHTTP2Errors.StreamClosed || error is NIOHTTP2Errors.IOOnClosedConnection
+    }
+
+    private static func streamID(_ context: ChannelHandlerContext) -> String {
+        (try? context.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID)).map { "\($0)" } ?? "unassigned"
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         lingering?.cancel()
         lingering = nil
@@ -215,7 +319,7 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         // direction with END_STREAM or this side closed the stream, that is a lost stream:
         // say so, so the relay passes it on as an abort (a reset to the application) rather
         // than as a clean end that would pass for a complete transfer.
-        if !inputEnded && !heldEnd && !closing {
+        if !inputEnded && !heldEnd && !closing && !resetSent {
             context.fireErrorCaught(
                 HBONEError(.connectionClosed, "the HBONE connection carrying the stream closed before the stream ended"))
         }
