@@ -78,7 +78,7 @@ class Bench:
         self.dir = workdir
         self.processes = []
         self.quick = args.quick
-        self.results = {"machine": machine(), "quick": args.quick, "paths": {}}
+        self.results = {"machine": machine(), "quick": args.quick, "threads": args.threads, "paths": {}}
 
     # ---------------------------------------------------------------- topology
     @staticmethod
@@ -262,7 +262,8 @@ backend echo
         nodes = {}
         for index, pod in enumerate(["a", "b"]):
             base = 16000 + index * 100
-            manifest = f"""node: {{name: node-{pod}, drainDeadline: 2s}}
+            threads = f", threads: {self.args.threads}" if self.args.threads else ""
+            manifest = f"""node: {{name: node-{pod}, drainDeadline: 2s{threads}}}
 admin: {{address: "127.0.0.1:{base}", readinessAddress: "127.0.0.1:{base + 21}"}}
 logging: {{level: info}}
 plugins:
@@ -404,6 +405,7 @@ def main():
     parser.add_argument("--json", help="write every figure and the ratios to this file")
     parser.add_argument("--only", help="comma-separated paths: direct,haproxy,ambit")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--threads", type=int, help="node.threads of both Ambit nodes (default: the number of cores)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/run needs root (network namespaces, iptables)", file=sys.stderr)
