@@ -27,6 +27,9 @@ let package = Package(
     products: [
         .executable(name: "ambit", targets: ["ambit"]),
         .library(name: "Kernel", targets: ["Kernel"]),
+        .library(name: "ConfigYAML", targets: ["ConfigYAML"]),
+        .library(name: "AmbitRuntime", targets: ["AmbitRuntime"]),
+        .library(name: "NodeProxy", targets: ["NodeProxy"]),
         .library(name: "LocalConfig", targets: ["LocalConfig"]),
         .library(name: "Capture", targets: ["Capture"]),
         .library(name: "Authorization", targets: ["Authorization"]),
@@ -60,10 +63,32 @@ let package = Package(
     targets: [
         // Linux calls Glibc's Swift module leaves out (setns, fstatfs).
         .target(name: "CAmbitSystem"),
+        // The plugin API: what every plugin, SDK plugins included, builds against. No
+        // NIOPosix, no YAML parser, no C module (`scripts/check-plugin-api` checks it in CI).
         .target(
             name: "Kernel",
             dependencies: [
-                "CAmbitSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // YAML into the plugin API's config values (manifests, mesh and policy files).
+        .target(
+            name: "ConfigYAML",
+            dependencies: ["Kernel", .product(name: "Yams", package: "Yams")],
+            swiftSettings: strictSettings
+        ),
+        // The node runtime: lifecycle, manifest loading, admin and readiness, sockets, the
+        // relay, network namespaces, logging.
+        .target(
+            name: "AmbitRuntime",
+            dependencies: [
+                "Kernel", "ConfigYAML", "CAmbitSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -72,26 +97,38 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // The node-proxy role (ztunnel's): the forwarding decision, the inbound and outbound
+        // paths every capture source and tunnel terminator uses, the captured pods.
+        .target(
+            name: "NodeProxy",
+            dependencies: [
+                "Kernel", "AmbitRuntime",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
         .target(
             name: "LocalConfig",
-            dependencies: ["Kernel"],
+            dependencies: ["Kernel", "ConfigYAML", "AmbitRuntime"],
             path: "Sources/Plugins/LocalConfig",
             swiftSettings: strictSettings
         ),
         .target(
             name: "Capture",
-            dependencies: ["Kernel"],
+            dependencies: ["Kernel", "AmbitRuntime", "NodeProxy"],
             path: "Sources/Plugins/Capture",
             swiftSettings: strictSettings
         ),
         .target(
             name: "Authorization",
             dependencies: [
-                "Kernel",
+                "Kernel", "ConfigYAML", "AmbitRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -101,14 +138,14 @@ let package = Package(
         ),
         .executableTarget(
             name: "ambit-policy-bench",
-            dependencies: ["Kernel", "Authorization"],
+            dependencies: ["Kernel", "AmbitRuntime", "Authorization"],
             path: "bench/PolicyBench",
             swiftSettings: strictSettings
         ),
         .target(
             name: "Telemetry",
             dependencies: [
-                "Kernel",
+                "Kernel", "AmbitRuntime",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -134,7 +171,7 @@ let package = Package(
         .target(
             name: "Certificates",
             dependencies: [
-                "Kernel", "IstioCAAPI",
+                "Kernel", "AmbitRuntime", "IstioCAAPI",
             ] + istioCADependencies,
             path: "Sources/Plugins/Certificates",
             swiftSettings: strictSettings
@@ -142,7 +179,7 @@ let package = Package(
         .target(
             name: "CAServer",
             dependencies: [
-                "Kernel", "Certificates", "IstioCAAPI",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "Certificates", "IstioCAAPI",
             ] + istioCADependencies,
             path: "Sources/Plugins/CAServer",
             swiftSettings: strictSettings
@@ -150,7 +187,7 @@ let package = Package(
         .target(
             name: "HBONE",
             dependencies: [
-                "Kernel",
+                "Kernel", "AmbitRuntime", "NodeProxy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -169,7 +206,8 @@ let package = Package(
         .target(
             name: "AmbitCLI",
             dependencies: [
-                "Kernel", "LocalConfig", "Capture", "Authorization", "Telemetry", "Certificates", "CAServer", "HBONE",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "Authorization",
+                "Telemetry", "Certificates", "CAServer", "HBONE",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -182,7 +220,8 @@ let package = Package(
         .target(
             name: "AmbitTestKit",
             dependencies: [
-                "Kernel", "LocalConfig", "Capture", "Certificates", "HBONE", "Telemetry",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "Certificates", "HBONE",
+                "Telemetry",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -194,7 +233,7 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
-                "Kernel",
+                "Kernel", "AmbitRuntime",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -224,25 +263,25 @@ let package = Package(
         .testTarget(
             name: "KernelTests",
             dependencies: [
-                "Kernel", "TestSupport",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "LocalConfigTests",
-            dependencies: ["Kernel", "LocalConfig"],
+            dependencies: ["Kernel", "ConfigYAML", "AmbitRuntime", "LocalConfig"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "CaptureTests",
-            dependencies: ["Kernel", "Capture", "LocalConfig", "TestSupport"],
+            dependencies: ["Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "Capture", "LocalConfig", "TestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "AuthorizationTests",
             dependencies: [
-                "Kernel", "Authorization", "LocalConfig", "TestSupport",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "Authorization", "LocalConfig", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -253,7 +292,7 @@ let package = Package(
         .testTarget(
             name: "TelemetryTests",
             dependencies: [
-                "Kernel", "Capture", "LocalConfig", "Telemetry", "TestSupport",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "Capture", "LocalConfig", "Telemetry", "TestSupport",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: strictSettings
@@ -261,7 +300,7 @@ let package = Package(
         .testTarget(
             name: "CertificatesTests",
             dependencies: [
-                "Kernel", "LocalConfig", "Certificates", "CAServer", "IstioCAAPI", "TestSupport",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "LocalConfig", "Certificates", "CAServer", "IstioCAAPI", "TestSupport",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -279,7 +318,8 @@ let package = Package(
         .testTarget(
             name: "HBONETests",
             dependencies: [
-                "Kernel", "LocalConfig", "Capture", "HBONE", "Telemetry", "TestSupport",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "HBONE", "Telemetry",
+                "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -298,7 +338,7 @@ let package = Package(
         .testTarget(
             name: "SDKTests",
             dependencies: [
-                "Kernel", "AmbitTestKit", "AmbitCLI", "Telemetry", "TestSupport",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "AmbitTestKit", "AmbitCLI", "Telemetry", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
@@ -307,7 +347,7 @@ let package = Package(
         ),
         .testTarget(
             name: "AmbitTests",
-            dependencies: ["Kernel", "LocalConfig", "Capture", "TestSupport"],
+            dependencies: ["Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "TestSupport"],
             swiftSettings: strictSettings
         ),
     ]

@@ -36,7 +36,7 @@ let allTargets: [(name: String, products: [String])] = [
     ("hbone-request", ["Kernel", "HBONE"]),
     // Not the certificates and ca-server plugins: they would link the Istio CA's gRPC
     // stack, which doubles the sanitizer build; their configs use the same decoder.
-    ("manifest", ["Kernel", "LocalConfig", "Capture", "Authorization", "Telemetry", "HBONE"]),
+    ("manifest", ["Kernel", "AmbitRuntime", "LocalConfig", "Capture", "Authorization", "Telemetry", "HBONE"]),
     ("local-config", ["Kernel", "LocalConfig"]),
     ("authz", ["Kernel", "Authorization"]),
     ("pem-csr", ["Kernel", "LocalConfig", "Certificates", "CAServer"]),

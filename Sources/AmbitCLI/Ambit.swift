@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import AmbitRuntime
 import Kernel
 
 /// The entry point of an `ambit` binary: the first-party one and every composed one run

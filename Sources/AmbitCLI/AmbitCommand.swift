@@ -9,6 +9,7 @@ import Kernel
 import LocalConfig
 import Logging
 import Telemetry
+import AmbitRuntime
 
 /// The `ambit` command line, shared by the first-party binary and every composed one.
 /// The plugins it knows are the registry given to ``Ambit/main(registry:)``.

@@ -2,6 +2,7 @@ import ArgumentParser
 import CAServer
 import Certificates
 import Foundation
+import AmbitRuntime
 import Kernel
 
 /// `ambit ca`: make a root in Istio's plugged-in CA layout, and serve Istio's CA API.

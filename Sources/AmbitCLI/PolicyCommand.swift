@@ -3,6 +3,8 @@ import Authorization
 import Foundation
 import Kernel
 import LocalConfig
+import AmbitRuntime
+import ConfigYAML
 
 /// `ambit policy …`: offline tools for authorization policies.
 struct PolicyCommand: AsyncParsableCommand {

@@ -10,6 +10,7 @@ import NIOCore
 import NIOPosix
 import Synchronization
 import Telemetry
+import AmbitRuntime
 
 /// A small mesh in one process, on loopback: a certificate authority, two node proxies
 /// and real sockets, for an end-to-end check that a policy plugin decides real

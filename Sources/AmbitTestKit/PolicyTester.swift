@@ -1,8 +1,10 @@
 import CoreMetrics
 import Foundation
+import AmbitRuntime
 import Kernel
 import Logging
 import NIOPosix
+import ConfigYAML
 
 /// Runs one policy plugin the way a node would, without a node or a network: decode
 /// its config strictly from YAML, build it with a ``PluginContext`` over a mesh you

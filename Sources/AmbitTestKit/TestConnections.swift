@@ -1,3 +1,4 @@
+import AmbitRuntime
 import Kernel
 
 extension ConnectionAttributes {

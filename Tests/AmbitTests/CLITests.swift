@@ -1,5 +1,6 @@
 import Capture
 import Foundation
+import AmbitRuntime
 import Kernel
 import NIOPosix
 import Testing

@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import Testing
 import TestSupport
+import AmbitRuntime
 
 /// A plugin whose provision waits for the test to open a gate, and which records its
 /// lifecycle calls.

@@ -1,4 +1,5 @@
 import Authorization
+import AmbitRuntime
 import Kernel
 import Testing
 

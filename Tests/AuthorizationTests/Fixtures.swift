@@ -1,4 +1,5 @@
 import Authorization
+import AmbitRuntime
 import Kernel
 
 /// Workloads, connections and policy builders shared by the tests.

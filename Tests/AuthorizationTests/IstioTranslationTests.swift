@@ -1,7 +1,9 @@
 import Authorization
 import Foundation
+import AmbitRuntime
 import Kernel
 import Testing
+import ConfigYAML
 
 @Suite("Istio AuthorizationPolicy translation")
 struct IstioTranslationTests {

@@ -7,6 +7,8 @@ import NIOCore
 import NIOPosix
 import TestSupport
 import Testing
+import AmbitRuntime
+import ConfigYAML
 
 /// A node-less harness: a plugin context with a mesh, a registry and a directory holding
 /// the policy plugins, as the kernel builds it.

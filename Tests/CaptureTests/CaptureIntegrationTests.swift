@@ -6,6 +6,7 @@ import Logging
 import NIOPosix
 import TestSupport
 import Testing
+import AmbitRuntime
 
 #if canImport(Glibc)
     import Glibc

@@ -12,6 +12,7 @@ import NIOCore
 import NIOPosix
 import Testing
 import TestSupport
+import AmbitRuntime
 
 // MARK: - A blocking TCP client with timeouts
 

@@ -4,6 +4,7 @@ import Foundation
 import Kernel
 import Testing
 import TestSupport
+import AmbitRuntime
 
 /// Faults of the CA (RELIABILITY.md).
 @Suite("Certificates: CA faults")

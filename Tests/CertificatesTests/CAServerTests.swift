@@ -4,6 +4,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import IstioCAAPI
+import AmbitRuntime
 import Kernel
 import NIOPosix
 import SwiftASN1

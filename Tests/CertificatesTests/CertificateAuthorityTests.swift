@@ -1,6 +1,7 @@
 import Certificates
 import Crypto
 import Foundation
+import AmbitRuntime
 import Kernel
 import SwiftASN1
 import Testing

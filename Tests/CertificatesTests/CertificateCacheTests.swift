@@ -1,5 +1,6 @@
 import Certificates
 import Foundation
+import AmbitRuntime
 import Kernel
 import NIOCore
 import NIOPosix

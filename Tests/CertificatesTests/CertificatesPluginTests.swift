@@ -5,6 +5,8 @@ import Kernel
 import LocalConfig
 import Testing
 import TestSupport
+import AmbitRuntime
+import ConfigYAML
 
 @Suite("certificates plugin in a node, and the ambit ca CLI", .serialized)
 struct CertificatesPluginTests {

@@ -6,6 +6,7 @@ import LocalConfig
 import Logging
 import Synchronization
 import TestSupport
+import AmbitRuntime
 
 /// Quiet loggers: the tests check behaviour, not log lines.
 func quietLogger(_ label: String = "test") -> Logger {

@@ -1,4 +1,5 @@
 import HBONE
+import AmbitRuntime
 import Kernel
 import Testing
 

@@ -11,6 +11,7 @@ import NIOPosix
 import Testing
 import Telemetry
 import TestSupport
+import AmbitRuntime
 
 /// Addresses of the test mesh. 127.0.8.x keeps clear of the other suites' 127.0.0.x.
 enum TestMesh {

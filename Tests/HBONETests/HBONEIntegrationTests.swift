@@ -2,6 +2,7 @@ import Capture
 import Crypto
 import Foundation
 import HBONE
+import AmbitRuntime
 import Kernel
 import NIOConcurrencyHelpers
 import NIOCore

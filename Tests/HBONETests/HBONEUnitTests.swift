@@ -1,5 +1,6 @@
 import Foundation
 @testable import HBONE
+import AmbitRuntime
 import Kernel
 import NIOCore
 import NIOHPACK

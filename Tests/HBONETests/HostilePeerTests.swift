@@ -2,11 +2,13 @@ import Capture
 import Crypto
 import Foundation
 import HBONE
+import AmbitRuntime
 import Kernel
 import NIOConcurrencyHelpers
 import NIOPosix
 import Testing
 import TestSupport
+import NodeProxy
 
 /// The hostile-peer scenarios of RELIABILITY.md: each test states what is promised and
 /// checks it against a real attacker (raw sockets, or the Python h2 peer), while a

@@ -1,6 +1,7 @@
 import Capture
 import Foundation
 import HBONE
+import AmbitRuntime
 import Kernel
 import NIOConcurrencyHelpers
 import NIOCore

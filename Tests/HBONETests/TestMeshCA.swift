@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import AmbitRuntime
 import Kernel
 import NIOConcurrencyHelpers
 import SwiftASN1

@@ -13,6 +13,7 @@ import Testing
 import TestSupport
 
 @testable import Kernel
+import AmbitRuntime
 
 // MARK: - A small blocking HTTP/1.1 client over a real socket
 

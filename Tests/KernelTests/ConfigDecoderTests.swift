@@ -1,5 +1,7 @@
+import AmbitRuntime
 import Kernel
 import Testing
+import ConfigYAML
 
 /// A listener config like a plugin would write, with CaseIterable keys so unknown-key
 /// errors list what is allowed.

@@ -1,5 +1,7 @@
+import AmbitRuntime
 import Kernel
 import Testing
+import NodeProxy
 
 /// A small seeded generator so endpoint selection is reproducible (SplitMix64).
 struct SplitMix64: RandomNumberGenerator, Sendable {
@@ -78,7 +80,7 @@ private func hbone(_ decision: ForwardingDecision) -> HBONETarget? {
     return nil
 }
 
-private func refusal(_ decision: ForwardingDecision) -> Refusal.Code? {
+private func refusal(_ decision: ForwardingDecision) -> ConnectionRefusal.Code? {
     if case .refuse(let refusal) = decision { return refusal.code }
     return nil
 }

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import Testing
 
 @testable import Kernel
+import AmbitRuntime
 
 /// Collects rendered lines in memory.
 private final class CapturedLines: Sendable {

@@ -2,6 +2,7 @@ import Foundation
 import Kernel
 import Logging
 import Testing
+import AmbitRuntime
 
 
 // Test-only plugins: a discovery source, a capture plugin that needs discovery, and a

@@ -8,6 +8,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import AmbitRuntime
 
 // Every test runs client → TCPListener → Relay → TCPDialer → server over real loopback
 // sockets (see RelayFixture). Serialized: the backpressure test reads timing-sensitive

@@ -7,6 +7,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import AmbitRuntime
 
 // Listener and dialer on real loopback sockets. Tests that set SO_MARK or IP_TRANSPARENT
 // need CAP_NET_ADMIN: they run as root here and in CI.

@@ -1,3 +1,4 @@
+import AmbitRuntime
 import Kernel
 import Synchronization
 import Testing

@@ -1,9 +1,11 @@
 import Foundation
+import AmbitRuntime
 import Kernel
 import LocalConfig
 import Logging
 import NIOPosix
 import Testing
+import ConfigYAML
 
 
 /// The example from the Istio facts file (ztunnel's local config).

@@ -1,6 +1,7 @@
 import AmbitTestKit
 import Foundation
 import HBONE
+import AmbitRuntime
 import Kernel
 import Logging
 import Testing

@@ -7,6 +7,7 @@ import Synchronization
 import Telemetry
 import TestSupport
 import Testing
+import AmbitRuntime
 
 /// A policy plugin that counts its decisions through `context.metrics`, and on request
 /// also registers metrics the telemetry plugin must refuse (without stopping the node).

@@ -52,6 +52,7 @@ final class Hung: Sendable {
 }
 
 import Synchronization
+import AmbitRuntime
 
 @Suite("policy plugin containment", .timeLimit(.minutes(1)))
 struct PolicyContainmentTests {

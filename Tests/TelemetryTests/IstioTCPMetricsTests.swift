@@ -4,6 +4,7 @@ import Prometheus
 import Telemetry
 import Testing
 import TestSupport
+import AmbitRuntime
 
 /// Records as the HBONE inbound path will produce them, fed to the metrics directly.
 @Suite("telemetry: series bookkeeping, reporters, flags and the access log format")

@@ -7,6 +7,7 @@ import NIOPosix
 import Telemetry
 import Testing
 import TestSupport
+import AmbitRuntime
 
 /// An in-process node (local-config + capture + telemetry) over a mesh file the test
 /// controls, with the metrics server on an ephemeral port.

@@ -1,4 +1,5 @@
 import Foundation
+import AmbitRuntime
 import Kernel
 import NIOCore
 

@@ -6,6 +6,7 @@ import LocalConfig
 import Logging
 import NIOCore
 import NIOPosix
+import AmbitRuntime
 
 /// `ambit demo`: a node proxy with a small built-in mesh, driven by real connections.
 struct DemoCommand: AsyncParsableCommand {

@@ -10,6 +10,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import AmbitRuntime
 
 /// The demo's built-in mesh, its backends and its scripted connections.
 enum DemoMesh {

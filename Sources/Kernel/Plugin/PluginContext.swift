@@ -26,9 +26,9 @@ public final class PluginContext: Sendable {
     public let baseDirectory: String
     /// The node's policy decision deadline and failure counts (see ``PolicyChain``).
     public let policyGuard: PolicyGuard
-    /// The pods this node captures inside their own network namespaces (in-pod capture),
-    /// one registry per node.
-    public let pods: CapturedPods
+    /// Objects the node's plugins share that role modules define (the node proxy's
+    /// captured pods: `context.pods`), one per node.
+    public let facilities: NodeFacilities
     private let directory: PluginDirectory
     private let explicitMetrics: (any MetricsFactory)?
 
@@ -40,7 +40,7 @@ public final class PluginContext: Sendable {
         pluginID: String, logger: Logger, eventLoopGroup: any EventLoopGroup, mesh: MeshStore,
         connections: ConnectionRegistry, readiness: Readiness, nodeName: String,
         baseDirectory: String, directory: PluginDirectory, policyGuard: PolicyGuard = PolicyGuard(),
-        pods: CapturedPods? = nil, metrics: (any MetricsFactory)? = nil
+        facilities: NodeFacilities = NodeFacilities(), metrics: (any MetricsFactory)? = nil
     ) {
         var logger = logger
         logger[metadataKey: "plugin"] = "\(pluginID)"
@@ -54,7 +54,7 @@ public final class PluginContext: Sendable {
         self.baseDirectory = baseDirectory
         self.directory = directory
         self.policyGuard = policyGuard
-        self.pods = pods ?? CapturedPods(readiness: readiness)
+        self.facilities = facilities
         self.explicitMetrics = metrics
     }
 

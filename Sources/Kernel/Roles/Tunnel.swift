@@ -17,12 +17,12 @@ public struct TunnelRequest: Sendable {
     /// Where the tunnel's socket must be made: the source pod's network namespace under
     /// in-pod capture (the connection then leaves from the pod, marked so it is not
     /// recaptured); nil for the proxy's own namespace.
-    public var namespace: NetworkNamespace?
+    public var namespace: (any NetworkNamespaceHandle)?
 
     /// Creates a request.
     public init(
         source: Workload, sourceAddress: SocketAddr, gateway: SocketAddr, authority: String,
-        expectedIdentities: [SpiffeID], destination: Workload?, namespace: NetworkNamespace? = nil
+        expectedIdentities: [SpiffeID], destination: Workload?, namespace: (any NetworkNamespaceHandle)? = nil
     ) {
         self.source = source
         self.sourceAddress = sourceAddress

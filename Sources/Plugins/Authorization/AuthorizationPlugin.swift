@@ -9,6 +9,7 @@ import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import ServiceLifecycle
+import AmbitRuntime
 
 /// Istio L4 authorization: a provider of the ``PluginRole/policy`` role that enforces
 /// `AuthorizationPolicy` semantics on inbound connections (see ``PolicyIndex`` for which

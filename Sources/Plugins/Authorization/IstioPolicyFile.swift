@@ -1,4 +1,6 @@
 import Kernel
+import AmbitRuntime
+import ConfigYAML
 
 /// Something in a policy file that loads but does not do all it says, with where it is
 /// written: an HTTP attribute a node proxy cannot check, or a policy meant for a

@@ -8,6 +8,7 @@ import NIOPosix
 import ServiceLifecycle
 import Synchronization
 import X509
+import ConfigYAML
 
 /// A CA Ambit can run: serves Istio's certificate API
 /// (`istio.v1.auth.IstioCertificateService/CreateCertificate`) over TLS, signing with a

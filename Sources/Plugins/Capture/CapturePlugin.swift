@@ -3,6 +3,8 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import ServiceLifecycle
+import AmbitRuntime
+import NodeProxy
 
 /// Captures application connections and sends them through the node's outbound path.
 ///

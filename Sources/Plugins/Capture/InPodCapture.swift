@@ -4,6 +4,8 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import AmbitRuntime
+import NodeProxy
 
 /// Settings of in-pod capture (`capture` config key `inPod`).
 public struct InPodConfig: Decodable, Sendable {
@@ -316,20 +318,20 @@ final class InPodCapture: Sendable {
         } catch {
             return eventLoop.makeFailedFuture(error)
         }
-        return InboundPlaintext.originalDestination(of: channel).flatMap { original -> EventLoopFuture<SOCKS5Connected> in
+        return InboundPlaintext.originalDestination(of: channel).flatMap { original -> EventLoopFuture<OutboundConnection> in
             guard let original, original != local else {
                 logger.info(
                     "outbound refused: connection to the outbound listener was not redirected",
                     metadata: ["pod": "\(uid)", "source": "\(client)", "local": "\(local)"])
                 return eventLoop.makeFailedFuture(
-                    InboundRefusal(code: .selfCall, message: "\(local) is this proxy's own listener"))
+                    ConnectionRefusal(.selfCall, "\(local) is this proxy's own listener"))
             }
             guard let workload = context.mesh.snapshot.workloads[uid] else {
                 logger.warning(
                     "outbound refused: the pod's workload is not (yet) in the mesh",
                     metadata: ["pod": "\(uid)", "destination": "\(original)"])
                 return eventLoop.makeFailedFuture(
-                    InboundRefusal(code: .unknownDestination, message: "workload \(uid) is not in the mesh"))
+                    ConnectionRefusal(.unknownDestination, "workload \(uid) is not in the mesh"))
             }
             return outbound.connectCaptured(from: channel, source: workload, destination: original, namespace: namespace)
         }.map { connected in

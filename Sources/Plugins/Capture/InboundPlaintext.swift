@@ -5,6 +5,8 @@ import NIOCore
 #if canImport(Glibc)
 import Glibc
 #endif
+import AmbitRuntime
+import NodeProxy
 
 /// Settings of the plaintext inbound listener (`capture` config key `inbound`).
 public struct InboundPlaintextConfig: Decodable, Sendable {
@@ -81,14 +83,14 @@ final class InboundPlaintext: Sendable {
                     "inbound plaintext refused: connection was not redirected (no original destination); set `inbound.destination` to forward without redirection",
                     metadata: ["source": "\(client)", "local": "\(local)"])
                 return eventLoop.makeFailedFuture(
-                    InboundRefusal(code: .selfCall, message: "\(local) is this proxy's own listener"))
+                    ConnectionRefusal(.selfCall, "\(local) is this proxy's own listener"))
             }
             if let pod, mesh.snapshot.workload(at: destination.ip)?.uid != pod.workload {
                 logger.info(
                     "inbound plaintext refused: destination is not the pod whose namespace it arrived in",
                     metadata: ["source": "\(client)", "destination": "\(destination)", "pod": "\(pod.workload)"])
                 return eventLoop.makeFailedFuture(
-                    InboundRefusal(code: .unknownDestination, message: "\(destination) is not pod \(pod.workload)"))
+                    ConnectionRefusal(.unknownDestination, "\(destination) is not pod \(pod.workload)"))
             }
             let request = InboundRequest(source: client, destination: destination, peerIdentity: nil, route: "plaintext")
             return inbound.admit(request, on: eventLoop).flatMapResult { $0 }

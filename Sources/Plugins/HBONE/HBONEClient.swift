@@ -5,6 +5,7 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 import NIOSSL
+import AmbitRuntime
 
 /// The HBONE client: opens one HTTP/2 CONNECT stream per tunnelled connection over a
 /// pooled mTLS connection to the destination's proxy (or waypoint).

@@ -1,4 +1,5 @@
 import Kernel
+import NodeProxy
 
 /// `hbone` plugin configuration. Every key is optional; the defaults are ztunnel's.
 public struct HBONEConfig: Decodable, Sendable {

@@ -1,4 +1,5 @@
 import Kernel
+import NodeProxy
 
 /// One inbound HBONE CONNECT request, validated: what the server acts on.
 ///

@@ -1,4 +1,5 @@
 import Kernel
+import NodeProxy
 import NIOCore
 import ServiceLifecycle
 

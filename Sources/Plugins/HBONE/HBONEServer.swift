@@ -6,6 +6,8 @@ import NIOHPACK
 import NIOHTTP2
 import NIOSSL
 import ServiceLifecycle
+import AmbitRuntime
+import NodeProxy
 
 /// The HBONE server: terminates mTLS + HTTP/2 from other proxies on 15008 and hands each
 /// CONNECT stream to the kernel's inbound path.

@@ -9,6 +9,8 @@ import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import ServiceLifecycle
+import AmbitRuntime
+import ConfigYAML
 
 /// Discovery from a local YAML file in ztunnel's local-config format (see
 /// ``LocalMeshFile``): workloads, services and policies, reloaded when the file changes.

@@ -1,4 +1,6 @@
 import Kernel
+import AmbitRuntime
+import ConfigYAML
 
 /// The local mesh file: ztunnel's local-config YAML (`LOCAL_XDS_PATH`), camelCase, unknown
 /// fields rejected, turned into the kernel's mesh model.

@@ -8,6 +8,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import AmbitRuntime
 
 /// One access-log line per connection at completion, in the node's log formats (the
 /// kernel's ``LogLineRenderer``), with ztunnel's field names:

@@ -7,6 +7,7 @@ import NIOHTTP1
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
+import AmbitRuntime
 
 /// Istio's standard TCP metrics in Prometheus format and a per-connection access log.
 ///

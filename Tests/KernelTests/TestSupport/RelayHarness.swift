@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Synchronization
+import AmbitRuntime
 
 // Real-socket scaffolding for the relay and socket tests: a deterministic byte stream,
 // an endpoint handler that sends and hashes it, and a client → proxy → server fixture.

@@ -1,6 +1,7 @@
 import Authorization
 import Capture
 import FuzzSupport
+import AmbitRuntime
 import HBONE
 import Kernel
 import LocalConfig

@@ -1,0 +1,210 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import NIOCore
+import Kernel
+
+/// The node proxy's manifest: which plugins run, in which order, with what config, plus
+/// a few node-wide settings. YAML, decoded strictly (unknown keys are errors naming path
+/// and line).
+///
+/// ```yaml
+/// node:                      # optional
+///   name: node-a             # default: the host name; workloads whose `node` equals
+///                            #   this are local to this proxy
+///   threads: 2               # event-loop threads, default: number of cores
+///   drainDeadline: 5s        # how long open connections may finish on shutdown (from the signal)
+///   policyDeadline: 1s       # how long a policy plugin may take to decide; then deny
+/// logging:                   # optional
+///   level: info              # trace, debug, info, notice, warning, error, critical
+///   format: text             # text | json
+/// admin:                     # optional; absent: no admin or readiness listener
+///   address: 127.0.0.1:15000           # /config_dump, /plugins, /logging, /quitquitquit
+///   readinessAddress: 0.0.0.0:15021    # /healthz/ready; null turns it off
+/// plugins:                   # in order; policy plugins are consulted in this order
+///   - id: local-config       # a plugin compiled into the binary (`ambit plugins`)
+///     config: {path: mesh.yaml}   # the plugin's own config; absent = all defaults
+///   - id: capture
+///     config: {...}
+/// ```
+public struct Manifest: Sendable {
+    /// `node:`: who this proxy is and how it runs.
+    public struct NodeSettings: Sendable, Decodable {
+        /// The node's name; workloads whose `node` equals it are local. Default: the
+        /// host name.
+        public var name: String
+        /// Event-loop threads. Default: the number of cores.
+        public var threads: Int
+        /// How long open connections may run after shutdown starts. Default: 5s.
+        public var drainDeadline: Duration
+        /// How long one policy plugin may take to decide one connection before the
+        /// connection is denied (see ``PolicyGuard``). Default: 1s.
+        public var policyDeadline: Duration
+
+        /// The defaults.
+        public init(
+            name: String = Manifest.hostName, threads: Int = System.coreCount, drainDeadline: Duration = .seconds(5),
+            policyDeadline: Duration = PolicyGuard.defaultDeadline
+        ) {
+            self.name = name
+            self.threads = threads
+            self.drainDeadline = drainDeadline
+            self.policyDeadline = policyDeadline
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case name, threads, drainDeadline, policyDeadline
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = NodeSettings()
+            name = try container.decodeIfPresent(String.self, forKey: .name) ?? defaults.name
+            threads = try container.decodeIfPresent(Int.self, forKey: .threads) ?? defaults.threads
+            drainDeadline = try container.decodeIfPresent(ConfigDuration.self, forKey: .drainDeadline)?.duration ?? defaults.drainDeadline
+            policyDeadline = try container.decodeIfPresent(ConfigDuration.self, forKey: .policyDeadline)?.duration ?? defaults.policyDeadline
+            if policyDeadline <= .zero {
+                throw DecodingError.dataCorruptedError(forKey: .policyDeadline, in: container, debugDescription: "must be longer than 0")
+            }
+            if name.isEmpty {
+                throw DecodingError.dataCorruptedError(forKey: .name, in: container, debugDescription: "must not be empty")
+            }
+            if threads < 1 || threads > 1024 {
+                throw DecodingError.dataCorruptedError(forKey: .threads, in: container, debugDescription: "expected 1…1024 threads, got \(threads)")
+            }
+        }
+    }
+
+
+    /// `logging:`.
+    public struct LoggingSettings: Sendable, Decodable {
+        /// The minimum level logged. Default: info.
+        public var level: Logger.Level
+        /// Line format. Default: text.
+        public var format: LogFormat
+
+        /// The defaults.
+        public init(level: Logger.Level = .info, format: LogFormat = .text) {
+            self.level = level
+            self.format = format
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case level, format
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            level = try container.decodeIfPresent(LogLevel.self, forKey: .level)?.level ?? .info
+            format = try container.decodeIfPresent(LogFormat.self, forKey: .format) ?? .text
+        }
+    }
+
+    /// `admin:`: the localhost admin server and the readiness endpoint.
+    public struct AdminSettings: Sendable, Decodable {
+        /// Admin endpoints (`/config_dump`, `/plugins`, `/logging`, `/quitquitquit`);
+        /// nil when turned off with `address: null`. Default: 127.0.0.1:15000.
+        public var address: SocketAddr?
+        /// Readiness (`/healthz/ready`); nil when turned off with
+        /// `readinessAddress: null`. Default: 0.0.0.0:15021.
+        public var readinessAddress: SocketAddr?
+
+        /// The defaults (ztunnel's ports).
+        public init(
+            address: SocketAddr? = SocketAddr(ip: .v4(0x7f00_0001), port: 15000),
+            readinessAddress: SocketAddr? = SocketAddr(ip: .v4(0), port: 15021)
+        ) {
+            self.address = address
+            self.readinessAddress = readinessAddress
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case address, readinessAddress
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = AdminSettings()
+            // Absent: the default; explicit null: off.
+            address =
+                try container.contains(.address)
+                ? container.decodeIfPresent(SocketAddr.self, forKey: .address) : defaults.address
+            readinessAddress =
+                try container.contains(.readinessAddress)
+                ? container.decodeIfPresent(SocketAddr.self, forKey: .readinessAddress) : defaults.readinessAddress
+        }
+    }
+
+    /// `node:`.
+    public var node: NodeSettings
+    /// `logging:`.
+    public var logging: LoggingSettings
+    /// `admin:`; nil when the section is absent (no admin or readiness listener).
+    public var admin: AdminSettings?
+    /// `plugins:`, in manifest order.
+    public var plugins: [PluginEntry]
+
+    /// Creates a manifest.
+    public init(
+        node: NodeSettings = NodeSettings(), logging: LoggingSettings = LoggingSettings(), admin: AdminSettings? = nil,
+        plugins: [PluginEntry] = []
+    ) {
+        self.node = node
+        self.logging = logging
+        self.admin = admin
+        self.plugins = plugins
+    }
+
+    /// This machine's host name, the default node name.
+    public static var hostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "localhost" : name
+    }
+}
+
+/// One `plugins:` entry: the plugin id and its raw `config:`, decoded once the plugin's
+/// type is known.
+public struct PluginEntry: Sendable {
+    /// The plugin id, e.g. `capture`.
+    public var id: String
+    /// The raw `config:` (absent value when the entry has none), with its path
+    /// `plugins[i] (id).config`.
+    public var config: ConfigNode
+    /// Position in `plugins:`, from 0.
+    public var index: Int
+    /// The entry's line in the manifest.
+    public var line: Int?
+
+    /// Creates an entry.
+    public init(id: String, config: ConfigNode, index: Int, line: Int?) {
+        self.id = id
+        self.config = config
+        self.index = index
+        self.line = line
+    }
+
+    /// How errors name the entry: `plugins[2] (hbone)`.
+    public var label: String { "plugins[\(index)] (\(id))" }
+}
+
+/// `Logger.Level` with a message listing the levels.
+struct LogLevel: Decodable {
+    let level: Logger.Level
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        let text = try container.decode(String.self)
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            let names = Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")
+            throw DecodingError.dataCorruptedError(in: container, debugDescription: "expected one of \(names), got \"\(text)\"")
+        }
+        self.level = level
+    }
+}

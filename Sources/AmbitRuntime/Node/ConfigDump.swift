@@ -1,0 +1,167 @@
+import Foundation
+import Kernel
+
+/// Renders the node's state as the JSON `/config_dump` and `/plugins` serve.
+enum ConfigDump {
+    struct WorkloadView: Encodable {
+        var uid, name, namespace, serviceAccount, trustDomain, identity, node, network: String
+        var workloadIps: [String]
+        var `protocol`: String
+        var status: String
+        var capacity: UInt32
+        var waypoint: GatewayAddress?
+        var services: [String: [String: UInt16]]
+        var labels: [String: String]
+        var canonicalName, canonicalRevision, workloadName, clusterId: String
+        var netns: String?
+
+        init(_ w: Workload) {
+            uid = w.uid
+            name = w.name
+            namespace = w.namespace
+            serviceAccount = w.serviceAccount
+            trustDomain = w.trustDomain
+            identity = w.identity.description
+            node = w.node
+            network = w.network
+            workloadIps = w.workloadIPs.map(\.description)
+            `protocol` = w.tunnelProtocol.rawValue
+            status = w.status.rawValue
+            capacity = w.capacity
+            waypoint = w.waypoint
+            services = Dictionary(
+                uniqueKeysWithValues: w.services.map { key, ports in
+                    (key.description, Dictionary(uniqueKeysWithValues: ports.map { (String($0.key), $0.value) }))
+                })
+            labels = w.labels
+            canonicalName = w.canonicalName
+            canonicalRevision = w.canonicalRevision
+            workloadName = w.workloadName
+            clusterId = w.clusterID
+            netns = w.netns
+        }
+    }
+
+    struct ServiceView: Encodable {
+        var name, namespace, hostname: String
+        var vips: [String]
+        var ports: [String: UInt16]
+        var subjectAltNames: [String]
+        var waypoint: GatewayAddress?
+        var endpoints: [String]
+
+        init(_ s: Service, endpoints: [Workload]) {
+            name = s.name
+            namespace = s.namespace
+            hostname = s.hostname
+            vips = s.vips.map(\.description)
+            ports = Dictionary(uniqueKeysWithValues: s.ports.map { (String($0.key), $0.value) })
+            subjectAltNames = s.subjectAltNames
+            waypoint = s.waypoint
+            self.endpoints = endpoints.map(\.uid)
+        }
+    }
+
+    struct PluginView: Encodable {
+        var id, summary, state: String
+        var provides, requires: [String]
+        var config: String
+    }
+
+    struct ConnectionView: Encodable {
+        var id: UInt64
+        var direction, source, destination, route: String
+        var sourceWorkload, destinationWorkload, peerIdentity: String?
+        var bytesSent, bytesReceived: UInt64
+        var ageSeconds: Double
+
+        init(_ r: ConnectionRecord) {
+            id = r.id
+            direction = r.direction.rawValue
+            source = r.source.description
+            destination = r.destination.description
+            route = r.route
+            sourceWorkload = r.sourceWorkload?.uid
+            destinationWorkload = r.destinationWorkload?.uid
+            peerIdentity = r.peerIdentity?.description
+            bytesSent = r.bytes.sent
+            bytesReceived = r.bytes.received
+            let age = r.openedAt.duration(to: .now).components
+            ageSeconds = Double(age.seconds) + Double(age.attoseconds) / 1e18
+        }
+    }
+
+    struct CertificateView: Encodable {
+        var identity, state: String
+        var priority, serial, notBefore, notAfter, lastError: String?
+        var chain: [String]
+        var failures: Int
+
+        init(_ c: CertificateStatus) {
+            let format = { (date: Date?) in date.map { $0.formatted(.iso8601) } }
+            identity = c.identity.description
+            state = c.state
+            priority = c.priority?.description
+            serial = c.serial
+            notBefore = format(c.notBefore)
+            notAfter = format(c.notAfter)
+            lastError = c.lastError
+            chain = c.chain
+            failures = c.failures
+        }
+    }
+
+    struct Dump: Encodable {
+        var node: [String: String]
+        var meshVersion: UInt64
+        var workloads: [WorkloadView]
+        var services: [ServiceView]
+        var policies: [AuthorizationPolicy]
+        var plugins: [PluginView]
+        var connections: [ConnectionView]
+        var certificates: [CertificateView]
+    }
+
+    static func plugins(node: ProxyNode) -> [PluginView] {
+        let states = Dictionary(node.pluginStates.map { ($0.id, $0.state) }, uniquingKeysWith: { a, _ in a })
+        return node.plan.entries.map { entry in
+            PluginView(
+                id: entry.type.id, summary: entry.type.summary,
+                state: states[entry.type.id]?.rawValue ?? PluginState.configured.rawValue,
+                provides: entry.type.provides.sorted().map { $0.name },
+                requires: entry.type.requires.sorted().map { $0.name },
+                config: String(describing: entry.config))
+        }
+    }
+
+    static func render(node: ProxyNode) -> String {
+        let mesh = node.mesh.snapshot
+        let dump = Dump(
+            node: [
+                "name": node.plan.manifest.node.name,
+                "state": node.isDraining ? "draining" : (node.readiness.isReady ? "ready" : "starting"),
+            ],
+            meshVersion: mesh.version,
+            workloads: mesh.workloads.values.sorted { $0.uid < $1.uid }.map(WorkloadView.init),
+            services: mesh.services.values.sorted { $0.namespacedHostname < $1.namespacedHostname }.map {
+                ServiceView($0, endpoints: mesh.endpoints(of: $0.namespacedHostname))
+            },
+            policies: mesh.policies.values.sorted { $0.key < $1.key },
+            plugins: plugins(node: node),
+            connections: node.connections.records.map(ConnectionView.init),
+            certificates: node.plugins.compactMap { $0 as? any CertificateStatusReporting }
+                .flatMap(\.certificateStatuses).map(CertificateView.init))
+        return encode(dump)
+    }
+
+    static func renderPlugins(node: ProxyNode) -> String {
+        encode(plugins(node: node))
+    }
+
+    static func encode(_ value: some Encodable) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(value) else { return "{}" }
+        return String(decoding: data, as: UTF8.self) + "\n"
+    }
+}

@@ -1,0 +1,186 @@
+import Logging
+import NIOCore
+import Kernel
+import AmbitRuntime
+
+/// One connection arriving for a local workload, as the inbound path sees it before it
+/// decides anything.
+public struct InboundRequest: Sendable {
+    /// The original client: the HBONE `forwarded` address, or the TCP peer for plaintext.
+    public var source: SocketAddr
+    /// The workload address the connection is for (`ip:port`).
+    public var destination: SocketAddr
+    /// The peer's authenticated identity (HBONE mTLS); nil for plaintext.
+    public var peerIdentity: SpiffeID?
+    /// How the connection arrived, for records and logs: `hbone` or `plaintext`.
+    public var route: String
+
+    /// Creates a request.
+    public init(source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String) {
+        self.source = source
+        self.destination = destination
+        self.peerIdentity = peerIdentity
+        self.route = route
+    }
+}
+
+/// The inbound path shared by every way a connection can reach a local workload (an HBONE
+/// stream, a plaintext capture): resolve the destination workload, refuse self-calls,
+/// consult the policy chain, dial the workload, relay, report telemetry.
+///
+/// Thread-safe. ``admit(_:)`` is async (policy plugins may wait); ``connect(_:on:)`` and
+/// ``relay(downstream:upstream:record:)`` are event-loop calls.
+public final class InboundPath: Sendable {
+    private let context: PluginContext
+    private let dialer: TCPDialer
+
+    /// An inbound path for the plugin owning `context`, dialing workloads with `dialer`.
+    public init(context: PluginContext, dialer: TCPDialer) {
+        self.context = context
+        self.dialer = dialer
+    }
+
+    private var logger: Logger { context.logger }
+
+    /// Resolves the destination workload and asks the policy chain (every enabled policy
+    /// plugin in manifest order; the first deny wins). Returns the connection's record (not
+    /// yet registered; it carries the attributes so a policy change can re-evaluate it) or
+    /// why it is refused. Refusals are logged here; denials are reported to telemetry.
+    public func admit(_ request: InboundRequest) async -> Result<ConnectionRecord, ConnectionRefusal> {
+        switch prepare(request) {
+        case .refused(let refusal):
+            return .failure(refusal)
+        case .ready(let record, let attributes):
+            let decision = await context.policyChain.authorize(attributes)
+            return finish(record, decision: decision, request: request)
+        }
+    }
+
+    /// ``admit(_:)`` without suspending, when the policy chain can decide at once (no
+    /// policy plugin, or only ``ImmediateConnectionAuthorizer``s that answer now): call it
+    /// on the connection's event loop and fall back to ``admit(_:)`` when it returns nil.
+    public func admitImmediately(_ request: InboundRequest) -> Result<ConnectionRecord, ConnectionRefusal>? {
+        switch prepare(request) {
+        case .refused(let refusal):
+            return .failure(refusal)
+        case .ready(let record, let attributes):
+            guard let decision = context.policyChain.authorizeImmediately(attributes) else { return nil }
+            return finish(record, decision: decision, request: request)
+        }
+    }
+
+    /// Admits `request` on `eventLoop`: at once when the chain can decide at once, else
+    /// through a task.
+    public func admit(_ request: InboundRequest, on eventLoop: any EventLoop) -> EventLoopFuture<Result<ConnectionRecord, ConnectionRefusal>> {
+        if let now = admitImmediately(request) { return eventLoop.makeSucceededFuture(now) }
+        return eventLoop.makeFutureWithTask { await self.admit(request) }
+    }
+
+    private enum Prepared {
+        case refused(ConnectionRefusal)
+        case ready(ConnectionRecord, ConnectionAttributes)
+    }
+
+    /// Everything before the policy decision: self-call, destination workload, locality,
+    /// the record and the attributes policies see.
+    private func prepare(_ request: InboundRequest) -> Prepared {
+        let mesh = context.mesh.snapshot
+
+        if Forwarding.proxyPorts.contains(request.destination.port) {
+            return refused(
+                .selfCall, "\(request.destination) is one of the proxy's own ports; refusing to connect to itself",
+                request)
+        }
+        guard let workload = mesh.workload(at: request.destination.ip) else {
+            return refused(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", request)
+        }
+        if !context.nodeName.isEmpty && !workload.node.isEmpty && workload.node != context.nodeName {
+            return refused(
+                .notLocal, "workload \(workload.uid) runs on node \(workload.node), not on \(context.nodeName)",
+                request)
+        }
+        let sourceWorkload = mesh.workload(at: request.source.ip)
+        let record = ConnectionRecord(
+            governed: .inbound, source: request.source, destination: request.destination,
+            sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
+            route: request.route, isMutualTLS: request.peerIdentity != nil)
+        // What the policy chain sees is what the record holds (and re-evaluates later).
+        return .ready(record, record.recordedAttributes)
+    }
+
+    private func refused(_ code: ConnectionRefusal.Code, _ message: String, _ request: InboundRequest) -> Prepared {
+        .refused(refuse(code, message, request))
+    }
+
+    private func finish(
+        _ record: ConnectionRecord, decision: AuthorizationDecision, request: InboundRequest
+    ) -> Result<ConnectionRecord, ConnectionRefusal> {
+        record.recordDecision(decision)
+        if !decision.allowed {
+            record.recordFailure("denied: \(decision)", flag: .denied)
+            for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionDenied(record) }
+            let policy = decision.policy.map { "\($0)" }
+            return .failure(refuse(.denied, "denied by policy: \(decision)", request, policy: policy))
+        }
+        return .success(record)
+    }
+
+    /// Dials the record's destination (the local workload) from `eventLoop`, inside
+    /// `namespace` when given (the destination pod's, under in-pod capture). Fails with an
+    /// ``ConnectionRefusal`` of code ``ConnectionRefusal/Code/connectFailed``.
+    public func connect(
+        _ record: ConnectionRecord, on eventLoop: any EventLoop, in namespace: NetworkNamespace? = nil
+    ) -> EventLoopFuture<any Channel> {
+        let logger = self.logger
+        let sinks = context.providers(of: (any TelemetrySink).self)
+        return dialer.placed(in: namespace).connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
+            logger.info(
+                "inbound: local workload unreachable",
+                metadata: ["destination": "\(record.destination)", "route": "\(record.route)", "error": "\(error)"])
+            record.recordFailure("connect to \(record.destination) failed: \(error)", flag: .connectFailure)
+            for sink in sinks { sink.connectionFailed(record) }
+            throw ConnectionRefusal(
+                .connectFailed, "connect to \(record.destination) failed: \(error)", underlying: error)
+        }
+    }
+
+    /// Relays between the arriving connection (`downstream`) and the local workload
+    /// (`upstream`), registering the record and reporting it to every telemetry sink when it
+    /// opens and when it closes. The future completes once both sides are closed.
+    @discardableResult
+    public func relay(downstream: any Channel, upstream: any Channel, record: ConnectionRecord) -> EventLoopFuture<Void> {
+        let sinks = context.providers(of: (any TelemetrySink).self)
+        let logger = self.logger
+        for sink in sinks { sink.connectionOpened(record) }
+        logger.debug(
+            "inbound relaying",
+            metadata: [
+                "id": "\(record.id)", "source": "\(record.source)", "destination": "\(record.destination)",
+                "route": "\(record.route)", "peer": "\(record.peerIdentity.map { "\($0)" } ?? "none")",
+            ])
+        let done = Relay.join(downstream: downstream, upstream: upstream, record: record, registry: context.connections)
+        done.whenComplete { _ in
+            for sink in sinks { sink.connectionClosed(record) }
+            logger.debug(
+                "inbound connection closed",
+                metadata: [
+                    "id": "\(record.id)", "sent": "\(record.bytes.sent)", "received": "\(record.bytes.received)",
+                ])
+        }
+        return done
+    }
+
+    private func refuse(
+        _ code: ConnectionRefusal.Code, _ message: String, _ request: InboundRequest, policy: String? = nil
+    ) -> ConnectionRefusal {
+        // Built only for a refusal: admitted connections pay nothing for log metadata.
+        var metadata: Logger.Metadata = [
+            "source": "\(request.source)", "destination": "\(request.destination)", "route": "\(request.route)",
+            "reason": "\(code)",
+        ]
+        if let peer = request.peerIdentity { metadata["peer"] = "\(peer)" }
+        if let policy { metadata["policy"] = "\(policy)" }
+        logger.info("inbound connection refused: \(message)", metadata: metadata)
+        return ConnectionRefusal(code, message)
+    }
+}
