@@ -39,6 +39,7 @@ let allTargets: [(name: String, products: [String])] = [
     ("manifest", ["Kernel", "AmbitRuntime", "LocalConfig", "Capture", "Authorization", "Telemetry", "HBONE"]),
     ("local-config", ["Kernel", "LocalConfig"]),
     ("authz", ["Kernel", "Authorization"]),
+    ("ip-address", ["Kernel"]),
     ("pem-csr", ["Kernel", "LocalConfig", "Certificates", "CAServer"]),
 ]
 let selected = ProcessInfo.processInfo.environment["AMBIT_FUZZ_TARGETS"].map { $0.split(separator: ",").map(String.init) }

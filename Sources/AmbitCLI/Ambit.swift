@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import AmbitRuntime
-import Kernel
+public import Kernel
 
 /// The entry point of an `ambit` binary: the first-party one and every composed one run
 /// the same command line over their own plugin registry.

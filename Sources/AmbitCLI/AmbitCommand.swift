@@ -1,11 +1,11 @@
-import ArgumentParser
+public import ArgumentParser
 import Authorization
 import CAServer
 import Capture
 import Certificates
 import Foundation
 import HBONE
-import Kernel
+public import Kernel
 import LocalConfig
 import Logging
 import Telemetry

@@ -1,16 +1,16 @@
-import Capture
+public import Capture
 import Certificates
 import Foundation
 import HBONE
-import Kernel
+public import Kernel
 import LocalConfig
-import Logging
+public import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Synchronization
 import Telemetry
-import AmbitRuntime
+public import AmbitRuntime
 
 /// A small mesh in one process, on loopback: a certificate authority, two node proxies
 /// and real sockets, for an end-to-end check that a policy plugin decides real

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 import NIOConcurrencyHelpers
 
 /// A wall clock that only moves when the test moves it, for plugins that decide by time

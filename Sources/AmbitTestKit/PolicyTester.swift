@@ -1,7 +1,7 @@
-import CoreMetrics
-import Foundation
+public import CoreMetrics
+public import Foundation
 import AmbitRuntime
-import Kernel
+public import Kernel
 import Logging
 import NIOPosix
 import ConfigYAML

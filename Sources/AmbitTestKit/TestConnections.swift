@@ -1,5 +1,5 @@
 import AmbitRuntime
-import Kernel
+public import Kernel
 
 extension ConnectionAttributes {
     /// An mTLS (HBONE) connection from `identity` (`spiffe://td/ns/NS/sa/SA` or the

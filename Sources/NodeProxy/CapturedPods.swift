@@ -1,6 +1,6 @@
 import NIOConcurrencyHelpers
-import Kernel
-import AmbitRuntime
+public import Kernel
+public import AmbitRuntime
 
 /// The pods this node captures in their own network namespaces (in-pod capture), shared
 /// by the plugins that open listeners inside them.

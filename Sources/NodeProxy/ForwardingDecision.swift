@@ -1,4 +1,4 @@
-import Kernel
+public import Kernel
 
 /// What the outbound path knows about a captured connection when it decides where to send
 /// it.

@@ -1,7 +1,7 @@
 import Logging
-import NIOCore
-import Kernel
-import AmbitRuntime
+public import NIOCore
+public import Kernel
+public import AmbitRuntime
 
 /// One connection arriving for a local workload, as the inbound path sees it before it
 /// decides anything.

@@ -1,7 +1,7 @@
-import AmbitRuntime
-import Kernel
+public import AmbitRuntime
+public import Kernel
 import Logging
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 #if canImport(Glibc)

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// The built `ambit` binary, run as a child process, with its output captured.
 public final class AmbitProcess: @unchecked Sendable {

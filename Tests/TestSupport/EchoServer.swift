@@ -1,7 +1,7 @@
 import AmbitRuntime
-import Kernel
+public import Kernel
 import NIOConcurrencyHelpers
-import NIOCore
+public import NIOCore
 import NIOPosix
 
 /// A real TCP backend for tests: optionally greets with `<name>: `, echoes everything,

@@ -1,6 +1,6 @@
 import Foundation
 import AmbitRuntime
-import Kernel
+public import Kernel
 import NIOCore
 
 #if canImport(Glibc)

@@ -1,7 +1,7 @@
-import Logging
-import NIOCore
+public import Logging
+public import NIOCore
 import NIOHTTP1
-import Kernel
+public import Kernel
 
 /// Why an admin action was refused; the message is sent to the caller with status 400.
 public struct AdminFailure: Error, Sendable, CustomStringConvertible {

@@ -1,9 +1,9 @@
-import Logging
+public import Logging
 import NIOConcurrencyHelpers
-import NIOCore
+public import NIOCore
 import NIOHTTP1
 import NIOPosix
-import Kernel
+public import Kernel
 
 /// Answers one request; the future may complete on any event loop.
 public typealias HTTPEndpointResponder = @Sendable (HTTPEndpointRequest, any EventLoop) -> EventLoopFuture<HTTPEndpointResponse>

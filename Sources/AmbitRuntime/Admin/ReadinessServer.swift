@@ -1,7 +1,7 @@
-import Logging
-import NIOCore
+public import Logging
+public import NIOCore
 import NIOHTTP1
-import Kernel
+public import Kernel
 
 /// The readiness probe server (port 15021, like ztunnel's, reachable by the kubelet).
 ///

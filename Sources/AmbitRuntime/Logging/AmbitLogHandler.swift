@@ -5,7 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Logging
+public import Logging
 import NIOConcurrencyHelpers
 import Synchronization
 import Kernel

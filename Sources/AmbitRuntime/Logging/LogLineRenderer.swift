@@ -5,7 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Logging
+public import Logging
 import Kernel
 
 /// A wall-clock instant, rendered as RFC 3339 UTC with milliseconds. Written by hand

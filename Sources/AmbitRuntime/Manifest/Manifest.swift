@@ -5,9 +5,9 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Logging
-import NIOCore
-import Kernel
+public import Logging
+public import NIOCore
+public import Kernel
 
 /// The node proxy's manifest: which plugins run, in which order, with what config, plus
 /// a few node-wide settings. YAML, decoded strictly (unknown keys are errors naming path

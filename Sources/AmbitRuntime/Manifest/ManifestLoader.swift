@@ -5,7 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Kernel
+public import Kernel
 import ConfigYAML
 
 /// A manifest checked against the compiled-in plugins: every entry's plugin type and

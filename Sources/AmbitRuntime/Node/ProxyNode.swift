@@ -1,5 +1,5 @@
 import CAmbitSystem
-import Logging
+public import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -9,7 +9,7 @@ import UnixSignals
 #if canImport(Glibc)
 import Glibc
 #endif
-import Kernel
+public import Kernel
 
 /// The lifecycle state of one plugin, as `/config_dump` and `/plugins` show it.
 public enum PluginState: String, Sendable, Codable {

@@ -1,6 +1,6 @@
-import NIOCore
+public import NIOCore
 import NIOPosix
-import Kernel
+public import Kernel
 
 /// How the proxy opens upstream connections.
 public struct DialerOptions: Sendable {

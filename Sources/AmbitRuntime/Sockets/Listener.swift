@@ -1,9 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import NIOCore
+public import NIOCore
 import NIOPosix
-import Kernel
+public import Kernel
 
 /// Options for a listening socket.
 public struct ListenerOptions: Sendable {

@@ -7,7 +7,7 @@ import Darwin
 #endif
 import CAmbitSystem
 import NIOConcurrencyHelpers
-import Kernel
+public import Kernel
 
 /// A Linux network namespace the proxy opens sockets in: a pod's, for in-pod capture.
 ///

@@ -6,8 +6,8 @@ import Musl
 import Darwin
 #endif
 import NIOConcurrencyHelpers
-import NIOCore
-import Kernel
+public import NIOCore
+public import Kernel
 
 /// The bidirectional byte pump between an application's connection and its destination:
 /// the proxy's hot path.

@@ -5,8 +5,8 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import NIOCore
-import Kernel
+public import NIOCore
+public import Kernel
 
 /// Linux socket options the node proxy needs and NIO has no names for, as NIO channel
 /// options, plus a read-back of the packet mark.

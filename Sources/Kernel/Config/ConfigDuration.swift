@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 /// A duration in configuration: `"5s"`, `"500ms"`, `"2m"`, `"1h"`, `"1.5s"`, `"250us"`,
 /// `"100ns"`, or a plain number of seconds (`5`, `0.25`). Negative durations are
 /// rejected.

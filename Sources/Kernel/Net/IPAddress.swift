@@ -1,11 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
-import NIOCore
+public import NIOCore
 
 /// An IPv4 or IPv6 address, value-typed and hashable, so the mesh model can index
 /// workloads and services by address without touching sockets.
@@ -16,23 +9,118 @@ public enum IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible, 
     case v6(UInt64, UInt64)
 
     /// Parses dotted-quad IPv4 or RFC 4291 IPv6 text (no zone, no brackets).
+    ///
+    /// Accepts exactly what POSIX `inet_pton` accepts (the tests compare the two): four
+    /// decimal octets without leading zeros; IPv6 with at most one `::` and an optional
+    /// dotted-quad tail. Written in Swift so the plugin API needs no C library.
     public init?(_ text: some StringProtocol) {
-        let string = String(text)
-        // inet_pton reads a C string: it would stop at a NUL and accept "10.0.0.1\0junk".
+        let utf8 = Array(String(text).utf8)
         // The longest valid form (IPv4-mapped IPv6) is 45 characters.
-        guard string.utf8.count <= 45, !string.utf8.contains(0) else { return nil }
-        var v4 = in_addr()
-        if inet_pton(AF_INET, string, &v4) == 1 {
-            self = .v4(UInt32(bigEndian: v4.s_addr))
-            return
+        guard utf8.count <= 45 else { return nil }
+        if let v4 = IPAddress.parseV4(utf8[...]) {
+            self = .v4(v4)
+        } else if let v6 = IPAddress.parseV6(utf8) {
+            self.init(v6Bytes: v6)
+        } else {
+            return nil
         }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, string, &v6) == 1 {
-            let bytes = withUnsafeBytes(of: &v6) { Array($0) }
-            self.init(v6Bytes: bytes)
-            return
+    }
+
+    /// Four decimal octets, each 0...255 with no leading zero.
+    private static func parseV4(_ text: ArraySlice<UInt8>) -> UInt32? {
+        var value: UInt32 = 0
+        var octets = 0
+        var octet: UInt32 = 0
+        var digits = 0
+        for byte in text {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                if digits > 0 && octet == 0 { return nil }  // a leading zero
+                octet = octet * 10 + UInt32(byte - UInt8(ascii: "0"))
+                digits += 1
+                if octet > 255 { return nil }
+            case UInt8(ascii: "."):
+                guard digits > 0, octets < 3 else { return nil }
+                value = value << 8 | octet
+                octets += 1
+                octet = 0
+                digits = 0
+            default:
+                return nil
+            }
         }
-        return nil
+        guard digits > 0, octets == 3 else { return nil }
+        return value << 8 | octet
+    }
+
+    /// Up to eight hex groups of 1...4 digits, one `::` for a run of zero groups, and
+    /// optionally a dotted quad in place of the last two groups.
+    private static func parseV6(_ text: [UInt8]) -> [UInt8]? {
+        var groups: [UInt16] = []
+        groups.reserveCapacity(8)
+        var gap: Int? = nil  // index in `groups` where `::` stands
+        var index = 0
+        let count = text.count
+        guard count >= 2 else { return nil }
+        if text[0] == UInt8(ascii: ":") {
+            guard text[1] == UInt8(ascii: ":") else { return nil }
+            gap = 0
+            index = 2
+        }
+        var tailV4: UInt32? = nil
+        while index < count {
+            // One group: hex digits up to ':' or the end; or a dotted quad that ends the text.
+            var end = index
+            var value: UInt32 = 0
+            while end < count, let digit = hexValue(text[end]) {
+                value = value << 4 | UInt32(digit)
+                end += 1
+                if end - index > 4 { return nil }
+            }
+            if end < count, text[end] == UInt8(ascii: ".") {
+                guard groups.count <= 6, let v4 = parseV4(text[index...]) else { return nil }
+                tailV4 = v4
+                index = count
+                break
+            }
+            guard end > index else { return nil }
+            groups.append(UInt16(value))
+            guard groups.count <= 8 else { return nil }
+            if end == count {
+                index = end
+                break
+            }
+            guard text[end] == UInt8(ascii: ":") else { return nil }
+            if end + 1 < count, text[end + 1] == UInt8(ascii: ":") {
+                guard gap == nil else { return nil }
+                gap = groups.count
+                index = end + 2
+            } else {
+                guard end + 1 < count else { return nil }  // a trailing single ':'
+                index = end + 1
+            }
+        }
+        if let tailV4 {
+            groups.append(UInt16(truncatingIfNeeded: tailV4 >> 16))
+            groups.append(UInt16(truncatingIfNeeded: tailV4))
+        }
+        guard groups.count <= 8 else { return nil }
+        if let gap {
+            guard groups.count < 8 else { return nil }  // `::` stands for at least one group
+            groups.insert(contentsOf: repeatElement(0, count: 8 - groups.count), at: gap)
+        } else {
+            guard groups.count == 8 else { return nil }
+        }
+        return groups.flatMap { [UInt8(truncatingIfNeeded: $0 >> 8), UInt8(truncatingIfNeeded: $0)] }
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
+        default: return nil
+        }
     }
 
     /// Builds an address from 4 or 16 network-order bytes.
@@ -95,16 +183,54 @@ public enum IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible, 
         switch self {
         case .v4(let value):
             return "\(value >> 24).\((value >> 16) & 0xff).\((value >> 8) & 0xff).\(value & 0xff)"
-        case .v6:
-            var raw = in6_addr()
-            let bytes = self.bytes
-            withUnsafeMutableBytes(of: &raw) { buffer in
-                for index in 0..<16 { buffer[index] = bytes[index] }
-            }
-            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-            _ = inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
-            return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        case .v6(let high, let low):
+            return IPAddress.formatV6(high: high, low: low)
         }
+    }
+
+    /// RFC 5952 text, as `inet_ntop` writes it: lowercase hex, the longest run of two or
+    /// more zero groups (the first of equals) as `::`, and a dotted-quad tail for
+    /// IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible (`::a.b.c.d`) addresses.
+    private static func formatV6(high: UInt64, low: UInt64) -> String {
+        let groups: [UInt16] = (0..<4).map { UInt16(truncatingIfNeeded: high >> (48 - 16 * $0)) }
+            + (0..<4).map { UInt16(truncatingIfNeeded: low >> (48 - 16 * $0)) }
+        var bestStart = -1
+        var bestLength = 0
+        var runStart = -1
+        for index in 0...8 {
+            if index < 8 && groups[index] == 0 {
+                if runStart < 0 { runStart = index }
+            } else if runStart >= 0 {
+                let length = index - runStart
+                if length > bestLength {
+                    bestStart = runStart
+                    bestLength = length
+                }
+                runStart = -1
+            }
+        }
+        if bestLength < 2 { bestStart = -1 }
+        let v4Tail = bestStart == 0 && (bestLength == 6 || (bestLength == 5 && groups[5] == 0xffff))
+        var text = ""
+        text.reserveCapacity(39)
+        var index = 0
+        while index < 8 {
+            if index == bestStart {
+                text += "::"
+                index += bestLength
+                continue
+            }
+            if v4Tail && index == 6 {
+                if !text.hasSuffix(":") { text += ":" }
+                let v4 = UInt32(groups[6]) << 16 | UInt32(groups[7])
+                text += IPAddress.v4(v4).description
+                break
+            }
+            if !text.isEmpty && !text.hasSuffix(":") { text += ":" }
+            text += String(groups[index], radix: 16)
+            index += 1
+        }
+        return text
     }
 
     public static func < (lhs: IPAddress, rhs: IPAddress) -> Bool {

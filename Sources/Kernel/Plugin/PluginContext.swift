@@ -1,7 +1,7 @@
-import CoreMetrics
-import Logging
+public import CoreMetrics
+public import Logging
 import NIOConcurrencyHelpers
-import NIOCore
+public import NIOCore
 
 /// What the kernel gives a plugin: its logger and metrics, the event loops, the mesh,
 /// the connection registry, readiness, and the other enabled plugins by role.

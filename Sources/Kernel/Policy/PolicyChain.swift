@@ -1,6 +1,6 @@
-import Logging
+public import Logging
 import NIOConcurrencyHelpers
-import NIOCore
+public import NIOCore
 
 /// The node's policy chain: every enabled ``ConnectionAuthorizer`` (role
 /// ``PluginRole/policy``) in manifest order. The first deny wins and ends the walk;

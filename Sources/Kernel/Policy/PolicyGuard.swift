@@ -1,4 +1,4 @@
-import Logging
+public import Logging
 import NIOConcurrencyHelpers
 
 /// The policy chain's guard against misbehaving policy plugins: the decision deadline,

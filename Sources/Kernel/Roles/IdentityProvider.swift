@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// A workload's certificate and private key, as PEM, with what peers of that workload
 /// must chain to.

@@ -1,4 +1,4 @@
-import CoreMetrics
+public import CoreMetrics
 
 /// A plugin that exports metrics other plugins record (the `telemetry` plugin: its
 /// Prometheus scrape on `/metrics`).

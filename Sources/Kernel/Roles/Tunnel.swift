@@ -1,4 +1,4 @@
-import NIOCore
+public import NIOCore
 
 /// What a tunnel dialer needs to open one tunnelled stream.
 public struct TunnelRequest: Sendable {

@@ -1,11 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// Exponential backoff with jitter: how long to wait before retrying after a failure.
 ///
 /// The delay after the n-th consecutive failure is `initial × multiplier^(n-1)`, capped at
@@ -41,10 +33,26 @@ public struct Backoff: Sendable, Hashable {
         // Also keeps 0 × inf (NaN) out of the arithmetic below.
         guard initial > .zero, capSeconds > 0 else { return .zero }
         // Computed in Double: multiplier^n overflows to +inf for large n, which the cap absorbs.
-        let base = min(initial.seconds * pow(multiplier, Double(max(attempt, 1) - 1)), capSeconds)
+        let base = min(initial.seconds * Backoff.power(multiplier, max(attempt, 1) - 1), capSeconds)
         let spread = min(max(jitter, 0), 1)
         let factor = spread > 0 ? Double.random(in: (1 - spread)...(1 + spread), using: &rng) : 1
         return .seconds(max(0, min(base * factor, capSeconds)))
+    }
+}
+
+extension Backoff {
+    /// `base^exponent` by squaring: exact for the small integers used here, +inf on
+    /// overflow (absorbed by the cap), and no C maths library.
+    fileprivate static func power(_ base: Double, _ exponent: Int) -> Double {
+        var result = 1.0
+        var factor = base
+        var remaining = exponent
+        while remaining > 0 {
+            if remaining & 1 == 1 { result *= factor }
+            factor *= factor
+            remaining >>= 1
+        }
+        return result
     }
 }
 

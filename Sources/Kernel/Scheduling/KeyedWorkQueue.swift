@@ -1,4 +1,4 @@
-import ServiceLifecycle
+public import ServiceLifecycle
 import Synchronization
 
 /// Why a job of a ``KeyedWorkQueue`` ended without a value (the operation's own errors are

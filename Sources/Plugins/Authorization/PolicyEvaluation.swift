@@ -1,4 +1,4 @@
-import Kernel
+public import Kernel
 
 /// The outcome of evaluating a connection against a ``PolicyIndex``.
 public struct PolicyEvaluation: Sendable {

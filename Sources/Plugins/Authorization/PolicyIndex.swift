@@ -1,4 +1,4 @@
-import Kernel
+public import Kernel
 
 /// An immutable set of L4 authorization policies, indexed so that finding the policies
 /// of a destination costs lookups, not a scan: a decision's cost grows with the

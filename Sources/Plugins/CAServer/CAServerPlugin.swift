@@ -2,7 +2,7 @@ import Certificates
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
-import Kernel
+public import Kernel
 import Logging
 import NIOPosix
 import ServiceLifecycle

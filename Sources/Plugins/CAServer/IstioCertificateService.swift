@@ -1,8 +1,8 @@
-import Certificates
-import Foundation
-import GRPCCore
+public import Certificates
+public import Foundation
+public import GRPCCore
 import IstioCAAPI
-import Kernel
+public import Kernel
 import Logging
 import SwiftProtobuf
 

@@ -1,4 +1,4 @@
-import Kernel
+public import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore

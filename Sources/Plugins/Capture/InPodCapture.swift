@@ -1,5 +1,5 @@
 import Foundation
-import Kernel
+public import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore

@@ -1,5 +1,5 @@
-import Kernel
-import NIOCore
+public import Kernel
+public import NIOCore
 
 // SOCKS5 (RFC 1928) as Ambit speaks it: the server side only, no authentication, CONNECT
 // only. Applications that cannot be captured transparently (no root, no pod netns) point

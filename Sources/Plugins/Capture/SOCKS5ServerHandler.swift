@@ -1,6 +1,6 @@
 import Kernel
-import Logging
-import NIOCore
+public import Logging
+public import NIOCore
 
 /// The server side of the SOCKS5 handshake (RFC 1928; no authentication, CONNECT only)
 /// on one accepted client connection.

@@ -1,8 +1,8 @@
 import Crypto
-import Foundation
-import Kernel
+public import Foundation
+public import Kernel
 import SwiftASN1
-import X509
+public import X509
 
 /// A certificate authority backed by key material on disk, in Istio's plugged-in CA
 /// layout: it signs workload CSRs for SPIFFE identities of one trust domain.

@@ -1,5 +1,5 @@
 import Foundation
-import Kernel
+public import Kernel
 
 /// Where workload certificates come from: sends one identity's CSR to a CA and returns
 /// the verified certificate. Implementations: ``LocalCAClient`` (in-process signing) and

@@ -1,7 +1,7 @@
 import Foundation
-import Kernel
-import Logging
-import ServiceLifecycle
+public import Kernel
+public import Logging
+public import ServiceLifecycle
 import Synchronization
 
 /// The node's workload certificates: one per identity, fetched from a CA, cached,

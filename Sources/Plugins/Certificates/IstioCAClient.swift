@@ -2,10 +2,10 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import IstioCAAPI
-import Kernel
+public import Kernel
 import NIOPosix
 import SwiftProtobuf
-import X509
+public import X509
 
 /// A client of Istio's certificate service (`istio.v1.auth.IstioCertificateService/
 /// CreateCertificate`) over gRPC with TLS.

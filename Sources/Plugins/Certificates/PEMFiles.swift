@@ -1,6 +1,6 @@
 import Foundation
 import SwiftASN1
-import X509
+public import X509
 
 /// Reading and writing the PEM files certificates live in, with errors that name the file.
 public enum PEMFiles {

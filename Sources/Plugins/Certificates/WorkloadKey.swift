@@ -1,8 +1,8 @@
-import Crypto
+public import Crypto
 import Foundation
-import Kernel
+public import Kernel
 import SwiftASN1
-import X509
+public import X509
 
 /// A fresh key and certificate signing request for one workload identity: ECDSA P-256,
 /// the SPIFFE ID as the only URI SAN (in an extension request), and an empty subject

@@ -1,4 +1,4 @@
-import Kernel
+public import Kernel
 import NodeProxy
 
 /// `hbone` plugin configuration. Every key is optional; the defaults are ztunnel's.

@@ -1,4 +1,4 @@
-import Kernel
+public import Kernel
 import NodeProxy
 
 /// One inbound HBONE CONNECT request, validated: what the server acts on.

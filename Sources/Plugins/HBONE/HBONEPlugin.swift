@@ -1,6 +1,6 @@
-import Kernel
+public import Kernel
 import NodeProxy
-import NIOCore
+public import NIOCore
 import ServiceLifecycle
 
 /// HBONE: every in-mesh TCP connection travels as one HTTP/2 CONNECT stream over mutual

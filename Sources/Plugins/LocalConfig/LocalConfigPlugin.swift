@@ -5,7 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Kernel
+public import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import ServiceLifecycle

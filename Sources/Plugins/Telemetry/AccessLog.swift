@@ -1,4 +1,4 @@
-import Kernel
+public import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import NIOPosix
@@ -8,7 +8,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-import AmbitRuntime
+public import AmbitRuntime
 
 /// One access-log line per connection at completion, in the node's log formats (the
 /// kernel's ``LogLineRenderer``), with ztunnel's field names:

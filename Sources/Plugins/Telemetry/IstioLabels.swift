@@ -1,4 +1,4 @@
-import Kernel
+public import Kernel
 
 /// The label set of Istio's standard TCP metrics for one connection, in Istio's label
 /// order. Every label is always present; a value the node does not know is `unknown`,

@@ -1,6 +1,6 @@
-import Kernel
+public import Kernel
 import NIOConcurrencyHelpers
-import Prometheus
+public import Prometheus
 
 /// Istio's four standard TCP counters, one series per ``IstioLabels`` set, kept in a
 /// Prometheus registry and fed by connection events.

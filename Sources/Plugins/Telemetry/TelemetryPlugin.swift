@@ -1,13 +1,13 @@
-import CoreMetrics
-import Kernel
+public import CoreMetrics
+public import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import Prometheus
+public import Prometheus
 import ServiceLifecycle
-import AmbitRuntime
+public import AmbitRuntime
 
 /// Istio's standard TCP metrics in Prometheus format and a per-connection access log.
 ///
