@@ -189,7 +189,8 @@ let package = Package(
         .target(
             name: "HBONE",
             dependencies: [
-                "Kernel", "AmbitRuntime", "NodeProxy",
+                // Not NodeProxy: the transport hands streams to whichever TunnelTerminator is enabled.
+                "Kernel", "AmbitRuntime",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -33,10 +33,10 @@ func fuzzTarget(_ name: String, _ products: [String]) -> Target {
 let allTargets: [(name: String, products: [String])] = [
     ("socks5", ["Capture"]),
     ("socks5-handler", ["Kernel", "Capture", "NIOCore", "NIOEmbedded", "NIOConcurrencyHelpers"]),
-    ("hbone-request", ["Kernel", "HBONE"]),
+    ("hbone-request", ["Kernel", "HBONE", "NodeProxy"]),
     // Not the certificates and ca-server plugins: they would link the Istio CA's gRPC
     // stack, which doubles the sanitizer build; their configs use the same decoder.
-    ("manifest", ["Kernel", "AmbitRuntime", "LocalConfig", "Capture", "Authorization", "Telemetry", "HBONE"]),
+    ("manifest", ["Kernel", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "Authorization", "Telemetry", "HBONE"]),
     ("local-config", ["Kernel", "LocalConfig"]),
     ("authz", ["Kernel", "Authorization"]),
     ("ip-address", ["Kernel"]),

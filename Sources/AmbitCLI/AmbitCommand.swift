@@ -5,6 +5,7 @@ import Capture
 import Certificates
 import Foundation
 import HBONE
+import NodeProxy
 public import Kernel
 import LocalConfig
 import Logging
@@ -40,6 +41,8 @@ public enum FirstPartyPlugins {
             PluginType(CertificatesPlugin.self),
             PluginType(CAServerPlugin.self),
             PluginType(HBONEPlugin.self),
+            // Enabled by default: the node proxy's inbound, terminating HBONE tunnels.
+            PluginType(NodeProxyPlugin.self),
         ])
     }
 }

@@ -2,6 +2,7 @@ public import Capture
 import Certificates
 import Foundation
 import HBONE
+import NodeProxy
 public import Kernel
 import LocalConfig
 public import Logging
@@ -274,7 +275,7 @@ public final class InProcessMesh: Sendable {
 
     private static let firstParty = [
         PluginType(LocalConfigPlugin.self), PluginType(CertificatesPlugin.self), PluginType(TelemetryPlugin.self),
-        PluginType(CapturePlugin.self), PluginType(HBONEPlugin.self),
+        PluginType(CapturePlugin.self), PluginType(HBONEPlugin.self), PluginType(NodeProxyPlugin.self),
     ]
 
     private static func meshYAML(clients: [Client], server: IPAddress) -> String {

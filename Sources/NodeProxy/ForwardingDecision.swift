@@ -75,10 +75,10 @@ public enum ForwardingDecision: Sendable, Equatable {
 public enum Forwarding {
     /// Ports a node proxy listens on that must never be a loopback destination:
     /// outbound 15001, inbound plaintext 15006, HBONE 15008, SOCKS5 15080.
-    public static let proxyPorts: Set<UInt16> = [15001, 15006, 15008, 15080]
+    public static let proxyPorts: Set<UInt16> = ProxyPorts.own
 
     /// The port HBONE-capable workloads accept tunnels on.
-    public static let hbonePort: UInt16 = 15008
+    public static let hbonePort: UInt16 = ProxyPorts.hbone
 
     /// Decides where the connection in `request` goes.
     ///

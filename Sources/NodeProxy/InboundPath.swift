@@ -126,14 +126,18 @@ public final class InboundPath: Sendable {
     }
 
     /// Dials the record's destination (the local workload) from `eventLoop`, inside
-    /// `namespace` when given (the destination pod's, under in-pod capture). Fails with an
+    /// `namespace` when given (the destination pod's, under in-pod capture), within
+    /// `timeout` when given (else the dialer's). Fails with an
     /// ``ConnectionRefusal`` of code ``ConnectionRefusal/Code/connectFailed``.
     public func connect(
-        _ record: ConnectionRecord, on eventLoop: any EventLoop, in namespace: NetworkNamespace? = nil
+        _ record: ConnectionRecord, on eventLoop: any EventLoop, in namespace: (any NetworkNamespaceHandle)? = nil,
+        timeout: TimeAmount? = nil
     ) -> EventLoopFuture<any Channel> {
         let logger = self.logger
         let sinks = context.providers(of: (any TelemetrySink).self)
-        return dialer.placed(in: namespace).connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
+        var dialer = self.dialer.placed(in: namespace)
+        if let timeout { dialer.options.connectTimeout = timeout }
+        return dialer.connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
             logger.info(
                 "inbound: local workload unreachable",
                 metadata: ["destination": "\(record.destination)", "route": "\(record.route)", "error": "\(error)"])

@@ -1,17 +1,30 @@
 import HBONE
+import NodeProxy
 import AmbitRuntime
 import Kernel
 import Testing
 
-/// The server's header validation as a pure function (also the `hbone-request` fuzz
-/// target's subject; inputs the fuzzer found go here as regression cases).
+/// The server's header validation as pure functions: the transport's CONNECT framing
+/// (`HBONEConnectRequest.parse`), then the node proxy's authority rule
+/// (`NodeProxyPlugin.checkAuthority`), as a stream for a local workload meets them. Also
+/// the `hbone-request` fuzz target's subject; inputs the fuzzer found go here as
+/// regression cases.
 @Suite("HBONE CONNECT request validation")
 struct HBONEConnectRequestTests {
     static let ips = [IPAddress("10.0.0.1")!, IPAddress("fd00::1")!]
 
+    static let workload = Workload(uid: "w", name: "w", namespace: "default", workloadIPs: ips)
+
     static func validate(_ headers: [(String, String)]) -> Result<HBONEConnectRequest, HBONEConnectRequest.Rejection> {
         Result { () throws(HBONEConnectRequest.Rejection) in
-            try HBONEConnectRequest.validate(headers: headers.map { (name: $0.0, value: $0.1) }, destinationIPs: ips)
+            let request = try HBONEConnectRequest.parse(headers: headers.map { (name: $0.0, value: $0.1) })
+            do throws(ConnectionRefusal) {
+                try NodeProxyPlugin.checkAuthority(request.target, workload: workload)
+            } catch {
+                // The server answers the terminator's bad-request refusals with 400.
+                throw HBONEConnectRequest.Rejection(status: error.code == .badRequest ? 400 : 500, error.message)
+            }
+            return request
         }
     }
 

@@ -2,6 +2,7 @@ import Capture
 import Crypto
 import Foundation
 import HBONE
+import NodeProxy
 import Kernel
 import LocalConfig
 import Logging
@@ -103,7 +104,7 @@ final class MeshNode: Sendable {
     let socks: SocketAddr
 
     static let registry = PluginRegistry([
-        PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self), PluginType(HBONEPlugin.self),
+        PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self), PluginType(HBONEPlugin.self), PluginType(NodeProxyPlugin.self),
         PluginType(TestIdentityPlugin.self), PluginType(TestPolicyPlugin.self), PluginType(TestTelemetryPlugin.self),
         PluginType(TelemetryPlugin.self),
     ])

@@ -126,7 +126,28 @@ public enum ManifestLoader {
         // Roles are checked against every entry whose plugin is known, even one whose
         // config failed, so a config typo does not also produce role noise.
         let typed = entries.compactMap { entry in registry.type(id: entry.id).map { (entry, $0) } }
-        let provided = typed.reduce(into: Set<PluginRole>()) { $0.formUnion($1.1.provides) }
+        var provided = typed.reduce(into: Set<PluginRole>()) { $0.formUnion($1.1.provides) }
+        let required = typed.reduce(into: Set<PluginRole>()) { $0.formUnion($1.1.requires) }
+
+        // A role's default implementation (the node proxy's tunnel terminator) joins, with
+        // its default config, when a listed plugin requires the role, no listed plugin
+        // provides it, and the manifest does not list the default itself.
+        for type in registry.all
+        where type.enabledByDefault && firstByID[type.id] == nil && provided.isDisjoint(with: type.provides)
+            && !required.isDisjoint(with: type.provides)
+        {
+            let entry = PluginEntry(
+                id: type.id, config: ConfigNode(value: nil, path: "\(type.id) (enabled by default).config", file: file),
+                index: rawEntries.count + planned.count, line: nil)
+            do {
+                planned.append(ManifestPlan.Entry(entry: entry, type: type, config: try type.decode(entry.config)))
+                provided.formUnion(type.provides)
+            } catch let configErrors as ConfigErrors {
+                errors.append(contentsOf: configErrors.errors)
+            } catch {
+                errors.append(ConfigError(file: file, line: nil, path: entry.config.path, message: "\(error)"))
+            }
+        }
         var checked = Set<String>()
         for (entry, type) in typed where checked.insert(entry.id).inserted {
             for role in type.requires.sorted() where !provided.contains(role) {

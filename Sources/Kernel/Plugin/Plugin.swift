@@ -39,6 +39,11 @@ public protocol Plugin: AnyObject, Sendable {
     /// Roles some other enabled plugin must provide; a manifest without one is an error
     /// naming both.
     static var requires: Set<PluginRole> { get }
+    /// Whether the plugin is a role's default implementation (the node proxy's tunnel
+    /// terminator): the kernel enables it, with its default config, when a listed plugin
+    /// requires one of its roles and none provides it. Enabling another provider of the
+    /// role (a waypoint) replaces it; listing it configures it. Default false.
+    static var enabledByDefault: Bool { get }
 
     /// Builds the plugin from its decoded config.
     init(config: Config, context: PluginContext) throws
@@ -62,6 +67,7 @@ extension Plugin {
     }
 
     public static var provides: Set<PluginRole> { [] }
+    public static var enabledByDefault: Bool { false }
     public static var requires: Set<PluginRole> { [] }
     public func provision() async throws {}
     public func validate() throws {}
@@ -90,6 +96,8 @@ public struct PluginRole: Sendable, Hashable, Comparable, CustomStringConvertibl
     public static let tunnelDialer: PluginRole = "tunnel-dialer"
     /// Accepts tunnels from other proxies (HBONE server): ``TunnelAcceptor``.
     public static let tunnelAcceptor: PluginRole = "tunnel-acceptor"
+    /// Ends accepted tunnels (the node proxy's inbound path, a waypoint): ``TunnelTerminator``.
+    public static let tunnelTerminator: PluginRole = "tunnel-terminator"
     /// Provides workload certificates: ``IdentityProvider``.
     public static let identity: PluginRole = "identity"
     /// Decides whether a connection is allowed: ``ConnectionAuthorizer``.

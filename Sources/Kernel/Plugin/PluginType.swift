@@ -12,6 +12,9 @@ public struct PluginType: Sendable {
     public let requires: Set<PluginRole>
     /// The Swift type, for diagnostics.
     public let typeName: String
+    /// Enabled without a manifest entry unless a listed plugin provides one of its roles
+    /// (``Plugin/enabledByDefault``).
+    public let enabledByDefault: Bool
 
     private let decodeConfig: @Sendable (ConfigNode) throws -> any Sendable
     private let instantiate: @Sendable (any Sendable, PluginContext) throws -> any Plugin
@@ -23,6 +26,7 @@ public struct PluginType: Sendable {
         provides = P.provides
         requires = P.requires
         typeName = String(describing: P.self)
+        enabledByDefault = P.enabledByDefault
         decodeConfig = { node in try ConfigDecoder.decode(P.Config.self, from: node) }
         instantiate = { config, context in
             guard let typed = config as? P.Config else {

@@ -1,5 +1,4 @@
 public import Kernel
-import NodeProxy
 
 /// `hbone` plugin configuration. Every key is optional; the defaults are ztunnel's.
 public struct HBONEConfig: Decodable, Sendable {
@@ -20,7 +19,7 @@ public struct HBONEConfig: Decodable, Sendable {
         /// local HBONE workload, following mesh updates.
         public var address: SocketAddr?
         /// The port of per-workload listeners.
-        public var port: UInt16 = Forwarding.hbonePort
+        public var port: UInt16 = ProxyPorts.hbone
         /// How long a peer may take from TCP accept to a finished TLS handshake; slower
         /// connections are closed.
         public var handshakeTimeout = ConfigDuration(.seconds(10))

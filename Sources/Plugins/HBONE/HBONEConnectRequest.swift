@@ -1,14 +1,14 @@
 public import Kernel
-import NodeProxy
 
 /// One inbound HBONE CONNECT request, validated: what the server acts on.
 ///
-/// ``validate(headers:destinationIPs:)`` is the whole decision about a request's headers,
-/// as a pure function of them and the destination workload's addresses, so that it can be
-/// tested and fuzzed without a connection. The server calls it for every stream.
+/// ``parse(headers:)`` is the transport's whole decision about a request's headers (the
+/// CONNECT framing), as a pure function of them, so that it can be tested and fuzzed
+/// without a connection. The server calls it for every stream; what the authority may
+/// name is the ``TunnelTerminator``'s rule (the node proxy's: one of the destination
+/// workload's addresses, not a proxy port).
 public struct HBONEConnectRequest: Sendable, Equatable {
-    /// Where the tunnel goes: the `:authority`, an IP of the destination workload and a
-    /// port that is not one of the proxy's own.
+    /// Where the tunnel goes: the `:authority`, an IP address and a non-zero port.
     public var target: SocketAddr
     /// The original client address from `forwarded: for="ip:port"`, when the header has
     /// one that parses; the server falls back to the TCP peer's address.
@@ -47,17 +47,15 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     /// The longest `baggage` value parsed (W3C Baggage: 8192 bytes); a longer one is ignored.
     public static let maximumBaggageLength = 8192
 
-    /// Validates the request headers of one stream for a destination workload with
-    /// addresses `destinationIPs`.
+    /// Parses the request headers of one stream.
     ///
     /// The request must have exactly one `:method`, `CONNECT`; no `:scheme`, `:path` or
     /// `:protocol` (a plain CONNECT, not extended CONNECT); exactly one `:authority` of
-    /// the form `ip:port` or `[ipv6]:port` with a non-zero port, whose IP is one of
-    /// `destinationIPs` and whose port is not one of ``Forwarding/proxyPorts``. `forwarded`
-    /// and `baggage` never fail a request: the first `for=` of the first `forwarded`
-    /// header is used if it parses, and baggage is best effort.
-    public static func validate(
-        headers: some Sequence<(name: String, value: String)>, destinationIPs: [IPAddress]
+    /// the form `ip:port` or `[ipv6]:port` with a non-zero port. `forwarded` and `baggage`
+    /// never fail a request: the first `for=` of the first `forwarded` header is used if it
+    /// parses, and baggage is best effort.
+    public static func parse(
+        headers: some Sequence<(name: String, value: String)>
     ) throws(Rejection) -> HBONEConnectRequest {
         var methods: [String] = []
         var authorities: [String] = []
@@ -86,13 +84,6 @@ public struct HBONEConnectRequest: Sendable, Equatable {
         }
         guard let target = HBONEHeaders.parseAuthority(authority) else {
             throw Rejection(status: 400, "authority \(quoted(authority)) is not ip:port")
-        }
-        guard destinationIPs.contains(target.ip) else {
-            let ips = destinationIPs.map { "\($0)" }.joined(separator: ",")
-            throw Rejection(status: 400, "authority IP \(target.ip) is not the destination workload's (\(ips))")
-        }
-        guard !Forwarding.proxyPorts.contains(target.port) else {
-            throw Rejection(status: 400, "port \(target.port) is one of the proxy's own ports")
         }
         return HBONEConnectRequest(
             target: target, forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),

@@ -1,5 +1,4 @@
 public import Kernel
-import NodeProxy
 public import NIOCore
 import ServiceLifecycle
 
@@ -9,19 +8,22 @@ import ServiceLifecycle
 ///
 /// Provides the ``PluginRole/tunnelDialer`` role (the client with its connection pool,
 /// used by the capture plugin's outbound path) and the ``PluginRole/tunnelAcceptor`` role
-/// (the server on 15008, which hands streams to the kernel's ``InboundPath``). Requires an
-/// ``PluginRole/identity`` provider for workload certificates.
+/// (the server on 15008, which hands streams to the node's ``TunnelTerminator``: the node
+/// proxy's inbound by default, a waypoint's HTTP engine in a waypoint). Requires an
+/// ``PluginRole/identity`` provider for certificates and a ``PluginRole/tunnelTerminator``
+/// (the node proxy's, enabled by default, unless another is).
 public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
     public typealias Config = HBONEConfig
 
     public static let id = "hbone"
     public static let summary = "mTLS + HTTP/2 CONNECT tunnels: client with connection pool, server on 15008"
     public static let provides: Set<PluginRole> = [.tunnelDialer, .tunnelAcceptor]
-    public static let requires: Set<PluginRole> = [.identity]
+    public static let requires: Set<PluginRole> = [.identity, .tunnelTerminator]
 
     private let config: HBONEConfig
     private let context: PluginContext
     private let identity = IdentityHolder()
+    private let terminator = TerminatorHolder()
     private let client: HBONEClient
     private let server: HBONEServer
 
@@ -30,7 +32,7 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
         self.context = context
         let tls = HBONETLSContexts(allowTLS12: config.allowTLS12)
         self.client = HBONEClient(config: config, context: context, identity: identity, tls: tls)
-        self.server = HBONEServer(config: config, context: context, identity: identity, tls: tls)
+        self.server = HBONEServer(config: config, context: context, identity: identity, terminator: terminator, tls: tls)
     }
 
     public func provision() async throws {
@@ -45,6 +47,13 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
         }
         identity.provider = provider
         if config.server.enabled {
+            guard let terminator = context.provider(of: (any TunnelTerminator).self) else {
+                throw PluginError(
+                    .dependency, plugin: Self.id,
+                    "the HBONE server is enabled but no tunnel terminator is: enable `node-proxy` (the default) or "
+                        + "another plugin with the tunnel-terminator role, or set server.enabled: false")
+            }
+            self.terminator.terminator = terminator
             context.readiness.expect(HBONEServer.readinessComponent)
             // With a fixed address there is no per-pod listener.
             if config.server.address == nil { context.pods.declareServer(HBONEServer.podServerName) }

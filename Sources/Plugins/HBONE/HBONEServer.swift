@@ -7,15 +7,16 @@ import NIOHTTP2
 import NIOSSL
 import ServiceLifecycle
 import AmbitRuntime
-import NodeProxy
 
 /// The HBONE server: terminates mTLS + HTTP/2 from other proxies on 15008 and hands each
-/// CONNECT stream to the kernel's inbound path.
+/// CONNECT stream to the node's ``TunnelTerminator``.
 ///
-/// The address a connection arrived on picks the destination workload; its certificate is
-/// presented, so one node proxy serves every local workload under its own identity. Peers
-/// must present a certificate chaining to that certificate's roots with a SPIFFE identity
-/// in the same trust domain; which identities may connect is left to the policy role.
+/// The server keeps the transport: where it listens (per local HBONE workload and per
+/// captured pod, or one fixed address), the handshake guard, TLS, HTTP/2 and the CONNECT
+/// framing. The terminator decides the rest: for each connection, whose certificate is
+/// presented and which trust domain peers must be in (the node proxy: the local workload
+/// at the address the connection arrived on); for each stream, what the authority may be
+/// and where the bytes go. Which identities may connect is left to the policy role.
 ///
 /// Thread-safe.
 final class HBONEServer: Sendable {
@@ -23,10 +24,10 @@ final class HBONEServer: Sendable {
     private let context: PluginContext
     private let identity: IdentityHolder
     private let tls: HBONETLSContexts
-    private let inbound: InboundPath
+    private let terminator: TerminatorHolder
     private let listeners = NIOLockedValueBox<[SocketAddr: TCPListener]>([:])
     /// Listeners inside captured pods' namespaces (in-pod capture), by workload uid.
-    private let podListeners = NIOLockedValueBox<[String: (listener: TCPListener, namespace: NetworkNamespace)]>([:])
+    private let podListeners = NIOLockedValueBox<[String: (listener: TCPListener, namespace: any NetworkNamespaceHandle)]>([:])
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let draining = NIOLockedValueBox(false)
     let handshakes: PendingHandshakes
@@ -37,16 +38,17 @@ final class HBONEServer: Sendable {
     /// The name this server reports to ``CapturedPods``.
     static let podServerName = "hbone"
 
-    init(config: HBONEConfig, context: PluginContext, identity: IdentityHolder, tls: HBONETLSContexts) {
+    init(
+        config: HBONEConfig, context: PluginContext, identity: IdentityHolder, terminator: TerminatorHolder,
+        tls: HBONETLSContexts
+    ) {
         self.config = config
         self.context = context
         self.identity = identity
+        self.terminator = terminator
         self.tls = tls
         self.handshakes = PendingHandshakes(
             limit: config.server.maxPendingHandshakes, timeout: config.server.handshakeTimeout.timeAmount)
-        self.inbound = InboundPath(
-            context: context,
-            dialer: TCPDialer(options: DialerOptions(connectTimeout: config.server.connectTimeout.timeAmount)))
     }
 
     private var logger: Logger { context.logger }
@@ -223,12 +225,12 @@ final class HBONEServer: Sendable {
 
     // MARK: Connections
 
-    /// Admits the connection under the pending-handshake cap and deadline, picks the
-    /// destination workload from the local address, fetches its certificate (the
+    /// Admits the connection under the pending-handshake cap and deadline, asks the
+    /// terminator whom the server is for it, fetches that identity's certificate (the
     /// connection is not registered, so nothing is read, until it is there), then installs
     /// TLS, HTTP/2 and the connection handler.
     private func initializeConnection(
-        _ channel: any Channel, pod: (uid: String, namespace: NetworkNamespace)? = nil
+        _ channel: any Channel, pod: (uid: String, namespace: any NetworkNamespaceHandle)? = nil
     ) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
         guard let local = SocketAddr(channel.localAddress), let remote = SocketAddr(channel.remoteAddress) else {
@@ -257,50 +259,51 @@ final class HBONEServer: Sendable {
             return eventLoop.makeFailedFuture(
                 HBONEError(.refused, "more than \(handshakes.limit) TLS handshakes pending"))
         }
-        guard let workload = context.mesh.snapshot.workload(at: local.ip), isLocal(workload),
-            workload.tunnelProtocol == .hbone
-        else {
-            logger.info(
-                "HBONE connection refused: no local HBONE workload has the address it arrived on",
-                metadata: ["local": "\(local)", "peer": "\(remote)"])
-            return eventLoop.makeFailedFuture(
-                HBONEError(.connectionClosed, "no local HBONE workload at \(local.ip)"))
+        guard let terminator = terminator.terminator else {
+            return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "no tunnel terminator"))
         }
-        if let pod, workload.uid != pod.uid {
+        let connection = AcceptedTunnelConnection(local: local, remote: remote, pod: pod?.uid, namespace: pod?.namespace)
+        let server: TunnelServerIdentity
+        switch terminator.serverIdentity(for: connection) {
+        case .success(let chosen):
+            server = chosen
+        case .failure(let refusal):
             logger.info(
-                "HBONE connection refused: it arrived in pod \(pod.uid)'s namespace for another workload's address",
-                metadata: ["local": "\(local)", "peer": "\(remote)", "workload": "\(workload.uid)"])
-            return eventLoop.makeFailedFuture(
-                HBONEError(.connectionClosed, "\(local.ip) is not pod \(pod.uid)"))
+                "HBONE connection refused: \(refusal.message)",
+                metadata: ["local": "\(local)", "peer": "\(remote)", "reason": "\(refusal.code)"])
+            return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, refusal.message))
         }
         guard let provider = identity.provider else {
             return eventLoop.makeFailedFuture(HBONEError(.certificate, "no identity provider"))
         }
         let tls = self.tls
         return eventLoop.makeFutureWithTask {
-            let certificate = try await provider.certificate(for: workload.identity, priority: .onDemand)
+            let certificate = try await provider.certificate(for: server.identity, priority: .onDemand)
             return try tls.material(for: certificate, side: .server)
         }.flatMapErrorThrowing { error in
             logger.error(
-                "HBONE connection refused: no certificate for the destination workload",
-                metadata: ["workload": "\(workload.uid)", "identity": "\(workload.identity)", "error": "\(error)"])
+                "HBONE connection refused: no certificate for the identity the server presents",
+                metadata: [
+                    "workload": "\(server.workload?.uid ?? "none")", "identity": "\(server.identity)", "error": "\(error)",
+                ])
             throw error
         }.flatMapThrowing { material in
             try self.install(
-                on: channel, material: material, workload: workload, remote: remote, namespace: pod?.namespace,
-                slot: slot)
+                on: channel, material: material, state: ServerConnectionState(connection: connection, server: server),
+                terminator: terminator, slot: slot)
         }
     }
 
     private func install(
-        on channel: any Channel, material: HBONETLSContexts.Material, workload: Workload, remote: SocketAddr,
-        namespace: NetworkNamespace?, slot: PendingHandshakes.Slot
+        on channel: any Channel, material: HBONETLSContexts.Material, state: ServerConnectionState,
+        terminator: any TunnelTerminator, slot: PendingHandshakes.Slot
     ) throws {
         // TLS needs both directions of the socket; a half-closed peer is a closed peer.
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
-        let state = ServerConnectionState(workload: workload, remote: remote, namespace: namespace)
         let logger = self.logger
-        let trustDomain = workload.trustDomain
+        let remote = state.remote
+        let trustDomain = state.server.peerTrustDomain
+        let served = state.server.workload?.uid ?? "\(state.server.identity)"
         let roots = material.roots
         let ssl = NIOSSLServerHandler(context: material.context, customVerificationCallback: { certificates, promise in
             promise.completeWithTask {
@@ -313,7 +316,7 @@ final class HBONEServer: Sendable {
                 case .failure(let error):
                     logger.info(
                         "HBONE client certificate rejected",
-                        metadata: ["peer": "\(remote)", "workload": "\(workload.uid)", "reason": "\(error)"])
+                        metadata: ["peer": "\(remote)", "workload": "\(served)", "reason": "\(error)"])
                     return .failed
                 }
             }
@@ -323,7 +326,7 @@ final class HBONEServer: Sendable {
             connectionConfiguration: HBONEHTTP2.connectionConfiguration(config, side: .server),
             streamConfiguration: HBONEHTTP2.streamConfiguration(config)
         ) { [self] stream in
-            self.initializeStream(stream, state: state)
+            self.initializeStream(stream, state: state, terminator: terminator)
         }
         let id = ObjectIdentifier(channel)
         let connections = self.connections
@@ -355,107 +358,141 @@ final class HBONEServer: Sendable {
 
     // MARK: Streams
 
-    private func initializeStream(_ stream: any Channel, state: ServerConnectionState) -> EventLoopFuture<Void> {
+    private func initializeStream(
+        _ stream: any Channel, state: ServerConnectionState, terminator: any TunnelTerminator
+    ) -> EventLoopFuture<Void> {
         stream.eventLoop.makeCompletedFuture {
             // Reads are driven by the bridge, then by the relay: nothing is pulled off the
             // stream before someone can take it.
             try stream.syncOptions?.setOption(.autoRead, value: false)
             let bridge = HBONEStreamBridge(logger: logger) { [self] headers, bridge, channel in
-                self.handleRequest(headers, bridge: bridge, stream: channel, state: state)
+                self.handleRequest(headers, bridge: bridge, stream: channel, state: state, terminator: terminator)
             }
             try stream.pipeline.syncOperations.addHandler(bridge)
         }
     }
 
-    /// Validates one CONNECT and answers it: 400 for a bad request, 401 when policy denies,
-    /// 503 when the workload cannot be reached, else 200 and the relay.
+    /// Checks one CONNECT's framing (400 when it is not a plain CONNECT to `ip:port`) and
+    /// hands it to the terminator, which answers through an ``HBONEStreamResponder``.
     private func handleRequest(
-        _ headers: HPACKHeaders, bridge: HBONEStreamBridge, stream: any Channel, state: ServerConnectionState
+        _ headers: HPACKHeaders, bridge: HBONEStreamBridge, stream: any Channel, state: ServerConnectionState,
+        terminator: any TunnelTerminator
     ) {
-        let workload = state.workload
-        let peer = state.peer
-        // Bounded: the header list may be up to server.maxHeaderListSize long.
-        let authority = (headers.first(name: ":authority") ?? "").prefix(256)
-        let logger = self.logger
-        let validation = Result { () throws(HBONEConnectRequest.Rejection) in
-            try HBONEConnectRequest.validate(
-                headers: headers.map { (name: $0.name, value: $0.value) }, destinationIPs: workload.workloadIPs)
+        let parsed = Result { () throws(HBONEConnectRequest.Rejection) in
+            try HBONEConnectRequest.parse(headers: headers.map { (name: $0.name, value: $0.value) })
         }
         // The workload the peer says it sends for (its baggage), when it says.
         let claimed: String = {
-            guard case .success(let request) = validation, let namespace = request.baggage["k8s.namespace.name"],
+            guard case .success(let request) = parsed, let namespace = request.baggage["k8s.namespace.name"],
                 let name = request.baggage["service.name"]
             else { return "" }
             return "\(name.prefix(128)).\(namespace.prefix(128))"
         }()
-        let reject = { (status: Int, reason: String) in
-            var metadata: Logger.Metadata = [
-                "status": "\(status)", "reason": "\(reason)", "authority": "\(authority)",
-                "peer": "\(peer.map { "\($0)" } ?? "unknown")", "from": "\(state.remote)",
-            ]
-            if !claimed.isEmpty { metadata["peerWorkload"] = "\(claimed)" }
-            logger.info("HBONE request rejected", metadata: metadata)
-            let sent = stream.eventLoop.makePromise(of: Void.self)
-            bridge.sendHeaders(HBONEHeaders.response(status: status, destination: nil), endStream: true, promise: sent)
-            sent.futureResult.whenComplete { _ in stream.close(promise: nil) }
-        }
-
-        let validated: HBONEConnectRequest
-        switch validation {
-        case .success(let request): validated = request
-        case .failure(let rejection): return reject(rejection.status, rejection.reason)
-        }
-        let target = validated.target
-        let source = validated.forwardedFor ?? state.remote
-        let request = InboundRequest(source: source, destination: target, peerIdentity: peer, route: "hbone")
-        let inbound = self.inbound
-        let loop = stream.eventLoop
-        let admitted = inbound.admit(request, on: loop)
-        admitted.assumeIsolated().whenSuccess { result in
-            switch result {
-            case .failure(let refusal):
-                let status = refusal.code == .denied ? 401 : (refusal.code == .connectFailed ? 503 : 400)
-                reject(status, refusal.message)
-            case .success(let record):
-                inbound.connect(record, on: loop, in: state.namespace).assumeIsolated().whenComplete { outcome in
-                    switch outcome {
-                    case .failure(let error):
-                        reject(503, "\(error)")
-                    case .success(let upstream):
-                        guard stream.isActive else {
-                            upstream.close(promise: nil)
-                            return
-                        }
-                        bridge.sendHeaders(HBONEHeaders.response(status: 200, destination: workload), endStream: false)
-                        bridge.open()
-                        inbound.relay(downstream: stream, upstream: upstream, record: record)
-                    }
-                }
-            }
+        let responder = HBONEStreamResponder(
+            bridge: bridge, stream: stream, state: state, logger: logger,
+            // Bounded: the header list may be up to server.maxHeaderListSize long.
+            authority: String((headers.first(name: ":authority") ?? "").prefix(256)), claimed: claimed)
+        switch parsed {
+        case .failure(let rejection):
+            responder.reject(status: rejection.status, reason: rejection.reason)
+        case .success(let request):
+            let streamRequest = TunnelStreamRequest(
+                connection: state.connection, server: state.server, peerIdentity: state.peer, target: request.target,
+                source: request.forwardedFor ?? state.remote, baggage: request.baggage, route: "hbone",
+                connectTimeout: config.server.connectTimeout.timeAmount)
+            terminator.terminate(streamRequest, responder: responder)
         }
     }
 }
 
-/// What the streams of one server connection share: the destination workload, the peer's
-/// address and (after the handshake) its verified identity.
+/// How the HBONE server answers a stream for the terminator: the HTTP status for each
+/// refusal is this table (401 denied, 503 unreachable, 400 otherwise); 200 carries the
+/// destination workload's baggage when there is one.
+struct HBONEStreamResponder: TunnelStreamResponder {
+    /// The stream's handler: used on the stream's event loop only, as the role requires.
+    private let boundBridge: NIOLoopBound<HBONEStreamBridge>
+    let stream: any Channel
+    let state: ServerConnectionState
+    let logger: Logger
+    let authority: String
+    let claimed: String
+
+    init(
+        bridge: HBONEStreamBridge, stream: any Channel, state: ServerConnectionState, logger: Logger, authority: String,
+        claimed: String
+    ) {
+        self.boundBridge = NIOLoopBound(bridge, eventLoop: stream.eventLoop)
+        self.stream = stream
+        self.state = state
+        self.logger = logger
+        self.authority = authority
+        self.claimed = claimed
+    }
+
+    private var bridge: HBONEStreamBridge { boundBridge.value }
+    var eventLoop: any EventLoop { stream.eventLoop }
+    var isActive: Bool { stream.isActive }
+
+    /// The HTTP status HBONE answers a refusal with.
+    static func status(for refusal: ConnectionRefusal) -> Int {
+        switch refusal.code {
+        case .denied: return 401
+        case .connectFailed, .noHealthyEndpoint: return 503
+        default: return 400
+        }
+    }
+
+    func refuse(_ refusal: ConnectionRefusal) {
+        reject(status: Self.status(for: refusal), reason: refusal.message)
+    }
+
+    func reject(status: Int, reason: String) {
+        var metadata: Logger.Metadata = [
+            "status": "\(status)", "reason": "\(reason)", "authority": "\(authority)",
+            "peer": "\(state.peer.map { "\($0)" } ?? "unknown")", "from": "\(state.remote)",
+        ]
+        if !claimed.isEmpty { metadata["peerWorkload"] = "\(claimed)" }
+        logger.info("HBONE request rejected", metadata: metadata)
+        let stream = self.stream
+        let sent = stream.eventLoop.makePromise(of: Void.self)
+        bridge.sendHeaders(HBONEHeaders.response(status: status, destination: nil), endStream: true, promise: sent)
+        sent.futureResult.whenComplete { _ in stream.close(promise: nil) }
+    }
+
+    func accept() -> any Channel {
+        bridge.sendHeaders(HBONEHeaders.response(status: 200, destination: state.server.workload), endStream: false)
+        bridge.open()
+        return stream
+    }
+}
+
+/// What the streams of one server connection share: where it arrived, whom the server is
+/// for it (the terminator's choice) and, after the handshake, the peer's verified identity.
 final class ServerConnectionState: Sendable {
-    let workload: Workload
-    let remote: SocketAddr
-    /// The pod's namespace when the connection arrived inside one (in-pod capture): the
-    /// workload is dialed from there.
-    let namespace: NetworkNamespace?
+    let connection: AcceptedTunnelConnection
+    let server: TunnelServerIdentity
     private let peerBox = NIOLockedValueBox<SpiffeID?>(nil)
 
-    init(workload: Workload, remote: SocketAddr, namespace: NetworkNamespace? = nil) {
-        self.workload = workload
-        self.remote = remote
-        self.namespace = namespace
+    init(connection: AcceptedTunnelConnection, server: TunnelServerIdentity) {
+        self.connection = connection
+        self.server = server
     }
+
+    var remote: SocketAddr { connection.remote }
 
     /// Set by the verification callback, before any stream exists.
     var peer: SpiffeID? {
         get { peerBox.withLockedValue { $0 } }
         set { peerBox.withLockedValue { $0 = newValue } }
+    }
+}
+
+/// The tunnel terminator, found in provision (after every plugin is built).
+final class TerminatorHolder: Sendable {
+    private let box = NIOLockedValueBox<(any TunnelTerminator)?>(nil)
+    var terminator: (any TunnelTerminator)? {
+        get { box.withLockedValue { $0 } }
+        set { box.withLockedValue { $0 = newValue } }
     }
 }
 

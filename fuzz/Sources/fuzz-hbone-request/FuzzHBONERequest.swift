@@ -1,15 +1,18 @@
 import FuzzSupport
 import HBONE
+import NodeProxy
 import Kernel
 
 private let destinationIPs = [IPAddress("10.0.0.1")!, IPAddress("fd00::1")!]
+private let workload = Workload(uid: "w", name: "w", namespace: "default", workloadIPs: destinationIPs)
 
 /// The HBONE server's request validation (`:method`, `:authority`, `forwarded`,
-/// `baggage`, pseudo-headers) over arbitrary header lists. The input is one header per
-/// line, `name: value`, where a name may start with `:`.
+/// `baggage`, pseudo-headers), then the node proxy's authority rule, over arbitrary header
+/// lists. The input is one header per line, `name: value`, where a name may start with `:`.
 ///
-/// Invariants: an accepted request targets one of the destination IPs on a port that is
-/// neither 0 nor a proxy port; a rejection is a 400; baggage stays within its limits.
+/// Invariants: a parsed request targets a non-zero port; one the node proxy accepts
+/// targets one of the destination IPs on a port that is not a proxy port; a rejection is a
+/// 400; baggage stays within its limits.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let text = String(decoding: fuzzBytes(data, size), as: UTF8.self)
@@ -21,10 +24,12 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         headers.append((name, value))
     }
     do {
-        let request = try HBONEConnectRequest.validate(headers: headers, destinationIPs: destinationIPs)
-        invariant(destinationIPs.contains(request.target.ip), "target \(request.target) is not a destination IP")
+        let request = try HBONEConnectRequest.parse(headers: headers)
         invariant(request.target.port != 0, "target port 0")
-        invariant(!Forwarding.proxyPorts.contains(request.target.port), "target is a proxy port: \(request.target)")
+        if (try? NodeProxyPlugin.checkAuthority(request.target, workload: workload)) != nil {
+            invariant(destinationIPs.contains(request.target.ip), "target \(request.target) is not a destination IP")
+            invariant(!ProxyPorts.own.contains(request.target.port), "target is a proxy port: \(request.target)")
+        }
         invariant(request.baggage.count <= HBONEConnectRequest.maximumBaggageMembers, "too many baggage members")
         if let source = request.forwardedFor { invariant(source.port != 0, "forwarded port 0") }
     } catch {

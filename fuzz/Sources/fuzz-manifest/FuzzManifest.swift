@@ -3,6 +3,7 @@ import Capture
 import FuzzSupport
 import AmbitRuntime
 import HBONE
+import NodeProxy
 import Kernel
 import LocalConfig
 import Telemetry
@@ -11,7 +12,7 @@ import Telemetry
 /// each one's config decoder is reached.
 private let registry = PluginRegistry([
     PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self), PluginType(AuthorizationPlugin.self),
-    PluginType(TelemetryPlugin.self), PluginType(HBONEPlugin.self),
+    PluginType(TelemetryPlugin.self), PluginType(HBONEPlugin.self), PluginType(NodeProxyPlugin.self),
 ])
 
 /// The manifest loader (YAML → sections → plugin configs) over arbitrary text.

@@ -1,6 +1,4 @@
 import NIOConcurrencyHelpers
-public import Kernel
-public import AmbitRuntime
 
 /// The pods this node captures in their own network namespaces (in-pod capture), shared
 /// by the plugins that open listeners inside them.
@@ -19,10 +17,10 @@ public final class CapturedPods: Sendable {
         /// The pod's workload uid (the mesh's key for it).
         public var uid: String
         /// Its network namespace, open.
-        public var namespace: NetworkNamespace
+        public var namespace: any NetworkNamespaceHandle
 
         /// Creates a pod entry.
-        public init(uid: String, namespace: NetworkNamespace) {
+        public init(uid: String, namespace: any NetworkNamespaceHandle) {
             self.uid = uid
             self.namespace = namespace
         }
@@ -103,7 +101,7 @@ public final class CapturedPods: Sendable {
     public var pods: [String: Pod] { state.withLockedValue { $0.pods } }
 
     /// The namespace of the pod of workload `uid`, if it is captured in-pod.
-    public func namespace(forWorkload uid: String) -> NetworkNamespace? {
+    public func namespace(forWorkload uid: String) -> (any NetworkNamespaceHandle)? {
         state.withLockedValue { $0.pods[uid]?.namespace }
     }
 
