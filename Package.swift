@@ -138,6 +138,12 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .executableTarget(
+            name: "ambit-mesh-bench",
+            dependencies: ["Kernel"],
+            path: "bench/MeshBench",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
             name: "ambit-policy-bench",
             dependencies: ["Kernel", "AmbitRuntime", "Authorization"],
             path: "bench/PolicyBench",

@@ -30,6 +30,9 @@ private final class RawConnection: Sendable {
     func receive(_ count: Int) async throws -> [UInt8] { try await offload { try self.socket.receive(exactly: count) } }
 
     func receiveUntilClosed() async throws -> [UInt8] { try await offload { try self.socket.receiveToEnd() } }
+
+    /// Leaves: closes the socket at once.
+    func close() { socket.closeNow() }
 }
 
 // MARK: - Echo upstream and a minimal relay
@@ -443,6 +446,7 @@ struct SOCKS5ServerHandlerTests {
             var client: RawConnection? = try RawConnection(to: fixture.socksAddress)
             try await client!.send(greeting + connectRequest(fixture.echoAddress))
             #expect(try await client!.receive(2) == [5, 0])
+            client?.close()
             client = nil
             try await waitFor { fixture.cancels.withLockedValue { $0 } == 1 }
             #expect(fixture.boundAddresses.withLockedValue { $0.count } == 1)

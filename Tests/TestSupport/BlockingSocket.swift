@@ -45,6 +45,15 @@ public final class BlockingSocket: @unchecked Sendable {
 
     deinit { if fd >= 0 { close(fd) } }
 
+    /// Closes the socket now, rather than when the last reference goes (which a closure
+    /// still held by a thread pool can delay). Call it once no other call is running.
+    public func closeNow() {
+        if fd >= 0 {
+            close(fd)
+            fd = -1
+        }
+    }
+
     /// Sends all of `bytes`.
     public func send(_ bytes: [UInt8]) throws {
         var offset = 0

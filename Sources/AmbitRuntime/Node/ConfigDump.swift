@@ -14,8 +14,11 @@ enum ConfigDump {
         var labels: [String: String]
         var canonicalName, canonicalRevision, workloadName, clusterId: String
         var netns: String?
+        /// The discovery source whose version is in force.
+        var origin: String?
 
-        init(_ w: Workload) {
+        init(_ w: Workload, origin: String? = nil) {
+            self.origin = origin
             uid = w.uid
             name = w.name
             namespace = w.namespace
@@ -49,8 +52,11 @@ enum ConfigDump {
         var subjectAltNames: [String]
         var waypoint: GatewayAddress?
         var endpoints: [String]
+        /// The discovery source whose version is in force.
+        var origin: String?
 
-        init(_ s: Service, endpoints: [Workload]) {
+        init(_ s: Service, endpoints: [Workload], origin: String? = nil) {
+            self.origin = origin
             name = s.name
             namespace = s.namespace
             hostname = s.hostname
@@ -111,9 +117,20 @@ enum ConfigDump {
         }
     }
 
+    /// One discovery source of the mesh store, by rank (lower wins conflicts).
+    struct OriginView: Encodable {
+        var name: String
+        var rank: Int
+        /// Resources of each kind whose version in force is this source's.
+        var inForce: [String: Int]
+    }
+
     struct Dump: Encodable {
         var node: [String: String]
         var meshVersion: UInt64
+        var meshOrigins: [OriginView]
+        /// Resources more than one source holds: whose version is in force, whose is shadowed.
+        var meshConflicts: [MeshStore.Conflict]
         var workloads: [WorkloadView]
         var services: [ServiceView]
         var policies: [AuthorizationPolicy]
@@ -134,6 +151,21 @@ enum ConfigDump {
         }
     }
 
+    static func origins(_ store: MeshStore, _ mesh: MeshSnapshot) -> [OriginView] {
+        func count<R: MeshResource>(_ type: R.Type, _ table: ResourceTable<R.Key, R>, _ origin: String) -> Int {
+            table.keys.reduce(0) { $0 + (mesh.origin(of: type, key: $1) == origin ? 1 : 0) }
+        }
+        return store.origins.enumerated().map { rank, name in
+            OriginView(
+                name: name, rank: rank,
+                inForce: [
+                    Workload.kind: count(Workload.self, mesh.workloads, name),
+                    Service.kind: count(Service.self, mesh.services, name),
+                    AuthorizationPolicy.kind: count(AuthorizationPolicy.self, mesh.policies, name),
+                ])
+        }
+    }
+
     static func render(node: ProxyNode) -> String {
         let mesh = node.mesh.snapshot
         let dump = Dump(
@@ -142,9 +174,15 @@ enum ConfigDump {
                 "state": node.isDraining ? "draining" : (node.readiness.isReady ? "ready" : "starting"),
             ],
             meshVersion: mesh.version,
-            workloads: mesh.workloads.values.sorted { $0.uid < $1.uid }.map(WorkloadView.init),
+            meshOrigins: origins(node.mesh, mesh),
+            meshConflicts: node.mesh.conflicts,
+            workloads: mesh.workloads.values.sorted { $0.uid < $1.uid }.map {
+                WorkloadView($0, origin: mesh.origin(of: Workload.self, key: $0.uid))
+            },
             services: mesh.services.values.sorted { $0.namespacedHostname < $1.namespacedHostname }.map {
-                ServiceView($0, endpoints: mesh.endpoints(of: $0.namespacedHostname))
+                ServiceView(
+                    $0, endpoints: mesh.endpoints(of: $0.namespacedHostname),
+                    origin: mesh.origin(of: Service.self, key: $0.namespacedHostname))
             },
             policies: mesh.policies.values.sorted { $0.key < $1.key },
             plugins: plugins(node: node),

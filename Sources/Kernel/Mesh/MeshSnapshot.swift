@@ -1,77 +1,59 @@
-/// An immutable, indexed view of the mesh: workloads, services and policies at one
-/// moment. Readers take a snapshot and use it without locks; discovery sources publish
-/// a new one through ``MeshStore``.
+/// An immutable, indexed view of the mesh: workloads, services, policies and any further
+/// resource kinds at one moment. Readers take a snapshot and use it without locks;
+/// discovery sources change the mesh through ``MeshStore``, which makes the next snapshot
+/// from this one by applying only what changed (``ResourceTable``), indexes included.
 public struct MeshSnapshot: Sendable {
     /// Workloads by uid.
-    public let workloads: [String: Workload]
+    public private(set) var workloads = ResourceTable<String, Workload>()
     /// Services by `namespace/hostname`.
-    public let services: [NamespacedHostname: Service]
+    public private(set) var services = ResourceTable<NamespacedHostname, Service>()
     /// Authorization policies by `namespace/name`.
-    public let policies: [String: AuthorizationPolicy]
-    /// A monotonically increasing version, bumped by every publish.
-    public let version: UInt64
+    public private(set) var policies = ResourceTable<String, AuthorizationPolicy>()
+    /// A monotonically increasing version, bumped by every change the store publishes.
+    public private(set) var version: UInt64 = 0
 
-    private let workloadByIP: [NetworkAddress: String]
-    private let serviceByVIP: [NetworkAddress: NamespacedHostname]
-    private let servicesByHostname: [String: [NamespacedHostname]]
-    private let endpointsByService: [NamespacedHostname: [String]]
+    /// Every uid with an address, sorted: the greatest is the address's owner (the same
+    /// winner whatever order the workloads arrived in).
+    private var ipClaims = ResourceTable<NetworkAddress, [String]>()
+    /// Every service with a VIP, sorted: the greatest owns it.
+    private var vipClaims = ResourceTable<NetworkAddress, [NamespacedHostname]>()
+    private var servicesByHostname = ResourceTable<String, [NamespacedHostname]>()
+    /// Backing workloads per service, in uid order.
+    private var endpointsByService = ResourceTable<NamespacedHostname, [String]>()
+    /// Kinds beyond the three built in, by type.
+    private var otherKinds: [ObjectIdentifier: any Sendable] = [:]
+    /// Which origin's version of each resource is in force, by kind and key.
+    private var owners = ResourceTable<ResourceName, String>()
 
     /// The empty mesh.
-    public static let empty = MeshSnapshot(workloads: [], services: [], policies: [])
+    public static let empty = MeshSnapshot()
 
-    /// Builds a snapshot and its indexes. Later entries win on duplicate keys.
+    private init() {}
+
+    /// Builds a snapshot and its indexes, all from one origin. Later entries win on
+    /// duplicate keys.
     public init(workloads: [Workload], services: [Service], policies: [AuthorizationPolicy], version: UInt64 = 0) {
-        var byUID: [String: Workload] = [:]
-        var byIP: [NetworkAddress: String] = [:]
-        var endpoints: [NamespacedHostname: [String]] = [:]
-        for workload in workloads {
-            byUID[workload.uid] = workload
-        }
-        for workload in byUID.values.sorted(by: { $0.uid < $1.uid }) {
-            for ip in workload.workloadIPs {
-                byIP[NetworkAddress(network: workload.network, ip: ip)] = workload.uid
-            }
-            for service in workload.services.keys {
-                endpoints[service, default: []].append(workload.uid)
-            }
-        }
-        var byName: [NamespacedHostname: Service] = [:]
-        var byVIP: [NetworkAddress: NamespacedHostname] = [:]
-        var byHostname: [String: [NamespacedHostname]] = [:]
-        for service in services {
-            byName[service.namespacedHostname] = service
-        }
-        for (name, service) in byName.sorted(by: { $0.key < $1.key }) {
-            for vip in service.vips { byVIP[vip] = name }
-            byHostname[service.hostname, default: []].append(name)
-        }
-        var byKey: [String: AuthorizationPolicy] = [:]
-        for policy in policies { byKey[policy.key] = policy }
-        self.workloads = byUID
-        self.services = byName
-        self.policies = byKey
+        for workload in workloads { set(Workload.self, key: workload.uid, to: workload, origin: nil) }
+        for service in services { set(Service.self, key: service.namespacedHostname, to: service, origin: nil) }
+        for policy in policies { set(AuthorizationPolicy.self, key: policy.key, to: policy, origin: nil) }
         self.version = version
-        self.workloadByIP = byIP
-        self.serviceByVIP = byVIP
-        self.servicesByHostname = byHostname
-        self.endpointsByService = endpoints
     }
 
     /// A copy with another version number.
     public func withVersion(_ version: UInt64) -> MeshSnapshot {
-        MeshSnapshot(
-            workloads: Array(workloads.values), services: Array(services.values),
-            policies: Array(policies.values), version: version)
+        var copy = self
+        copy.version = version
+        return copy
     }
 
     /// The workload that owns `ip` on `network` (default network when empty).
     public func workload(at ip: IPAddress, network: String = "") -> Workload? {
-        workloadByIP[NetworkAddress(network: network, ip: ip)].flatMap { workloads[$0] }
+        ipClaims[NetworkAddress(network: network, ip: ip)]?.last.flatMap { workloads[$0] }
     }
 
     /// The service with `ip` among its VIPs.
     public func service(at ip: IPAddress, network: String = "") -> Service? {
-        serviceByVIP[NetworkAddress(network: network, ip: ip)].flatMap { services[$0] }
+        vipClaims[NetworkAddress(network: network, ip: ip)]?.last.flatMap { services[$0] }
     }
 
     /// Services with this hostname (one per namespace at most).
@@ -88,4 +70,97 @@ public struct MeshSnapshot: Sendable {
     public func workloads(onNode node: String) -> [Workload] {
         workloads.values.filter { $0.node == node }.sorted { $0.uid < $1.uid }
     }
+
+    /// The resources of kind `R`: the built-in kinds' tables, or a later kind's (empty
+    /// until a source adds one).
+    public func resources<R: MeshResource>(of type: R.Type) -> ResourceTable<R.Key, R> {
+        if let table = workloads as? ResourceTable<R.Key, R> { return table }
+        if let table = services as? ResourceTable<R.Key, R> { return table }
+        if let table = policies as? ResourceTable<R.Key, R> { return table }
+        return otherKinds[ObjectIdentifier(type)] as? ResourceTable<R.Key, R> ?? ResourceTable()
+    }
+
+    /// The name of the origin (discovery source) whose version of the resource is in
+    /// force; nil if there is none or it was built without one.
+    public func origin<R: MeshResource>(of type: R.Type, key: R.Key) -> String? {
+        owners[ResourceName(kind: R.kind, key: "\(key)")]
+    }
+
+    // MARK: Changes (the store's)
+
+    /// Puts `value` in force for `key` (nil removes it), keeping every index in step:
+    /// work proportional to the resource's own addresses and memberships, not the mesh.
+    mutating func set<R: MeshResource>(_ type: R.Type, key: R.Key, to value: R?, origin: String?) {
+        let name = ResourceName(kind: R.kind, key: "\(key)")
+        owners[name] = value == nil ? nil : origin
+        if R.self == Workload.self {
+            setWorkload(key as! String, to: value as! Workload?)
+        } else if R.self == Service.self {
+            setService(key as! NamespacedHostname, to: value as! Service?)
+        } else if R.self == AuthorizationPolicy.self {
+            policies[key as! String] = value as! AuthorizationPolicy?
+        } else {
+            var table = otherKinds[ObjectIdentifier(type)] as? ResourceTable<R.Key, R> ?? ResourceTable()
+            otherKinds[ObjectIdentifier(type)] = nil  // keep the table uniquely referenced while it changes
+            table[key] = value
+            otherKinds[ObjectIdentifier(type)] = table
+        }
+    }
+
+    private mutating func setWorkload(_ uid: String, to workload: Workload?) {
+        let old = workloads[uid]
+        if let old {
+            for ip in old.workloadIPs { Self.withdraw(uid, from: &ipClaims, at: NetworkAddress(network: old.network, ip: ip)) }
+            for service in old.services.keys { Self.withdraw(uid, from: &endpointsByService, at: service) }
+        }
+        workloads[uid] = workload
+        if let workload {
+            for ip in workload.workloadIPs {
+                Self.claim(uid, in: &ipClaims, at: NetworkAddress(network: workload.network, ip: ip))
+            }
+            for service in workload.services.keys { Self.claim(uid, in: &endpointsByService, at: service) }
+        }
+    }
+
+    private mutating func setService(_ name: NamespacedHostname, to service: Service?) {
+        if let old = services[name] {
+            for vip in old.vips { Self.withdraw(name, from: &vipClaims, at: vip) }
+            Self.withdraw(name, from: &servicesByHostname, at: old.hostname)
+        }
+        services[name] = service
+        if let service {
+            for vip in service.vips { Self.claim(name, in: &vipClaims, at: vip) }
+            Self.claim(name, in: &servicesByHostname, at: service.hostname)
+        }
+    }
+
+    /// Adds `member` to the sorted list at `key`.
+    private static func claim<K, M: Comparable & Sendable>(_ member: M, in table: inout ResourceTable<K, [M]>, at key: K) {
+        var list = table[key] ?? []
+        table[key] = nil  // uniquely referenced while it changes
+        var low = 0
+        var high = list.count
+        while low < high {
+            let middle = (low + high) / 2
+            if list[middle] < member { low = middle + 1 } else { high = middle }
+        }
+        if low == list.count || list[low] != member { list.insert(member, at: low) }
+        table[key] = list
+    }
+
+    /// Removes `member` from the sorted list at `key` (the key goes with its last member).
+    private static func withdraw<K, M: Comparable & Sendable>(_ member: M, from table: inout ResourceTable<K, [M]>, at key: K) {
+        guard var list = table[key] else { return }
+        table[key] = nil
+        if let index = list.firstIndex(of: member) { list.remove(at: index) }
+        if !list.isEmpty { table[key] = list }
+    }
+
+    mutating func setVersion(_ version: UInt64) { self.version = version }
+}
+
+/// A resource's kind and key, as `/config_dump` names it.
+struct ResourceName: Hashable, Sendable {
+    var kind: String
+    var key: String
 }

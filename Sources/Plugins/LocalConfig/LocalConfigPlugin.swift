@@ -72,8 +72,10 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
 
     /// What the watcher last did, for tests and `/config_dump`.
     public struct Status: Sendable {
-        /// How many snapshots this plugin published.
+        /// How many times this plugin loaded the file into the mesh.
         public var published: Int = 0
+        /// How many resources the last load upserted or removed (the file's diff).
+        public var lastChanges: Int = 0
         /// The errors of the last failed load; nil once a load succeeds again.
         public var lastError: ConfigErrors?
     }
@@ -207,11 +209,15 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
         }
     }
 
+    /// Makes the file's content this source's part of the mesh: the store diffs it
+    /// against the previous content and applies only what changed.
     @discardableResult
     private func publish(_ snapshot: MeshSnapshot) -> MeshSnapshot {
-        let published = context.mesh.publish(snapshot)
+        let origin = context.mesh.origin(named: context.pluginID)
+        let (published, changes) = context.mesh.replace(with: MeshContent(snapshot), from: origin)
         state.withLockedValue {
             $0.status.published += 1
+            $0.status.lastChanges = changes
             $0.status.lastError = nil
         }
         return published
