@@ -49,7 +49,7 @@ private final class CaptureStub: Plugin {
     func run() async throws {}
 }
 
-private final class PolicyStub: Plugin {
+private final class PolicyStub: Plugin, ConnectionAuthorizer {
     struct Config: Decodable, Sendable {
         var deny: [String]
         enum CodingKeys: String, CodingKey, CaseIterable { case deny }
@@ -63,6 +63,7 @@ private final class PolicyStub: Plugin {
     static var provides: Set<PluginRole> { [.policy] }
     init(config: Config, context: PluginContext) {}
     func run() async throws {}
+    func authorize(_ connection: ConnectionAttributes) async throws -> AuthorizationDecision { .allow() }
 }
 
 private let registry = PluginRegistry([PluginType(DiscoveryStub.self), PluginType(CaptureStub.self), PluginType(PolicyStub.self)])
@@ -277,5 +278,40 @@ struct ManifestTests {
         let plan = try ManifestLoader.load(path: "\(directory)/good.yaml", registry: registry)
         #expect(plan.baseDirectory == directory)
         #expect(plan.file == "\(directory)/good.yaml")
+    }
+}
+
+/// Declares the policy role without being a ``ConnectionAuthorizer``.
+private final class MislabelledPolicy: Plugin {
+    struct Config: Decodable, Sendable {}
+    static let id = "mislabelled"
+    static let summary = "declares a role it does not implement"
+    static var provides: Set<PluginRole> { [.policy] }
+    init(config: Config, context: PluginContext) {}
+}
+
+/// Provides the discovery role by conformance alone.
+private final class UndeclaredDiscovery: Plugin, DiscoverySource {
+    struct Config: Decodable, Sendable {}
+    static let id = "undeclared"
+    static let summary = "a discovery source that does not list its role"
+    let discoveryOrigin = "test"
+    init(config: Config, context: PluginContext) {}
+}
+
+@Suite("Plugin roles follow protocol conformance")
+struct PluginRoleConformanceTests {
+    @Test("a role declared without its protocol is a manifest error naming both; conformance alone provides a role")
+    func rolesFromConformance() throws {
+        #expect(PluginType(UndeclaredDiscovery.self).provides == [.discovery])
+        #expect(PluginType(MislabelledPolicy.self).provides.isEmpty)
+        let registry = PluginRegistry([PluginType(MislabelledPolicy.self), PluginType(UndeclaredDiscovery.self)])
+        #expect {
+            try ManifestLoader.load(
+                yaml: "plugins:\n  - id: undeclared\n  - id: mislabelled\n", file: "m.yaml", baseDirectory: "/", registry: registry)
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("m.yaml:3") && text.contains("declares role \"policy\" but does not conform to ConnectionAuthorizer")
+        }
     }
 }

@@ -113,6 +113,9 @@ public enum ManifestLoader {
                         + "compose a binary with it: swift package compose, see SDK/README.md"))
                 continue
             }
+            for mismatch in type.roleMismatches {
+                errors.append(ConfigError(file: file, line: entry.line, path: entry.label, message: "plugin \"\(entry.id)\": \(mismatch)"))
+            }
             do {
                 let config = try type.decode(entry.config)
                 planned.append(ManifestPlan.Entry(entry: entry, type: type, config: config))
@@ -205,49 +208,5 @@ extension [ConfigError] {
             let r = rhs.element.line ?? .max
             return l != r ? l < r : lhs.offset < rhs.offset
         }.map(\.element)
-    }
-}
-
-/// Reading configuration files with errors that name the file and the OS reason.
-public enum ConfigFile {
-    /// The file's text; a ``ConfigErrors`` naming the file and the reason (`No such file
-    /// or directory`, `Permission denied`, `Is a directory`, not UTF-8) otherwise.
-    public static func read(_ path: String) throws(ConfigErrors) -> String {
-        func failure(_ reason: String) -> ConfigErrors {
-            ConfigErrors([ConfigError(file: path, line: nil, path: "", message: "cannot read: \(reason)")])
-        }
-        #if canImport(Glibc)
-        let systemRead = Glibc.read
-        #elseif canImport(Musl)
-        let systemRead = Musl.read
-        #else
-        let systemRead = Darwin.read
-        #endif
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw failure(String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { systemRead(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw failure(String(cString: strerror(errno)))
-            }
-            if count == 0 { break }
-            bytes.append(contentsOf: chunk[0..<count])
-            if bytes.count > 64 * 1024 * 1024 { throw failure("larger than 64 MiB") }
-        }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            throw failure("not valid UTF-8")
-        }
-        return text
-    }
-
-    /// The directory part of `path` (`.` for a bare file name).
-    public static func directory(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        if slash == path.startIndex { return "/" }
-        return String(path[..<slash])
     }
 }

@@ -80,7 +80,7 @@ public final class PluginContext: Sendable {
     /// Every enabled plugin providing role protocol `R`, in manifest order. Available
     /// from ``Plugin/provision()`` on.
     public func providers<R>(of role: R.Type) -> [R] {
-        directory.plugins.compactMap { $0 as? R }
+        directory.providers(of: role)
     }
 
     /// The first enabled plugin providing `R`, if any.
@@ -97,15 +97,45 @@ public final class PluginContext: Sendable {
 }
 
 /// The enabled plugins in manifest order, filled in by the kernel once all are built.
+///
+/// Lookups by role are resolved once per role and kept until the list changes, so a
+/// connection path asking for its telemetry sinks or policy plugins finds them with one
+/// dictionary lookup instead of casting every plugin.
 public final class PluginDirectory: Sendable {
-    private let box = NIOLockedValueBox<[any Plugin]>([])
+    private struct State {
+        var plugins: [any Plugin] = []
+        var byRole: [ObjectIdentifier: Resolved] = [:]
+    }
+
+    /// A resolved list of providers of one role (`[R]`, type-erased).
+    private struct Resolved: @unchecked Sendable {
+        // Holds `[R]` for the role type it is filed under; the plugins are Sendable.
+        let providers: Any
+    }
+
+    private let box = NIOLockedValueBox(State())
 
     /// An empty directory.
     public init() {}
 
     /// The plugins, in manifest order.
-    public var plugins: [any Plugin] { box.withLockedValue { $0 } }
+    public var plugins: [any Plugin] { box.withLockedValue { $0.plugins } }
 
     /// Replaces the list (kernel use).
-    public func set(_ plugins: [any Plugin]) { box.withLockedValue { $0 = plugins } }
+    public func set(_ plugins: [any Plugin]) {
+        box.withLockedValue {
+            $0.plugins = plugins
+            $0.byRole = [:]
+        }
+    }
+
+    /// Every plugin providing `R`, in manifest order.
+    public func providers<R>(of role: R.Type) -> [R] {
+        box.withLockedValue { state in
+            if let resolved = state.byRole[ObjectIdentifier(role)]?.providers as? [R] { return resolved }
+            let resolved = state.plugins.compactMap { $0 as? R }
+            state.byRole[ObjectIdentifier(role)] = Resolved(providers: resolved)
+            return resolved
+        }
+    }
 }

@@ -6,8 +6,12 @@ public struct PluginType: Sendable {
     public let id: String
     /// The one-line description.
     public let summary: String
-    /// Roles it provides.
+    /// Roles it provides: the built-in roles whose protocols it conforms to, plus any
+    /// third-party roles it declares.
     public let provides: Set<PluginRole>
+    /// Built-in roles it declares in ``Plugin/provides`` without conforming to their
+    /// protocols, as messages; the manifest loader reports them as errors.
+    public let roleMismatches: [String]
     /// Roles it requires.
     public let requires: Set<PluginRole>
     /// The Swift type, for diagnostics.
@@ -23,7 +27,11 @@ public struct PluginType: Sendable {
     public init<P: Plugin>(_ type: P.Type) {
         id = P.id
         summary = P.summary
-        provides = P.provides
+        let roles = PluginRole.roles(of: P.self, declared: P.provides)
+        provides = roles.provided
+        roleMismatches = roles.missing.map { role, protocolName in
+            "\(P.self) declares role \"\(role)\" but does not conform to \(protocolName)"
+        }
         requires = P.requires
         typeName = String(describing: P.self)
         enabledByDefault = P.enabledByDefault
