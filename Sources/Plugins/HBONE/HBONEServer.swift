@@ -78,16 +78,19 @@ final class HBONEServer: Sendable {
             context.readiness.markReady(Self.readinessComponent)
             try? await gracefulShutdown()
         } else {
-            let pods = Task { await self.followPods() }
-            var first = true
-            for await snapshot in context.mesh.updates().cancelOnGracefulShutdown() {
-                await reconcile(snapshot)
-                if first {
-                    first = false
-                    context.readiness.markReady(Self.readinessComponent)
+            // The pod follower lives exactly as long as the mesh follower (a child task).
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.followPods() }
+                var first = true
+                for await snapshot in context.mesh.updates().cancelOnGracefulShutdown() {
+                    await reconcile(snapshot)
+                    if first {
+                        first = false
+                        context.readiness.markReady(Self.readinessComponent)
+                    }
                 }
+                group.cancelAll()
             }
-            pods.cancel()
         }
         await stopListening()
     }
@@ -97,21 +100,23 @@ final class HBONEServer: Sendable {
     private func followPods() async {
         let (kicks, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let updates = context.pods.updates()
-        let follower = Task {
-            for await _ in updates { continuation.yield() }
-        }
-        let ticker = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(nanoseconds: 2_000_000_000)
-                continuation.yield()
+        await withTaskGroup(of: Void.self) { group in
+            // Pod list changes, and a retry tick for failed binds: both only kick the loop.
+            group.addTask {
+                for await _ in updates { continuation.yield() }
             }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(nanoseconds: 2_000_000_000)
+                    continuation.yield()
+                }
+            }
+            for await _ in kicks {
+                if Task.isCancelled || draining.withLockedValue({ $0 }) { break }
+                await reconcilePods(context.pods.pods)
+            }
+            group.cancelAll()
         }
-        for await _ in kicks {
-            if Task.isCancelled || draining.withLockedValue({ $0 }) { break }
-            await reconcilePods(context.pods.pods)
-        }
-        follower.cancel()
-        ticker.cancel()
     }
 
     /// Binds `0.0.0.0:<port>` inside each captured pod's namespace and closes the listeners
