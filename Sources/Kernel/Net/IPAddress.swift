@@ -72,7 +72,7 @@ public enum IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible, 
             // One group: hex digits up to ':' or the end; or a dotted quad that ends the text.
             var end = index
             var value: UInt32 = 0
-            while end < count, let digit = hexValue(text[end]) {
+            while end < count, let digit = text[end].asciiHexValue {
                 value = value << 4 | UInt32(digit)
                 end += 1
                 if end - index > 4 { return nil }
@@ -114,14 +114,6 @@ public enum IPAddress: Sendable, Hashable, Comparable, CustomStringConvertible, 
         return groups.flatMap { [UInt8(truncatingIfNeeded: $0 >> 8), UInt8(truncatingIfNeeded: $0)] }
     }
 
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
-        default: return nil
-        }
-    }
 
     /// Builds an address from 4 or 16 network-order bytes.
     public init?(bytes: some Collection<UInt8>) {

@@ -144,7 +144,7 @@ public struct HBONEConnectRequest: Sendable, Equatable {
         var index = 0
         while index < input.count {
             if input[index] == UInt8(ascii: "%"), index + 2 < input.count,
-                let high = hexValue(input[index + 1]), let low = hexValue(input[index + 2])
+                let high = input[index + 1].asciiHexValue, let low = input[index + 2].asciiHexValue
             {
                 output.append(high << 4 | low)
                 index += 3
@@ -156,14 +156,6 @@ public struct HBONEConnectRequest: Sendable, Equatable {
         return String(decoding: output, as: UTF8.self)
     }
 
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
-        default: return nil
-        }
-    }
 
     /// A header value for a log line: quoted, cut at 128 characters.
     private static func quoted(_ value: String) -> String {
