@@ -37,7 +37,7 @@ let allTargets: [(name: String, products: [String])] = [
     // Not the certificates and ca-server plugins: they would link the Istio CA's gRPC
     // stack, which doubles the sanitizer build; their configs use the same decoder.
     ("manifest", ["Kernel", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "Authorization", "Telemetry", "HBONE"]),
-    ("local-config", ["Kernel", "LocalConfig"]),
+    ("local-config", ["Kernel", "LocalConfig", "NodeProxy"]),
     ("authz", ["Kernel", "Authorization"]),
     ("ip-address", ["Kernel"]),
     ("pem-csr", ["Kernel", "LocalConfig", "Certificates", "CAServer"]),

@@ -1,6 +1,7 @@
 import FuzzSupport
 import Kernel
 import LocalConfig
+import NodeProxy
 
 /// The local-config mesh file (ztunnel's local-config YAML) over arbitrary text, and the
 /// forwarding decision over whatever mesh it yields.
