@@ -222,6 +222,53 @@ struct SocketTests {
         #expect(!namespace.isStillMounted)
     }
 
+    /// The way istio-cni's ZDS hands a pod's namespace over: as a descriptor, no path.
+    @Test
+    func aNamespaceAdoptedFromADescriptorServesLikeOneOpenedByPath() async throws {
+        let name = "ambit-kt-fd-\(getpid())"
+        try Self.ip("netns", "add", name)
+        defer { try? Self.ip("netns", "del", name) }
+        try Self.ip("-n", name, "link", "set", "lo", "up")
+        let byPath = try NetworkNamespace(path: "/var/run/netns/\(name)")
+        defer { byPath.close() }
+        let descriptor = open("/var/run/netns/\(name)", O_RDONLY | O_CLOEXEC)
+        #expect(descriptor >= 0)
+        let adopted = try NetworkNamespace(adopting: descriptor, name: "pod \(name) (from a descriptor)", mark: 0x539)
+        defer { adopted.close() }
+        #expect(adopted.isSame(as: byPath))
+        #expect(adopted.adoptedFromDescriptor && !byPath.adoptedFromDescriptor)
+        #expect(!adopted.isSame(as: try NetworkNamespace(path: "/proc/self/ns/net")))
+
+        try await Self.withGroup { group in
+            let accepted = group.next().makePromise(of: (any Channel).self)
+            // A listener placed by path and a dialer placed by the adopted descriptor meet.
+            let listener = try await Self.echoListener(
+                ListenerOptions(address: SocketAddr(ip: loopback, port: 0), namespace: byPath), group: group,
+                accepted: accepted)
+            let client = try await TCPDialer().placed(in: adopted).connect(to: listener.localAddress, on: group.next()).get()
+            #expect(try await Self.roundTrip("adopted", over: client) == "adopted")
+            #expect(try await SocketOptions.mark(of: client).get() == 0x539)
+            _ = try await value(of: accepted.futureResult, "accepted connection")
+            try await client.close()
+            await listener.stopAccepting()
+        }
+    }
+
+    @Test
+    func adoptingADescriptorThatIsNotANetworkNamespaceFailsAndClosesIt() throws {
+        let file = open("/etc/hostname", O_RDONLY | O_CLOEXEC)
+        #expect(file >= 0)
+        var before = stat()
+        #expect(fstat(file, &before) == 0)
+        let notNamespace = #expect(throws: SocketError.self) { try NetworkNamespace(adopting: file, name: "hostname") }
+        #expect(notNamespace?.message.contains("not a network namespace") == true)
+        // Closed: the number is free (or already reused by a concurrent test for another file).
+        var after = stat()
+        #expect(fstat(file, &after) != 0 || after.st_ino != before.st_ino, "the descriptor was closed")
+        let closed = #expect(throws: SocketError.self) { try NetworkNamespace(adopting: -1, name: "nothing") }
+        #expect(closed?.message.contains("nothing") == true)
+    }
+
     @Test
     func openingSomethingThatIsNotANetworkNamespaceNamesThePath() throws {
         let missing = #expect(throws: SocketError.self) {

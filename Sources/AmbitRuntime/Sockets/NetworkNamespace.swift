@@ -25,8 +25,12 @@ public import Kernel
 ///
 /// Thread-safe. Needs `CAP_SYS_ADMIN` (root) and Linux.
 public final class NetworkNamespace: NetworkNamespaceHandle {
-    /// The path it was opened from, e.g. `/var/run/netns/pod-a`.
+    /// The path it was opened from, e.g. `/var/run/netns/pod-a`; for one adopted from a
+    /// descriptor, the name it was given (there is no path to look at again).
     public let path: String
+    /// Whether it was adopted from a descriptor handed over (istio-cni's ZDS sends each
+    /// pod's namespace that way) rather than opened from a path.
+    public let adoptedFromDescriptor: Bool
     /// `SO_MARK` for every proxy socket in this namespace (in-pod capture: `0x539`), so the
     /// namespace's redirect rules never capture the proxy's own traffic. Listener and
     /// dialer options without a mark of their own use it.
@@ -58,11 +62,41 @@ public final class NetworkNamespace: NetworkNamespaceHandle {
             throw SocketError(code: .bindFailed, message: "\(path) is not a network namespace (not on nsfs)")
         }
         self.path = path
+        self.adoptedFromDescriptor = false
         self.mark = mark
         self.handle = NIOLockedValueBox(fd)
         self.inode = identity
         #else
         throw SocketError(code: .bindFailed, message: "network namespaces exist on Linux only (\(path))")
+        #endif
+    }
+
+    /// Takes ownership of `descriptor`, an open network-namespace file (as istio-cni's ZDS
+    /// hands one over with each pod, or `/proc/<pid>/ns/net` opened by the caller): the
+    /// namespace closes it. `name` stands for the path in logs and ``description``.
+    ///
+    /// - Throws: ``SocketError`` (``SocketError/Code/bindFailed``) when the descriptor is
+    ///   not open or not a network namespace; the descriptor is closed then too, so a
+    ///   caller never leaks one.
+    public init(adopting descriptor: Int32, name: String, mark: UInt32? = nil) throws {
+        #if os(Linux)
+        guard descriptor >= 0, let identity = FileIdentity(fd: descriptor) else {
+            let text = Self.errnoText()
+            if descriptor >= 0 { Glibc.close(descriptor) }
+            throw SocketError(code: .bindFailed, message: "cannot use descriptor \(descriptor) for \(name) as a network namespace: \(text)")
+        }
+        let magic = ambit_fs_magic(descriptor)
+        guard magic != -1, UInt(bitPattern: magic) == Self.nsfsMagic else {
+            Glibc.close(descriptor)
+            throw SocketError(code: .bindFailed, message: "descriptor \(descriptor) for \(name) is not a network namespace (not on nsfs)")
+        }
+        self.path = name
+        self.adoptedFromDescriptor = true
+        self.mark = mark
+        self.handle = NIOLockedValueBox(descriptor)
+        self.inode = identity
+        #else
+        throw SocketError(code: .bindFailed, message: "network namespaces exist on Linux only (\(name))")
         #endif
     }
 
@@ -76,8 +110,10 @@ public final class NetworkNamespace: NetworkNamespaceHandle {
     public var description: String { "netns \(path)" }
 
     /// True while `path` still names this namespace (same device and inode). False once the
-    /// namespace was deleted or its name reused for another one.
+    /// namespace was deleted or its name reused for another one. Always true for one
+    /// adopted from a descriptor: it has no path, and its owner says when the pod goes.
     public var isStillMounted: Bool {
+        if adoptedFromDescriptor { return true }
         #if os(Linux)
         var info = stat()
         guard stat(path, &info) == 0 else { return false }
