@@ -94,7 +94,7 @@ public final class InboundPath: Sendable {
         guard let workload = mesh.workload(at: request.destination.ip) else {
             return refused(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", request)
         }
-        if !context.nodeName.isEmpty && !workload.node.isEmpty && workload.node != context.nodeName {
+        if !context.isLocal(workload) {
             return refused(
                 .notLocal, "workload \(workload.uid) runs on node \(workload.node), not on \(context.nodeName)",
                 request)
@@ -153,25 +153,7 @@ public final class InboundPath: Sendable {
     /// opens and when it closes. The future completes once both sides are closed.
     @discardableResult
     public func relay(downstream: any Channel, upstream: any Channel, record: ConnectionRecord) -> EventLoopFuture<Void> {
-        let sinks = context.providers(of: (any TelemetrySink).self)
-        let logger = self.logger
-        for sink in sinks { sink.connectionOpened(record) }
-        logger.debug(
-            "inbound relaying",
-            metadata: [
-                "id": "\(record.id)", "source": "\(record.source)", "destination": "\(record.destination)",
-                "route": "\(record.route)", "peer": "\(record.peerIdentity.map { "\($0)" } ?? "none")",
-            ])
-        let done = Relay.join(downstream: downstream, upstream: upstream, record: record, registry: context.connections)
-        done.whenComplete { _ in
-            for sink in sinks { sink.connectionClosed(record) }
-            logger.debug(
-                "inbound connection closed",
-                metadata: [
-                    "id": "\(record.id)", "sent": "\(record.bytes.sent)", "received": "\(record.bytes.received)",
-                ])
-        }
-        return done
+        context.relayReporting(downstream: downstream, upstream: upstream, record: record)
     }
 
     private func refuse(

@@ -44,14 +44,10 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
         self.inbound = InboundPath(context: context, dialer: TCPDialer())
     }
 
-    private func isLocal(_ workload: Workload) -> Bool {
-        context.nodeName.isEmpty || workload.node.isEmpty || workload.node == context.nodeName
-    }
-
     // MARK: TunnelTerminator
 
     public func serverIdentity(for connection: AcceptedTunnelConnection) -> Result<TunnelServerIdentity, ConnectionRefusal> {
-        guard let workload = context.mesh.snapshot.workload(at: connection.local.ip), isLocal(workload),
+        guard let workload = context.mesh.snapshot.workload(at: connection.local.ip), context.isLocal(workload),
             workload.tunnelProtocol == .hbone
         else {
             return .failure(ConnectionRefusal(

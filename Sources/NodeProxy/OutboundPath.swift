@@ -73,7 +73,7 @@ public final class OutboundPath: Sendable {
             return eventLoop.makeFailedFuture(
                 ConnectionRefusal(.sourceUnknown, "source \(client.ip) is not a known workload"))
         }
-        if !context.nodeName.isEmpty && !source.node.isEmpty && source.node != context.nodeName {
+        if !context.isLocal(source) {
             logger.warning(
                 "refused: source workload runs on another node",
                 metadata: ["source": "\(source.uid)", "node": "\(source.node)"])
@@ -210,31 +210,11 @@ public final class OutboundPath: Sendable {
     private func connected(
         downstream: any Channel, upstream: any Channel, record: ConnectionRecord, bound: SocketAddr
     ) -> OutboundConnection {
-        let sinks = context.providers(of: (any TelemetrySink).self)
-        let logger = self.logger
-        let registry = context.connections
+        let context = self.context
         return OutboundConnection(
             boundAddress: bound,
             start: { leftover in
-                for sink in sinks { sink.connectionOpened(record) }
-                logger.debug(
-                    "relaying",
-                    metadata: [
-                        "id": "\(record.id)", "source": "\(record.source)", "destination": "\(record.destination)",
-                        "route": "\(record.route)",
-                    ])
-                Relay.join(
-                    downstream: downstream, upstream: upstream, record: record, registry: registry,
-                    initialData: leftover
-                ).whenComplete { _ in
-                    for sink in sinks { sink.connectionClosed(record) }
-                    logger.debug(
-                        "connection closed",
-                        metadata: [
-                            "id": "\(record.id)", "sent": "\(record.bytes.sent)",
-                            "received": "\(record.bytes.received)",
-                        ])
-                }
+                _ = context.relayReporting(downstream: downstream, upstream: upstream, record: record, initialData: leftover)
             },
             cancel: { upstream.close(promise: nil) })
     }

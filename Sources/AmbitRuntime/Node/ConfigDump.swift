@@ -152,17 +152,22 @@ enum ConfigDump {
     }
 
     static func origins(_ store: MeshStore, _ mesh: MeshSnapshot) -> [OriginView] {
-        func count<R: MeshResource>(_ type: R.Type, _ table: ResourceTable<R.Key, R>, _ origin: String) -> Int {
-            table.keys.reduce(0) { $0 + (mesh.origin(of: type, key: $1) == origin ? 1 : 0) }
+        // One pass over each kind: resources in force by origin.
+        var inForce: [String: [String: Int]] = [:]
+        func count<R: MeshResource>(_ type: R.Type) {
+            for key in mesh.resources(of: type).keys {
+                if let origin = mesh.origin(of: type, key: key) { inForce[origin, default: [:]][R.kind, default: 0] += 1 }
+            }
         }
+        count(Workload.self)
+        count(Service.self)
+        count(AuthorizationPolicy.self)
         return store.origins.enumerated().map { rank, name in
             OriginView(
                 name: name, rank: rank,
-                inForce: [
-                    Workload.kind: count(Workload.self, mesh.workloads, name),
-                    Service.kind: count(Service.self, mesh.services, name),
-                    AuthorizationPolicy.kind: count(AuthorizationPolicy.self, mesh.policies, name),
-                ])
+                inForce: [Workload.kind, Service.kind, AuthorizationPolicy.kind].reduce(into: [:]) {
+                    $0[$1] = inForce[name]?[$1] ?? 0
+                })
         }
     }
 

@@ -38,7 +38,8 @@ public struct MeshDelta: Sendable {
 public struct MeshContent: Sendable {
     var kinds: [ObjectIdentifier: any KindContent] = [:]
 
-    /// Content with no resources (replacing with it removes everything the source had).
+    /// Content that sets no kind: replacing with it changes nothing (set a kind to `[]` to
+    /// remove everything the source had of it).
     public init() {}
 
     /// Workloads, services and policies (what the local mesh file holds).
@@ -51,6 +52,11 @@ public struct MeshContent: Sendable {
     /// The content of `snapshot`'s built-in kinds.
     public init(_ snapshot: MeshSnapshot) {
         self.init(workloads: snapshot.workloads.values, services: snapshot.services.values, policies: snapshot.policies.values)
+    }
+
+    /// One delta per kind it sets: the difference from what `origin` holds now.
+    func deltas(against contributions: MeshStore.Contributions, origin: Int) -> [MeshDelta] {
+        kinds.values.map { $0.delta(against: contributions, origin: origin) }
     }
 
     /// Sets every resource of kind `R` (later ones win on duplicate keys); a kind never

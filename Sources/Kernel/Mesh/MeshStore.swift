@@ -31,8 +31,6 @@ public final class MeshStore: Sendable {
         var origins: [String] = []
         /// Per kind, per origin rank: that origin's resources.
         var tables: [ObjectIdentifier: [Int: any Sendable]] = [:]
-        /// What the last changes touched, for the snapshot to recompute.
-        var touched: [Touched] = []
 
         func table<R: MeshResource>(_ type: R.Type, origin: Int) -> ResourceTable<R.Key, R> {
             tables[ObjectIdentifier(type)]?[origin] as? ResourceTable<R.Key, R> ?? ResourceTable()
@@ -58,19 +56,12 @@ public final class MeshStore: Sendable {
             return Touched(type, key: key)
         }
 
-        /// The version in force for a key: the lowest-ranked origin's that has one.
-        func winner<R: MeshResource>(_ type: R.Type, key: R.Key) -> (resource: R, origin: Int)? {
-            guard let byOrigin = tables[ObjectIdentifier(type)] else { return nil }
-            for origin in byOrigin.keys.sorted() {
-                if let resource = (byOrigin[origin] as? ResourceTable<R.Key, R>)?[key] { return (resource, origin) }
-            }
-            return nil
-        }
-
-        /// The origins holding a version of the key.
-        func holders<R: MeshResource>(_ type: R.Type, key: R.Key) -> [Int] {
+        /// Every origin's version of the key, by rank: the first is in force.
+        func versions<R: MeshResource>(_ type: R.Type, key: R.Key) -> [(origin: String, resource: R)] {
             guard let byOrigin = tables[ObjectIdentifier(type)] else { return [] }
-            return byOrigin.keys.sorted().filter { (byOrigin[$0] as? ResourceTable<R.Key, R>)?[key] != nil }
+            return origins.indices.compactMap { rank in
+                (byOrigin[rank] as? ResourceTable<R.Key, R>)?[key].map { (origins[rank], $0) }
+            }
         }
     }
 
@@ -82,19 +73,16 @@ public final class MeshStore: Sendable {
 
         init<R: MeshResource>(_ type: R.Type, key: R.Key) {
             recompute = { contributions, snapshot in
-                let winner = contributions.winner(type, key: key)
-                let origin = winner.map { contributions.origins[$0.origin] }
+                let versions = contributions.versions(type, key: key)
+                let winner = versions.first
                 var changed = false
-                if snapshot.resources(of: type)[key] != winner?.resource || snapshot.origin(of: type, key: key) != origin {
-                    snapshot.set(type, key: key, to: winner?.resource, origin: origin)
+                if snapshot.resources(of: type)[key] != winner?.resource || snapshot.origin(of: type, key: key) != winner?.origin {
+                    snapshot.set(type, key: key, to: winner?.resource, origin: winner?.origin)
                     changed = true
                 }
-                let holders = contributions.holders(type, key: key)
                 let conflict =
-                    holders.count > 1
-                    ? Conflict(
-                        kind: R.kind, key: "\(key)", inForce: contributions.origins[holders[0]],
-                        shadowed: holders.dropFirst().map { contributions.origins[$0] })
+                    versions.count > 1
+                    ? Conflict(kind: R.kind, key: "\(key)", inForce: versions[0].origin, shadowed: versions.dropFirst().map(\.origin))
                     : nil
                 return ("\(R.kind)/\(key)", conflict, changed)
             }
@@ -161,13 +149,7 @@ public final class MeshStore: Sendable {
     /// origin's version publishes nothing. Returns the snapshot now in force.
     @discardableResult
     public func apply(_ delta: MeshDelta, from origin: MeshOrigin) -> MeshSnapshot {
-        writer.withLockedValue { writer in
-            var touched: [Touched] = []
-            for change in delta.changes {
-                if let one = change.apply(&writer.contributions, origin.rank) { touched.append(one) }
-            }
-            return commit(touched, writer: &writer, always: false)
-        }
+        change(from: origin, always: false) { _ in [delta] }.snapshot
     }
 
     /// Makes `content` everything `origin` holds of the kinds it sets: the store diffs it
@@ -176,18 +158,7 @@ public final class MeshStore: Sendable {
     /// resources the origin changed.
     @discardableResult
     public func replace(with content: MeshContent, from origin: MeshOrigin) -> (snapshot: MeshSnapshot, changes: Int) {
-        writer.withLockedValue { writer in
-            var touched: [Touched] = []
-            var changes = 0
-            for kind in content.kinds.values {
-                let delta = kind.delta(against: writer.contributions, origin: origin.rank)
-                changes += delta.count
-                for change in delta.changes {
-                    if let one = change.apply(&writer.contributions, origin.rank) { touched.append(one) }
-                }
-            }
-            return (commit(touched, writer: &writer, always: false), changes)
-        }
+        change(from: origin, always: false) { content.deltas(against: $0, origin: origin.rank) }
     }
 
     /// Replaces everything with `snapshot`'s workloads, services and policies, as the
@@ -196,37 +167,39 @@ public final class MeshStore: Sendable {
     @discardableResult
     public func publish(_ snapshot: MeshSnapshot) -> MeshSnapshot {
         let origin = origin(named: "publish")
-        return writer.withLockedValue { writer in
-            var touched: [Touched] = []
-            for kind in MeshContent(snapshot).kinds.values {
-                for change in kind.delta(against: writer.contributions, origin: origin.rank).changes {
-                    if let one = change.apply(&writer.contributions, origin.rank) { touched.append(one) }
-                }
-            }
-            return commit(touched, writer: &writer, always: true)
-        }
+        let content = MeshContent(snapshot)
+        return change(from: origin, always: true) { content.deltas(against: $0, origin: origin.rank) }.snapshot
     }
 
-    /// Recomputes the touched resources on a copy of the current snapshot and swaps it
-    /// in (with the writer lock held, so snapshots follow one another).
-    private func commit(_ touched: [Touched], writer: inout WriterState, always: Bool) -> MeshSnapshot {
-        var next = state.withLockedValue { $0.snapshot }
-        let before = next.version
-        var changed = false
-        for one in touched {
-            let outcome = one.recompute(writer.contributions, &next)
-            writer.conflicts[outcome.name] = outcome.conflict
-            changed = changed || outcome.changed
+    /// Under the writer lock: applies the deltas `make` returns (from what the origins hold
+    /// now) to `origin`'s contributions, recomputes the touched resources on a copy of the
+    /// current snapshot and swaps it in, so snapshots follow one another. Publishes when
+    /// something in force changed, or `always`. Returns the snapshot in force and how
+    /// many changes the deltas held.
+    private func change(
+        from origin: MeshOrigin, always: Bool, _ make: (Contributions) -> [MeshDelta]
+    ) -> (snapshot: MeshSnapshot, changes: Int) {
+        writer.withLockedValue { writer in
+            let deltas = make(writer.contributions)
+            var next = state.withLockedValue { $0.snapshot }
+            var changed = false
+            for change in deltas.lazy.flatMap(\.changes) {
+                guard let touched = change.apply(&writer.contributions, origin.rank) else { continue }
+                let outcome = touched.recompute(writer.contributions, &next)
+                writer.conflicts[outcome.name] = outcome.conflict
+                changed = changed || outcome.changed
+            }
+            let changes = deltas.reduce(0) { $0 + $1.count }
+            guard changed || always else { return (next, changes) }
+            next.setVersion(next.version + 1)
+            let (continuations, observers) = state.withLockedValue { state in
+                state.snapshot = next
+                return (Array(state.subscribers.values), Array(state.observers.values))
+            }
+            for continuation in continuations { continuation.yield(next) }
+            for observer in observers { observer(next) }
+            return (next, changes)
         }
-        guard changed || always else { return next }
-        next.setVersion(before + 1)
-        let (continuations, observers) = state.withLockedValue { state in
-            state.snapshot = next
-            return (Array(state.subscribers.values), Array(state.observers.values))
-        }
-        for continuation in continuations { continuation.yield(next) }
-        for observer in observers { observer(next) }
-        return next
     }
 
     /// A stream of snapshots: the current one first, then every change. Only the
@@ -247,8 +220,8 @@ public final class MeshStore: Sendable {
         return stream
     }
 
-    /// Calls `observer` synchronously on every change, on the writer's thread.
-    /// Keep it short. Returns a token for ``removeObserver(_:)``.
+    /// Calls `observer` synchronously on every change, on the writer's thread, in order.
+    /// Keep it short, and do not change the store from it (the writer holds its lock). Returns a token for ``removeObserver(_:)``.
     @discardableResult
     public func observe(_ observer: @escaping @Sendable (MeshSnapshot) -> Void) -> UInt64 {
         state.withLockedValue { state in

@@ -48,7 +48,7 @@ public struct ResourceTable<Key: Hashable & Sendable, Value: Sendable>: Sendable
     public var values: [Value] {
         var all: [Value] = []
         all.reserveCapacity(count)
-        for group in groups where count > 0 {
+        for group in groups {
             for shard in group where !shard.isEmpty { all.append(contentsOf: shard.values) }
         }
         return all
@@ -58,7 +58,7 @@ public struct ResourceTable<Key: Hashable & Sendable, Value: Sendable>: Sendable
     public var keys: [Key] {
         var all: [Key] = []
         all.reserveCapacity(count)
-        for group in groups where count > 0 {
+        for group in groups {
             for shard in group where !shard.isEmpty { all.append(contentsOf: shard.keys) }
         }
         return all
@@ -68,7 +68,7 @@ public struct ResourceTable<Key: Hashable & Sendable, Value: Sendable>: Sendable
     public var entries: [(key: Key, value: Value)] {
         var all: [(key: Key, value: Value)] = []
         all.reserveCapacity(count)
-        for group in groups where count > 0 {
+        for group in groups {
             for shard in group {
                 for (key, value) in shard { all.append((key, value)) }
             }

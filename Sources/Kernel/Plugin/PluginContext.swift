@@ -88,6 +88,12 @@ public final class PluginContext: Sendable {
         providers(of: role).first
     }
 
+    /// Whether `workload` runs on this node: its `node` is this node's name, or either is
+    /// unset (a single-node mesh).
+    public func isLocal(_ workload: Workload) -> Bool {
+        nodeName.isEmpty || workload.node.isEmpty || workload.node == nodeName
+    }
+
     /// Resolves a config path: absolute paths stay, relative ones are taken from
     /// ``baseDirectory``.
     public func resolvePath(_ path: String) -> String {

@@ -173,16 +173,13 @@ final class InPodCapture: Sendable {
     /// admin server.
     private func wanted(_ snapshot: MeshSnapshot) -> [String: String] {
         var wanted: [String: String] = [:]
-        for workload in snapshot.workloads.values where isLocal(workload) {
+        for workload in snapshot.workloads.values where context.isLocal(workload) {
             if let netns = workload.netns, !netns.isEmpty { wanted[workload.uid] = context.resolvePath(netns) }
         }
         for (uid, pod) in state.withLockedValue({ $0.admin }) { wanted[uid] = pod.netns }
         return wanted
     }
 
-    private func isLocal(_ workload: Workload) -> Bool {
-        context.nodeName.isEmpty || workload.node.isEmpty || workload.node == context.nodeName
-    }
 
     /// One pass: release pods that went away, set up pods that are wanted and not active.
     func reconcile() async {
@@ -373,7 +370,7 @@ final class InPodCapture: Sendable {
                 return HTTPEndpointResponse(
                     .conflict, "pod \(uid) has identity \(workload.identity) in the mesh, not \(identity)\n")
             }
-            if let workload = context.mesh.snapshot.workloads[uid], !isLocal(workload) {
+            if let workload = context.mesh.snapshot.workloads[uid], !context.isLocal(workload) {
                 return HTTPEndpointResponse(
                     .conflict, "workload \(uid) runs on node \(workload.node), not on \(context.nodeName)\n")
             }

@@ -189,7 +189,7 @@ final class HBONEServer: Sendable {
         var wanted = Set<SocketAddr>()
         // Pods captured in their own namespaces get their listener there (reconcilePods).
         for workload in snapshot.workloads.values
-        where isLocal(workload) && workload.tunnelProtocol == .hbone && workload.netns == nil
+        where context.isLocal(workload) && workload.tunnelProtocol == .hbone && workload.netns == nil
             && context.pods.namespace(forWorkload: workload.uid) == nil
         {
             for ip in workload.workloadIPs { wanted.insert(SocketAddr(ip: ip, port: config.server.port)) }
@@ -224,9 +224,6 @@ final class HBONEServer: Sendable {
         logger.info("HBONE listening", metadata: ["address": "\(listener.localAddress)"])
     }
 
-    private func isLocal(_ workload: Workload) -> Bool {
-        context.nodeName.isEmpty || workload.node.isEmpty || workload.node == context.nodeName
-    }
 
     // MARK: Connections
 
@@ -386,26 +383,18 @@ final class HBONEServer: Sendable {
         let parsed = Result { () throws(HBONEConnectRequest.Rejection) in
             try HBONEConnectRequest.parse(headers: headers.map { (name: $0.name, value: $0.value) })
         }
-        // The workload the peer says it sends for (its baggage), when it says.
-        let claimed: String = {
-            guard case .success(let request) = parsed, let namespace = request.baggage["k8s.namespace.name"],
-                let name = request.baggage["service.name"]
-            else { return "" }
-            return "\(name.prefix(128)).\(namespace.prefix(128))"
-        }()
-        let responder = HBONEStreamResponder(
-            bridge: bridge, stream: stream, state: state, logger: logger,
-            // Bounded: the header list may be up to server.maxHeaderListSize long.
-            authority: String((headers.first(name: ":authority") ?? "").prefix(256)), claimed: claimed)
+        func responder(baggage: [String: String]) -> HBONEStreamResponder {
+            HBONEStreamResponder(bridge: bridge, stream: stream, state: state, logger: logger, headers: headers, baggage: baggage)
+        }
         switch parsed {
         case .failure(let rejection):
-            responder.reject(status: rejection.status, reason: rejection.reason)
+            responder(baggage: [:]).reject(status: rejection.status, reason: rejection.reason)
         case .success(let request):
             let streamRequest = TunnelStreamRequest(
                 connection: state.connection, server: state.server, peerIdentity: state.peer, target: request.target,
                 source: request.forwardedFor ?? state.remote, baggage: request.baggage, route: "hbone",
                 connectTimeout: config.server.connectTimeout.timeAmount)
-            terminator.terminate(streamRequest, responder: responder)
+            terminator.terminate(streamRequest, responder: responder(baggage: request.baggage))
         }
     }
 }
@@ -419,19 +408,21 @@ struct HBONEStreamResponder: TunnelStreamResponder {
     let stream: any Channel
     let state: ServerConnectionState
     let logger: Logger
-    let authority: String
-    let claimed: String
+    /// The request's headers and baggage, for the log line of a rejection only: an
+    /// accepted stream never formats them.
+    let headers: HPACKHeaders
+    let baggage: [String: String]
 
     init(
-        bridge: HBONEStreamBridge, stream: any Channel, state: ServerConnectionState, logger: Logger, authority: String,
-        claimed: String
+        bridge: HBONEStreamBridge, stream: any Channel, state: ServerConnectionState, logger: Logger,
+        headers: HPACKHeaders, baggage: [String: String]
     ) {
         self.boundBridge = NIOLoopBound(bridge, eventLoop: stream.eventLoop)
         self.stream = stream
         self.state = state
         self.logger = logger
-        self.authority = authority
-        self.claimed = claimed
+        self.headers = headers
+        self.baggage = baggage
     }
 
     private var bridge: HBONEStreamBridge { boundBridge.value }
@@ -452,11 +443,16 @@ struct HBONEStreamResponder: TunnelStreamResponder {
     }
 
     func reject(status: Int, reason: String) {
+        // Bounded: the header list may be up to server.maxHeaderListSize long.
+        let authority = (headers.first(name: ":authority") ?? "").prefix(256)
         var metadata: Logger.Metadata = [
             "status": "\(status)", "reason": "\(reason)", "authority": "\(authority)",
             "peer": "\(state.peer.map { "\($0)" } ?? "unknown")", "from": "\(state.remote)",
         ]
-        if !claimed.isEmpty { metadata["peerWorkload"] = "\(claimed)" }
+        // The workload the peer says it sends for (its baggage), when it says.
+        if let namespace = baggage["k8s.namespace.name"], let name = baggage["service.name"] {
+            metadata["peerWorkload"] = "\(name.prefix(128)).\(namespace.prefix(128))"
+        }
         logger.info("HBONE request rejected", metadata: metadata)
         let stream = self.stream
         let sent = stream.eventLoop.makePromise(of: Void.self)

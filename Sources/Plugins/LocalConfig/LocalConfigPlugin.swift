@@ -124,15 +124,15 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
     public func provision() async throws {
         let signature = FileSignature(path: path)
         let text: String
-        let snapshot: MeshSnapshot
+        let content: MeshContent
         do throws(ConfigErrors) {
             text = try ConfigFile.read(path)
-            snapshot = try LocalMeshFile.parse(yaml: text, file: path)
+            content = try LocalMeshFile.parseContent(yaml: text, file: path)
         } catch {
             state.withLockedValue { $0.status.lastError = error }
             throw error
         }
-        let published = publish(snapshot)
+        let published = publish(content)
         context.logger.info(
             "mesh file loaded",
             metadata: [
@@ -195,8 +195,7 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
         }
         if sameText { return }
         do throws(ConfigErrors) {
-            let snapshot = try LocalMeshFile.parse(yaml: text, file: path)
-            let published = publish(snapshot)
+            let published = publish(try LocalMeshFile.parseContent(yaml: text, file: path))
             context.logger.info(
                 "mesh file reloaded",
                 metadata: [
@@ -212,9 +211,9 @@ public final class LocalConfigPlugin: Plugin, DiscoverySource {
     /// Makes the file's content this source's part of the mesh: the store diffs it
     /// against the previous content and applies only what changed.
     @discardableResult
-    private func publish(_ snapshot: MeshSnapshot) -> MeshSnapshot {
+    private func publish(_ content: MeshContent) -> MeshSnapshot {
         let origin = context.mesh.origin(named: context.pluginID)
-        let (published, changes) = context.mesh.replace(with: MeshContent(snapshot), from: origin)
+        let (published, changes) = context.mesh.replace(with: content, from: origin)
         state.withLockedValue {
             $0.status.published += 1
             $0.status.lastChanges = changes

@@ -72,6 +72,20 @@ public enum LocalMeshFile {
     /// it is what a writer that truncated the file leaves, and taking it at its word would
     /// drop every workload. A mesh with nothing in it is written `{}`.
     public static func parse(yaml: String, file: String) throws(ConfigErrors) -> MeshSnapshot {
+        let parsed = try resources(yaml: yaml, file: file)
+        return MeshSnapshot(workloads: parsed.workloads, services: parsed.services, policies: parsed.policies)
+    }
+
+    /// ``parse(yaml:file:)`` as a discovery source's content, without building a
+    /// snapshot's indexes the store would rebuild anyway.
+    public static func parseContent(yaml: String, file: String) throws(ConfigErrors) -> MeshContent {
+        let parsed = try resources(yaml: yaml, file: file)
+        return MeshContent(workloads: parsed.workloads, services: parsed.services, policies: parsed.policies)
+    }
+
+    private static func resources(
+        yaml: String, file: String
+    ) throws(ConfigErrors) -> (workloads: [Workload], services: [Service], policies: [AuthorizationPolicy]) {
         let root = try ConfigNode.parse(yaml: yaml, file: file)
         guard root.value != nil else {
             throw ConfigErrors([
@@ -116,7 +130,7 @@ public enum LocalMeshFile {
             }
         }
         if !errors.isEmpty { throw ConfigErrors(errors) }
-        return MeshSnapshot(workloads: workloads, services: services, policies: policies)
+        return (workloads, services, policies)
     }
 
     /// Reads and parses the file at `path`; errors name `path`.
