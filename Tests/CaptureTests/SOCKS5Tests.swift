@@ -31,8 +31,9 @@ private final class RawConnection: Sendable {
 
     func receiveUntilClosed() async throws -> [UInt8] { try await offload { try self.socket.receiveToEnd() } }
 
-    /// Leaves: closes the socket at once.
-    func close() { socket.closeNow() }
+    /// Leaves: closes the socket at once, abortively (RST). A handler holding reads while
+    /// it connects sees a reset at once; a plain FIN only when it reads again.
+    func close() { socket.closeNow(reset: true) }
 }
 
 // MARK: - Echo upstream and a minimal relay

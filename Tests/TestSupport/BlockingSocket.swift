@@ -46,9 +46,14 @@ public final class BlockingSocket: @unchecked Sendable {
     deinit { if fd >= 0 { close(fd) } }
 
     /// Closes the socket now, rather than when the last reference goes (which a closure
-    /// still held by a thread pool can delay). Call it once no other call is running.
-    public func closeNow() {
+    /// still held by a thread pool can delay); with `reset`, abortively (RST, SO_LINGER 0).
+    /// Call it once no other call is running.
+    public func closeNow(reset: Bool = false) {
         if fd >= 0 {
+            if reset {
+                var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+            }
             close(fd)
             fd = -1
         }
