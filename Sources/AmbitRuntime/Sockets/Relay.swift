@@ -242,9 +242,10 @@ struct LoopOwned<Value>: @unchecked Sendable {
 /// One end of a relay: the last handler of its channel's pipeline.
 ///
 /// It forwards what its channel reads to its peer (the handler on the other channel) and
-/// writes what the peer forwards. All state is touched on its own channel's event loop
-/// only; the peer is called directly when it shares the loop and through
-/// `EventLoop.execute` otherwise, with one batch per read cycle.
+/// writes what the peer forwards. What to do on each event is ``RelayState``'s decision;
+/// the handler carries the bytes and signals and performs the actions. All state is touched
+/// on its own channel's event loop only; the peer is called directly when it shares the
+/// loop and through `EventLoop.execute` otherwise, with one batch per read cycle.
 ///
 /// Flow control is a credit: the peer sends `resumeReading` when its channel can take more
 /// (after flushing a batch while writable, or when it becomes writable again), and only then
@@ -253,25 +254,11 @@ struct LoopOwned<Value>: @unchecked Sendable {
 final class RelayHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+    typealias Signal = RelayState.Signal
 
-    /// What one handler tells the other.
-    enum Signal: Sendable {
-        /// Bytes the sender's channel read: write them (flush comes with `readComplete`).
-        case data(ByteBuffer)
-        /// The sender's read cycle ended: flush, then grant a credit if still writable.
-        case readComplete
-        /// The sender's channel can take more: read once.
-        case resumeReading
-        /// The sender's channel got EOF: shut our output once the queue is written.
-        case inputClosed
-        /// The sender's channel is closed. Abortive: close now, dropping what is queued.
-        case closed(abortive: Bool)
-    }
-
-    private let side: RelayError.Side
+    private var state: RelayState
     private let counters: ByteCounters
     private let outcome: RelayOutcome
-    private var initialData: ByteBuffer?
 
     private var peer: RelayHandler?
     private var peerLoop: (any EventLoop)?
@@ -280,27 +267,11 @@ final class RelayHandler: ChannelInboundHandler {
     private var outbox: [Signal] = []
 
     private var context: ChannelHandlerContext?
-    /// Added and active: from here on signals are acted on instead of queued.
-    private var started = false
-    /// Signals that arrived before the channel was ready, in order.
-    private var waiting: [Signal] = []
-
-    private var inputClosed = false
-    private var outputShutdownStarted = false
-    private var outputClosed = false
-    private var closeRequested = false
-    private var sawError = false
-    private var channelClosed = false
-    private var peerAwaitsWritability = false
-    private var peerInputClosed = false
-    private var peerClosed = false
-    private var peerCloseAbortive = false
 
     init(side: RelayError.Side, counters: ByteCounters, outcome: RelayOutcome, initialData: ByteBuffer?) {
-        self.side = side
+        self.state = RelayState(side: side, initialData: initialData)
         self.counters = counters
         self.outcome = outcome
-        self.initialData = initialData
     }
 
     /// Links the two handlers; called once, before either is installed.
@@ -316,17 +287,15 @@ final class RelayHandler: ChannelInboundHandler {
         self.context = context
         // channelInactive is not replayed for a channel that closed before we were added.
         context.channel.closeFuture.assumeIsolated().whenComplete { _ in self.channelDidClose() }
-        if peerClosed && peerCloseAbortive {
-            requestClose(context)
-        } else if context.channel.isActive {
-            start(context)
+        switch state.handlerAdded(channelIsActive: context.channel.isActive) {
+        case .start: start(context)
+        case .close: perform(.close, context)
+        case .wait: break
         }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        // Removed from a live channel, this end can no longer move bytes: end the relay
-        // rather than leave the peer waiting for credit forever.
-        if !channelClosed && context.channel.isActive { requestClose(context) }
+        perform(state.handlerRemoved(channelIsActive: context.channel.isActive), context)
         self.context = nil
     }
 
@@ -344,26 +313,28 @@ final class RelayHandler: ChannelInboundHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if peerAwaitsWritability && context.channel.isWritable {
-            peerAwaitsWritability = false
-            send(.resumeReading)
-        }
+        perform(state.writabilityChanged(isWritable: context.channel.isWritable), context)
         context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, event == .inputClosed, !inputClosed {
-            inputClosed = true
-            send(.inputClosed)
-            if outputClosed { requestClose(context) }
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            switch state.channelInputClosed() {
+            case .ignore:
+                break
+            case .tellPeer:
+                send(.inputClosed)
+            case .tellPeerAndClose:
+                send(.inputClosed)
+                perform(.close, context)
+            }
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        sawError = true
-        outcome.fail(RelayError(code: .channelError, side: side, underlying: error))
-        requestClose(context)
+        outcome.fail(state.errorCaught(error))
+        perform(.close, context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -373,9 +344,7 @@ final class RelayHandler: ChannelInboundHandler {
 
     /// Installation failed: the channel cannot carry its half of the relay, so end both.
     func abandon(channel: any Channel, error: any Error) {
-        sawError = true
-        outcome.fail(RelayError(code: .setupFailed, side: side, underlying: error))
-        closeRequested = true
+        outcome.fail(state.abandon(error))
         channel.close(promise: nil)
         channelDidClose()
     }
@@ -384,73 +353,76 @@ final class RelayHandler: ChannelInboundHandler {
 
     /// Acts on a signal from the peer; always called on this handler's event loop.
     func receive(_ signal: Signal) {
-        if case .closed(let abortive) = signal {
-            peerDidClose(abortive: abortive)
-            return
+        if case .closed = signal {
+            peer = nil
+            outbox = []
         }
-        guard started, let context else {
-            if !channelClosed { waiting.append(signal) }
-            return
-        }
-        handle(signal, context: context)
-    }
-
-    private func handle(_ signal: Signal, context: ChannelHandlerContext) {
-        switch signal {
-        case .data(let buffer):
-            guard !outputShutdownStarted, !channelClosed else { return }
-            count(buffer.readableBytes)
-            context.write(wrapOutboundOut(buffer), promise: nil)
-        case .readComplete:
-            context.flush()
-            offerCredit(context)
-        case .resumeReading:
-            if !inputClosed && !channelClosed { context.read() }
-        case .inputClosed:
-            peerInputClosed = true
-            shutdownOutput(context)
-        case .closed(let abortive):
-            peerDidClose(abortive: abortive)
-        }
+        let action = state.peerSignal(signal)
+        guard let context else { return }
+        perform(action, context)
     }
 
     // MARK: Internals
 
     private func start(_ context: ChannelHandlerContext) {
-        guard !started, !channelClosed else { return }
-        started = true
-        if let data = initialData {
-            initialData = nil
-            if data.readableBytes > 0 {
-                count(data.readableBytes)
-                context.write(wrapOutboundOut(data), promise: nil)
-            }
-        }
-        let queued = waiting
-        waiting = []
-        for signal in queued { handle(signal, context: context) }
+        guard let start = state.start() else { return }
+        if let data = start.initialData { perform(.write(data), context) }
+        for signal in start.queued { perform(state.peerSignal(signal), context) }
         context.flush()
-        if peerClosed {
-            finishAfterPeerClose(context)
-        } else {
-            offerCredit(context)
-        }
+        perform(state.startFlushed(isWritable: context.channel.isWritable), context)
     }
 
-    private func count(_ bytes: Int) {
-        switch side {
-        case .upstream: counters.addSent(bytes)
-        case .downstream: counters.addReceived(bytes)
-        }
-    }
-
-    /// Lets the peer read once more if our channel can take it, else as soon as it can.
-    private func offerCredit(_ context: ChannelHandlerContext) {
-        guard !peerInputClosed, !peerClosed, !channelClosed else { return }
-        if context.channel.isWritable {
+    private func perform(_ action: RelayState.Action, _ context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .write(let buffer):
+            switch state.side {
+            case .upstream: counters.addSent(buffer.readableBytes)
+            case .downstream: counters.addReceived(buffer.readableBytes)
+            }
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        case .flushAndOfferCredit:
+            context.flush()
+            perform(state.offerCredit(isWritable: context.channel.isWritable), context)
+        case .read:
+            context.read()
+        case .grantCredit:
             send(.resumeReading)
-        } else {
-            peerAwaitsWritability = true
+        case .drain(let end):
+            // An empty write completes after all writes before it.
+            let drained = context.eventLoop.makePromise(of: Void.self)
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: drained)
+            drained.futureResult.assumeIsolated().whenComplete { _ in
+                self.perform(self.state.outputDrained(end), context)
+            }
+        case .shutOutput(let end):
+            let shut = context.eventLoop.makePromise(of: Void.self)
+            context.close(mode: .output, promise: shut)
+            shut.futureResult.assumeIsolated().whenComplete { result in
+                let succeeded = if case .success = result { true } else { false }
+                self.perform(self.state.outputShut(end, succeeded: succeeded), context)
+            }
+        case .close:
+            close(context)
+        case .abort:
+            // The peer failed (reset, error, unexpected close): end our channel the same way,
+            // so its other end cannot take the truncated transfer for a complete one. A socket
+            // is reset (SO_LINGER 0: RST instead of FIN); a multiplexed stream resets itself
+            // on a plain close.
+            Relay.resetOnClose(context.channel)
+            close(context)
+        }
+    }
+
+    private func close(_ context: ChannelHandlerContext) {
+        // Closed on the next tick, not from inside whatever event led here: a partner that
+        // closes synchronously (an HTTP/2 stream ending) can bring us here from within
+        // NIO's EOF handling (`channelReadComplete` before its own input close), and a full
+        // close at that point trips NIO's registration assertion when NIO then shuts the
+        // input of the already closed socket.
+        context.eventLoop.assumeIsolated().execute {
+            context.close(promise: nil)
         }
     }
 
@@ -470,111 +442,11 @@ final class RelayHandler: ChannelInboundHandler {
         }
     }
 
-    /// Forwards the peer's EOF: once everything queued is written, shut our output.
-    private func shutdownOutput(_ context: ChannelHandlerContext) {
-        guard !outputShutdownStarted, !channelClosed else { return }
-        outputShutdownStarted = true
-        // A full close (which NIO escalates to when our input is already shut) drops queued
-        // writes, so wait for the queue to drain first: an empty write completes after all
-        // writes before it.
-        let drained = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: drained)
-        drained.futureResult.assumeIsolated().whenComplete { _ in
-            if self.inputClosed { self.closeRequested = true }
-            let shut = context.eventLoop.makePromise(of: Void.self)
-            context.close(mode: .output, promise: shut)
-            shut.futureResult.assumeIsolated().whenComplete { result in
-                switch result {
-                case .success:
-                    self.outputClosed = true
-                    if self.inputClosed { self.requestClose(context) }
-                case .failure:
-                    // Half-close unsupported (or the channel is gone): a full close is the
-                    // only way left to pass the EOF on.
-                    self.requestClose(context)
-                }
-            }
-        }
-    }
-
-    private func peerDidClose(abortive: Bool) {
-        guard !peerClosed else { return }
-        peerClosed = true
-        peerCloseAbortive = abortive
-        peer = nil
-        outbox = []
-        guard let context, !channelClosed else { return }
-        if abortive {
-            abort(context)
-        } else if started {
-            finishAfterPeerClose(context)
-        }
-        // Not started yet: `start` finishes once the channel is active.
-    }
-
-    /// Nothing can be forwarded to the closed peer any more: deliver what is queued for our
-    /// channel (unless the peer failed), then close it.
-    private func finishAfterPeerClose(_ context: ChannelHandlerContext) {
-        if peerCloseAbortive {
-            abort(context)
-            return
-        }
-        let drained = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: drained)
-        drained.futureResult.assumeIsolated().whenComplete { _ in
-            // A clean close of the peer ends its data: pass that on as a half-close before
-            // closing. On a socket the close sends the FIN anyway; on a multiplexed stream
-            // (HTTP/2) a bare close is a reset, which would turn a clean end into an abort.
-            // NIO closes a socket whose output was shut when EOF arrives without reporting
-            // the input close, so this is the only notice the relay gets of that end.
-            guard !self.outputShutdownStarted else {
-                self.requestClose(context)
-                return
-            }
-            self.outputShutdownStarted = true
-            // A close follows in any case, and NIO turns the half-close into one when the
-            // input is already shut.
-            self.closeRequested = true
-            let shut = context.eventLoop.makePromise(of: Void.self)
-            context.close(mode: .output, promise: shut)
-            shut.futureResult.assumeIsolated().whenComplete { _ in self.requestClose(context) }
-        }
-    }
-
-    /// The peer failed (reset, error, unexpected close): end our channel the same way, so
-    /// its other end cannot take the truncated transfer for a complete one. A socket is
-    /// reset (SO_LINGER 0: RST instead of FIN); a multiplexed stream resets itself on a
-    /// plain close.
-    private func abort(_ context: ChannelHandlerContext) {
-        Relay.resetOnClose(context.channel)
-        requestClose(context)
-    }
-
-    private func requestClose(_ context: ChannelHandlerContext) {
-        closeRequested = true
-        // Closed on the next tick, not from inside whatever event led here: a partner that
-        // closes synchronously (an HTTP/2 stream ending) can bring us here from within
-        // NIO's EOF handling (`channelReadComplete` before its own input close), and a full
-        // close at that point trips NIO's registration assertion when NIO then shuts the
-        // input of the already closed socket.
-        context.eventLoop.assumeIsolated().execute {
-            context.close(promise: nil)
-        }
-    }
-
     private func channelDidClose() {
-        guard !channelClosed else { return }
-        channelClosed = true
-        let expected = closeRequested || outputClosed || outcome.isForced
-        if !expected && !sawError {
-            outcome.fail(RelayError(code: .closedUnexpectedly, side: side))
-        }
-        // A forced close (``ConnectionRecord/close()``) is an abort for the peer too: its end
-        // must not pass a half-close on (a FIN or END_STREAM) before it closes.
-        send(.closed(abortive: sawError || !expected || outcome.isForced))
+        guard let closed = state.channelClosed(forced: outcome.isForced) else { return }
+        if let failure = closed.failure { outcome.fail(failure) }
+        send(.closed(abortive: closed.abortive))
         peer = nil
-        waiting = []
         outbox = []
-        initialData = nil
     }
 }
