@@ -274,6 +274,7 @@ let package = Package(
             dependencies: [
                 "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: strictSettings
         ),
@@ -284,7 +285,10 @@ let package = Package(
         ),
         .testTarget(
             name: "CaptureTests",
-            dependencies: ["Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "Capture", "LocalConfig", "TestSupport"],
+            dependencies: [
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "Capture", "LocalConfig", "TestSupport",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(
