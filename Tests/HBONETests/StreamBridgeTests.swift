@@ -229,7 +229,11 @@ final class EmbeddedHBONE: @unchecked Sendable {
     var serverFrames: [Frame] { frames }
     var serverFrameCount: Int { frames.count }
 
-    init(clientStreamWindow: Int = 65_535, echo: Bool = true) throws {
+    /// `behind`: what stands behind each server stream instead of the echo (or, with `echo`
+    /// false, the recorder), e.g. the kernel's relay.
+    init(
+        clientStreamWindow: Int = 65_535, echo: Bool = true, behind: (@Sendable (any Channel) -> Void)? = nil
+    ) throws {
         server = EmbeddedChannel(loop: loop)
         client = EmbeddedChannel(loop: loop)
         let logger = {
@@ -247,7 +251,9 @@ final class EmbeddedHBONE: @unchecked Sendable {
                     bridge.sendHeaders(HPACKHeaders([(":status", "200")]), endStream: false)
                     bridge.open()
                     let id = try! channel.syncOptions!.getOption(HTTP2StreamChannelOptions.streamID)
-                    if echo {
+                    if let behind {
+                        behind(channel)
+                    } else if echo {
                         let handler = StreamEcho()
                         try! channel.pipeline.syncOperations.addHandler(handler)
                         self.serverSide[id]?.echo = handler
