@@ -218,11 +218,11 @@ struct RelayStateTests {
         #expect(state.outputDrained(.peerClosed) == .close, "no second half-close")
     }
 
-    @Test("the peer failed before we were added: close without starting")
+    @Test("the peer failed before we were added: abort without starting, as after the start")
     func peerAbortedBeforeAdded() {
         var state = RelayState(side: .downstream, initialData: Self.bytes("never sent"))
         #expect(state.peerSignal(.closed(abortive: true)) == .none)
-        #expect(state.handlerAdded(channelIsActive: true) == .close)
+        #expect(state.handlerAdded(channelIsActive: true) == .abort, "a reset, not a FIN that passes for an empty answer")
         #expect(state.channelClosed(forced: false)?.failure == nil)
     }
 

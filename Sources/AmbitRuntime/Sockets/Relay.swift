@@ -289,7 +289,7 @@ final class RelayHandler: ChannelInboundHandler {
         context.channel.closeFuture.assumeIsolated().whenComplete { _ in self.channelDidClose() }
         switch state.handlerAdded(channelIsActive: context.channel.isActive) {
         case .start: start(context)
-        case .close: perform(.close, context)
+        case .abort: perform(.abort, context)
         case .wait: break
         }
     }

@@ -65,8 +65,8 @@ struct RelayState {
     enum Added: Equatable {
         /// The channel is active: ``start()`` now.
         case start
-        /// The peer already failed: close without starting.
-        case close
+        /// The peer already failed: abort without starting, as a started end would.
+        case abort
         /// Start on `channelActive`.
         case wait
     }
@@ -143,7 +143,7 @@ struct RelayState {
         isAdded = true
         if peerClosed && peerCloseAbortive {
             closeRequested = true
-            return .close
+            return .abort
         }
         return channelIsActive ? .start : .wait
     }
