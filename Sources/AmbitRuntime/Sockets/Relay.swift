@@ -218,8 +218,14 @@ final class RelayOutcome: Sendable {
     }
 
     func fail(_ error: RelayError) {
-        record.recordFailure(error.description)
-        state.withLockedValue { if $0.error == nil { $0.error = error } }
+        // The record's failure is the relay's first, the one its future fails with: two
+        // handlers on different loops may fail at once.
+        let first = state.withLockedValue { state in
+            guard state.error == nil else { return false }
+            state.error = error
+            return true
+        }
+        if first { record.recordFailure(error.description) }
     }
 
     func markForced() {
