@@ -125,17 +125,17 @@ public final class InboundPath: Sendable {
         return .success(record)
     }
 
-    /// Dials the record's destination (the local workload) from `eventLoop`, inside
-    /// `namespace` when given (the destination pod's, under in-pod capture), within
+    /// Dials the record's destination (the local workload) from `eventLoop`, placed as
+    /// `placement` says (inside the destination pod's namespace, under in-pod capture), within
     /// `timeout` when given (else the dialer's). Fails with an
     /// ``ConnectionRefusal`` of code ``ConnectionRefusal/Code/connectFailed``.
     public func connect(
-        _ record: ConnectionRecord, on eventLoop: any EventLoop, in namespace: (any NetworkNamespaceHandle)? = nil,
+        _ record: ConnectionRecord, on eventLoop: any EventLoop, in placement: SocketPlacement = .node,
         timeout: TimeAmount? = nil
     ) -> EventLoopFuture<any Channel> {
         let logger = self.logger
         let sinks = context.providers(of: (any TelemetrySink).self)
-        var dialer = self.dialer.placed(in: namespace)
+        var dialer = self.dialer.placed(placement)
         if let timeout { dialer.options.connectTimeout = timeout }
         return dialer.connect(to: record.destination, on: eventLoop).flatMapErrorThrowing { error in
             logger.info(

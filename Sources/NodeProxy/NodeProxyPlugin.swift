@@ -79,7 +79,7 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
             case .failure(let refusal):
                 responder.refuse(refusal)
             case .success(let record):
-                inbound.connect(record, on: loop, in: request.connection.namespace, timeout: request.connectTimeout)
+                inbound.connect(record, on: loop, in: request.connection.placement, timeout: request.connectTimeout)
                     .assumeIsolated().whenComplete { outcome in
                         switch outcome {
                         case .failure(let error):

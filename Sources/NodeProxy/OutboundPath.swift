@@ -83,7 +83,7 @@ public final class OutboundPath: Sendable {
         return resolve(destination, mesh: mesh, network: source.network, on: eventLoop).flatMap { destination in
             self.route(
                 OutboundRequest(source: source, sourceAddress: client, destination: destination),
-                mesh: mesh, downstream: downstream, namespace: nil)
+                mesh: mesh, downstream: downstream, placement: .node)
         }
     }
 
@@ -92,14 +92,14 @@ public final class OutboundPath: Sendable {
     /// destination. Upstream sockets (a plain connection or the tunnel's) are made inside
     /// the pod's namespace too.
     public func connectCaptured(
-        from downstream: any Channel, source: Workload, destination: SocketAddr, namespace: any NetworkNamespaceHandle
+        from downstream: any Channel, source: Workload, destination: SocketAddr, placement: SocketPlacement
     ) -> EventLoopFuture<OutboundConnection> {
         guard let client = SocketAddr(downstream.remoteAddress) else {
             return downstream.eventLoop.makeFailedFuture(ConnectionRefusal(.sourceUnknown, "client address unknown"))
         }
         return route(
             OutboundRequest(source: source, sourceAddress: client, destination: destination),
-            mesh: context.mesh.snapshot, downstream: downstream, namespace: namespace)
+            mesh: context.mesh.snapshot, downstream: downstream, placement: placement)
     }
 
     /// Domain names resolve through the mesh's service hostnames first (a service VIP on
@@ -128,7 +128,7 @@ public final class OutboundPath: Sendable {
 
     private func route(
         _ request: OutboundRequest, mesh: MeshSnapshot, downstream: any Channel,
-        namespace: (any NetworkNamespaceHandle)?
+        placement: SocketPlacement
     ) -> EventLoopFuture<OutboundConnection> {
         let eventLoop = downstream.eventLoop
         let decision = Forwarding.decide(request, in: mesh)
@@ -159,7 +159,7 @@ public final class OutboundPath: Sendable {
             let tunnelRequest = TunnelRequest(
                 source: source, sourceAddress: sourceAddress, gateway: target.gateway,
                 authority: target.authority, expectedIdentities: target.expectedIdentities,
-                destination: target.destinationWorkload, namespace: namespace)
+                destination: target.destinationWorkload, placement: placement)
             let record = ConnectionRecord(
                 direction: .outbound, source: sourceAddress, destination: request.destination,
                 sourceWorkload: source, destinationWorkload: target.destinationWorkload,
@@ -176,24 +176,24 @@ public final class OutboundPath: Sendable {
         case .plaintext(let destination, let workload, let service):
             return dial(
                 destination, downstream: downstream, request: request, destinationWorkload: workload,
-                service: service, route: "direct", namespace: namespace)
+                service: service, route: "direct", placement: placement)
 
         case .passthrough(let destination):
             return dial(
                 destination, downstream: downstream, request: request, destinationWorkload: nil,
-                service: nil, route: "passthrough", namespace: namespace)
+                service: nil, route: "passthrough", placement: placement)
         }
     }
 
     private func dial(
         _ destination: SocketAddr, downstream: any Channel, request: OutboundRequest,
-        destinationWorkload: Workload?, service: Service?, route: String, namespace: (any NetworkNamespaceHandle)?
+        destinationWorkload: Workload?, service: Service?, route: String, placement: SocketPlacement
     ) -> EventLoopFuture<OutboundConnection> {
         let record = ConnectionRecord(
             direction: .outbound, source: request.sourceAddress ?? destination, destination: request.destination,
             sourceWorkload: request.source, destinationWorkload: destinationWorkload, destinationService: service,
             route: route)
-        return dialer.placed(in: namespace).connect(to: destination, on: downstream.eventLoop).flatMapErrorThrowing { error in
+        return dialer.placed(placement).connect(to: destination, on: downstream.eventLoop).flatMapErrorThrowing { error in
             self.logger.info(
                 "upstream connect failed",
                 metadata: ["destination": "\(destination)", "error": "\(error)"])

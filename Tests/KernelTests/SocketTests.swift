@@ -200,7 +200,7 @@ struct SocketTests {
             #expect(outside?.code == .connectionRefused)
 
             // A dialer placed in the namespace reaches it; both ends carry the namespace's mark.
-            let client = try await TCPDialer().placed(in: namespace).connect(to: listener.localAddress, on: group.next())
+            let client = try await TCPDialer().placed(SocketPlacement(namespace: namespace)).connect(to: listener.localAddress, on: group.next())
                 .get()
             #expect(try await Self.roundTrip("inside", over: client) == "inside")
             #expect(try await SocketOptions.mark(of: client).get() == 0x539)
@@ -209,7 +209,7 @@ struct SocketTests {
 
             // Refusals inside the namespace are classified like any other.
             let refused = await #expect(throws: SocketError.self) {
-                try await TCPDialer().placed(in: namespace).connect(
+                try await TCPDialer().placed(SocketPlacement(namespace: namespace)).connect(
                     to: SocketAddr(ip: loopback, port: 1), on: group.next()
                 ).get()
             }
@@ -245,7 +245,7 @@ struct SocketTests {
             let listener = try await Self.echoListener(
                 ListenerOptions(address: SocketAddr(ip: loopback, port: 0), namespace: byPath), group: group,
                 accepted: accepted)
-            let client = try await TCPDialer().placed(in: adopted).connect(to: listener.localAddress, on: group.next()).get()
+            let client = try await TCPDialer().placed(SocketPlacement(namespace: adopted)).connect(to: listener.localAddress, on: group.next()).get()
             #expect(try await Self.roundTrip("adopted", over: client) == "adopted")
             #expect(try await SocketOptions.mark(of: client).get() == 0x539)
             _ = try await value(of: accepted.futureResult, "accepted connection")

@@ -51,11 +51,14 @@ public struct TCPDialer: Sendable {
         self.options = options
     }
 
-    /// This dialer, connecting from inside `namespace` (nil: unchanged).
-    public func placed(in namespace: (any NetworkNamespaceHandle)?) -> TCPDialer {
-        guard let namespace else { return self }
+    /// This dialer, making its sockets where `placement` says: inside its namespace (if
+    /// any), with its mark unless the dialer has one of its own, transparent if either
+    /// asks for it. ``SocketPlacement/node``: unchanged.
+    public func placed(_ placement: SocketPlacement) -> TCPDialer {
         var copy = self
-        copy.options.namespace = namespace
+        if let namespace = placement.namespace { copy.options.namespace = namespace }
+        if copy.options.mark == nil { copy.options.mark = placement.mark }
+        copy.options.transparent = copy.options.transparent || placement.transparent
         return copy
     }
 

@@ -36,6 +36,14 @@ public struct ListenerOptions: Sendable {
         self.backlog = backlog
         self.namespace = namespace
     }
+
+    /// Options for `address` with the namespace, mark and transparency of `placement`
+    /// (a pod's listener: inside its namespace, marked).
+    public init(address: SocketAddr, placement: SocketPlacement, reusePort: Bool = false, backlog: Int32 = 1024) {
+        self.init(
+            address: address, reusePort: reusePort, mark: placement.mark, transparent: placement.transparent,
+            backlog: backlog, namespace: placement.namespace)
+    }
 }
 
 /// A bound TCP listener.

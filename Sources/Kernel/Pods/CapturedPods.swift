@@ -1,14 +1,26 @@
 import NIOConcurrencyHelpers
 
-/// The pods this node captures in their own network namespaces (in-pod capture), shared
-/// by the plugins that open listeners inside them.
+/// The pods this node captures in their own network namespaces (in-pod capture): what
+/// the pod sources say, for the servers that listen inside the pods.
 ///
-/// The capture plugin owns the list: it ``add(_:)``s a pod once its namespace is open and
-/// ``remove(uid:)``s it when the pod goes. Every plugin that serves pods inside their
-/// namespaces (capture: 15001 and 15006; hbone: 15008) declares itself with
-/// ``declareServer(_:)`` during provision and reports ``markListening(uid:server:)`` once
-/// its listeners for a pod are up. Readiness has one component per pod, `pod <uid>`,
-/// pending until every declared server is listening for it.
+/// **Pod sources** (the local config's `netns` field and the admin server's `/pods`
+/// today, istio-cni's ZDS next; see ``PodSource``) write through a ``PodFeed`` of their
+/// own, named by origin: they add pods with their namespaces open, remove them, and may
+/// resend everything they have as a snapshot (``PodFeed/beginSnapshot()``, then
+/// ``PodFeed/add(_:)`` or ``PodFeed/keep(uid:)`` for each pod, then
+/// ``PodFeed/endSnapshot()``, which removes what the snapshot did not mention). Two
+/// sources never overwrite each other: each keeps its own entries, and when both have a
+/// pod for one uid the one added most recently is the pod; removing it falls back to the
+/// other.
+///
+/// **In-pod servers** (the capture plugin's 15001 and 15006 listeners, the `hbone`
+/// plugin's 15008) follow ``pods`` or ``updates()``, usually through one
+/// ``PodServerReconciler`` each. Each declares itself with ``declareServer(_:)`` during
+/// provision and reports ``markListening(uid:server:)`` once it serves a pod.
+///
+/// Readiness has one component per pod, `pod <uid>`: pending while a source expects the
+/// pod (``PodFeed/expect(uid:)``) and has not added it yet, and while any declared server
+/// does not serve the pod that is there.
 ///
 /// Thread-safe.
 public final class CapturedPods: Sendable {
@@ -18,20 +30,67 @@ public final class CapturedPods: Sendable {
         public var uid: String
         /// Its network namespace, open.
         public var namespace: any NetworkNamespaceHandle
+        /// `SO_MARK` for the proxy's sockets in the pod; nil: the namespace's own.
+        public var mark: UInt32?
+        /// The source that added it (``PodFeed/origin``); set by the feed.
+        public internal(set) var origin: String = ""
 
         /// Creates a pod entry.
-        public init(uid: String, namespace: any NetworkNamespaceHandle) {
+        public init(uid: String, namespace: any NetworkNamespaceHandle, mark: UInt32? = nil) {
             self.uid = uid
             self.namespace = namespace
+            self.mark = mark
         }
+
+        /// Where the proxy makes its sockets for this pod: inside its namespace, marked.
+        public var placement: SocketPlacement { SocketPlacement(namespace: namespace, mark: mark) }
+    }
+
+    private struct Entry {
+        var pod: Pod
+        /// When it was added, across all origins: the newest entry of a uid is the pod.
+        var sequence: UInt64
     }
 
     private struct State {
-        var pods: [String: Pod] = [:]
+        /// Entries by uid, then origin.
+        var entries: [String: [String: Entry]] = [:]
+        /// Uids a source announced and has not added (or removed) yet, with the origins.
+        var expected: [String: Set<String>] = [:]
+        /// Open snapshots: the uids each origin mentioned since it began one.
+        var snapshots: [String: Set<String>] = [:]
         var servers: Set<String> = []
         var listening: [String: Set<String>] = [:]
         var subscribers: [UInt64: AsyncStream<[String: Pod]>.Continuation] = [:]
         var nextID: UInt64 = 0
+        var nextSequence: UInt64 = 0
+
+        func current(_ uid: String) -> Pod? {
+            entries[uid]?.values.max { $0.sequence < $1.sequence }?.pod
+        }
+
+        var pods: [String: Pod] {
+            var pods: [String: Pod] = [:]
+            pods.reserveCapacity(entries.count)
+            for uid in entries.keys {
+                if let pod = current(uid) { pods[uid] = pod }
+            }
+            return pods
+        }
+
+        /// Whether `uid`'s readiness component is pending.
+        func isPending(_ uid: String) -> Bool {
+            guard current(uid) != nil else { return !(expected[uid] ?? []).isEmpty }
+            return !servers.isSubset(of: listening[uid] ?? [])
+        }
+    }
+
+    /// What one mutation changed, to act on outside the lock.
+    private struct Outcome {
+        var changed = false
+        var readiness: [(uid: String, pending: Bool)] = []
+        var pods: [String: Pod] = [:]
+        var subscribers: [AsyncStream<[String: Pod]>.Continuation] = []
     }
 
     private let state = NIOLockedValueBox(State())
@@ -45,64 +104,60 @@ public final class CapturedPods: Sendable {
     /// The readiness component of one pod.
     public static func readinessComponent(uid: String) -> String { "pod \(uid)" }
 
+    /// The feed a pod source writes through, for `origin` (`config`, `admin`, `zds`, …).
+    /// Feeds of one origin share its entries.
+    public func feed(origin: String) -> PodFeed {
+        PodFeed(origin: origin, registry: self)
+    }
+
     /// Declares `server` as a plugin that opens listeners in every captured pod. Call it
     /// from ``Plugin/provision()``, before pods are added.
     public func declareServer(_ server: String) {
         state.withLockedValue { _ = $0.servers.insert(server) }
     }
 
-    /// Adds (or replaces) a pod; it is pending in readiness until every declared server
-    /// listens in it.
-    public func add(_ pod: Pod) {
-        readiness.expect(Self.readinessComponent(uid: pod.uid))
-        let (pods, subscribers, done) = state.withLockedValue { state in
-            state.pods[pod.uid] = pod
-            state.listening[pod.uid] = []
-            return (state.pods, Array(state.subscribers.values), state.servers.isEmpty)
-        }
-        if done { readiness.markReady(Self.readinessComponent(uid: pod.uid)) }
-        for subscriber in subscribers { subscriber.yield(pods) }
-    }
-
-    /// Removes a pod (it is no longer pending either).
-    public func remove(uid: String) {
-        let (pods, subscribers) = state.withLockedValue { state in
-            state.pods[uid] = nil
-            state.listening[uid] = nil
-            return (state.pods, Array(state.subscribers.values))
-        }
-        readiness.markReady(Self.readinessComponent(uid: uid))
-        for subscriber in subscribers { subscriber.yield(pods) }
-    }
-
-    /// Reports that `server`'s listeners for pod `uid` are up (or that it has none to open
-    /// for this pod). Ignored for pods not in the list.
+    /// Reports that `server` serves pod `uid` (its listeners are up, or it has none to
+    /// open for this pod). Ignored for pods not in the list.
     public func markListening(uid: String, server: String) {
-        let complete = state.withLockedValue { state -> Bool in
-            guard state.pods[uid] != nil else { return false }
+        mutate { state, outcome in
+            guard state.current(uid) != nil else { return }
             state.listening[uid, default: []].insert(server)
-            return state.servers.isSubset(of: state.listening[uid] ?? [])
+            outcome.readiness.append((uid, state.isPending(uid)))
         }
-        if complete { readiness.markReady(Self.readinessComponent(uid: uid)) }
     }
 
-    /// Reports that `server` no longer listens in pod `uid` (it will retry); the pod is
-    /// pending again.
+    /// Reports that `server` no longer serves pod `uid` (it will retry); the pod is pending
+    /// again.
     public func markNotListening(uid: String, server: String) {
-        let known = state.withLockedValue { state -> Bool in
-            guard state.pods[uid] != nil else { return false }
-            state.listening[uid]?.remove(server)
-            return true
+        mutate { state, outcome in
+            guard state.current(uid) != nil, state.listening[uid]?.remove(server) != nil else { return }
+            outcome.readiness.append((uid, state.isPending(uid)))
         }
-        if known { readiness.expect(Self.readinessComponent(uid: uid)) }
     }
 
-    /// The captured pods by uid.
+    /// The captured pods by uid (for each uid, the newest source's entry).
     public var pods: [String: Pod] { state.withLockedValue { $0.pods } }
 
     /// The namespace of the pod of workload `uid`, if it is captured in-pod.
     public func namespace(forWorkload uid: String) -> (any NetworkNamespaceHandle)? {
-        state.withLockedValue { $0.pods[uid]?.namespace }
+        state.withLockedValue { $0.current(uid)?.namespace }
+    }
+
+    /// Whether a source has the pod of workload `uid` or expects to add it: its traffic is
+    /// served inside the pod, not in the proxy's namespace.
+    public func isClaimed(uid: String) -> Bool {
+        state.withLockedValue { $0.current(uid) != nil || !($0.expected[uid] ?? []).isEmpty }
+    }
+
+    /// The uids each origin has, for status pages.
+    public var origins: [String: [String]] {
+        state.withLockedValue { state in
+            var byOrigin: [String: [String]] = [:]
+            for (uid, entries) in state.entries {
+                for origin in entries.keys { byOrigin[origin, default: []].append(uid) }
+            }
+            return byOrigin.mapValues { $0.sorted() }
+        }
     }
 
     /// The pod list now, then after every change (only the newest is kept for a slow
@@ -121,6 +176,172 @@ public final class CapturedPods: Sendable {
         }
         return stream
     }
+
+    // MARK: Writes (through a feed)
+
+    func expect(uid: String, origin: String) {
+        mutate { state, outcome in
+            guard state.expected[uid, default: []].insert(origin).inserted else { return }
+            outcome.readiness.append((uid, state.isPending(uid)))
+        }
+    }
+
+    func add(_ pod: Pod, origin: String) {
+        var pod = pod
+        pod.origin = origin
+        mutate { state, outcome in
+            state.snapshots[origin]?.insert(pod.uid)
+            state.expected[pod.uid]?.remove(origin)
+            if state.expected[pod.uid]?.isEmpty == true { state.expected[pod.uid] = nil }
+            let before = state.current(pod.uid)
+            if let mine = state.entries[pod.uid]?[origin], mine.pod.namespace.isSame(as: pod.namespace),
+                mine.pod.mark == pod.mark
+            {
+                // The same pod again (a resend): nothing changes for its servers.
+                outcome.readiness.append((pod.uid, state.isPending(pod.uid)))
+                return
+            }
+            state.entries[pod.uid, default: [:]][origin] = Entry(pod: pod, sequence: state.nextSequence)
+            state.nextSequence += 1
+            Self.podChanged(pod.uid, from: before, state: &state, outcome: &outcome)
+        }
+    }
+
+    func remove(uid: String, origin: String) {
+        mutate { state, outcome in
+            state.snapshots[origin]?.remove(uid)
+            let wasExpected = state.expected[uid]?.remove(origin) != nil
+            if state.expected[uid]?.isEmpty == true { state.expected[uid] = nil }
+            let before = state.current(uid)
+            let removed = state.entries[uid]?.removeValue(forKey: origin) != nil
+            if state.entries[uid]?.isEmpty == true { state.entries[uid] = nil }
+            if removed {
+                Self.podChanged(uid, from: before, state: &state, outcome: &outcome)
+            } else if wasExpected {
+                outcome.readiness.append((uid, state.isPending(uid)))
+            }
+        }
+    }
+
+    func keep(uid: String, origin: String) -> Bool {
+        state.withLockedValue { state in
+            guard state.entries[uid]?[origin] != nil else { return false }
+            state.snapshots[origin]?.insert(uid)
+            return true
+        }
+    }
+
+    func beginSnapshot(origin: String) {
+        state.withLockedValue { $0.snapshots[origin] = [] }
+    }
+
+    func endSnapshot(origin: String) -> [String] {
+        let stale = state.withLockedValue { state -> [String] in
+            guard let mentioned = state.snapshots.removeValue(forKey: origin) else { return [] }
+            let have = state.entries.compactMap { $0.value[origin] != nil ? $0.key : nil }
+            let announced = state.expected.compactMap { $0.value.contains(origin) ? $0.key : nil }
+            return Set(have + announced).subtracting(mentioned).sorted()
+        }
+        for uid in stale { remove(uid: uid, origin: origin) }
+        return stale
+    }
+
+    func uids(origin: String) -> [String] {
+        state.withLockedValue { state in
+            state.entries.compactMap { $0.value[origin] != nil ? $0.key : nil }.sorted()
+        }
+    }
+
+    /// After an entry of `uid` changed: if the pod (the newest entry) is another one now,
+    /// its servers start over and subscribers hear of it.
+    private static func podChanged(_ uid: String, from before: Pod?, state: inout State, outcome: inout Outcome) {
+        let after = state.current(uid)
+        let same: Bool
+        switch (before, after) {
+        case (nil, nil): same = true
+        case (let old?, let new?): same = old.namespace.isSame(as: new.namespace) && old.mark == new.mark
+        default: same = false
+        }
+        if !same {
+            state.listening[uid] = after == nil ? nil : []
+            outcome.changed = true
+        }
+        outcome.readiness.append((uid, state.isPending(uid)))
+    }
+
+    private func mutate(_ body: (inout State, inout Outcome) -> Void) {
+        let outcome = state.withLockedValue { state -> Outcome in
+            var outcome = Outcome()
+            body(&state, &outcome)
+            if outcome.changed {
+                outcome.pods = state.pods
+                outcome.subscribers = Array(state.subscribers.values)
+            }
+            return outcome
+        }
+        for (uid, pending) in outcome.readiness {
+            let component = Self.readinessComponent(uid: uid)
+            if pending { readiness.expect(component) } else { readiness.markReady(component) }
+        }
+        if outcome.changed {
+            for subscriber in outcome.subscribers { subscriber.yield(outcome.pods) }
+        }
+    }
+}
+
+/// One pod source's handle on the node's ``CapturedPods``: everything written through it
+/// belongs to its ``origin`` and never touches another origin's pods.
+///
+/// Thread-safe.
+public struct PodFeed: Sendable {
+    /// The source's name, shown with each pod it adds (`config`, `admin`, `zds`).
+    public let origin: String
+    private let registry: CapturedPods
+
+    init(origin: String, registry: CapturedPods) {
+        self.origin = origin
+        self.registry = registry
+    }
+
+    /// Announces that the source means to add the pod of workload `uid` (its namespace is
+    /// not open yet): the pod is pending in readiness until added or removed.
+    public func expect(uid: String) {
+        registry.expect(uid: uid, origin: origin)
+    }
+
+    /// Adds the pod, or replaces this origin's entry for its uid. Adding the same
+    /// namespace again changes nothing (the servers keep serving it).
+    public func add(_ pod: CapturedPods.Pod) {
+        registry.add(pod, origin: origin)
+    }
+
+    /// Removes this origin's entry (or announcement) for `uid`.
+    public func remove(uid: String) {
+        registry.remove(uid: uid, origin: origin)
+    }
+
+    /// Starts a snapshot: until ``endSnapshot()``, the feed notes which pods are added or
+    /// kept.
+    public func beginSnapshot() {
+        registry.beginSnapshot(origin: origin)
+    }
+
+    /// Keeps this origin's pod `uid` as it is (ZDS's `KeepWorkload`: the namespace was
+    /// sent before and is not sent again). False when the origin has no such pod.
+    @discardableResult
+    public func keep(uid: String) -> Bool {
+        registry.keep(uid: uid, origin: origin)
+    }
+
+    /// Ends a snapshot: removes this origin's pods and announcements that the snapshot did
+    /// not add or keep, and returns their uids. Without an open snapshot it does nothing.
+    @discardableResult
+    public func endSnapshot() -> [String] {
+        registry.endSnapshot(origin: origin)
+    }
+
+    /// The uids this origin has added and not removed.
+    public var uids: [String] { registry.uids(origin: origin) }
 }
 
 extension PluginContext {

@@ -14,15 +14,15 @@ public struct TunnelRequest: Sendable {
     public var expectedIdentities: [SpiffeID]
     /// The destination workload, when known.
     public var destination: Workload?
-    /// Where the tunnel's socket must be made: the source pod's network namespace under
-    /// in-pod capture (the connection then leaves from the pod, marked so it is not
-    /// recaptured); nil for the proxy's own namespace.
-    public var namespace: (any NetworkNamespaceHandle)?
+    /// Where the tunnel's socket must be made: inside the source pod's network namespace
+    /// under in-pod capture (the connection then leaves from the pod, marked so it is not
+    /// recaptured); ``SocketPlacement/node`` for the proxy's own namespace.
+    public var placement: SocketPlacement
 
     /// Creates a request.
     public init(
         source: Workload, sourceAddress: SocketAddr, gateway: SocketAddr, authority: String,
-        expectedIdentities: [SpiffeID], destination: Workload?, namespace: (any NetworkNamespaceHandle)? = nil
+        expectedIdentities: [SpiffeID], destination: Workload?, placement: SocketPlacement = .node
     ) {
         self.source = source
         self.sourceAddress = sourceAddress
@@ -30,7 +30,7 @@ public struct TunnelRequest: Sendable {
         self.authority = authority
         self.expectedIdentities = expectedIdentities
         self.destination = destination
-        self.namespace = namespace
+        self.placement = placement
     }
 }
 

@@ -9,15 +9,17 @@ public struct AcceptedTunnelConnection: Sendable {
     /// The captured pod whose network namespace the listener is in (in-pod capture), by
     /// workload uid; nil for a listener in the proxy's own namespace.
     public var pod: String?
-    /// That pod's namespace, where the terminator makes its own sockets.
-    public var namespace: (any NetworkNamespaceHandle)?
+    /// Where the terminator makes its own sockets for this connection: inside that pod's
+    /// namespace, with its mark; ``SocketPlacement/node`` for a listener in the proxy's
+    /// own namespace.
+    public var placement: SocketPlacement
 
     /// Creates a description of an accepted connection.
-    public init(local: SocketAddr, remote: SocketAddr, pod: String? = nil, namespace: (any NetworkNamespaceHandle)? = nil) {
+    public init(local: SocketAddr, remote: SocketAddr, pod: String? = nil, placement: SocketPlacement = .node) {
         self.local = local
         self.remote = remote
         self.pod = pod
-        self.namespace = namespace
+        self.placement = placement
     }
 }
 

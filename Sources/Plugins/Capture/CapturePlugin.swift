@@ -166,21 +166,25 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
             context.readiness.markReady(inboundComponent)
             context.logger.info("inbound plaintext listening", metadata: ["address": "\(listener.localAddress)"])
         }
-        let podLoop = inPod.map { inPod in Task { await inPod.run() } }
-        try? await gracefulShutdown()
-        podLoop?.cancel()
-        inPod?.stop()
+        if let inPod {
+            // The pod sources and listeners live until graceful shutdown (a child task).
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await inPod.run() }
+                try? await gracefulShutdown()
+                group.cancelAll()
+            }
+        } else {
+            try? await gracefulShutdown()
+        }
         await stopListening()
     }
 
     public func drain() async {
         await stopListening()
-        inPod?.stop()
         await inPod?.closeAll()
     }
 
     public func cleanup() async {
-        inPod?.stop()
         await inPod?.closeAll()
         await stopListening()
     }

@@ -62,248 +62,116 @@ public struct InPodConfig: Decodable, Sendable {
     }
 }
 
-/// In-pod capture: for every local workload whose pod network namespace the node knows
-/// (`netns` in the local config, or added through the admin server's `/pods`), install the
-/// redirect rules inside the namespace and open the outbound (15001) and plaintext inbound
-/// (15006) listeners there, and register the pod with the kernel's ``CapturedPods`` so the
-/// `hbone` plugin opens 15008 there too.
+/// In-pod capture: the pods to capture come from pod sources (the `netns` of local
+/// workloads in the mesh, origin `config`; pods added through the admin server's `/pods`,
+/// origin `admin`), which open each pod's network namespace and write it into the node's
+/// ``CapturedPods``. The in-pod listeners (``InPodListeners``: the redirect rules, 15001
+/// and 15006) follow that registry through a ``PodServerReconciler``, as the `hbone`
+/// plugin's 15008 does through its own.
 ///
-/// Pods are reconciled on every mesh update, every admin change and every
-/// ``InPodConfig/recheckInterval``: a namespace that disappeared is released (its
-/// listeners closed; open connections keep running until they end), a pod that failed is
-/// retried. Nothing is done to namespaces not listed.
+/// The sources recheck every ``InPodConfig/recheckInterval``: a namespace that
+/// disappeared is released (its listeners closed; open connections keep running until
+/// they end), one that failed to open is retried. Nothing is done to namespaces not
+/// listed.
 ///
 /// Thread-safe.
 final class InPodCapture: Sendable {
+    static let serverName = "capture"
+
+    private let config: InPodConfig
+    private let context: PluginContext
+    private let admin = NIOLockedValueBox<[String: AdminPod]>([:])
+    /// The mesh's `netns` pods.
+    let configSource: PathPodSource
+    /// Pods added through `/pods`.
+    let adminSource: PathPodSource
+    private let configFeed: PodFeed
+    private let adminFeed: PodFeed
+    private let listeners: PodServerReconciler<InPodListeners>
+    private let stopped = NIOLockedValueBox(false)
+
     /// One pod added through the admin server.
     struct AdminPod: Sendable {
         var netns: String
         var identity: SpiffeID?
     }
 
-    /// A pod whose namespace is open and listeners bound.
-    struct ActivePod: Sendable {
-        var netns: String
-        var namespace: NetworkNamespace
-        var listeners: [TCPListener]
-        var rulesInstalled: Bool
-    }
-
-    private struct State {
-        var admin: [String: AdminPod] = [:]
-        var active: [String: ActivePod] = [:]
-        /// Why a wanted pod is not active (the last failure), by uid.
-        var failures: [String: String] = [:]
-        /// Pods whose namespace disappeared while captured, with the path: not retried (nor
-        /// pending) until that path names a namespace again.
-        var gone: [String: String] = [:]
-        var kick: AsyncStream<Void>.Continuation?
-    }
-
-    static let serverName = "capture"
-
-    private let config: InPodConfig
-    private let context: PluginContext
-    private let outbound: OutboundPath
-    private let inbound: InboundPlaintext
-    private let rules: InPodRules
-    private let state = NIOLockedValueBox(State())
-    private let serial = SerialExecutor()
-
     init(config: InPodConfig, context: PluginContext, outbound: OutboundPath, inbound: InboundPlaintext) {
         self.config = config
         self.context = context
-        self.outbound = outbound
-        self.inbound = inbound
-        self.rules = InPodRules(
-            iptables: config.iptables, mark: config.mark, outboundPort: config.outboundPort,
-            inboundPort: config.inboundPort, hbonePort: config.hbonePort)
+        let interval = Duration.nanoseconds(max(config.recheckInterval.timeAmount.nanoseconds, 10_000_000))
+        configSource = PathPodSource(
+            origin: "config", mark: config.mark, recheckInterval: interval, logger: context.logger
+        ) { [context] in
+            var wanted: [String: String] = [:]
+            for workload in context.mesh.snapshot.workloads.values where context.isLocal(workload) {
+                if let netns = workload.netns, !netns.isEmpty { wanted[workload.uid] = context.resolvePath(netns) }
+            }
+            return wanted
+        }
+        let admin = self.admin
+        adminSource = PathPodSource(
+            origin: "admin", mark: config.mark, recheckInterval: interval, logger: context.logger
+        ) {
+            admin.withLockedValue { $0.mapValues(\.netns) }
+        }
+        configFeed = context.pods.feed(origin: "config")
+        adminFeed = context.pods.feed(origin: "admin")
+        listeners = PodServerReconciler(
+            server: InPodListeners(config: config, context: context, outbound: outbound, inbound: inbound),
+            pods: context.pods, retryInterval: interval, logger: context.logger)
     }
 
     private var logger: Logger { context.logger }
 
+    /// Pods the local config declares are pending from the start: readiness must not
+    /// report ready before their listeners are up.
     func provision() {
-        context.pods.declareServer(Self.serverName)
-        // Pods the local config declares are pending from the start: readiness must not
-        // report ready before their listeners are up.
-        for uid in wanted(context.mesh.snapshot).keys {
-            context.readiness.expect(CapturedPods.readinessComponent(uid: uid))
-        }
+        configSource.announce(into: configFeed)
     }
 
-    // MARK: Reconciling
-
-    /// Reconciles until cancelled (graceful shutdown), then releases every pod.
+    /// Runs the sources and the listeners until cancelled (graceful shutdown) or stopped.
     func run() async {
-        let (kicks, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        state.withLockedValue { $0.kick = continuation }
-        let observer = context.mesh.observe { _ in continuation.yield() }
-        let interval = config.recheckInterval.timeAmount
-        let ticker = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(nanoseconds: UInt64(max(interval.nanoseconds, 10_000_000)))
-                continuation.yield()
-            }
+        let observer = context.mesh.observe { [configSource] _ in configSource.kick() }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [configSource, configFeed] in await configSource.run(feeding: configFeed) }
+            group.addTask { [adminSource, adminFeed] in await adminSource.run(feeding: adminFeed) }
+            group.addTask { [listeners] in await listeners.run() }
+            await group.next()
+            group.cancelAll()
         }
-        continuation.yield()
-        for await _ in kicks {
-            if Task.isCancelled { break }
-            await reconcile()
-        }
-        ticker.cancel()
         context.mesh.removeObserver(observer)
     }
 
-    /// Stops the loop (from `drain`/`cleanup`).
-    func stop() {
-        state.withLockedValue { $0.kick?.finish() }
+    /// Stops the sources and closes every pod's listeners (from `drain`/`cleanup`). Rules
+    /// stay: the pods' traffic must not bypass the mesh while the proxy restarts (a
+    /// restarted proxy finds and rebuilds them).
+    func closeAll() async {
+        stopped.withLockedValue { $0 = true }
+        configSource.stop()
+        adminSource.stop()
+        await listeners.shutdown()
     }
 
-    /// Closes every pod's listeners. Rules stay: the pods' traffic must not bypass the
-    /// mesh while the proxy restarts (a restarted proxy finds and rebuilds them).
-    func closeAll() async {
-        await serial.run {
-            for uid in state.withLockedValue({ Array($0.active.keys) }) {
-                await self.release(uid, removeRules: false)
-            }
-        }
+    /// One pass of both sources and the listeners, in that order.
+    func reconcile() async {
+        guard !stopped.withLockedValue({ $0 }) else { return }
+        await configSource.reconcile(feeding: configFeed)
+        await adminSource.reconcile(feeding: adminFeed)
+        await listeners.reconcileNow()
     }
 
     /// The pods wanted now: local workloads with a `netns`, plus those added through the
-    /// admin server.
-    private func wanted(_ snapshot: MeshSnapshot) -> [String: String] {
-        var wanted: [String: String] = [:]
-        for workload in snapshot.workloads.values where context.isLocal(workload) {
-            if let netns = workload.netns, !netns.isEmpty { wanted[workload.uid] = context.resolvePath(netns) }
-        }
-        for (uid, pod) in state.withLockedValue({ $0.admin }) { wanted[uid] = pod.netns }
-        return wanted
-    }
-
-
-    /// One pass: release pods that went away, set up pods that are wanted and not active.
-    func reconcile() async {
-        await serial.run { await self.reconcileOnce() }
-    }
-
-    private func reconcileOnce() async {
-        let wanted = wanted(context.mesh.snapshot)
-        let active = state.withLockedValue { $0.active }
-
-        for (uid, pod) in active where !pod.namespace.isStillMounted {
-            logger.notice(
-                "pod network namespace disappeared; releasing the pod",
-                metadata: ["pod": "\(uid)", "netns": "\(pod.netns)"])
-            await release(uid, removeRules: false)
-            state.withLockedValue { $0.gone[uid] = pod.netns }
-        }
-        for (uid, pod) in state.withLockedValue({ $0.active }) where wanted[uid] != pod.netns {
-            logger.info("pod no longer captured; removing its rules and listeners", metadata: ["pod": "\(uid)"])
-            await release(uid, removeRules: true)
-        }
-        // No longer wanted: not pending, no failure to report.
-        let stale = state.withLockedValue { state -> [String] in
-            let stale = state.failures.keys.filter { wanted[$0] == nil }
-            for uid in stale { state.failures[uid] = nil }
-            state.gone = state.gone.filter { wanted[$0.key] == $0.value }
-            return stale
-        }
-        for uid in stale { context.readiness.markReady(CapturedPods.readinessComponent(uid: uid)) }
-
-        for (uid, netns) in wanted.sorted(by: { $0.key < $1.key })
-        where state.withLockedValue({ $0.active[uid] == nil }) {
-            if state.withLockedValue({ $0.gone[uid] == netns }) {
-                // Still the old, deleted namespace (or none): wait for a new one.
-                guard let fresh = try? NetworkNamespace(path: netns), fresh.isStillMounted else { continue }
-                fresh.close()
-                state.withLockedValue { $0.gone[uid] = nil }
-            }
-            context.readiness.expect(CapturedPods.readinessComponent(uid: uid))
-            do {
-                try await setUp(uid, netns: netns)
-                state.withLockedValue { $0.failures[uid] = nil }
-            } catch {
-                let message = "\(error)"
-                let repeated = state.withLockedValue { state in
-                    defer { state.failures[uid] = message }
-                    return state.failures[uid] == message
-                }
-                if !repeated {
-                    logger.error(
-                        "cannot capture pod; retrying every \(config.recheckInterval)",
-                        metadata: ["pod": "\(uid)", "netns": "\(netns)", "error": "\(message)"])
-                }
-            }
-        }
-    }
-
-    /// Opens the namespace, installs the rules, binds the listeners, registers the pod.
-    private func setUp(_ uid: String, netns: String) async throws {
-        let namespace = try NetworkNamespace(path: netns, mark: config.mark)
-        var listeners: [TCPListener] = []
-        do {
-            if config.installRules { try await rules.install(in: netns) }
-            let outbound = self.outbound
-            let context = self.context
-            let logger = self.logger
-            listeners.append(
-                try await TCPListener.bind(
-                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.outboundPort), namespace: namespace),
-                    group: context.eventLoopGroup
-                ) { channel in
-                    Self.acceptOutbound(
-                        channel, pod: uid, namespace: namespace, context: context, outbound: outbound, logger: logger)
-                })
-            let inbound = self.inbound
-            listeners.append(
-                try await TCPListener.bind(
-                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.inboundPort), namespace: namespace),
-                    group: context.eventLoopGroup
-                ) { channel in
-                    inbound.accept(channel, pod: (uid, namespace))
-                })
-        } catch {
-            for listener in listeners { await listener.stopAccepting() }
-            namespace.close()
-            throw error
-        }
-        state.withLockedValue {
-            $0.active[uid] = ActivePod(
-                netns: netns, namespace: namespace, listeners: listeners, rulesInstalled: config.installRules)
-        }
-        context.pods.add(CapturedPods.Pod(uid: uid, namespace: namespace))
-        context.pods.markListening(uid: uid, server: Self.serverName)
-        logger.info(
-            "pod captured",
-            metadata: [
-                "pod": "\(uid)", "netns": "\(netns)",
-                "listeners": "\(listeners.map { "\($0.localAddress)" }.joined(separator: ","))",
-                "rules": "\(config.installRules ? "installed" : "left to the operator")",
-            ])
-    }
-
-    /// Closes a pod's listeners (connections already relayed go on), removes its rules if
-    /// asked and the namespace still exists, and unregisters it.
-    private func release(_ uid: String, removeRules: Bool) async {
-        guard let pod = state.withLockedValue({ $0.active.removeValue(forKey: uid) }) else { return }
-        context.pods.remove(uid: uid)
-        for listener in pod.listeners { await listener.stopAccepting() }
-        if removeRules && pod.rulesInstalled && pod.namespace.isStillMounted {
-            do {
-                try await rules.remove(in: pod.netns)
-            } catch {
-                logger.error(
-                    "cannot remove the pod's redirect rules", metadata: ["pod": "\(uid)", "error": "\(error)"])
-            }
-        }
-        pod.namespace.close()
+    /// admin server (which win for a uid in both).
+    private func wanted() -> [String: String] {
+        configSource.wanted().merging(adminSource.wanted()) { _, admin in admin }
     }
 
     // MARK: Connections
 
     /// One connection redirected to the pod's outbound listener.
-    private static func acceptOutbound(
-        _ channel: any Channel, pod uid: String, namespace: NetworkNamespace, context: PluginContext,
+    static func acceptOutbound(
+        _ channel: any Channel, pod uid: String, placement: SocketPlacement, context: PluginContext,
         outbound: OutboundPath, logger: Logger
     ) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
@@ -330,7 +198,7 @@ final class InPodCapture: Sendable {
                 return eventLoop.makeFailedFuture(
                     ConnectionRefusal(.unknownDestination, "workload \(uid) is not in the mesh"))
             }
-            return outbound.connectCaptured(from: channel, source: workload, destination: original, namespace: namespace)
+            return outbound.connectCaptured(from: channel, source: workload, destination: original, placement: placement)
         }.map { connected in
             connected.start(nil)
         }
@@ -374,7 +242,7 @@ final class InPodCapture: Sendable {
                 return HTTPEndpointResponse(
                     .conflict, "workload \(uid) runs on node \(workload.node), not on \(context.nodeName)\n")
             }
-            state.withLockedValue { $0.admin[uid] = AdminPod(netns: netns, identity: identity) }
+            admin.withLockedValue { $0[uid] = AdminPod(netns: netns, identity: identity) }
             await reconcile()
             let status = podStatus(uid)
             return HTTPEndpointResponse(
@@ -384,9 +252,9 @@ final class InPodCapture: Sendable {
             guard let uid = request.query["uid"], !uid.isEmpty else {
                 return HTTPEndpointResponse(.badRequest, "missing uid: DELETE /pods?uid=<workload uid>\n")
             }
-            let removed = state.withLockedValue { $0.admin.removeValue(forKey: uid) != nil }
+            let removed = admin.withLockedValue { $0.removeValue(forKey: uid) != nil }
             guard removed else {
-                if wanted(context.mesh.snapshot)[uid] != nil {
+                if configSource.wanted()[uid] != nil {
                     return HTTPEndpointResponse(
                         .conflict, "pod \(uid) comes from the local config (workload netns); remove it there\n")
                 }
@@ -395,7 +263,7 @@ final class InPodCapture: Sendable {
             await reconcile()
             return HTTPEndpointResponse(.ok, "pod \(uid) released\n")
         default:
-            let wanted = wanted(context.mesh.snapshot)
+            let wanted = wanted()
             let lines = wanted.keys.sorted().map { podStatus($0).json }
             return HTTPEndpointResponse(.ok, "[" + lines.joined(separator: ",\n ") + "]\n", contentType: "application/json")
         }
@@ -407,14 +275,16 @@ final class InPodCapture: Sendable {
     }
 
     private func podStatus(_ uid: String) -> PodStatus {
-        let (active, failure, gone, admin) = state.withLockedValue {
-            ($0.active[uid], $0.failures[uid], $0.gone[uid], $0.admin[uid])
-        }
-        let netns = active?.netns ?? admin?.netns ?? wanted(context.mesh.snapshot)[uid] ?? ""
+        let fromAdmin = admin.withLockedValue { $0[uid] != nil }
+        let source = fromAdmin ? adminSource : configSource
+        let opened = source.status(uid)
+        let served = listeners.serving(uid: uid)
+        let netns = opened.path ?? wanted()[uid] ?? ""
+        let failure = opened.failure ?? (served == nil ? listeners.failure(uid: uid) : nil)
         let state: String
-        if active != nil {
+        if served != nil && opened.path != nil {
             state = "captured"
-        } else if gone != nil {
+        } else if opened.gone {
             state = "gone"
         } else if failure != nil {
             state = "failed"
@@ -423,10 +293,10 @@ final class InPodCapture: Sendable {
         }
         var fields = [
             "\"uid\": \(Self.quote(uid))", "\"netns\": \(Self.quote(netns))",
-            "\"origin\": \(Self.quote(admin != nil ? "admin" : "config"))", "\"state\": \(Self.quote(state))",
+            "\"origin\": \(Self.quote(fromAdmin ? "admin" : "config"))", "\"state\": \(Self.quote(state))",
         ]
-        if let active {
-            fields.append("\"listeners\": [\(active.listeners.map { Self.quote("\($0.localAddress)") }.joined(separator: ", "))]")
+        if let served {
+            fields.append("\"listeners\": [\(served.listeners.map { Self.quote("\($0.localAddress)") }.joined(separator: ", "))]")
         }
         if let failure { fields.append("\"error\": \(Self.quote(failure))") }
         return PodStatus(state: state, json: "{" + fields.joined(separator: ", ") + "}")
@@ -452,31 +322,247 @@ final class InPodCapture: Sendable {
     }
 }
 
-/// Runs async bodies one at a time, in call order.
-final class SerialExecutor: Sendable {
-    private let state = NIOLockedValueBox<(busy: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+// MARK: - Pod sources
 
-    func run<T: Sendable>(_ body: @Sendable () async -> T) async -> T {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let proceed = state.withLockedValue { state -> Bool in
-                if state.busy {
-                    state.waiters.append(continuation)
-                    return false
+/// A pod source whose pods name their network namespaces by path (the mesh's `netns`,
+/// `/pods?netns=`): it opens each namespace, adds the pod, and on every pass releases pods
+/// whose namespace disappeared or whose path changed, and retries those that failed.
+///
+/// A namespace that disappeared while captured is `gone`: not retried (nor pending) until
+/// its path names a namespace again.
+///
+/// Thread-safe.
+final class PathPodSource: PodSource {
+    private struct Opened: Sendable {
+        var path: String
+        var namespace: NetworkNamespace
+    }
+
+    private struct State: Sendable {
+        var opened: [String: Opened] = [:]
+        var failures: [String: String] = [:]
+        var gone: [String: String] = [:]
+        var announced: Set<String> = []
+        var kick: AsyncStream<Void>.Continuation?
+        var stopped = false
+    }
+
+    let origin: String
+    /// The pods wanted now: uid to absolute namespace path.
+    let wanted: @Sendable () -> [String: String]
+    private let mark: UInt32
+    private let recheckInterval: Duration
+    private let logger: Logger
+    private let state = NIOLockedValueBox(State())
+    private let passes = SerialAsyncQueue()
+
+    init(
+        origin: String, mark: UInt32, recheckInterval: Duration, logger: Logger,
+        wanted: @escaping @Sendable () -> [String: String]
+    ) {
+        self.origin = origin
+        self.mark = mark
+        self.recheckInterval = recheckInterval
+        self.logger = logger
+        self.wanted = wanted
+    }
+
+    /// Announces every wanted pod as expected (readiness waits for it).
+    func announce(into feed: PodFeed) {
+        let uids = wanted().keys
+        state.withLockedValue { $0.announced.formUnion(uids) }
+        for uid in uids { feed.expect(uid: uid) }
+    }
+
+    func run(feeding feed: PodFeed) async {
+        let (kicks, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let stopped = state.withLockedValue { state -> Bool in
+            state.kick = continuation
+            return state.stopped
+        }
+        if stopped { return }
+        let interval = recheckInterval
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    continuation.yield()
                 }
-                state.busy = true
-                return true
             }
-            if proceed { continuation.resume() }
-        }
-        let result = await body()
-        let next = state.withLockedValue { state -> CheckedContinuation<Void, Never>? in
-            if state.waiters.isEmpty {
-                state.busy = false
-                return nil
+            continuation.yield()
+            for await _ in kicks {
+                if Task.isCancelled { break }
+                await reconcile(feeding: feed)
             }
-            return state.waiters.removeFirst()
+            group.cancelAll()
         }
-        next?.resume()
-        return result
+    }
+
+    /// Asks for a pass soon (the mesh changed).
+    func kick() {
+        _ = state.withLockedValue { $0.kick?.yield() }
+    }
+
+    /// Ends ``run(feeding:)``; no pass runs after it.
+    func stop() {
+        state.withLockedValue { state in
+            state.stopped = true
+            state.kick?.finish()
+        }
+    }
+
+    /// Where pod `uid` stands in this source: the path of its open namespace, why it
+    /// could not be opened, whether it is gone.
+    func status(_ uid: String) -> (path: String?, failure: String?, gone: Bool) {
+        state.withLockedValue { ($0.opened[uid]?.path, $0.failures[uid], $0.gone[uid] != nil) }
+    }
+
+    /// One pass, after any pass in progress.
+    func reconcile(feeding feed: PodFeed) async {
+        await passes.run { self.pass(feed) }
+    }
+
+    private func pass(_ feed: PodFeed) {
+        guard !state.withLockedValue({ $0.stopped }) else { return }
+        let wanted = wanted()
+        let opened = state.withLockedValue { $0.opened }
+
+        for (uid, pod) in opened.sorted(by: { $0.key < $1.key }) {
+            if !pod.namespace.isStillMounted {
+                logger.notice(
+                    "pod network namespace disappeared; releasing the pod",
+                    metadata: ["pod": "\(uid)", "netns": "\(pod.path)"])
+                state.withLockedValue { state in
+                    state.opened[uid] = nil
+                    state.gone[uid] = pod.path
+                    state.announced.remove(uid)
+                }
+                feed.remove(uid: uid)
+            } else if wanted[uid] != pod.path {
+                logger.info("pod no longer captured; removing its rules and listeners", metadata: ["pod": "\(uid)"])
+                state.withLockedValue { state in
+                    state.opened[uid] = nil
+                    state.announced.remove(uid)
+                }
+                feed.remove(uid: uid)
+            }
+        }
+        // No longer wanted: not pending, no failure to report.
+        let stale = state.withLockedValue { state -> Set<String> in
+            state.failures = state.failures.filter { wanted[$0.key] != nil }
+            state.gone = state.gone.filter { wanted[$0.key] == $0.value }
+            let stale = state.announced.filter { wanted[$0] == nil }
+            state.announced.subtract(stale)
+            return stale
+        }
+        for uid in stale.sorted() { feed.remove(uid: uid) }
+
+        for (uid, path) in wanted.sorted(by: { $0.key < $1.key }) where state.withLockedValue({ $0.opened[uid] == nil }) {
+            if state.withLockedValue({ $0.gone[uid] == path }) {
+                // Still the old, deleted namespace (or none): wait for a new one.
+                guard let fresh = try? NetworkNamespace(path: path), fresh.isStillMounted else { continue }
+                state.withLockedValue { _ = $0.gone.removeValue(forKey: uid) }
+            }
+            state.withLockedValue { _ = $0.announced.insert(uid) }
+            feed.expect(uid: uid)
+            do {
+                let namespace = try NetworkNamespace(path: path, mark: mark)
+                state.withLockedValue { state in
+                    state.opened[uid] = Opened(path: path, namespace: namespace)
+                    state.failures[uid] = nil
+                }
+                feed.add(CapturedPods.Pod(uid: uid, namespace: namespace, mark: mark))
+            } catch {
+                let message = "\(error)"
+                let repeated = state.withLockedValue { state in
+                    defer { state.failures[uid] = message }
+                    return state.failures[uid] == message
+                }
+                if !repeated {
+                    logger.error(
+                        "cannot capture pod; retrying every \(recheckInterval)",
+                        metadata: ["pod": "\(uid)", "netns": "\(path)", "error": "\(message)"])
+                }
+            }
+        }
+    }
+}
+
+// MARK: - In-pod listeners
+
+/// What in-pod capture runs inside each captured pod: the redirect rules (unless
+/// ``InPodConfig/installRules`` is off) and the outbound (15001) and plaintext inbound
+/// (15006) listeners, placed in the pod's namespace with its mark.
+struct InPodListeners: PodServer {
+    /// One pod's listeners.
+    struct Serving: Sendable {
+        var listeners: [TCPListener]
+        var rulesInstalled: Bool
+    }
+
+    let name = InPodCapture.serverName
+    let config: InPodConfig
+    let context: PluginContext
+    let outbound: OutboundPath
+    let inbound: InboundPlaintext
+
+    private var rules: InPodRules {
+        InPodRules(
+            iptables: config.iptables, mark: config.mark, outboundPort: config.outboundPort,
+            inboundPort: config.inboundPort, hbonePort: config.hbonePort)
+    }
+
+    func start(_ pod: CapturedPods.Pod) async throws -> Serving {
+        let uid = pod.uid
+        let placement = pod.placement
+        var listeners: [TCPListener] = []
+        do {
+            if config.installRules { try await rules.install(in: pod.namespace.path) }
+            let outbound = self.outbound
+            let context = self.context
+            let logger = context.logger
+            listeners.append(
+                try await TCPListener.bind(
+                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.outboundPort), placement: placement),
+                    group: context.eventLoopGroup
+                ) { channel in
+                    InPodCapture.acceptOutbound(
+                        channel, pod: uid, placement: placement, context: context, outbound: outbound, logger: logger)
+                })
+            let inbound = self.inbound
+            listeners.append(
+                try await TCPListener.bind(
+                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.inboundPort), placement: placement),
+                    group: context.eventLoopGroup
+                ) { channel in
+                    inbound.accept(channel, pod: (uid, placement))
+                })
+        } catch {
+            for listener in listeners { await listener.stopAccepting() }
+            throw error
+        }
+        context.logger.info(
+            "pod captured",
+            metadata: [
+                "pod": "\(uid)", "netns": "\(pod.namespace.path)",
+                "listeners": "\(listeners.map { "\($0.localAddress)" }.joined(separator: ","))",
+                "rules": "\(config.installRules ? "installed" : "left to the operator")",
+            ])
+        return Serving(listeners: listeners, rulesInstalled: config.installRules)
+    }
+
+    /// Closes the pod's listeners (connections already relayed go on) and, when the pod
+    /// left the registry and its namespace still exists, removes its rules.
+    func stop(_ serving: Serving, pod: CapturedPods.Pod, reason: PodStopReason) async {
+        for listener in serving.listeners { await listener.stopAccepting() }
+        guard reason != .shutdown, serving.rulesInstalled,
+            let namespace = pod.namespace as? NetworkNamespace, namespace.isStillMounted
+        else { return }
+        do {
+            try await rules.remove(in: namespace.path)
+        } catch {
+            context.logger.error(
+                "cannot remove the pod's redirect rules", metadata: ["pod": "\(pod.uid)", "error": "\(error)"])
+        }
     }
 }

@@ -57,8 +57,8 @@ final class InboundPlaintext: Sendable {
     ///
     /// - Parameter pod: under in-pod capture, the pod whose namespace the listener is in:
     ///   the destination must be one of its addresses, and the workload is dialed from
-    ///   inside that namespace.
-    func accept(_ channel: any Channel, pod: (workload: String, namespace: NetworkNamespace)? = nil) -> EventLoopFuture<Void> {
+    ///   inside that namespace (`placement`).
+    func accept(_ channel: any Channel, pod: (workload: String, placement: SocketPlacement)? = nil) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
         guard let client = SocketAddr(channel.remoteAddress), let local = SocketAddr(channel.localAddress) else {
             return eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
@@ -95,7 +95,7 @@ final class InboundPlaintext: Sendable {
             let request = InboundRequest(source: client, destination: destination, peerIdentity: nil, route: "plaintext")
             return inbound.admit(request, on: eventLoop).flatMapResult { $0 }
         }.flatMap { record in
-            inbound.connect(record, on: eventLoop, in: pod?.namespace).map { upstream in
+            inbound.connect(record, on: eventLoop, in: pod?.placement ?? .node).map { upstream in
                 inbound.relay(downstream: channel, upstream: upstream, record: record)
             }
         }

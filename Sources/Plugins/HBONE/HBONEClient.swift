@@ -42,7 +42,7 @@ final class HBONEClient: Sendable {
     func openTunnel(_ request: TunnelRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
         let key = HBONEPoolKey(
             source: request.source.identity, destinations: request.expectedIdentities, gateway: request.gateway,
-            sourceIP: request.sourceAddress.ip, namespace: request.namespace?.path)
+            sourceIP: request.sourceAddress.ip, namespace: request.placement.namespace?.path)
         guard let (connection, isNew) = pool.lease(key, eventLoop: eventLoop) else {
             return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "the HBONE client is shut down"))
         }
@@ -129,7 +129,7 @@ final class HBONEClient: Sendable {
             return
         }
         let tls = self.tls
-        let dialer = self.dialer.placed(in: request.namespace)
+        let dialer = self.dialer.placed(request.placement)
         let expected = Set(request.expectedIdentities)
         eventLoop.makeFutureWithTask {
             let certificate = try await provider.certificate(for: source, priority: .onDemand)

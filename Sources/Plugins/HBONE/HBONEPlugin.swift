@@ -55,8 +55,6 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
             }
             self.terminator.terminator = terminator
             context.readiness.expect(HBONEServer.readinessComponent)
-            // With a fixed address there is no per-pod listener.
-            if config.server.address == nil { context.pods.declareServer(HBONEServer.podServerName) }
         }
     }
 

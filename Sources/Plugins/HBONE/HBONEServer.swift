@@ -26,8 +26,9 @@ final class HBONEServer: Sendable {
     private let tls: HBONETLSContexts
     private let terminator: TerminatorHolder
     private let listeners = NIOLockedValueBox<[SocketAddr: TCPListener]>([:])
-    /// Listeners inside captured pods' namespaces (in-pod capture), by workload uid.
-    private let podListeners = NIOLockedValueBox<[String: (listener: TCPListener, namespace: any NetworkNamespaceHandle)]>([:])
+    /// Keeps a listener inside every captured pod's namespace (in-pod capture); nil with a
+    /// fixed address or the server off.
+    private let podListeners: PodServerReconciler<HBONEPodListener>?
     private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let draining = NIOLockedValueBox(false)
     let handshakes: PendingHandshakes
@@ -35,8 +36,6 @@ final class HBONEServer: Sendable {
     private let failedBinds = NIOLockedValueBox<Set<SocketAddr>>([])
 
     static let readinessComponent = "hbone server"
-    /// The name this server reports to ``CapturedPods``.
-    static let podServerName = "hbone"
 
     init(
         config: HBONEConfig, context: PluginContext, identity: IdentityHolder, terminator: TerminatorHolder,
@@ -47,8 +46,20 @@ final class HBONEServer: Sendable {
         self.identity = identity
         self.terminator = terminator
         self.tls = tls
-        self.handshakes = PendingHandshakes(
+        let handshakes = PendingHandshakes(
             limit: config.server.maxPendingHandshakes, timeout: config.server.handshakeTimeout.timeAmount)
+        self.handshakes = handshakes
+        if config.server.enabled && config.server.address == nil {
+            // Declared to the pod registry now, before any pod source adds a pod.
+            let accept = AcceptInPod()
+            podListeners = PodServerReconciler(
+                server: HBONEPodListener(
+                    port: config.server.port, group: context.eventLoopGroup, logger: context.logger, accept: accept),
+                pods: context.pods, retryInterval: .seconds(2), logger: context.logger)
+            accept.server.withLockedValue { $0 = WeakServer(self) }
+        } else {
+            podListeners = nil
+        }
     }
 
     private var logger: Logger { context.logger }
@@ -59,7 +70,7 @@ final class HBONEServer: Sendable {
     }
 
     /// The pods (workload uids) with a listener inside their namespace.
-    var podsListening: [String] { podListeners.withLockedValue { Array($0.keys) }.sorted() }
+    var podsListening: [String] { (podListeners?.served.keys).map { Array($0).sorted() } ?? [] }
 
     /// Open TLS connections (for tests and `/config_dump`-style introspection).
     var connectionCount: Int { connections.withLockedValue { $0.count } }
@@ -78,9 +89,9 @@ final class HBONEServer: Sendable {
             context.readiness.markReady(Self.readinessComponent)
             try? await gracefulShutdown()
         } else {
-            // The pod follower lives exactly as long as the mesh follower (a child task).
+            // The pod listeners live exactly as long as the mesh follower (a child task).
             await withTaskGroup(of: Void.self) { group in
-                group.addTask { await self.followPods() }
+                if let podListeners { group.addTask { await podListeners.run() } }
                 var first = true
                 for await snapshot in context.mesh.updates().cancelOnGracefulShutdown() {
                     await reconcile(snapshot)
@@ -93,59 +104,6 @@ final class HBONEServer: Sendable {
             }
         }
         await stopListening()
-    }
-
-    /// Keeps one listener inside every captured pod's namespace (in-pod capture), following
-    /// the kernel's pod list; failed binds are retried every 2 s.
-    private func followPods() async {
-        let (kicks, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        let updates = context.pods.updates()
-        await withTaskGroup(of: Void.self) { group in
-            // Pod list changes, and a retry tick for failed binds: both only kick the loop.
-            group.addTask {
-                for await _ in updates { continuation.yield() }
-            }
-            group.addTask {
-                while !Task.isCancelled {
-                    try? await Task.sleep(nanoseconds: 2_000_000_000)
-                    continuation.yield()
-                }
-            }
-            for await _ in kicks {
-                if Task.isCancelled || draining.withLockedValue({ $0 }) { break }
-                await reconcilePods(context.pods.pods)
-            }
-            group.cancelAll()
-        }
-    }
-
-    /// Binds `0.0.0.0:<port>` inside each captured pod's namespace and closes the listeners
-    /// of pods that are gone.
-    func reconcilePods(_ pods: [String: CapturedPods.Pod]) async {
-        let current = podListeners.withLockedValue { $0 }
-        for (uid, entry) in current where pods[uid].map({ !$0.namespace.isSame(as: entry.namespace) }) ?? true {
-            podListeners.withLockedValue { _ = $0.removeValue(forKey: uid) }
-            await entry.listener.stopAccepting()
-            logger.info("HBONE pod listener closed", metadata: ["pod": "\(uid)"])
-        }
-        for (uid, pod) in pods.sorted(by: { $0.key < $1.key }) where podListeners.withLockedValue({ $0[uid] == nil }) {
-            let namespace = pod.namespace
-            do {
-                let listener = try await TCPListener.bind(
-                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.server.port), namespace: namespace),
-                    group: context.eventLoopGroup
-                ) { [self] channel in
-                    self.initializeConnection(channel, pod: (uid, namespace))
-                }
-                podListeners.withLockedValue { $0[uid] = (listener, namespace) }
-                context.pods.markListening(uid: uid, server: Self.podServerName)
-                logger.info(
-                    "HBONE listening in pod", metadata: ["pod": "\(uid)", "address": "\(listener.localAddress)", "netns": "\(namespace.path)"])
-            } catch {
-                logger.error(
-                    "cannot listen for HBONE in pod; retrying", metadata: ["pod": "\(uid)", "error": "\(error)"])
-            }
-        }
     }
 
     /// Stops accepting and tells every peer with GOAWAY that no new streams will be taken;
@@ -175,11 +133,8 @@ final class HBONEServer: Sendable {
             defer { listeners = [:] }
             return Array(listeners.values)
         }
-        let inPods = podListeners.withLockedValue { listeners in
-            defer { listeners = [:] }
-            return listeners.values.map(\.listener)
-        }
-        for listener in all + inPods { await listener.stopAccepting() }
+        for listener in all { await listener.stopAccepting() }
+        await podListeners?.shutdown()
     }
 
     /// Listens on `<ip>:<port>` for every IP of every local HBONE workload and stops
@@ -187,10 +142,10 @@ final class HBONEServer: Sendable {
     func reconcile(_ snapshot: MeshSnapshot) async {
         guard !draining.withLockedValue({ $0 }) else { return }
         var wanted = Set<SocketAddr>()
-        // Pods captured in their own namespaces get their listener there (reconcilePods).
+        // Pods captured in their own namespaces get their listener there (podListeners).
         for workload in snapshot.workloads.values
         where context.isLocal(workload) && workload.tunnelProtocol == .hbone && workload.netns == nil
-            && context.pods.namespace(forWorkload: workload.uid) == nil
+            && !context.pods.isClaimed(uid: workload.uid)
         {
             for ip in workload.workloadIPs { wanted.insert(SocketAddr(ip: ip, port: config.server.port)) }
         }
@@ -231,9 +186,7 @@ final class HBONEServer: Sendable {
     /// terminator whom the server is for it, fetches that identity's certificate (the
     /// connection is not registered, so nothing is read, until it is there), then installs
     /// TLS, HTTP/2 and the connection handler.
-    private func initializeConnection(
-        _ channel: any Channel, pod: (uid: String, namespace: any NetworkNamespaceHandle)? = nil
-    ) -> EventLoopFuture<Void> {
+    fileprivate func initializeConnection(_ channel: any Channel, pod: CapturedPods.Pod? = nil) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
         guard let local = SocketAddr(channel.localAddress), let remote = SocketAddr(channel.remoteAddress) else {
             return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "accepted connection has no addresses"))
@@ -264,7 +217,8 @@ final class HBONEServer: Sendable {
         guard let terminator = terminator.terminator else {
             return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "no tunnel terminator"))
         }
-        let connection = AcceptedTunnelConnection(local: local, remote: remote, pod: pod?.uid, namespace: pod?.namespace)
+        let connection = AcceptedTunnelConnection(
+            local: local, remote: remote, pod: pod?.uid, placement: pod?.placement ?? .node)
         let server: TunnelServerIdentity
         switch terminator.serverIdentity(for: connection) {
         case .success(let chosen):
@@ -538,5 +492,56 @@ enum HBONEHTTP2 {
         configuration.outboundBufferSizeHighWatermark = Int(Relay.writeBufferWaterMark.high)
         configuration.outboundBufferSizeLowWatermark = Int(Relay.writeBufferWaterMark.low)
         return configuration
+    }
+}
+
+// MARK: - In-pod listeners
+
+/// The HBONE listener inside each captured pod: `0.0.0.0:<port>` in the pod's namespace,
+/// its connections handled like the node-level listeners' (with the pod named).
+struct HBONEPodListener: PodServer {
+    let name = "hbone"
+    let port: UInt16
+    let group: any EventLoopGroup
+    let logger: Logger
+    let accept: AcceptInPod
+
+    func start(_ pod: CapturedPods.Pod) async throws -> TCPListener {
+        let accept = self.accept
+        let listener = try await TCPListener.bind(
+            ListenerOptions(address: SocketAddr(ip: .v4(0), port: port), placement: pod.placement), group: group
+        ) { channel in
+            accept(channel, pod: pod)
+        }
+        logger.info(
+            "HBONE listening in pod",
+            metadata: ["pod": "\(pod.uid)", "address": "\(listener.localAddress)", "netns": "\(pod.namespace.path)"])
+        return listener
+    }
+
+    func stop(_ listener: TCPListener, pod: CapturedPods.Pod, reason: PodStopReason) async {
+        await listener.stopAccepting()
+        logger.info("HBONE pod listener closed", metadata: ["pod": "\(pod.uid)"])
+    }
+}
+
+/// The server a pod listener hands its connections to, held weakly (the server owns the
+/// reconciler that owns the listeners).
+final class AcceptInPod: Sendable {
+    let server = NIOLockedValueBox<WeakServer?>(nil)
+
+    func callAsFunction(_ channel: any Channel, pod: CapturedPods.Pod) -> EventLoopFuture<Void> {
+        guard let server = server.withLockedValue({ $0?.server }) else {
+            return channel.eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "the HBONE server is gone"))
+        }
+        return server.initializeConnection(channel, pod: pod)
+    }
+}
+
+struct WeakServer: Sendable {
+    weak var server: HBONEServer?
+
+    init(_ server: HBONEServer) {
+        self.server = server
     }
 }
