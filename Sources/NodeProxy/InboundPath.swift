@@ -118,7 +118,7 @@ public final class InboundPath: Sendable {
         record.recordDecision(decision)
         if !decision.allowed {
             record.recordFailure("denied: \(decision)", flag: .denied)
-            for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionDenied(record) }
+            record.report(.denied, to: context.providers(of: (any TelemetrySink).self))
             let policy = decision.policy.map { "\($0)" }
             return .failure(refuse(.denied, "denied by policy: \(decision)", request, policy: policy))
         }
@@ -142,7 +142,7 @@ public final class InboundPath: Sendable {
                 "inbound: local workload unreachable",
                 metadata: ["destination": "\(record.destination)", "route": "\(record.route)", "error": "\(error)"])
             record.recordFailure("connect to \(record.destination) failed: \(error)", flag: .connectFailure)
-            for sink in sinks { sink.connectionFailed(record) }
+            record.report(.failed, to: sinks)
             throw ConnectionRefusal(
                 .connectFailed, "connect to \(record.destination) failed: \(error)", underlying: error)
         }

@@ -227,13 +227,13 @@ public final class OutboundPath: Sendable {
             destinationService: mesh.service(at: request.destination.ip, network: request.source?.network ?? ""),
             route: "refused")
         record.recordFailure(refusal.description, flag: refusal.flag)
-        for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionDenied(record) }
+        record.report(.denied, to: context.providers(of: (any TelemetrySink).self))
     }
 
     /// Tells the telemetry sinks that connecting upstream failed.
     private func report(failed record: ConnectionRecord, _ refusal: ConnectionRefusal) {
         record.recordFailure(refusal.message, flag: refusal.flag)
-        for sink in context.providers(of: (any TelemetrySink).self) { sink.connectionFailed(record) }
+        record.report(.failed, to: context.providers(of: (any TelemetrySink).self))
     }
 }
 

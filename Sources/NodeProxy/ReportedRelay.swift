@@ -4,9 +4,10 @@ import Logging
 import NIOCore
 
 extension PluginContext {
-    /// Relays `downstream` ↔ `upstream` for `record` (registered while it runs) and tells
-    /// every telemetry sink once that it opened, now, and once that it closed, when both
-    /// sides are: the one sequence the inbound and outbound paths share. The future
+    /// Relays `downstream` ↔ `upstream` for `record` (registered while it runs); the record
+    /// reports itself opened now and closed when both sides are
+    /// (``ConnectionRecord/report(_:to:)``, once each): the one sequence the inbound and
+    /// outbound paths share. The future
     /// completes once both sides are closed.
     func relayReporting(
         downstream: any Channel, upstream: any Channel, record: ConnectionRecord, initialData: ByteBuffer? = nil
@@ -14,7 +15,7 @@ extension PluginContext {
         let sinks = providers(of: (any TelemetrySink).self)
         let logger = self.logger
         let inbound = record.direction == .inbound
-        for sink in sinks { sink.connectionOpened(record) }
+        record.report(.opened, to: sinks)
         logger.debug(
             inbound ? "inbound relaying" : "relaying",
             metadata: {
@@ -28,7 +29,7 @@ extension PluginContext {
         let done = Relay.join(
             downstream: downstream, upstream: upstream, record: record, registry: connections, initialData: initialData)
         done.whenComplete { _ in
-            for sink in sinks { sink.connectionClosed(record) }
+            record.report(.closed, to: sinks)
             logger.debug(
                 inbound ? "inbound connection closed" : "connection closed",
                 metadata: ["id": "\(record.id)", "sent": "\(record.bytes.sent)", "received": "\(record.bytes.received)"])

@@ -81,6 +81,7 @@ public final class ConnectionRecord: Sendable, Identifiable {
         var failure: String?
         var flag: ResponseFlag?
         var verdict: AuthorizationDecision?
+        var reported: ConnectionEvent?
     }
 
     /// The policy inputs, boxed: most records (outbound) have none, and a nil box costs
@@ -190,6 +191,51 @@ public final class ConnectionRecord: Sendable, Identifiable {
     /// The policy chain's decision, naming the deciding plugin, once the inbound path has
     /// asked; nil for connections no policy governs (outbound).
     public var decision: AuthorizationDecision? { state.withLockedValue { $0.verdict } }
+
+    /// Tells every sink in `sinks` of `event`, if the record's lifecycle allows it now:
+    /// ``ConnectionEvent/opened`` then ``ConnectionEvent/closed``, or one of
+    /// ``ConnectionEvent/denied`` and ``ConnectionEvent/failed``, each once. Anything else
+    /// (a second `opened`, `closed` without `opened`, `denied` after `opened`) is dropped,
+    /// so a connection is counted once however many paths see it end.
+    ///
+    /// - Returns: whether the event was reported.
+    @discardableResult
+    public func report(_ event: ConnectionEvent, to sinks: [any TelemetrySink]) -> Bool {
+        let allowed = state.withLockedValue { state -> Bool in
+            switch (state.reported, event) {
+            case (nil, .opened), (nil, .denied), (nil, .failed), (.opened?, .closed):
+                state.reported = event
+                return true
+            default:
+                return false
+            }
+        }
+        guard allowed else { return false }
+        for sink in sinks {
+            switch event {
+            case .opened: sink.connectionOpened(self)
+            case .closed: sink.connectionClosed(self)
+            case .denied: sink.connectionDenied(self)
+            case .failed: sink.connectionFailed(self)
+            }
+        }
+        return true
+    }
+
+    /// The last lifecycle event reported (``report(_:to:)``), if any.
+    public var reportedEvent: ConnectionEvent? { state.withLockedValue { $0.reported } }
+}
+
+/// A step in a connection's life as telemetry hears of it (``TelemetrySink``).
+public enum ConnectionEvent: String, Sendable {
+    /// Relaying started.
+    case opened
+    /// Relaying ended; the byte counters are final.
+    case closed
+    /// Refused before any byte was relayed.
+    case denied
+    /// Connecting to the destination failed.
+    case failed
 }
 
 /// Every open proxied connection of the node. Drain waits on it; policy re-evaluation

@@ -8,6 +8,9 @@
 ///   route), without an `opened`;
 /// - ``connectionFailed(_:)`` when connecting upstream fails, without an `opened`.
 ///
+/// The record enforces this itself: paths report through
+/// ``ConnectionRecord/report(_:to:)``, which drops any event out of that order.
+///
 /// For denials and failures the path records why on the record first
 /// (``ConnectionRecord/recordFailure(_:flag:)``), so the sink finds the reason and the
 /// Istio response flag there.
