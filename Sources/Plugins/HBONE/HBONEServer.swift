@@ -25,15 +25,24 @@ final class HBONEServer: Sendable {
     private let identity: IdentityHolder
     private let tls: HBONETLSContexts
     private let terminator: TerminatorHolder
-    private let listeners = NIOLockedValueBox<[SocketAddr: TCPListener]>([:])
+    /// Everything that changes, behind one lock, so draining, binding and registering a
+    /// connection see one another: a listener bound or a connection accepted while the
+    /// server drains is stopped or told to go away at once.
+    private let state = NIOLockedValueBox(State())
     /// Keeps a listener inside every captured pod's namespace (in-pod capture); nil with a
     /// fixed address or the server off.
     private let podListeners: PodServerReconciler<HBONEPodListener>?
-    private let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
-    private let draining = NIOLockedValueBox(false)
     let handshakes: PendingHandshakes
-    /// Addresses whose bind failed, so a failure is logged once, not on every mesh update.
-    private let failedBinds = NIOLockedValueBox<Set<SocketAddr>>([])
+
+    private struct State {
+        /// Node-level listeners by address.
+        var listeners: [SocketAddr: TCPListener] = [:]
+        /// Open TLS connections.
+        var connections: [ObjectIdentifier: any Channel] = [:]
+        /// Addresses whose bind failed, so a failure is logged once, not on every mesh update.
+        var failedBinds: Set<SocketAddr> = []
+        var draining = false
+    }
 
     static let readinessComponent = "hbone server"
 
@@ -66,14 +75,14 @@ final class HBONEServer: Sendable {
 
     /// The bound listener addresses.
     var addresses: [SocketAddr] {
-        listeners.withLockedValue { $0.values.map(\.localAddress) }.sorted { "\($0)" < "\($1)" }
+        state.withLockedValue { $0.listeners.values.map(\.localAddress) }.sorted { "\($0)" < "\($1)" }
     }
 
     /// The pods (workload uids) with a listener inside their namespace.
     var podsListening: [String] { (podListeners?.served.keys).map { Array($0).sorted() } ?? [] }
 
     /// Open TLS connections (for tests and `/config_dump`-style introspection).
-    var connectionCount: Int { connections.withLockedValue { $0.count } }
+    var connectionCount: Int { state.withLockedValue { $0.connections.count } }
 
     // MARK: Lifecycle
 
@@ -109,29 +118,34 @@ final class HBONEServer: Sendable {
     /// Stops accepting and tells every peer with GOAWAY that no new streams will be taken;
     /// open streams go on until the kernel's drain deadline.
     func drain() async {
-        draining.withLockedValue { $0 = true }
+        let open = state.withLockedValue { state in
+            state.draining = true
+            return Array(state.connections.values)
+        }
         await stopListening()
-        for channel in connections.withLockedValue({ Array($0.values) }) {
-            channel.eventLoop.execute {
-                let goAway = HTTP2Frame(
-                    streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
-                channel.writeAndFlush(goAway, promise: nil)
-            }
+        for channel in open { Self.sendGoAway(channel) }
+    }
+
+    private static func sendGoAway(_ channel: any Channel) {
+        channel.eventLoop.execute {
+            let goAway = HTTP2Frame(
+                streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
+            channel.writeAndFlush(goAway, promise: nil)
         }
     }
 
     /// Closes every listener and connection.
     func close() async {
         await stopListening()
-        let open = connections.withLockedValue { Array($0.values) }
+        let open = state.withLockedValue { Array($0.connections.values) }
         for channel in open { channel.close(promise: nil) }
         for channel in open { try? await channel.closeFuture.get() }
     }
 
     private func stopListening() async {
-        let all = listeners.withLockedValue { listeners in
-            defer { listeners = [:] }
-            return Array(listeners.values)
+        let all = state.withLockedValue { state in
+            defer { state.listeners = [:] }
+            return Array(state.listeners.values)
         }
         for listener in all { await listener.stopAccepting() }
         await podListeners?.shutdown()
@@ -140,7 +154,7 @@ final class HBONEServer: Sendable {
     /// Listens on `<ip>:<port>` for every IP of every local HBONE workload and stops
     /// listening where none is left. A failed bind is logged and retried on the next update.
     func reconcile(_ snapshot: MeshSnapshot) async {
-        guard !draining.withLockedValue({ $0 }) else { return }
+        guard !state.withLockedValue({ $0.draining }) else { return }
         var wanted = Set<SocketAddr>()
         // Pods captured in their own namespaces get their listener there (podListeners).
         for workload in snapshot.workloads.values
@@ -149,9 +163,9 @@ final class HBONEServer: Sendable {
         {
             for ip in workload.workloadIPs { wanted.insert(SocketAddr(ip: ip, port: config.server.port)) }
         }
-        let current = Set(listeners.withLockedValue { Array($0.keys) })
+        let current = Set(state.withLockedValue { Array($0.listeners.keys) })
         for address in current.subtracting(wanted) {
-            if let listener = listeners.withLockedValue({ $0.removeValue(forKey: address) }) {
+            if let listener = state.withLockedValue({ $0.listeners.removeValue(forKey: address) }) {
                 await listener.stopAccepting()
                 logger.info("HBONE listener closed", metadata: ["address": "\(address)"])
             }
@@ -159,9 +173,9 @@ final class HBONEServer: Sendable {
         for address in wanted.subtracting(current).sorted(by: { "\($0)" < "\($1)" }) {
             do {
                 try await bind(address)
-                failedBinds.withLockedValue { _ = $0.remove(address) }
+                state.withLockedValue { _ = $0.failedBinds.remove(address) }
             } catch {
-                if failedBinds.withLockedValue({ $0.insert(address).inserted }) {
+                if state.withLockedValue({ $0.failedBinds.insert(address).inserted }) {
                     logger.error(
                         "cannot listen for HBONE; will retry on every mesh update (logged once)",
                         metadata: ["address": "\(address)", "error": "\(error)"])
@@ -175,7 +189,16 @@ final class HBONEServer: Sendable {
             [self] channel in
             self.initializeConnection(channel)
         }
-        listeners.withLockedValue { $0[address] = listener }
+        let kept = state.withLockedValue { state -> Bool in
+            guard !state.draining else { return false }
+            state.listeners[address] = listener
+            return true
+        }
+        guard kept else {
+            // The server began draining while this bind was under way.
+            await listener.stopAccepting()
+            return
+        }
         logger.info("HBONE listening", metadata: ["address": "\(listener.localAddress)"])
     }
 
@@ -285,11 +308,11 @@ final class HBONEServer: Sendable {
             self.initializeStream(stream, state: state, terminator: terminator)
         }
         let id = ObjectIdentifier(channel)
-        let connections = self.connections
+        let serverState = self.state
         let events = HBONEConnectionEvents(
             ready: { slot.established() },
             closed: { error in
-                connections.withLockedValue { _ = $0.removeValue(forKey: id) }
+                serverState.withLockedValue { _ = $0.connections.removeValue(forKey: id) }
                 if let error, !HBONEServer.isOrdinaryClose(error) {
                     logger.info("HBONE connection ended", metadata: ["peer": "\(remote)", "error": "\(error)"])
                 }
@@ -303,7 +326,13 @@ final class HBONEServer: Sendable {
             // The handshake deadline runs from accept, in `handshakes`.
             handshakeTimeout: nil, isClient: false, logger: connectionLogger, events: events)
         try channel.pipeline.syncOperations.addHandlers([ssl, handler.frameWatcher, http2, handler])
-        connections.withLockedValue { $0[id] = channel }
+        let draining = serverState.withLockedValue { state -> Bool in
+            state.connections[id] = channel
+            return state.draining
+        }
+        // Accepted while the server drains (before its listener closed): it has not
+        // handshaken yet, so closing it loses nothing; the peer dials elsewhere.
+        if draining { channel.eventLoop.execute { channel.close(promise: nil) } }
     }
 
     static func isOrdinaryClose(_ error: any Error) -> Bool {
