@@ -243,6 +243,7 @@ let package = Package(
             name: "TestSupport",
             dependencies: [
                 "Kernel", "AmbitRuntime",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

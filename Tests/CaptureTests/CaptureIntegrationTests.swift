@@ -14,17 +14,16 @@ import AmbitRuntime
 
 /// An in-process node (local-config + capture) over a mesh file the test controls.
 final class CaptureHarness: Sendable {
-    let node: ProxyNode
-    let running: Task<Void, any Error>
-    let dir: TemporaryDirectory
+    let running: RunningNode
     let meshPath: String
     let socks: SocketAddr
 
+    var node: ProxyNode { running.node }
+    var dir: TemporaryDirectory { running.directory }
+
     init(mesh: String) async throws {
-        dir = try TemporaryDirectory()
-        meshPath = try dir.write("mesh.yaml", mesh)
-        let plan = try ManifestLoader.load(
-            yaml: """
+        running = try await RunningNode.start(
+            manifest: """
                 node: {name: node-a, drainDeadline: 1s}
                 admin: {address: "127.0.0.1:0", readinessAddress: "127.0.0.1:0"}
                 plugins:
@@ -33,25 +32,18 @@ final class CaptureHarness: Sendable {
                   - id: capture
                     config: {socks5: {address: "127.0.0.1:0"}}
                 """,
-            file: "node.yaml", baseDirectory: dir.path,
-            registry: PluginRegistry([PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self)]))
-        let node = ProxyNode(plan: plan, logger: Logger(label: "capture-test"), handleSignals: false)
-        self.node = node
-        running = Task { try await node.run() }
-        let ready = await eventually {
+            files: ["mesh.yaml": mesh],
+            registry: PluginRegistry([PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self)]),
+            logger: Logger(label: "capture-test")
+        ) { node in
             node.readiness.isReady && node.plugin(CapturePlugin.self)?.captureAddresses.isEmpty == false
         }
-        guard ready, let address = node.plugin(CapturePlugin.self)?.captureAddresses.first else {
-            node.shutdown()
-            throw TestFailure("node did not become ready")
-        }
-        socks = address
+        meshPath = running.directory.path + "/mesh.yaml"
+        socks = running.plugin(CapturePlugin.self)!.captureAddresses.first!
     }
 
     func stop() async throws {
-        node.shutdown()
-        try await running.value
-        dir.remove()
+        try await running.stop()
     }
 
     func exchange(_ address: SOCKS5Address, _ port: UInt16, from source: String = "127.0.0.1", payload: String = "ping")

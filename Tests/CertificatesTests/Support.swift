@@ -73,13 +73,13 @@ struct CAFixture {
 
 /// A CA server node (local-config + ca-server) running in process.
 final class RunningCA: Sendable {
-    let node: ProxyNode
-    let task: Task<Void, any Error>
+    let running: RunningNode
     let address: SocketAddr
 
-    private init(node: ProxyNode, task: Task<Void, any Error>, address: SocketAddr) {
-        self.node = node
-        self.task = task
+    var node: ProxyNode { running.node }
+
+    private init(running: RunningNode, address: SocketAddr) {
+        self.running = running
         self.address = address
     }
 
@@ -97,23 +97,17 @@ final class RunningCA: Sendable {
                   maxTTL: \(maxTTL)
                   tokens: {token-a: node-a, token-b: node-b}
             """
-        let plan = try ManifestLoader.load(
-            yaml: yaml, file: "ca.yaml", baseDirectory: fixture.dir.path,
-            registry: PluginRegistry([PluginType(LocalConfigPlugin.self), PluginType(CAServerPlugin.self)]))
-        let node = ProxyNode(plan: plan, logger: quietLogger("ca"), handleSignals: false)
-        let task = Task { try await node.run() }
-        let bound = await eventually { node.plugin(CAServerPlugin.self)?.boundAddress != nil }
-        guard bound, let address = node.plugin(CAServerPlugin.self)?.boundAddress else {
-            node.shutdown()
-            _ = try? await task.value
-            throw TestFailure("the CA server did not start listening")
+        let running = try await RunningNode.start(
+            manifest: yaml, registry: PluginRegistry([PluginType(LocalConfigPlugin.self), PluginType(CAServerPlugin.self)]),
+            logger: quietLogger("ca"), directory: fixture.dir
+        ) { node in
+            node.plugin(CAServerPlugin.self)?.boundAddress != nil
         }
-        return RunningCA(node: node, task: task, address: address)
+        return RunningCA(running: running, address: running.plugin(CAServerPlugin.self)!.boundAddress!)
     }
 
     func stop() async {
-        node.shutdown()
-        _ = try? await task.value
+        await running.stopQuietly()
     }
 }
 

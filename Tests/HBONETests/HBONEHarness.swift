@@ -98,10 +98,11 @@ enum TestMesh {
 
 /// One in-process node proxy: local-config + test identity/policy/telemetry + capture + hbone.
 final class MeshNode: Sendable {
-    let node: ProxyNode
-    let running: Task<Void, any Error>
-    let dir: TemporaryDirectory
+    let running: RunningNode
     let socks: SocketAddr
+
+    var node: ProxyNode { running.node }
+    var dir: TemporaryDirectory { running.directory }
 
     static let registry = PluginRegistry([
         PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self), PluginType(HBONEPlugin.self), PluginType(NodeProxyPlugin.self),
@@ -113,10 +114,8 @@ final class MeshNode: Sendable {
         name: String, mesh: String, ca: String = "mesh", denyPorts: [UInt16] = [], hbone: String = "{}",
         captureExtra: String = "", waitForListeners: [String] = []
     ) async throws {
-        dir = try TemporaryDirectory()
-        try dir.write("mesh.yaml", mesh)
-        let plan = try ManifestLoader.load(
-            yaml: """
+        running = try await RunningNode.start(
+            manifest: """
                 node: {name: \(name), drainDeadline: 1s}
                 admin: {address: "127.0.0.1:0", readinessAddress: "127.0.0.1:0"}
                 logging: {level: \(ProcessInfo.processInfo.environment["AMBIT_TEST_LOG"] ?? "critical")}
@@ -135,26 +134,16 @@ final class MeshNode: Sendable {
                   - id: hbone
                     config: \(hbone)
                 """,
-            file: "node.yaml", baseDirectory: dir.path, registry: Self.registry)
-        var logger = Logger(label: "hbone-test-\(name)")
-        logger.logLevel = plan.manifest.logging.level
-        let node = ProxyNode(plan: plan, logger: logger, handleSignals: false)
-        self.node = node
-        running = Task { try await node.run() }
-        let ready = await eventually(timeout: .seconds(20)) {
+            files: ["mesh.yaml": mesh], registry: Self.registry, logger: Logger(label: "hbone-test-\(name)"),
+            levelFromManifest: true, timeout: .seconds(20)
+        ) { node in
             guard node.readiness.isReady, let hbone = node.plugin(HBONEPlugin.self),
                 node.plugin(CapturePlugin.self)?.captureAddresses.isEmpty == false
             else { return false }
             let bound = Set(hbone.tunnelAddresses.map { "\($0.ip)" })
             return waitForListeners.allSatisfy { bound.contains($0) }
         }
-        guard ready, let address = node.plugin(CapturePlugin.self)?.captureAddresses.first else {
-            node.shutdown()
-            _ = try? await running.value
-            dir.remove()
-            throw TestFailure("node \(name) did not become ready")
-        }
-        socks = address
+        socks = running.plugin(CapturePlugin.self)!.captureAddresses.first!
     }
 
     var hbone: HBONEPlugin { node.plugin(HBONEPlugin.self)! }
@@ -175,9 +164,7 @@ final class MeshNode: Sendable {
     var capture: CapturePlugin { node.plugin(CapturePlugin.self)! }
 
     func stop() async throws {
-        node.shutdown()
-        try await running.value
-        dir.remove()
+        try await running.stop()
     }
 
     /// One blocking SOCKS5 exchange from `source`: send, half-close, read to the end.

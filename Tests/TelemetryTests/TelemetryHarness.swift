@@ -12,18 +12,17 @@ import AmbitRuntime
 /// An in-process node (local-config + capture + telemetry) over a mesh file the test
 /// controls, with the metrics server on an ephemeral port.
 final class TelemetryHarness: Sendable {
-    let node: ProxyNode
-    let running: Task<Void, any Error>
-    let dir: TemporaryDirectory
+    let running: RunningNode
     let meshPath: String
     let socks: SocketAddr
     let metrics: SocketAddr
 
+    var node: ProxyNode { running.node }
+    var dir: TemporaryDirectory { running.directory }
+
     init(mesh: String, telemetry: String = "{address: \"127.0.0.1:0\", flushInterval: 100ms}") async throws {
-        dir = try TemporaryDirectory()
-        meshPath = try dir.write("mesh.yaml", mesh)
-        let plan = try ManifestLoader.load(
-            yaml: """
+        running = try await RunningNode.start(
+            manifest: """
                 node: {name: node-a, drainDeadline: 1s}
                 admin: {address: "127.0.0.1:0", readinessAddress: "127.0.0.1:0"}
                 plugins:
@@ -34,32 +33,25 @@ final class TelemetryHarness: Sendable {
                   - id: telemetry
                     config: \(telemetry)
                 """,
-            file: "node.yaml", baseDirectory: dir.path,
+            files: ["mesh.yaml": mesh],
             registry: PluginRegistry([
                 PluginType(LocalConfigPlugin.self), PluginType(CapturePlugin.self), PluginType(TelemetryPlugin.self),
-            ]))
-        let node = ProxyNode(plan: plan, logger: Logger(label: "telemetry-test"), handleSignals: false)
-        self.node = node
-        running = Task { try await node.run() }
-        let ready = await eventually {
+            ]),
+            logger: Logger(label: "telemetry-test")
+        ) { node in
             node.readiness.isReady && node.plugin(CapturePlugin.self)?.captureAddresses.isEmpty == false
                 && node.plugin(TelemetryPlugin.self)?.metricsAddress != nil
         }
-        guard ready, let socks = node.plugin(CapturePlugin.self)?.captureAddresses.first,
-            let metrics = node.plugin(TelemetryPlugin.self)?.metricsAddress
-        else {
-            node.shutdown()
-            throw TestFailure("node did not become ready")
-        }
-        self.socks = socks
-        self.metrics = metrics
+        meshPath = running.directory.path + "/mesh.yaml"
+        socks = running.plugin(CapturePlugin.self)!.captureAddresses.first!
+        metrics = running.plugin(TelemetryPlugin.self)!.metricsAddress!
     }
 
     var telemetry: TelemetryPlugin { node.plugin(TelemetryPlugin.self)! }
 
+    /// Stops the node; its directory stays for the test to read (and remove).
     func stop() async throws {
-        node.shutdown()
-        try await running.value
+        try await running.stop(keepingFiles: true)
     }
 
     /// Scrapes `/metrics` over HTTP, as Prometheus would.
