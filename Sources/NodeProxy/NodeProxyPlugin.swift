@@ -98,15 +98,16 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
     }
 
     /// The node proxy's authority rule: a tunnel for a local workload names one of that
-    /// workload's addresses, on a port that is not one of the proxy's own
-    /// (``ProxyPorts/own``); anything else is a bad request.
+    /// workload's addresses (else a bad request), on a port that is not one of the proxy's
+    /// own (``ProxyPorts/own``; else a ``ConnectionRefusal/Code/selfCall``, which HBONE
+    /// answers 503 as ztunnel does).
     public static func checkAuthority(_ target: SocketAddr, workload: Workload) throws(ConnectionRefusal) {
         guard workload.workloadIPs.contains(target.ip) else {
             let ips = workload.workloadIPs.map { "\($0)" }.joined(separator: ",")
             throw ConnectionRefusal(.badRequest, "authority IP \(target.ip) is not the destination workload's (\(ips))")
         }
         guard !ProxyPorts.own.contains(target.port) else {
-            throw ConnectionRefusal(.badRequest, "port \(target.port) is one of the proxy's own ports")
+            throw ConnectionRefusal(.selfCall, "port \(target.port) is one of the proxy's own ports")
         }
     }
 }

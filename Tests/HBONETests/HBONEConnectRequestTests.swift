@@ -21,8 +21,8 @@ struct HBONEConnectRequestTests {
             do throws(ConnectionRefusal) {
                 try NodeProxyPlugin.checkAuthority(request.target, workload: workload)
             } catch {
-                // The server answers the terminator's bad-request refusals with 400.
-                throw HBONEConnectRequest.Rejection(status: error.code == .badRequest ? 400 : 500, error.message)
+                // As the server answers the terminator's refusals.
+                throw HBONEConnectRequest.Rejection(status: HBONEPlugin.status(for: error), error.message)
             }
             return request
         }
@@ -54,10 +54,6 @@ struct HBONEConnectRequestTests {
             [(":method", "CONNECT"), (":authority", "10.0.0.2:80")],
             [(":method", "CONNECT"), (":authority", "echo.default.svc:80")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:0")],
-            [(":method", "CONNECT"), (":authority", "10.0.0.1:15008")],
-            [(":method", "CONNECT"), (":authority", "10.0.0.1:15001")],
-            [(":method", "CONNECT"), (":authority", "[fd00::1]:15006")],
-            [(":method", "CONNECT"), (":authority", "10.0.0.1:15080")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":protocol", "websocket")],
             // An address with a NUL: a C parser would stop there and accept 10.0.0.1.
@@ -71,6 +67,18 @@ struct HBONEConnectRequestTests {
         }
         #expect(rejection.status == 400)
         #expect(!rejection.reason.isEmpty)
+    }
+
+    @Test(
+        "a CONNECT to one of the proxy's own ports is a self call, answered 503 as ztunnel does",
+        arguments: ["10.0.0.1:15008", "10.0.0.1:15001", "[fd00::1]:15006", "10.0.0.1:15080"])
+    func selfCall(_ authority: String) {
+        guard case .failure(let rejection) = Self.validate([(":method", "CONNECT"), (":authority", authority)]) else {
+            Issue.record("accepted \(authority)")
+            return
+        }
+        #expect(rejection.status == 503, "\(authority): \(rejection.reason)")
+        #expect(rejection.reason.contains("proxy's own ports"))
     }
 
     @Test("forwarded: first for= of the first header; junk falls back to the peer address")

@@ -76,6 +76,18 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
         await client.close()
     }
 
+    /// The HTTP status the HBONE server answers a terminator's refusal with, as ztunnel
+    /// answers: 401 for a policy denial; 503 when the destination cannot be reached
+    /// (connect failed, no healthy endpoint) or is one of the proxy's own ports (a self
+    /// call); 400 for everything else (a malformed or misdirected CONNECT).
+    public static func status(for refusal: ConnectionRefusal) -> Int {
+        switch refusal.code {
+        case .denied: return 401
+        case .connectFailed, .noHealthyEndpoint, .selfCall: return 503
+        default: return 400
+        }
+    }
+
     // MARK: TunnelDialer
 
     public func openTunnel(_ request: TunnelRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {

@@ -412,13 +412,9 @@ struct HBONEStreamResponder: TunnelStreamResponder {
     var eventLoop: any EventLoop { stream.eventLoop }
     var isActive: Bool { stream.isActive }
 
-    /// The HTTP status HBONE answers a refusal with.
+    /// The HTTP status HBONE answers a refusal with (``HBONEPlugin/status(for:)``).
     static func status(for refusal: ConnectionRefusal) -> Int {
-        switch refusal.code {
-        case .denied: return 401
-        case .connectFailed, .noHealthyEndpoint: return 503
-        default: return 400
-        }
+        HBONEPlugin.status(for: refusal)
     }
 
     func refuse(_ refusal: ConnectionRefusal) {
