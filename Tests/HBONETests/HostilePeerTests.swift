@@ -312,6 +312,42 @@ extension HBONENetworkTests {
             dir.remove()
         }
 
+        /// Promise: a peer holding a valid mesh certificate cannot choose the source address
+        /// that the destination's policy and telemetry see by writing `forwarded: for=`: the
+        /// source is the tunnel's TCP peer. A real tunnel leaves from the client workload's
+        /// own address, so that is what the destination sees for it.
+        @Test(
+            "a forged forwarded header does not choose the source that policy sees",
+            .enabled(if: PythonPeer.available))
+        func forgedForwardedSource() async throws {
+            let nodes = try await HostileNodes()
+            let dir = try TemporaryDirectory()
+            let good = try HBONEInteropTests.clientFiles(dir, identity: TestMesh.identity("python"))
+            nodes.b.policy.seen.withLockedValue { $0 = [] }
+            let forged = try await HBONEInteropTests.python(
+                ["client", "--connect", "\(nodes.gateway)", "--authority", nodes.authority, "--payload", "x",
+                 "--forwarded", "for=\"\(HostileMesh.client):40000\""] + good)
+            #expect(forged["status"] as? Int == 200, "\(forged)")
+            let claimed = try #require(nodes.b.policy.seen.withLockedValue { $0.last })
+            #expect(claimed.sourceAddress.ip == IPAddress("127.0.0.1"), "policy saw \(claimed.sourceAddress)")
+            #expect(claimed.sourceAddress.ip != IPAddress(HostileMesh.client))
+            #expect(claimed.sourceIdentity == TestMesh.identity("python"))
+
+            // Through node-a, the tunnel leaves from the client workload's address.
+            nodes.b.policy.seen.withLockedValue { $0 = [] }
+            let tunnel = try await nodes.openTunnel()
+            let reply = try await offload { () -> String in
+                try tunnel.value.send([7])
+                tunnel.value.finishSending()
+                return String(decoding: try tunnel.value.receiveToEnd(), as: UTF8.self)
+            }
+            #expect(reply == "1 \(sha256Hex([7]))")
+            let real = try #require(nodes.b.policy.seen.withLockedValue { $0.last })
+            #expect(real.sourceAddress.ip == IPAddress(HostileMesh.client), "policy saw \(real.sourceAddress)")
+            try await nodes.stop()
+            dir.remove()
+        }
+
         /// Promise: a SOCKS5 client sending garbage is answered (or not) and closed without
         /// waiting for the handshake timeout, and a transfer on another SOCKS5 connection is
         /// neither slowed into failure nor corrupted.

@@ -135,7 +135,7 @@ def cmd_client(args):
     headers = [(":method", args.method), (":authority", args.authority)]
     if args.method != "CONNECT":
         headers += [(":scheme", "https"), (":path", "/")]
-    headers += [("forwarded", 'for="127.0.0.1:40000"'), ("baggage", "k8s.namespace.name=py")]
+    headers += [("forwarded", args.forwarded), ("baggage", "k8s.namespace.name=py")]
     conn.send_headers(stream, headers, end_stream=False)
     body = bytearray()
     status = None
@@ -596,6 +596,7 @@ def main():
         p.add_argument("--ca")
         p.add_argument("--authority", default="")
         p.add_argument("--method", default="CONNECT")
+        p.add_argument("--forwarded", default='for="127.0.0.1:40000"')
         p.add_argument("--payload")
         p.add_argument("--streams", type=int, default=2000)
         p.add_argument("--kind", default="oversized-frame")

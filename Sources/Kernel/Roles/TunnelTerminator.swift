@@ -55,8 +55,13 @@ public struct TunnelStreamRequest: Sendable {
     public var peerIdentity: SpiffeID?
     /// The CONNECT authority: where the peer wants the stream to go.
     public var target: SocketAddr
-    /// The original client (`forwarded: for=`), else the peer proxy's address.
+    /// The connection's peer (the TCP source of the tunnel): the source for policy and
+    /// telemetry. Never taken from the peer's headers.
     public var source: SocketAddr
+    /// What the peer claims as the original client (`forwarded: for=`), if it sent one.
+    /// Anyone holding a mesh certificate can write anything here: trust it only from a
+    /// peer that is trusted to forward (ztunnel: the destination's own waypoint).
+    public var forwardedFor: SocketAddr?
     /// The peer's description of its workload (W3C `baggage`), informational only.
     public var baggage: [String: String]
     /// How the stream arrived, for records and logs: `hbone`.
@@ -68,14 +73,15 @@ public struct TunnelStreamRequest: Sendable {
     /// Creates a request.
     public init(
         connection: AcceptedTunnelConnection, server: TunnelServerIdentity, peerIdentity: SpiffeID?,
-        target: SocketAddr, source: SocketAddr, baggage: [String: String] = [:], route: String = "hbone",
-        connectTimeout: TimeAmount = .seconds(10)
+        target: SocketAddr, source: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:],
+        route: String = "hbone", connectTimeout: TimeAmount = .seconds(10)
     ) {
         self.connection = connection
         self.server = server
         self.peerIdentity = peerIdentity
         self.target = target
         self.source = source
+        self.forwardedFor = forwardedFor
         self.baggage = baggage
         self.route = route
         self.connectTimeout = connectTimeout

@@ -129,7 +129,15 @@ final class HBONEClient: Sendable {
             return
         }
         let tls = self.tls
-        let dialer = self.dialer.placed(request.placement)
+        var placed = self.dialer.placed(request.placement)
+        // The tunnel leaves from the source workload's own address, as ztunnel's does: the
+        // destination takes the connection's peer as the source for policy and telemetry.
+        // In a pod the address is the pod's; outside one it must be local to this node.
+        let sourceIP = request.sourceAddress.ip
+        if placed.options.sourceAddress == nil, !sourceIP.isUnspecified, sourceIP.isIPv4 == gateway.ip.isIPv4 {
+            placed.options.sourceAddress = sourceIP
+        }
+        let dialer = placed
         let expected = Set(request.expectedIdentities)
         eventLoop.makeFutureWithTask {
             let certificate = try await provider.certificate(for: source, priority: .onDemand)

@@ -375,7 +375,10 @@ final class HBONEServer: Sendable {
         case .success(let request):
             let streamRequest = TunnelStreamRequest(
                 connection: state.connection, server: state.server, peerIdentity: state.peer, target: request.target,
-                source: request.forwardedFor ?? state.remote, baggage: request.baggage, route: "hbone",
+                // The source is the connection's peer, never `forwarded: for=`: any holder of a
+                // mesh certificate could name any address there (ztunnel trusts it only from
+                // the destination's own waypoint, which this node proxy does not serve yet).
+                source: state.remote, forwardedFor: request.forwardedFor, baggage: request.baggage, route: "hbone",
                 connectTimeout: config.server.connectTimeout.timeAmount)
             terminator.terminate(streamRequest, responder: responder(baggage: request.baggage))
         }
