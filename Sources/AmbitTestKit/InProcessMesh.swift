@@ -230,6 +230,8 @@ public final class InProcessMesh: Sendable {
             throw InProcessMeshError("no client workload named \(client) (have \(clients.map(\.name)))")
         }
         let (socks, server) = (self.socks, self.server)
+        let log = serverNode.plugin(InboundDecisionLog.self)
+        let before = log?.count ?? 0
         let (reply, bytes, local) = try await Blocking.run { () throws -> (SOCKS5Reply, [UInt8], SocketAddr?) in
             let connection = try SOCKS5Client(
                 proxy: socks, source: source.address, request: SOCKS5Request(address: .ip(server.ip), port: server.port))
@@ -243,12 +245,14 @@ public final class InProcessMesh: Sendable {
         // node-b records its decision before it answers the tunnel, so it is there by
         // now; the wait covers a refusal that came from elsewhere (no record at all).
         var record: ConnectionRecord?
-        if let local, let log = serverNode.plugin(InboundDecisionLog.self) {
+        // node-b sees the tunnel's own connection as the source (the client workload's
+        // address, another port): the first record from that address since we started.
+        if let local, let log {
             let deadline = ContinuousClock.now.advanced(by: .seconds(1))
-            record = log.record(from: local)
+            record = log.record(from: local.ip, after: before)
             while record == nil && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(10))
-                record = log.record(from: local)
+                record = log.record(from: local.ip, after: before)
             }
         }
         return Outcome(
@@ -358,9 +362,13 @@ final class InboundDecisionLog: Plugin, TelemetrySink {
 
     init(config: Config, context: PluginContext) {}
 
-    /// The inbound record of the connection from `source` (the client's address).
-    func record(from source: SocketAddr) -> ConnectionRecord? {
-        records.withLockedValue { $0.last { $0.source == source } }
+    /// How many records it holds.
+    var count: Int { records.withLockedValue { $0.count } }
+
+    /// The first inbound record from `source` (the client workload's address) among those
+    /// kept after the first `index`.
+    func record(from source: IPAddress, after index: Int) -> ConnectionRecord? {
+        records.withLockedValue { $0.dropFirst(index).first { $0.source.ip == source } }
     }
 
     func connectionOpened(_ connection: ConnectionRecord) { keep(connection) }

@@ -142,7 +142,8 @@ public final class OutboundPath: Sendable {
         switch decision {
         case .refuse(let refusal):
             logger.info("refused outbound connection", metadata: metadata(["reason": "\(refusal)"]))
-            report(refused: request, mesh: mesh, refusal)
+            // Refused before any connection attempt: logged, not counted (ztunnel adds no
+            // `istio_tcp_*` series for these either).
             return eventLoop.makeFailedFuture(refusal)
 
         case .hbone(let target):
@@ -153,7 +154,6 @@ public final class OutboundPath: Sendable {
                     "refused: destination speaks HBONE and no tunnel plugin is enabled (enable `hbone`)",
                     metadata: metadata(["gateway": "\(target.gateway)"]))
                 let refusal = ConnectionRefusal(.noTunnel, "HBONE destination needs a tunnel plugin")
-                report(refused: request, mesh: mesh, refusal)
                 return eventLoop.makeFailedFuture(refusal)
             }
             let tunnelRequest = TunnelRequest(
@@ -217,17 +217,6 @@ public final class OutboundPath: Sendable {
                 _ = context.relayReporting(downstream: downstream, upstream: upstream, record: record, initialData: leftover)
             },
             cancel: { upstream.close(promise: nil) })
-    }
-
-    /// Tells the telemetry sinks about a connection refused before relaying.
-    private func report(refused request: OutboundRequest, mesh: MeshSnapshot, _ refusal: ConnectionRefusal) {
-        let record = ConnectionRecord(
-            direction: .outbound, source: request.sourceAddress ?? request.destination,
-            destination: request.destination, sourceWorkload: request.source, destinationWorkload: nil,
-            destinationService: mesh.service(at: request.destination.ip, network: request.source?.network ?? ""),
-            route: "refused")
-        record.recordFailure(refusal.description, flag: refusal.flag)
-        record.report(.denied, to: context.providers(of: (any TelemetrySink).self))
     }
 
     /// Tells the telemetry sinks that connecting upstream failed.

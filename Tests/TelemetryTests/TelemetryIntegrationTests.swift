@@ -131,7 +131,7 @@ struct TelemetryIntegrationTests {
         Scrape(harness.telemetry.registry.emitToString()).value(name, matching)
     }
 
-    @Test("refused connections: upstream connect failure is CONNECT, a service without endpoints is UH")
+    @Test("refused connections: upstream connect failure is CONNECT; a service without endpoints is refused before any attempt and adds no series, as in ztunnel")
     func refusals() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let echo = try await EchoServer.start("127.0.0.2:0", group: group)
@@ -153,7 +153,9 @@ struct TelemetryIntegrationTests {
         #expect(scrape.value(IstioTCPMetrics.Name.opened, toGreeter.merging(["response_flags": "-"]) { $1 }) == 1)
         #expect(scrape.value(IstioTCPMetrics.Name.received, toGreeter) == 0)
         let toEmpty = ["destination_service": "empty.default.svc.cluster.local", "destination_service_name": "empty"]
-        #expect(scrape.value(IstioTCPMetrics.Name.closed, toEmpty.merging(["response_flags": "UH"]) { $1 }) == 1)
+        #expect(scrape.value(IstioTCPMetrics.Name.closed, toEmpty) == 0)
+        #expect(scrape.value(IstioTCPMetrics.Name.opened, toEmpty) == 0)
+        #expect(!scrape.text.contains("empty.default.svc.cluster.local"), "a refusal before any attempt adds no series")
         #expect(scrape.value(IstioTCPMetrics.Name.opened) == scrape.value(IstioTCPMetrics.Name.closed))
         try await harness.stop()
         await echo.close()
@@ -265,7 +267,8 @@ struct TelemetryIntegrationTests {
 
         let (status, output) = try runPromtool(on: scrape.text)
         #expect(status == 0, "promtool check metrics failed:\n\(output)\n--- scraped text ---\n\(scrape.text)")
-        #expect(scrape.value(IstioTCPMetrics.Name.closed) == 3)
+        // The echo and the failed connect; the refusal (no endpoint) adds no series.
+        #expect(scrape.value(IstioTCPMetrics.Name.closed) == 2)
     }
 }
 

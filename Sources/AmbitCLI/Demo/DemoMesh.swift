@@ -301,7 +301,11 @@ enum DemoMesh {
                 var inbound: ConnectionRecord?
                 if let outbound, outbound.route == "hbone" {
                     let destinationNode = outbound.destinationWorkload?.node == "node-a" ? recorderA : recorderB
-                    inbound = await destinationNode.waitForClosed { $0.direction == .inbound && $0.source == source }
+                    // The destination sees the tunnel's connection (sleep's address, another
+                    // port): the first inbound record from sleep made after this outbound one.
+                    inbound = await destinationNode.waitForClosed {
+                        $0.direction == .inbound && $0.source.ip == source?.ip && $0.id > outbound.id
+                    }
                 }
                 if let inbound {
                     let peer = inbound.peerIdentity.map { "\($0.namespace)/\($0.serviceAccount)" } ?? "none"
@@ -324,7 +328,7 @@ enum DemoMesh {
                         failures.append("#\(index) \(scenario.title): expected refusal \(expected), got \(row.outcome)")
                     }
                 case .denied:
-                    let denial = await recorderB.waitForDenied { $0.source == source }
+                    let denial = await recorderB.waitForDenied { $0.source.ip == source?.ip }
                     if code == .succeeded || denial == nil {
                         failures.append("#\(index) \(scenario.title): expected a policy denial, got \(row.outcome)")
                     } else if let denial {
