@@ -1,4 +1,5 @@
 import AmbitRuntime
+import Foundation
 import Kernel
 import Testing
 import ConfigYAML
@@ -24,6 +25,78 @@ private struct Defaults: Decodable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case timeout, label, ports
+    }
+}
+
+/// Defaults in the property initializers, no `init(from:)`.
+private struct Listener: DefaultedConfig, Equatable {
+    var port: UInt16 = 15008
+    var name = "default"
+    var enabled = true
+    var timeout = ConfigDuration(.seconds(5))
+    var deadline: Duration = .seconds(1)
+    var tags: [String] = ["a"]
+    var mark: UInt32?
+    var address: SocketAddr? = SocketAddr("127.0.0.1:15000")
+    var tls = TLS()
+
+    struct TLS: DefaultedConfig, Equatable {
+        var minimum = "1.3"
+        var handshakes = 64
+        var windows = Windows()
+
+        func validate() -> [ConfigProblem] {
+            handshakes < 1 ? [ConfigProblem(at: "handshakes", "must be at least 1")] : []
+        }
+    }
+
+    struct Windows: DefaultedConfig, Equatable {
+        var stream = 65_535
+        var connection = 65_535
+
+        func validate() -> [ConfigProblem] {
+            connection < stream ? [ConfigProblem("connection must be at least stream")] : []
+        }
+    }
+
+    func validate() -> [ConfigProblem] {
+        var problems: [ConfigProblem] = []
+        if port == 0 { problems.append(ConfigProblem(at: "port", "must not be 0")) }
+        if !enabled && mark != nil { problems.append(ConfigProblem("mark needs enabled: true")) }
+        if tags.contains("") { problems.append(ConfigProblem(at: "tags[\(tags.firstIndex(of: "")!)]", "must not be empty")) }
+        return problems
+    }
+}
+
+/// Custom raw values cannot be matched with property names.
+private struct Renamed: DefaultedConfig {
+    var port: UInt16 = 1
+    enum CodingKeys: String, CodingKey { case port = "listenPort" }
+}
+
+/// A property wrapper's storage is found under the wrapped name.
+@propertyWrapper
+private struct Clamped: Decodable, Equatable {
+    var wrappedValue: Int
+    init(wrappedValue: Int) { self.wrappedValue = min(wrappedValue, 10) }
+    init(from decoder: any Decoder) throws { self.init(wrappedValue: try decoder.singleValueContainer().decode(Int.self)) }
+}
+
+private struct Wrapped: DefaultedConfig {
+    @Clamped var level = 3
+    var other = 1
+}
+
+/// A hand-written `init(from:)` decoding another type than it stores still works.
+private struct Converting: DefaultedConfig {
+    var timeout: Duration = .seconds(3)
+    var label: String?
+    init() {}
+    init(from decoder: any Decoder) throws {
+        enum Keys: String, CodingKey { case timeout, label }
+        let c = try decoder.container(keyedBy: Keys.self)
+        timeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .timeout)?.duration ?? .seconds(3)
+        label = try c.decodeIfPresent(String.self, forKey: .label)
     }
 }
 
@@ -216,5 +289,144 @@ struct ConfigDecoderTests {
     func pathRendering() {
         let found = errors([String: [String: Int]].self, "\"default/echo.svc\": {a: x}")
         #expect(found.first?.path == "[\"default/echo.svc\"].a")
+    }
+
+    // MARK: DefaultedConfig
+
+    @Test("DefaultedConfig: absent and null keys take the property initializers' values")
+    func defaultsForAbsentAndNull() throws {
+        let empty = try ConfigDecoder.decode(Listener.self, yaml: "", file: "t.yaml")
+        #expect(empty == Listener())
+        let absent = try ConfigDecoder.decode(Listener.self, from: ConfigNode(value: nil, path: "x", file: "t.yaml"))
+        #expect(absent == Listener())
+        let nulls = try ConfigDecoder.decode(
+            Listener.self, yaml: "port: null\nname: ~\nenabled:\ntimeout: null\ndeadline: null\ntags: null\ntls: null", file: "t.yaml")
+        #expect(nulls == Listener())
+    }
+
+    @Test("DefaultedConfig: present keys override, nested configs keep their own defaults")
+    func presentKeysOverride() throws {
+        let yaml = """
+            port: 80
+            timeout: 250ms
+            deadline: 2m
+            tags: [x, y]
+            mark: 1337
+            tls:
+              minimum: "1.2"
+              windows: {stream: 100000, connection: 200000}
+            """
+        let config = try ConfigDecoder.decode(Listener.self, yaml: yaml, file: "t.yaml")
+        var expected = Listener()
+        expected.port = 80
+        expected.timeout = ConfigDuration(.milliseconds(250))
+        expected.deadline = .seconds(120)
+        expected.tags = ["x", "y"]
+        expected.mark = 1337
+        expected.tls.minimum = "1.2"
+        expected.tls.windows = .init(stream: 100_000, connection: 200_000)
+        #expect(config == expected)
+        // A nested mapping with some keys: the rest are the nested type's defaults.
+        let partial = try ConfigDecoder.decode(Listener.self, yaml: "tls: {handshakes: 3}", file: "t.yaml")
+        #expect(partial.tls.handshakes == 3 && partial.tls.minimum == "1.3" && partial.tls.windows == Listener.Windows())
+    }
+
+    @Test("DefaultedConfig: optionals are their default when absent and nil when null")
+    func optionals() throws {
+        let absent = try ConfigDecoder.decode(Listener.self, yaml: "port: 1", file: "t.yaml")
+        #expect(absent.mark == nil)
+        #expect(absent.address == SocketAddr("127.0.0.1:15000"))
+        let null = try ConfigDecoder.decode(Listener.self, yaml: "address: null\nmark: ~", file: "t.yaml")
+        #expect(null.address == nil && null.mark == nil)
+        let set = try ConfigDecoder.decode(Listener.self, yaml: "address: 10.0.0.1:1", file: "t.yaml")
+        #expect(set.address == SocketAddr("10.0.0.1:1"))
+    }
+
+    @Test("DefaultedConfig: unknown keys are errors listing the property names")
+    func defaultedUnknownKeys() {
+        let found = errors(Listener.self, "prot: 1\ntls:\n  windws: {}", path: "plugins[0] (x).config")
+        #expect(found.map(\.description) == [
+            "test.yaml:1: plugins[0] (x).config.prot: unknown key \"prot\"; did you mean \"port\"? "
+                + "(allowed: port, name, enabled, timeout, deadline, tags, mark, address, tls)",
+            "test.yaml:3: plugins[0] (x).config.tls.windws: unknown key \"windws\"; did you mean \"windows\"? "
+                + "(allowed: minimum, handshakes, windows)",
+        ])
+    }
+
+    @Test("DefaultedConfig: type errors keep file, line and path")
+    func defaultedTypeErrors() {
+        #expect(errors(Listener.self, "name: a\nport: 70000").map(\.description) == [
+            "test.yaml:2: port: expected an integer 0…65535, got 70000"
+        ])
+        #expect(errors(Listener.self, "name: a\ntls:\n  handshakes: many", path: "p").map(\.description) == [
+            "test.yaml:3: p.tls.handshakes: expected an integer \(Int.min)…\(Int.max), got \"many\""
+        ])
+        #expect(errors(Listener.self, "deadline: soon").map(\.description) == [
+            "test.yaml:1: deadline: expected a duration such as \"5s\", \"500ms\", \"2m\", \"1h\" or a number of seconds, got \"soon\""
+        ])
+        #expect(errors(Listener.self, "tags: x").first?.message == "expected a sequence, got \"x\"")
+    }
+
+    @Test("validate(): problems carry the file, the line of the value they name, and its path")
+    func validateProblems() {
+        let yaml = """
+            name: a
+            port: 0
+            enabled: false
+            mark: 1
+            tags: [x, ""]
+            tls:
+              handshakes: 0
+              windows:
+                stream: 10
+                connection: 5
+            """
+        let found = errors(Listener.self, yaml, path: "plugins[1] (x).config")
+        #expect(Set(found.map(\.description)) == [
+            "test.yaml:1: plugins[1] (x).config: mark needs enabled: true",
+            "test.yaml:2: plugins[1] (x).config.port: must not be 0",
+            "test.yaml:5: plugins[1] (x).config.tags[1]: must not be empty",
+            "test.yaml:7: plugins[1] (x).config.tls.handshakes: must be at least 1",
+            "test.yaml:9: plugins[1] (x).config.tls.windows: connection must be at least stream",
+        ])
+        #expect(found.map(\.line) == found.map(\.line).sorted { ($0 ?? 0) < ($1 ?? 0) })
+        // A problem about a key the document leaves out names the nearest line it has.
+        let absent = errors(Listener.self, "tls:\n  windows: {stream: 100000}\n", path: "")
+        #expect(absent.map(\.description) == ["test.yaml:2: tls.windows: connection must be at least stream"])
+        // Defaults are not validated again: an all-defaults config is fine.
+        #expect(errors(Listener.self, "").isEmpty)
+    }
+
+    @Test("DefaultedConfig: custom raw coding keys find no default and say so; property wrappers work")
+    func limitations() throws {
+        let renamed = errors(Renamed.self, "")
+        #expect(renamed.count == 1)
+        #expect(renamed.first?.message.contains("Renamed has no property \"listenPort\"") == true)
+        #expect(try ConfigDecoder.decode(Renamed.self, yaml: "listenPort: 7", file: "t.yaml").port == 7)
+
+        let wrapped = try ConfigDecoder.decode(Wrapped.self, yaml: "other: 2", file: "t.yaml")
+        #expect(wrapped.level == 3 && wrapped.other == 2)
+        #expect(try ConfigDecoder.decode(Wrapped.self, yaml: "level: 50", file: "t.yaml").level == 10)
+        #expect(errors(Wrapped.self, "levle: 1").first?.message.contains("(allowed: level, other)") == true)
+    }
+
+    @Test("DefaultedConfig with a hand-written init(from:) that converts types")
+    func handWritten() throws {
+        let absent = try ConfigDecoder.decode(Converting.self, yaml: "", file: "t.yaml")
+        #expect(absent.timeout == .seconds(3) && absent.label == nil)
+        let present = try ConfigDecoder.decode(Converting.self, yaml: "timeout: 2s\nlabel: x", file: "t.yaml")
+        #expect(present.timeout == .seconds(2) && present.label == "x")
+        #expect(errors(Converting.self, "tmeout: 1s").first?.message.contains("(allowed: timeout, label)") == true)
+    }
+
+    @Test("DefaultedConfig with another decoder: every non-optional key is needed")
+    func otherDecoders() throws {
+        struct Small: DefaultedConfig, Equatable {
+            var port: UInt16 = 1
+            var mark: UInt32?
+        }
+        let json = JSONDecoder()
+        #expect(try json.decode(Small.self, from: Data(#"{"port": 5}"#.utf8)) == Small(port: 5))
+        #expect(throws: DecodingError.self) { try json.decode(Small.self, from: Data("{}".utf8)) }
     }
 }

@@ -78,7 +78,11 @@ public struct ConfigLocation: Sendable, Hashable, CustomStringConvertible {
 ///
 /// - Unknown mapping keys are errors (a key is unknown when the `CodingKey` type cannot
 ///   be made from it, so synthesized `CodingKeys` are strict and dictionaries take any
-///   key). When the key type is `CaseIterable` the message lists the allowed keys.
+///   key). When the key type is `CaseIterable` the message lists the allowed keys, as it
+///   does for a ``DefaultedConfig`` (its property names).
+/// - A ``DefaultedConfig`` needs no `init(from:)`: absent and null keys take the values
+///   of its `init()` (see there). Every ``ConfigValidating`` value is validated right
+///   after it is decoded, its problems reported like decoding errors.
 /// - Errors do not stop the run: unknown keys are collected while decoding goes on, and
 ///   after a failed element of a list or dictionary the remaining elements are still
 ///   decoded, so one run reports as much as it can.
@@ -87,7 +91,8 @@ public struct ConfigLocation: Sendable, Hashable, CustomStringConvertible {
 ///   `DecodingError`s thrown by custom `init(from:)` are their `debugDescription`.
 /// - Scalars: `Bool` is `true`/`false`; integers are range-checked ("expected an integer
 ///   0…65535, got 70000"); numbers and booleans must be plain (unquoted); any non-null
-///   scalar decodes as `String`. `null`, `~` and an empty value are null.
+///   scalar decodes as `String`. `null`, `~` and an empty value are null. `Duration`
+///   decodes from the ``ConfigDuration`` forms (`5s`, `500ms`).
 /// - A null or absent mapping/sequence decodes as empty, so all-default configs work.
 /// - Dictionaries decode from mappings whatever their key type: `[UInt16: UInt16]` from
 ///   `{80: 8080}` (Swift asks such dictionaries for alternating key/value lists; the
@@ -107,10 +112,9 @@ public enum ConfigDecoder {
     public static func decodeCollecting<T: Decodable>(_ type: T.Type, from node: ConfigNode) -> (value: T?, errors: [ConfigError]) {
         let context = DecodingContext(file: node.file, prefix: node.path)
         let root = StrictDecoder(value: node.value, codingPath: [], context: context, parentLine: node.line)
-        root.configureFor(T.self)
         var result: T?
         do {
-            result = try T(from: root)
+            result = try root.decodeValue(T.self)
         } catch is ReportedError {
             // Already recorded where it happened.
         } catch {
@@ -217,6 +221,8 @@ final class StrictDecoder: Decoder {
     var homogeneous = false
     /// Set when decoding a dictionary: a mapping may be read as key, value, key, value.
     var mappingAsPairs = false
+    /// Set when decoding a ``DefaultedConfig``: the values absent and null keys take.
+    var defaults: ConfigDefaults?
 
     init(value: ConfigValue?, codingPath: [any CodingKey], context: DecodingContext, parentLine: Int?) {
         self.value = value
@@ -228,6 +234,29 @@ final class StrictDecoder: Decoder {
     func configureFor<T>(_ type: T.Type) {
         homogeneous = T.self is any HomogeneousCollection.Type
         mappingAsPairs = T.self is any DictionaryCollection.Type
+        if let defaulted = T.self as? any DefaultedConfig.Type { defaults = ConfigDefaults(defaulted.init()) }
+    }
+
+    /// Decodes the value at this position as `T`, then records the problems its
+    /// ``ConfigValidating/validate()`` finds, each at the position it names.
+    func decodeValue<T: Decodable>(_ type: T.Type) throws -> T {
+        // `Duration`'s own Codable form is a pair of integers; configs write "5s".
+        if T.self == Duration.self, let duration = try ConfigDuration(from: self).duration as? T { return duration }
+        configureFor(T.self)
+        let value = try T(from: self)
+        if let validating = value as? any ConfigValidating {
+            for problem in validating.validate() { record(problem) }
+        }
+        return value
+    }
+
+    /// Records a ``ConfigProblem`` found below this value, at the line of the deepest
+    /// value along its path that the document has.
+    func record(_ problem: ConfigProblem) {
+        let path = codingPath + problem.codingKeys
+        let (line, _) = locate(path)
+        context.record(ConfigError(
+            file: context.file, line: line, path: Self.render(prefix: context.prefix, path: path), message: problem.message))
     }
 
     var renderedPath: String { Self.render(prefix: context.prefix, path: codingPath) }
@@ -262,9 +291,8 @@ final class StrictDecoder: Decoder {
     /// Decodes a child value, recording any error at the child's position.
     func decodeChild<T: Decodable>(_ type: T.Type, value: ConfigValue?, key: any CodingKey) throws -> T {
         let child = StrictDecoder(value: value, codingPath: codingPath + [key], context: context, parentLine: line)
-        child.configureFor(T.self)
         do {
-            return try T(from: child)
+            return try child.decodeValue(T.self)
         } catch let error as ReportedError {
             throw error
         } catch {
@@ -303,7 +331,7 @@ final class StrictDecoder: Decoder {
 
     /// The line of the deepest existing value along `path` (which normally starts with
     /// this decoder's own path).
-    private func locate(_ path: [any CodingKey]) -> (Int?, ConfigValue?) {
+    func locate(_ path: [any CodingKey]) -> (Int?, ConfigValue?) {
         guard path.count >= codingPath.count else { return (line, value) }
         var current = value
         var currentLine = line
@@ -417,7 +445,7 @@ struct StrictKeyedContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
         self.entries = map
         self.ordered = ordered
         if !unknown.isEmpty {
-            let allowed = Self.allowedKeys
+            let allowed = Self.allowedKeys ?? decoder.defaults.map { $0.keys(for: Key.self) }.flatMap { $0.isEmpty ? nil : $0 }
             for (text, line) in unknown {
                 var message = "unknown key \"\(text)\""
                 if let allowed {
@@ -482,6 +510,9 @@ struct StrictKeyedContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T { try decodeValue(type, forKey: key) }
 
     private func decodeValue<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
+        if let defaults = decoder.defaults, T.self != ConfigNode.self, entries[key.stringValue]?.isNull ?? true {
+            return try defaultValue(T.self, forKey: key, in: defaults)
+        }
         guard let value = entries[key.stringValue] else {
             if T.self == ConfigNode.self {
                 // An absent plugin `config:` is an empty one; keep its would-be path.
@@ -499,6 +530,49 @@ struct StrictKeyedContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
             throw error
         }
     }
+
+    /// The default instance's value of the property `key` names.
+    private func defaultValue<T>(_ type: T.Type, forKey key: Key, in defaults: ConfigDefaults) throws -> T {
+        guard let value = defaults.value(for: key.stringValue) as? T else {
+            // A programming error in the config type, reported at the key.
+            throw DecodingError.dataCorrupted(.init(
+                codingPath: codingPath + [key],
+                debugDescription: "\(defaults.typeName) has no property \"\(key.stringValue)\" of type \(T.self) to take "
+                    + "the default from (a DefaultedConfig's coding keys must be its property names)"))
+        }
+        return value
+    }
+
+    func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? { try decodeOptional(type, forKey: key) }
+
+    /// Absent: the default instance's value, when decoding a ``DefaultedConfig`` that has
+    /// an optional property of that name and type (else nil, as a hand-written
+    /// `init(from:)` expects); null: nil.
+    private func decodeOptional<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        guard let value = entries[key.stringValue] else {
+            if let defaults = decoder.defaults, T.self != ConfigNode.self, let fallback = defaults.value(for: key.stringValue) as? T? {
+                return fallback
+            }
+            return nil
+        }
+        if value.isNull { return nil }
+        return try decodeValue(type, forKey: key)
+    }
+
+    func decodeIfPresent(_ type: Bool.Type, forKey key: Key) throws -> Bool? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: String.Type, forKey key: Key) throws -> String? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: Double.Type, forKey key: Key) throws -> Double? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: Float.Type, forKey key: Key) throws -> Float? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: Int.Type, forKey key: Key) throws -> Int? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: Int8.Type, forKey key: Key) throws -> Int8? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: Int16.Type, forKey key: Key) throws -> Int16? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: Int32.Type, forKey key: Key) throws -> Int32? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: Int64.Type, forKey key: Key) throws -> Int64? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: UInt.Type, forKey key: Key) throws -> UInt? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: UInt8.Type, forKey key: Key) throws -> UInt8? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: UInt16.Type, forKey key: Key) throws -> UInt16? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: UInt32.Type, forKey key: Key) throws -> UInt32? { try decodeOptional(type, forKey: key) }
+    func decodeIfPresent(_ type: UInt64.Type, forKey key: Key) throws -> UInt64? { try decodeOptional(type, forKey: key) }
 
     /// After a dictionary value failed, check the values after it too.
     private func decodeRemaining<T: Decodable>(_ type: T.Type, after key: Key) {
@@ -726,8 +800,7 @@ struct StrictSingleValueContainer: SingleValueDecodingContainer {
         // A wrapper decoding its content through a single value container shares this
         // position.
         let inner = StrictDecoder(value: decoder.value, codingPath: codingPath, context: decoder.context, parentLine: decoder.line)
-        inner.configureFor(T.self)
-        return try T(from: inner)
+        return try inner.decodeValue(T.self)
     }
 }
 
