@@ -1,4 +1,5 @@
 import Foundation
+import Kernel
 import Testing
 
 @testable import Capture
@@ -84,11 +85,11 @@ struct InPodRulesTests {
     @Test
     func impossibleInPodSettingsAreReported() {
         var config = InPodConfig()
-        #expect(config.problems().isEmpty)
+        #expect(config.validate().isEmpty)
         config.mark = 0
         config.inboundPort = 15001
-        let problems = config.problems()
-        #expect(problems.contains { $0.contains("inPod.mark") })
-        #expect(problems.contains { $0.contains("must differ") })
+        let problems = config.validate()
+        #expect(problems.contains { $0.path == "mark" })
+        #expect(problems.contains { $0.path.isEmpty && $0.message.contains("must differ") })
     }
 }

@@ -20,7 +20,7 @@ import NodeProxy
 /// without one they are refused with a log line saying so.
 public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
     /// `capture` plugin configuration.
-    public struct Config: Decodable, Sendable {
+    public struct Config: DefaultedConfig, Sendable {
         /// The SOCKS5 listener.
         public var socks5: SOCKS5Config = SOCKS5Config()
         /// Upstream connect timeout.
@@ -33,7 +33,7 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
         public var inPod: InPodConfig = InPodConfig()
 
         /// SOCKS5 settings.
-        public struct SOCKS5Config: Decodable, Sendable {
+        public struct SOCKS5Config: DefaultedConfig, Sendable {
             /// Listen or not.
             public var enabled: Bool = true
             /// Listen address; port 0 picks a free port (see ``CapturePlugin/captureAddresses``).
@@ -42,33 +42,9 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
             public var handshakeTimeout: ConfigDuration = ConfigDuration(.seconds(10))
 
             public init() {}
-
-            private enum CodingKeys: String, CodingKey, CaseIterable {
-                case enabled, address, handshakeTimeout
-            }
-
-            public init(from decoder: any Decoder) throws {
-                let c = try decoder.container(keyedBy: CodingKeys.self)
-                enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? enabled
-                address = try c.decodeIfPresent(SocketAddr.self, forKey: .address) ?? address
-                handshakeTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .handshakeTimeout) ?? handshakeTimeout
-            }
         }
 
         public init() {}
-
-        private enum CodingKeys: String, CodingKey, CaseIterable {
-            case socks5, connectTimeout, upstreamMark, inbound, inPod
-        }
-
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            socks5 = try c.decodeIfPresent(SOCKS5Config.self, forKey: .socks5) ?? socks5
-            connectTimeout = try c.decodeIfPresent(ConfigDuration.self, forKey: .connectTimeout) ?? connectTimeout
-            upstreamMark = try c.decodeIfPresent(UInt32.self, forKey: .upstreamMark)
-            inbound = try c.decodeIfPresent(InboundPlaintextConfig.self, forKey: .inbound) ?? inbound
-            inPod = try c.decodeIfPresent(InPodConfig.self, forKey: .inPod) ?? inPod
-        }
     }
 
     public static let id = "capture"
@@ -106,7 +82,8 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
     private var inboundComponent: String { "capture inbound listener \(config.inbound.address)" }
 
     public func provision() async throws {
-        let problems = config.inPod.problems()
+        // A decoded config was validated with file and line; this catches one built in code.
+        let problems = config.inPod.validate().map { $0.under("inPod").description }
         if !problems.isEmpty {
             throw PluginError(.invalidConfiguration, plugin: Self.id, problems.joined(separator: "; "))
         }

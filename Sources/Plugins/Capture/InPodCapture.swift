@@ -8,7 +8,7 @@ import AmbitRuntime
 import NodeProxy
 
 /// Settings of in-pod capture (`capture` config key `inPod`).
-public struct InPodConfig: Decodable, Sendable {
+public struct InPodConfig: DefaultedConfig, Sendable {
     /// Capture inside pod network namespaces. Off by default: it needs root and changes the
     /// pods' firewall rules.
     public var enabled = false
@@ -32,32 +32,16 @@ public struct InPodConfig: Decodable, Sendable {
 
     public init() {}
 
-    private enum CodingKeys: String, CodingKey, CaseIterable {
-        case enabled, mark, outboundPort, inboundPort, hbonePort, installRules, iptables, recheckInterval
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? enabled
-        mark = try c.decodeIfPresent(UInt32.self, forKey: .mark) ?? mark
-        outboundPort = try c.decodeIfPresent(UInt16.self, forKey: .outboundPort) ?? outboundPort
-        inboundPort = try c.decodeIfPresent(UInt16.self, forKey: .inboundPort) ?? inboundPort
-        hbonePort = try c.decodeIfPresent(UInt16.self, forKey: .hbonePort) ?? hbonePort
-        installRules = try c.decodeIfPresent(Bool.self, forKey: .installRules) ?? installRules
-        iptables = try c.decodeIfPresent(String.self, forKey: .iptables) ?? iptables
-        recheckInterval = try c.decodeIfPresent(ConfigDuration.self, forKey: .recheckInterval) ?? recheckInterval
-    }
-
-    /// Config values that cannot work, each as one message.
-    func problems() -> [String] {
-        var problems: [String] = []
-        if mark == 0 { problems.append("inPod.mark: must not be 0 (the redirect rules match on it)") }
+    /// Config values that cannot work.
+    public func validate() -> [ConfigProblem] {
+        var problems: [ConfigProblem] = []
+        if mark == 0 { problems.append(ConfigProblem(at: "mark", "must not be 0 (the redirect rules match on it)")) }
         let ports = [outboundPort, inboundPort, hbonePort]
         if Set(ports).count != ports.count {
-            problems.append("inPod: outboundPort, inboundPort and hbonePort must differ")
+            problems.append(ConfigProblem("outboundPort, inboundPort and hbonePort must differ"))
         }
-        if ports.contains(0) { problems.append("inPod: ports must not be 0") }
-        if iptables.isEmpty { problems.append("inPod.iptables: must name a command") }
+        if ports.contains(0) { problems.append(ConfigProblem("ports must not be 0")) }
+        if iptables.isEmpty { problems.append(ConfigProblem(at: "iptables", "must name a command")) }
         return problems
     }
 }

@@ -9,7 +9,7 @@ import AmbitRuntime
 import NodeProxy
 
 /// Settings of the plaintext inbound listener (`capture` config key `inbound`).
-public struct InboundPlaintextConfig: Decodable, Sendable {
+public struct InboundPlaintextConfig: DefaultedConfig, Sendable {
     /// Listen or not. Off by default: without in-pod redirection (or a fixed `destination`)
     /// nothing arrives here.
     public var enabled = false
@@ -21,17 +21,6 @@ public struct InboundPlaintextConfig: Decodable, Sendable {
     public var destination: SocketAddr?
 
     public init() {}
-
-    private enum CodingKeys: String, CodingKey, CaseIterable {
-        case enabled, address, destination
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? enabled
-        address = try c.decodeIfPresent(SocketAddr.self, forKey: .address) ?? address
-        destination = try c.decodeIfPresent(SocketAddr.self, forKey: .destination)
-    }
 }
 
 /// The plaintext inbound path: plain TCP from outside the mesh (or from a workload that
