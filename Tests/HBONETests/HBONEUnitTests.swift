@@ -112,11 +112,11 @@ struct HBONEUnitTests {
         #expect(defaults.server.maxConcurrentStreams == 200)
         #expect(defaults.client.maxStreamsPerConnection == 100)
         #expect(defaults.client.idleTimeout.duration == .seconds(300))
-        #expect(defaults.problems().isEmpty)
+        #expect(defaults.validate().isEmpty)
         var bad = HBONEConfig()
         bad.http2.maxFrameSize = 100
         bad.client.maxStreamsPerConnection = 0
-        #expect(bad.problems().count == 2)
+        #expect(bad.validate().map(\.path) == ["http2.maxFrameSize", "client.maxStreamsPerConnection"])
     }
 }
 

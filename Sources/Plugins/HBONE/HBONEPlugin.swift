@@ -36,9 +36,10 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
     }
 
     public func provision() async throws {
-        let problems = config.problems()
+        // A decoded config was validated with file and line; this catches one built in code.
+        let problems = config.validate()
         if !problems.isEmpty {
-            throw PluginError(.invalidConfiguration, plugin: Self.id, problems.joined(separator: "; "))
+            throw PluginError(.invalidConfiguration, plugin: Self.id, problems.map(\.description).joined(separator: "; "))
         }
         guard let provider = context.provider(of: (any IdentityProvider).self) else {
             throw PluginError(
