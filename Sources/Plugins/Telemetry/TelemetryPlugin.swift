@@ -29,7 +29,7 @@ public import AmbitRuntime
 /// ``metricsFactory`` (and a composed binary may bootstrap `MetricsSystem` with it).
 public final class TelemetryPlugin: Plugin, TelemetrySink, MetricsBackend {
     /// `telemetry` plugin configuration.
-    public struct Config: Decodable, Sendable {
+    public struct Config: DefaultedConfig, Sendable {
         /// Where `/metrics` and `/stats/prometheus` are served; port 0 picks a free port
         /// (see ``TelemetryPlugin/metricsAddress``).
         public var address: SocketAddr = SocketAddr(ip: .v4(0), port: 15020)
@@ -43,7 +43,7 @@ public final class TelemetryPlugin: Plugin, TelemetrySink, MetricsBackend {
         public var accessLog: AccessLogConfig = AccessLogConfig()
 
         /// `accessLog:` settings.
-        public struct AccessLogConfig: Decodable, Sendable {
+        public struct AccessLogConfig: DefaultedConfig, Sendable {
             /// Off by default: one line per connection is a lot on a busy node.
             public var enabled: Bool = false
             /// `text` or `json`, like the node's logs.
@@ -52,32 +52,13 @@ public final class TelemetryPlugin: Plugin, TelemetrySink, MetricsBackend {
             public var path: String?
 
             public init() {}
-
-            private enum CodingKeys: String, CodingKey, CaseIterable {
-                case enabled, format, path
-            }
-
-            public init(from decoder: any Decoder) throws {
-                let c = try decoder.container(keyedBy: CodingKeys.self)
-                enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? enabled
-                format = try c.decodeIfPresent(LogFormat.self, forKey: .format) ?? format
-                path = try c.decodeIfPresent(String.self, forKey: .path)
-            }
         }
 
         public init() {}
 
-        private enum CodingKeys: String, CodingKey, CaseIterable {
-            case address, flushInterval, seriesGracePeriod, accessLog
-        }
-
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            address = try c.decodeIfPresent(SocketAddr.self, forKey: .address) ?? address
-            flushInterval = try c.decodeIfPresent(ConfigDuration.self, forKey: .flushInterval) ?? flushInterval
-            seriesGracePeriod =
-                try c.decodeIfPresent(ConfigDuration.self, forKey: .seriesGracePeriod) ?? seriesGracePeriod
-            accessLog = try c.decodeIfPresent(AccessLogConfig.self, forKey: .accessLog) ?? accessLog
+        /// `flushInterval` 0 would flush in a busy loop.
+        public func validate() -> [ConfigProblem] {
+            flushInterval.duration > .zero ? [] : [ConfigProblem(at: "flushInterval", "must be positive")]
         }
     }
 
@@ -127,8 +108,9 @@ public final class TelemetryPlugin: Plugin, TelemetrySink, MetricsBackend {
     // MARK: Lifecycle
 
     public func provision() async throws {
-        guard config.flushInterval.duration > .zero else {
-            throw PluginError(.invalidConfiguration, plugin: Self.id, "flushInterval must be positive")
+        // A decoded config was validated with file and line; this catches one built in code.
+        if let problem = config.validate().first {
+            throw PluginError(.invalidConfiguration, plugin: Self.id, problem.description)
         }
         if config.accessLog.enabled {
             let path = config.accessLog.path.map(context.resolvePath)
