@@ -17,18 +17,9 @@ import NIOCore
 /// replaces it.
 public final class NodeProxyPlugin: Plugin, TunnelTerminator {
     /// No settings yet: the inbound dial timeout is the transport's `server.connectTimeout`.
-    public struct Config: Decodable, Sendable {
+    /// Every key is unknown (and reported with its line).
+    public struct Config: DefaultedConfig, Sendable {
         public init() {}
-        public init(from decoder: any Decoder) throws {
-            // Every key is unknown (and reported with its line).
-            _ = try decoder.container(keyedBy: NoKeys.self)
-        }
-        struct NoKeys: CodingKey {
-            var stringValue: String { "" }
-            var intValue: Int? { nil }
-            init?(stringValue: String) { nil }
-            init?(intValue: Int) { nil }
-        }
     }
 
     public static let id = "node-proxy"
