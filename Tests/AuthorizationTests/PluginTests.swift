@@ -57,6 +57,16 @@ final class FixedAuthorizer: ConnectionAuthorizer {
     func authorize(_ connection: ConnectionAttributes) async -> AuthorizationDecision { decision }
 }
 
+extension AuthorizationPlugin.Config {
+    /// The defaults with a few fields changed.
+    init(policies: [String]? = nil, meshPolicies: Bool? = nil, pollInterval: Duration? = nil) {
+        self.init()
+        if let policies { self.policies = policies }
+        if let meshPolicies { self.meshPolicies = meshPolicies }
+        if let pollInterval { self.pollInterval = pollInterval }
+    }
+}
+
 @Suite("Authorization plugin and policy chain", .timeLimit(.minutes(1)))
 struct PluginTests {
     @Test("config: defaults, strictness")
@@ -69,6 +79,17 @@ struct PluginTests {
         }
         #expect(throws: ConfigErrors.self) {
             try ConfigDecoder.decode(AuthorizationPlugin.Config.self, yaml: "{rootNamespace: \"\"}", file: "m.yaml", path: "config")
+        }
+        // Cross-field and range checks carry file, line and path.
+        do {
+            _ = try ConfigDecoder.decode(
+                AuthorizationPlugin.Config.self, yaml: "watch: true\npollInterval: 1ms\npolicies: [\"\"]", file: "m.yaml", path: "config")
+            Issue.record("expected errors")
+        } catch {
+            #expect(error.errors.map(\.description) == [
+                "m.yaml:2: config.pollInterval: expected at least 10ms, got 1ms",
+                "m.yaml:3: config.policies: paths must not be empty",
+            ])
         }
     }
 

@@ -35,51 +35,29 @@ import AmbitRuntime
 /// ```
 public final class AuthorizationPlugin: Plugin, ImmediateConnectionAuthorizer {
     /// `config:` of the manifest entry.
-    public struct Config: Decodable, Sendable {
+    public struct Config: DefaultedConfig, Sendable {
         /// Policy files, as written (relative paths are taken from the manifest's directory).
-        public var policies: [String]
+        public var policies: [String] = []
         /// The namespace whose policies without a selector apply mesh-wide.
-        public var rootNamespace: String
+        public var rootNamespace = "istio-system"
         /// Whether the mesh's policies (from discovery) are enforced too.
-        public var meshPolicies: Bool
+        public var meshPolicies = true
         /// Reload policy files on change.
-        public var watch: Bool
+        public var watch = true
         /// How often the files are checked.
-        public var pollInterval: Duration
+        public var pollInterval: Duration = .seconds(1)
 
-        /// Creates a config.
-        public init(
-            policies: [String] = [], rootNamespace: String = "istio-system", meshPolicies: Bool = true,
-            watch: Bool = true, pollInterval: Duration = .seconds(1)
-        ) {
-            self.policies = policies
-            self.rootNamespace = rootNamespace
-            self.meshPolicies = meshPolicies
-            self.watch = watch
-            self.pollInterval = pollInterval
-        }
+        /// The defaults.
+        public init() {}
 
-        enum CodingKeys: String, CodingKey, CaseIterable {
-            case policies, rootNamespace, meshPolicies, watch, pollInterval
-        }
-
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            policies = try c.decodeIfPresent([String].self, forKey: .policies) ?? []
-            rootNamespace = try c.decodeIfPresent(String.self, forKey: .rootNamespace) ?? "istio-system"
-            meshPolicies = try c.decodeIfPresent(Bool.self, forKey: .meshPolicies) ?? true
-            watch = try c.decodeIfPresent(Bool.self, forKey: .watch) ?? true
-            pollInterval = try c.decodeIfPresent(ConfigDuration.self, forKey: .pollInterval)?.duration ?? .seconds(1)
-            if rootNamespace.isEmpty {
-                throw DecodingError.dataCorruptedError(forKey: .rootNamespace, in: c, debugDescription: "must not be empty")
-            }
-            if policies.contains(where: \.isEmpty) {
-                throw DecodingError.dataCorruptedError(forKey: .policies, in: c, debugDescription: "paths must not be empty")
-            }
+        public func validate() -> [ConfigProblem] {
+            var problems: [ConfigProblem] = []
+            if rootNamespace.isEmpty { problems.append(ConfigProblem(at: "rootNamespace", "must not be empty")) }
+            if policies.contains(where: \.isEmpty) { problems.append(ConfigProblem(at: "policies", "paths must not be empty")) }
             if pollInterval < .milliseconds(10) {
-                throw DecodingError.dataCorruptedError(
-                    forKey: .pollInterval, in: c, debugDescription: "expected at least 10ms, got \(ConfigDuration(pollInterval))")
+                problems.append(ConfigProblem(at: "pollInterval", "expected at least 10ms, got \(ConfigDuration(pollInterval))"))
             }
+            return problems
         }
     }
 
