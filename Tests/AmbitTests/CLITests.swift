@@ -69,6 +69,35 @@ struct CLITests {
         #expect(errors.contains("discovery"), "missing role: \(errors)")
     }
 
+    @Test("validate reports cross-field config problems with file, line and path")
+    func validateConfigProblems() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let manifest = try dir.write(
+            "node.yaml",
+            """
+            plugins:
+              - id: capture
+                config:
+                  inPod:
+                    mark: 0
+                    inboundPort: 15001
+              - id: hbone
+                config:
+                  http2: {maxFrameSize: 100}
+            """)
+        let result = try await AmbitProcess.run(["validate", "--manifest", manifest])
+        #expect(result.status == 1)
+        let errors = result.stderr
+        #expect(errors.contains("node.yaml:5: plugins[0] (capture).config.inPod.mark: must not be 0"), "\(errors)")
+        #expect(
+            errors.contains("node.yaml:5: plugins[0] (capture).config.inPod: outboundPort, inboundPort and hbonePort must differ"),
+            "\(errors)")
+        #expect(
+            errors.contains("node.yaml:9: plugins[1] (hbone).config.http2.maxFrameSize: must be between 16384 and 16777215, got 100"),
+            "\(errors)")
+    }
+
     @Test("validate reports an unreadable mesh config and exits 1")
     func validateUnreadableMesh() async throws {
         let dir = try TemporaryDirectory()

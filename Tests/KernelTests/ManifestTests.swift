@@ -191,6 +191,22 @@ struct ManifestTests {
         ])
     }
 
+    @Test("node settings out of range are reported together, each at its key")
+    func nodeSettingsChecks() {
+        let found = loadErrors(
+            """
+            node:
+              name: ""
+              threads: 0
+              policyDeadline: 0s
+            """)
+        #expect(found == [
+            "manifest.yaml:2: node.name: must not be empty",
+            "manifest.yaml:3: node.threads: expected 1…1024 threads, got 0",
+            "manifest.yaml:4: node.policyDeadline: must be longer than 0",
+        ])
+    }
+
     @Test("unknown plugin id")
     func unknownPlugin() {
         let found = loadErrors(

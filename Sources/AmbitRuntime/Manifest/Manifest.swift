@@ -6,7 +6,7 @@ import Musl
 import Darwin
 #endif
 public import Logging
-public import NIOCore
+import NIOCore
 public import Kernel
 
 /// The node proxy's manifest: which plugins run, in which order, with what config, plus
@@ -34,52 +34,29 @@ public import Kernel
 /// ```
 public struct Manifest: Sendable {
     /// `node:`: who this proxy is and how it runs.
-    public struct NodeSettings: Sendable, Decodable {
+    public struct NodeSettings: Sendable, DefaultedConfig {
         /// The node's name; workloads whose `node` equals it are local. Default: the
         /// host name.
-        public var name: String
+        public var name = Manifest.hostName
         /// Event-loop threads. Default: the number of cores.
-        public var threads: Int
+        public var threads = System.coreCount
         /// How long open connections may run after shutdown starts. Default: 5s.
-        public var drainDeadline: Duration
+        public var drainDeadline: Duration = .seconds(5)
         /// How long one policy plugin may take to decide one connection before the
         /// connection is denied (see ``PolicyGuard``). Default: 1s.
-        public var policyDeadline: Duration
+        public var policyDeadline: Duration = PolicyGuard.defaultDeadline
 
         /// The defaults.
-        public init(
-            name: String = Manifest.hostName, threads: Int = System.coreCount, drainDeadline: Duration = .seconds(5),
-            policyDeadline: Duration = PolicyGuard.defaultDeadline
-        ) {
-            self.name = name
-            self.threads = threads
-            self.drainDeadline = drainDeadline
-            self.policyDeadline = policyDeadline
-        }
+        public init() {}
 
-        enum CodingKeys: String, CodingKey, CaseIterable {
-            case name, threads, drainDeadline, policyDeadline
-        }
-
-        public init(from decoder: any Decoder) throws {
-            let container = try decoder.container(keyedBy: CodingKeys.self)
-            let defaults = NodeSettings()
-            name = try container.decodeIfPresent(String.self, forKey: .name) ?? defaults.name
-            threads = try container.decodeIfPresent(Int.self, forKey: .threads) ?? defaults.threads
-            drainDeadline = try container.decodeIfPresent(ConfigDuration.self, forKey: .drainDeadline)?.duration ?? defaults.drainDeadline
-            policyDeadline = try container.decodeIfPresent(ConfigDuration.self, forKey: .policyDeadline)?.duration ?? defaults.policyDeadline
-            if policyDeadline <= .zero {
-                throw DecodingError.dataCorruptedError(forKey: .policyDeadline, in: container, debugDescription: "must be longer than 0")
-            }
-            if name.isEmpty {
-                throw DecodingError.dataCorruptedError(forKey: .name, in: container, debugDescription: "must not be empty")
-            }
-            if threads < 1 || threads > 1024 {
-                throw DecodingError.dataCorruptedError(forKey: .threads, in: container, debugDescription: "expected 1…1024 threads, got \(threads)")
-            }
+        public func validate() -> [ConfigProblem] {
+            var problems: [ConfigProblem] = []
+            if name.isEmpty { problems.append(ConfigProblem(at: "name", "must not be empty")) }
+            if threads < 1 || threads > 1024 { problems.append(ConfigProblem(at: "threads", "expected 1…1024 threads, got \(threads)")) }
+            if policyDeadline <= .zero { problems.append(ConfigProblem(at: "policyDeadline", "must be longer than 0")) }
+            return problems
         }
     }
-
 
     /// `logging:`.
     public struct LoggingSettings: Sendable, Decodable {
@@ -106,38 +83,16 @@ public struct Manifest: Sendable {
     }
 
     /// `admin:`: the localhost admin server and the readiness endpoint.
-    public struct AdminSettings: Sendable, Decodable {
+    public struct AdminSettings: Sendable, DefaultedConfig {
         /// Admin endpoints (`/config_dump`, `/plugins`, `/logging`, `/quitquitquit`);
         /// nil when turned off with `address: null`. Default: 127.0.0.1:15000.
-        public var address: SocketAddr?
+        public var address: SocketAddr? = SocketAddr(ip: .v4(0x7f00_0001), port: 15000)
         /// Readiness (`/healthz/ready`); nil when turned off with
-        /// `readinessAddress: null`. Default: 0.0.0.0:15021.
-        public var readinessAddress: SocketAddr?
+        /// `readinessAddress: null`. Default: 0.0.0.0:15021 (ztunnel's ports).
+        public var readinessAddress: SocketAddr? = SocketAddr(ip: .v4(0), port: 15021)
 
-        /// The defaults (ztunnel's ports).
-        public init(
-            address: SocketAddr? = SocketAddr(ip: .v4(0x7f00_0001), port: 15000),
-            readinessAddress: SocketAddr? = SocketAddr(ip: .v4(0), port: 15021)
-        ) {
-            self.address = address
-            self.readinessAddress = readinessAddress
-        }
-
-        enum CodingKeys: String, CodingKey, CaseIterable {
-            case address, readinessAddress
-        }
-
-        public init(from decoder: any Decoder) throws {
-            let container = try decoder.container(keyedBy: CodingKeys.self)
-            let defaults = AdminSettings()
-            // Absent: the default; explicit null: off.
-            address =
-                try container.contains(.address)
-                ? container.decodeIfPresent(SocketAddr.self, forKey: .address) : defaults.address
-            readinessAddress =
-                try container.contains(.readinessAddress)
-                ? container.decodeIfPresent(SocketAddr.self, forKey: .readinessAddress) : defaults.readinessAddress
-        }
+        /// The defaults. Absent keys take them; an explicit null turns an endpoint off.
+        public init() {}
     }
 
     /// `node:`.
