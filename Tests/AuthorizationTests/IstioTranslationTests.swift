@@ -133,7 +133,8 @@ struct IstioTranslationTests {
         #expect(rule[0].map(\.notDestinationPorts) == [[81], [22]])
         // from: one match per source.
         #expect(rule[1].count == 3)
-        #expect(rule[1][0].principals == [.exact("cluster.local/ns/a/sa/x"), .prefix("cluster.local/ns/b/")])
+        // A `spiffe://` principal is kept as written, so it never matches (as in Istio).
+        #expect(rule[1][0].principals == [.exact("cluster.local/ns/a/sa/x"), .prefix("spiffe://cluster.local/ns/b/")])
         #expect(rule[1][0].notNamespaces == [.exact("c")])
         #expect(rule[1][1].sourceIPs == [CIDR("10.0.0.0/8")!, CIDR("192.168.1.1/32")!])
         #expect(rule[1][1].notSourceIPs == [CIDR("10.9.0.0/16")!])
@@ -143,9 +144,49 @@ struct IstioTranslationTests {
         // when: one clause per condition.
         #expect(rule[2] == [Fixture.match { $0.sourceIPs = [CIDR("10.1.0.0/16")!]; $0.notSourceIPs = [CIDR("10.1.2.3")!] }])
         #expect(rule[3] == [Fixture.match { $0.namespaces = [.prefix("a")]; $0.notNamespaces = [.exact("ab")] }])
-        #expect(rule[4] == [Fixture.match { $0.principals = [.suffix("/sa/x")]; $0.notPrincipals = [.exact("td/ns/a/sa/y")] }])
+        #expect(rule[4] == [Fixture.match { $0.principals = [.suffix("/sa/x")]; $0.notPrincipals = [.exact("spiffe://td/ns/a/sa/y")] }])
         #expect(rule[5] == [Fixture.match { $0.destinationIPs = [CIDR("10.0.0.2")!]; $0.notDestinationIPs = [CIDR("10.0.0.3/32")!] }])
         #expect(rule[6] == [Fixture.match { $0.destinationPorts = [8080]; $0.notDestinationPorts = [9090] }])
+    }
+
+    @Test("a spiffe://-prefixed principal never matches, as in Istio, and is warned about with the fix")
+    func spiffePrincipals() throws {
+        let loaded = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: allow-spiffe, namespace: ns}
+            spec:
+              rules:
+              - from:
+                - source: {principals: ["spiffe://td/ns/namespace/sa/account"]}
+              - when:
+                - {key: source.principal, values: ["spiffe://td/*"]}
+            """)
+        // Fixture.tls is td/ns/namespace/sa/account: written with spiffe:// it
+        // matches neither rule, so the ALLOW admits nothing.
+        #expect(!Fixture.decide(loaded.policies, Fixture.tls).allowed)
+        #expect(loaded.warnings.count == 2)
+        let first = try #require(loaded.warnings.first)
+        #expect(first.policy == "ns/allow-spiffe")
+        #expect(first.field == "principals")
+        #expect(first.message.contains("never matches"))
+        #expect(first.message.contains("write \"td/ns/namespace/sa/account\""))
+        #expect(first.location.line == 7, "\(first)")
+        #expect(loaded.warnings.last?.field == "when source.principal values")
+        // Without the prefix the same policy admits the connection.
+        let fixed = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: allow, namespace: ns}
+            spec:
+              rules:
+              - from:
+                - source: {principals: ["td/ns/namespace/sa/account"]}
+            """)
+        #expect(Fixture.decide(fixed.policies, Fixture.tls).allowed)
+        #expect(fixed.warnings.isEmpty)
     }
 
     @Test("an end-to-end decision through a translated policy")

@@ -175,6 +175,8 @@ struct IstioPolicyDocument: Decodable {
         var ipBlocks: [CIDR] = []
         var notIpBlocks: [CIDR] = []
         var httpFields: [HTTPField] = []
+        /// Where the source sits, for warnings about its values.
+        var location: ConfigLocation?
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case principals, notPrincipals, namespaces, notNamespaces, serviceAccounts, notServiceAccounts
@@ -186,6 +188,7 @@ struct IstioPolicyDocument: Decodable {
 
         init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
+            location = ConfigDecoder.location(of: decoder)
             principals = try c.decodeIfPresent([String].self, forKey: .principals) ?? []
             notPrincipals = try c.decodeIfPresent([String].self, forKey: .notPrincipals) ?? []
             namespaces = try c.decodeIfPresent([String].self, forKey: .namespaces) ?? []
@@ -272,6 +275,8 @@ struct IstioPolicyDocument: Decodable {
         var notIPs: [CIDR] = []
         var ports: [UInt16] = []
         var notPorts: [UInt16] = []
+        /// Where the condition sits, for warnings about its values.
+        var location: ConfigLocation?
 
         enum CodingKeys: String, CodingKey, CaseIterable { case key, values, notValues }
 
@@ -283,6 +288,7 @@ struct IstioPolicyDocument: Decodable {
 
         init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
+            location = ConfigDecoder.location(of: decoder)
             let text = try c.decode(String.self, forKey: .key)
             let hasValues = try !(c.decodeIfPresent([String].self, forKey: .values) ?? []).isEmpty
             let hasNotValues = try !(c.decodeIfPresent([String].self, forKey: .notValues) ?? []).isEmpty

@@ -49,8 +49,9 @@ public struct LoadedPolicies: Sendable {
 ///   OR'ed), one per `when` condition, all AND'ed; a rule with none of them matches every
 ///   connection (`rules: [{}]` allows all) and a policy with no rules matches none
 ///   (`spec: {}` on ALLOW is allow-nothing);
-/// - `source`: principals (Istio wildcards `*`, `x*`, `*x`; a leading `spiffe://` is
-///   dropped), namespaces, serviceAccounts (`ns/sa`, or `sa` in the policy's namespace),
+/// - `source`: principals (Istio wildcards `*`, `x*`, `*x`; compared in
+///   `trust-domain/ns/NS/sa/SA` form, so a `spiffe://`-prefixed value never matches, as in
+///   Istio, and is reported as a ``PolicyWarning`` with the fix), namespaces, serviceAccounts (`ns/sa`, or `sa` in the policy's namespace),
 ///   ipBlocks, each with its `not…` form; `operation`: ports, notPorts; `when`:
 ///   source.ip, source.namespace, source.principal, destination.ip, destination.port;
 /// - HTTP attributes (hosts, methods, paths, requestPrincipals, remoteIpBlocks, `when`
@@ -261,12 +262,21 @@ enum IstioPolicyTranslator {
                 var unconstrained = false
                 for source in rule.from {
                     httpFields += source.httpFields
+                    warnings += spiffePrincipalWarnings(
+                        [("principals", source.principals), ("notPrincipals", source.notPrincipals)],
+                        at: source.location, policy: key)
                     let match = sourceMatch(source, namespace: namespace)
                     if match.isEmpty { unconstrained = true } else { matches.append(match) }
                 }
                 if !unconstrained { clauses.append(matches) }
             }
             for condition in rule.when {
+                if condition.key == .sourcePrincipal {
+                    warnings += spiffePrincipalWarnings(
+                        [("when source.principal values", condition.strings),
+                         ("when source.principal notValues", condition.notStrings)],
+                        at: condition.location, policy: key)
+                }
                 if let http = condition.httpKey {
                     httpFields.append(http)
                     continue
@@ -336,9 +346,29 @@ enum IstioPolicyTranslator {
         return .exact(text)
     }
 
-    /// Principals are compared without `spiffe://`, as Istio writes them.
+    /// Principals are compared as Istio writes them, `trust-domain/ns/NS/sa/SA`: a value
+    /// with `spiffe://` is kept as written, so it never matches, as in Istio (warned about
+    /// by ``spiffePrincipalWarnings(_:at:policy:)``).
     static func principal(_ text: String) -> StringMatch {
-        wildcard(text.hasPrefix("spiffe://") ? String(text.dropFirst("spiffe://".count)) : text)
+        wildcard(text)
+    }
+
+    /// One warning per `spiffe://`-prefixed principal: Istio never matches them, so an
+    /// ALLOW listing one admits nobody by it and a DENY listing one denies nobody by it.
+    static func spiffePrincipalWarnings(
+        _ fields: [(name: String, values: [String])], at location: ConfigLocation?, policy: String
+    ) -> [PolicyWarning] {
+        var warnings: [PolicyWarning] = []
+        for (name, values) in fields {
+            for value in values where value.hasPrefix("spiffe://") {
+                let fixed = String(value.dropFirst("spiffe://".count))
+                warnings.append(PolicyWarning(
+                    location: location ?? ConfigLocation(file: "", line: nil, path: ""), policy: policy, field: name,
+                    message: "principal \"\(value)\" never matches: Istio compares principals without "
+                        + "`spiffe://` (trust-domain/ns/NAMESPACE/sa/ACCOUNT); write \"\(fixed)\""))
+            }
+        }
+        return warnings
     }
 
     /// `ns/sa`, or a bare `sa` in the policy's namespace; matched exactly.
