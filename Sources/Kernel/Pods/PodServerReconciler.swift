@@ -54,7 +54,7 @@ public final class PodServerReconciler<Server: PodServer>: Sendable {
     private struct State: Sendable {
         var served: [String: Served] = [:]
         /// The last start failure of a pod not served, by uid.
-        var failures: [String: String] = [:]
+        var failures = PodFailures()
         var stopped = false
     }
 
@@ -133,7 +133,7 @@ public final class PodServerReconciler<Server: PodServer>: Sendable {
 
     /// Why pod `uid` is not served, if its last start failed.
     public func failure(uid: String) -> String? {
-        state.withLockedValue { $0.failures[uid] }
+        state.withLockedValue { $0.failures[uid: uid] }
     }
 
     private func pass() async {
@@ -152,7 +152,7 @@ public final class PodServerReconciler<Server: PodServer>: Sendable {
             await server.stop(entry.serving, pod: entry.pod, reason: reason)
         }
         state.withLockedValue { state in
-            state.failures = state.failures.filter { wanted[$0.key] != nil }
+            state.failures.keep { wanted[$0] != nil }
         }
         for (uid, pod) in wanted.sorted(by: { $0.key < $1.key }) where state.withLockedValue({ $0.served[uid] == nil }) {
             if state.withLockedValue({ $0.stopped }) { return }
@@ -160,16 +160,12 @@ public final class PodServerReconciler<Server: PodServer>: Sendable {
                 let serving = try await server.start(pod)
                 state.withLockedValue { state in
                     state.served[uid] = Served(pod: pod, serving: serving)
-                    state.failures[uid] = nil
+                    state.failures.clear(uid)
                 }
                 pods.markListening(uid: uid, server: server.name)
             } catch {
                 let message = "\(error)"
-                let repeated = state.withLockedValue { state in
-                    defer { state.failures[uid] = message }
-                    return state.failures[uid] == message
-                }
-                if !repeated {
+                if state.withLockedValue({ $0.failures.record(message, for: uid) }) {
                     logger.error(
                         "cannot serve pod; retrying every \(retryInterval)",
                         metadata: [
@@ -215,5 +211,34 @@ public final class SerialAsyncQueue: Sendable {
         }
         next?.resume()
         return result
+    }
+}
+
+/// The last failure of each pod, so that a pod failing the same way on every retry is
+/// logged once, and again only when the failure changes.
+public struct PodFailures: Sendable {
+    private var last: [String: String] = [:]
+
+    /// No failures.
+    public init() {}
+
+    /// The last failure of pod `uid`, if it has one.
+    public subscript(uid uid: String) -> String? { last[uid] }
+
+    /// Records `failure` for pod `uid`; true when it differs from the pod's last one (log
+    /// it then).
+    public mutating func record(_ failure: String, for uid: String) -> Bool {
+        defer { last[uid] = failure }
+        return last[uid] != failure
+    }
+
+    /// Forgets pod `uid`'s failure (it worked).
+    public mutating func clear(_ uid: String) {
+        last[uid] = nil
+    }
+
+    /// Forgets the failures of pods `isWanted` rejects.
+    public mutating func keep(where isWanted: (String) -> Bool) {
+        last = last.filter { isWanted($0.key) }
     }
 }

@@ -28,9 +28,6 @@ public struct SocketPlacement: Sendable, CustomStringConvertible {
     /// The proxy's own namespace, no mark, not transparent.
     public static var node: SocketPlacement { SocketPlacement() }
 
-    /// Whether sockets go into a namespace other than the proxy's.
-    public var isInPod: Bool { namespace != nil }
-
     public var description: String {
         var parts = [namespace.map { "\($0)" } ?? "node namespace"]
         if let mark { parts.append("mark 0x\(String(mark, radix: 16))") }

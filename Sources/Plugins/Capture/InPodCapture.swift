@@ -248,7 +248,7 @@ final class InPodCapture: Sendable {
             return HTTPEndpointResponse(.ok, "pod \(uid) released\n")
         default:
             let wanted = wanted()
-            let lines = wanted.keys.sorted().map { podStatus($0).json }
+            let lines = wanted.keys.sorted().map { podStatus($0, wanted: wanted).json }
             return HTTPEndpointResponse(.ok, "[" + lines.joined(separator: ",\n ") + "]\n", contentType: "application/json")
         }
     }
@@ -258,12 +258,12 @@ final class InPodCapture: Sendable {
         var json: String
     }
 
-    private func podStatus(_ uid: String) -> PodStatus {
+    private func podStatus(_ uid: String, wanted: [String: String]? = nil) -> PodStatus {
         let fromAdmin = admin.withLockedValue { $0[uid] != nil }
         let source = fromAdmin ? adminSource : configSource
         let opened = source.status(uid)
         let served = listeners.serving(uid: uid)
-        let netns = opened.path ?? wanted()[uid] ?? ""
+        let netns = opened.path ?? (wanted ?? self.wanted())[uid] ?? ""
         let failure = opened.failure ?? (served == nil ? listeners.failure(uid: uid) : nil)
         let state: String
         if served != nil && opened.path != nil {
@@ -324,7 +324,7 @@ final class PathPodSource: PodSource {
 
     private struct State: Sendable {
         var opened: [String: Opened] = [:]
-        var failures: [String: String] = [:]
+        var failures = PodFailures()
         var gone: [String: String] = [:]
         var announced: Set<String> = []
         var kick: AsyncStream<Void>.Continuation?
@@ -398,7 +398,7 @@ final class PathPodSource: PodSource {
     /// Where pod `uid` stands in this source: the path of its open namespace, why it
     /// could not be opened, whether it is gone.
     func status(_ uid: String) -> (path: String?, failure: String?, gone: Bool) {
-        state.withLockedValue { ($0.opened[uid]?.path, $0.failures[uid], $0.gone[uid] != nil) }
+        state.withLockedValue { ($0.opened[uid]?.path, $0.failures[uid: uid], $0.gone[uid] != nil) }
     }
 
     /// One pass, after any pass in progress.
@@ -433,7 +433,7 @@ final class PathPodSource: PodSource {
         }
         // No longer wanted: not pending, no failure to report.
         let stale = state.withLockedValue { state -> Set<String> in
-            state.failures = state.failures.filter { wanted[$0.key] != nil }
+            state.failures.keep { wanted[$0] != nil }
             state.gone = state.gone.filter { wanted[$0.key] == $0.value }
             let stale = state.announced.filter { wanted[$0] == nil }
             state.announced.subtract(stale)
@@ -453,16 +453,12 @@ final class PathPodSource: PodSource {
                 let namespace = try NetworkNamespace(path: path, mark: mark)
                 state.withLockedValue { state in
                     state.opened[uid] = Opened(path: path, namespace: namespace)
-                    state.failures[uid] = nil
+                    state.failures.clear(uid)
                 }
                 feed.add(CapturedPods.Pod(uid: uid, namespace: namespace, mark: mark))
             } catch {
                 let message = "\(error)"
-                let repeated = state.withLockedValue { state in
-                    defer { state.failures[uid] = message }
-                    return state.failures[uid] == message
-                }
-                if !repeated {
+                if state.withLockedValue({ $0.failures.record(message, for: uid) }) {
                     logger.error(
                         "cannot capture pod; retrying every \(recheckInterval)",
                         metadata: ["pod": "\(uid)", "netns": "\(path)", "error": "\(message)"])
@@ -502,25 +498,21 @@ struct InPodListeners: PodServer {
         var listeners: [TCPListener] = []
         do {
             if config.installRules { try await rules.install(in: pod.namespace.path) }
-            let outbound = self.outbound
-            let context = self.context
+            let (outbound, inbound, context) = (self.outbound, self.inbound, self.context)
             let logger = context.logger
-            listeners.append(
-                try await TCPListener.bind(
-                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.outboundPort), placement: placement),
-                    group: context.eventLoopGroup
-                ) { channel in
-                    InPodCapture.acceptOutbound(
-                        channel, pod: uid, placement: placement, context: context, outbound: outbound, logger: logger)
-                })
-            let inbound = self.inbound
-            listeners.append(
-                try await TCPListener.bind(
-                    ListenerOptions(address: SocketAddr(ip: .v4(0), port: config.inboundPort), placement: placement),
-                    group: context.eventLoopGroup
-                ) { channel in
-                    inbound.accept(channel, pod: (uid, placement))
-                })
+            func listen(
+                _ port: UInt16, _ accept: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+            ) async throws {
+                listeners.append(
+                    try await TCPListener.bind(
+                        ListenerOptions(address: SocketAddr(ip: .v4(0), port: port), placement: placement),
+                        group: context.eventLoopGroup, childInitializer: accept))
+            }
+            try await listen(config.outboundPort) { channel in
+                InPodCapture.acceptOutbound(
+                    channel, pod: uid, placement: placement, context: context, outbound: outbound, logger: logger)
+            }
+            try await listen(config.inboundPort) { channel in inbound.accept(channel, pod: (uid, placement)) }
         } catch {
             for listener in listeners { await listener.stopAccepting() }
             throw error

@@ -78,8 +78,6 @@ final class HBONEServer: Sendable {
         state.withLockedValue { $0.listeners.values.map(\.localAddress) }.sorted { "\($0)" < "\($1)" }
     }
 
-    /// The pods (workload uids) with a listener inside their namespace.
-    var podsListening: [String] { (podListeners?.served.keys).map { Array($0).sorted() } ?? [] }
 
     /// Open TLS connections (for tests and `/config_dump`-style introspection).
     var connectionCount: Int { state.withLockedValue { $0.connections.count } }
