@@ -27,7 +27,8 @@ struct PolicyCheckCommand: AsyncParsableCommand {
         discussion: """
             MESH is a mesh file in the local-config format (workloads with labels, services, \
             policies in ztunnel's form); each --policy file holds Istio AuthorizationPolicy \
-            documents (security.istio.io/v1 or v1beta1). Without --source-identity the \
+            and PeerAuthentication documents (security.istio.io/v1 or v1beta1), translated \
+            as istiod translates them for ztunnel. Without --source-identity the \
             connection is plaintext (no peer identity). Without --source-ip the source is the \
             first workload with the given identity, else 0.0.0.0.
             """)
@@ -70,7 +71,8 @@ struct PolicyCheckCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
         }
         let index = PolicyIndex(
-            input.mesh.policies.values.sorted { $0.key < $1.key } + input.policies.policies, rootNamespace: rootNamespace)
+            input.mesh.policies.values.sorted { $0.key < $1.key } + input.policies.policies,
+            peerAuthentications: input.policies.peerAuthentications, rootNamespace: rootNamespace)
         let evaluation = index.evaluate(input.attributes, destination: input.workload)
         let explanations = index.explain(input.attributes, destination: input.workload)
         if json {
@@ -186,6 +188,9 @@ struct PolicyCheckCommand: AsyncParsableCommand {
             for explanation in explanations {
                 lines.append("  \(explanation.summary)")
                 for detail in explanation.details { lines.append("    \(detail)") }
+                for warning in input.policies.warnings where warning.policy == explanation.policy.key {
+                    lines.append("    istiod: \(warning.field): \(warning.message)")
+                }
             }
         }
         if let wouldBe = evaluation.dryRunDecision {
@@ -203,6 +208,7 @@ struct PolicyCheckCommand: AsyncParsableCommand {
             var summary: String
             var matchingRule: Int?
             var details: [String]
+            var warnings: [String]
         }
         var decision: String
         var policy: String?
@@ -225,7 +231,11 @@ struct PolicyCheckCommand: AsyncParsableCommand {
             destination: "\(input.attributes.destinationAddress)",
             destinationWorkload: "\(input.workload.namespace)/\(input.workload.name)",
             applicable: explanations.map {
-                .init(policy: $0.policy.key, summary: $0.summary, matchingRule: $0.matchingRule, details: $0.details)
+                explanation in
+                .init(
+                    policy: explanation.policy.key, summary: explanation.summary, matchingRule: explanation.matchingRule,
+                    details: explanation.details,
+                    warnings: input.policies.warnings.filter { $0.policy == explanation.policy.key }.map(\.description))
             },
             dryRunMatches: evaluation.dryRunMatches.map(\.description),
             dryRunDecision: evaluation.dryRunDecision.map { $0.allowed ? "ALLOW" : "DENY" },

@@ -207,7 +207,7 @@ struct IstioTranslationTests {
         #expect(!Fixture.decide(loaded.policies, Fixture.tlsAlt).allowed)  // 10.0.0.3 but port 9090
     }
 
-    @Test("L7 attributes: an ALLOW rule using them matches nothing, with a warning naming policy and field")
+    @Test("HTTP attributes in ALLOW: the rule is omitted, one warning in istiod's words at the first attribute")
     func httpInAllow() throws {
         let loaded = try parse(
             """
@@ -226,15 +226,19 @@ struct IstioTranslationTests {
             """)
         #expect(loaded.policies[0].rules.isEmpty)
         #expect(!Fixture.decide(loaded.policies, Fixture.tls).allowed)
-        #expect(loaded.warnings.map(\.field) == ["methods", "remoteIpBlocks", "when key request.headers[x-user]", "requestPrincipals"])
-        let first = loaded.warnings[0]
-        #expect(first.policy == "ns/get-only")
-        #expect(first.location.line == 8)
-        #expect(first.location.path == "document[0].spec.rules[0].to[0].operation.methods")
-        #expect(first.description.contains("ALLOW rule matches nothing"))
+        #expect(loaded.warnings.count == 1)
+        let warning = try #require(loaded.warnings.first)
+        #expect(warning.policy == "ns/get-only")
+        #expect(warning.location.line == 8)
+        #expect(warning.location.path == "document[0].spec.rules[0].to[0].operation.methods")
+        #expect(
+            warning.message
+                == "ztunnel does not support HTTP attributes (found: methods, remoteIpBlocks, request.headers[x-user], "
+                + "requestPrincipals). In ambient mode you must use a waypoint proxy to enforce HTTP rules. Within an ALLOW "
+                + "policy, rules matching HTTP attributes are omitted. This will be more restrictive than requested.")
     }
 
-    @Test("L7 attributes: a DENY rule drops them and denies more")
+    @Test("HTTP attributes in DENY: entries keep their L4 fields; an entry left empty never matches")
     func httpInDeny() throws {
         let loaded = try parse(
             """
@@ -250,14 +254,44 @@ struct IstioTranslationTests {
                 when: [{key: "request.auth.claims[iss]", values: [x]}]
             """)
         let rules = loaded.policies[0].rules
-        // The ports survive; the method is gone.
+        // The port survives, the method is gone: denies more than written.
         #expect(rules[0] == [[Fixture.match { $0.destinationPorts = [9090] }]])
-        // Only the namespace clause is left: the path and the claim no longer narrow it.
-        #expect(rules[1] == [[Fixture.match { $0.namespaces = [.exact("ns-alt")] }]])
-        #expect(loaded.warnings.count == 3)
-        #expect(loaded.warnings.allSatisfy { $0.message.contains("denies more") })
-        #expect(!Fixture.decide(loaded.policies, Fixture.tlsAlt).allowed)
+        // The path entry and the claim condition are empty matches: the rule never matches.
+        #expect(rules[1] == [[PolicyMatch()], [Fixture.match { $0.namespaces = [.exact("ns-alt")] }], [PolicyMatch()]])
+        #expect(loaded.warnings.count == 1)
+        #expect(loaded.warnings[0].message.hasSuffix(
+            "DENY policy with HTTP attributes is enforced without the HTTP rules. This will be more restrictive than requested."))
+        #expect(!Fixture.decide(loaded.policies, Fixture.tlsAlt).allowed)  // port 9090, by rule 0
+        let nsAltOn8080 = Fixture.connection(identity: Fixture.identity("td", "ns-alt", "sa"))
+        #expect(Fixture.decide(loaded.policies, nsAltOn8080).allowed)  // rule 1 cannot match
         #expect(Fixture.decide(loaded.policies, Fixture.tls).allowed)
+    }
+
+    @Test("Istio's require-JWT recipe (DENY notRequestPrincipals *) has no effect at a node proxy, as in Istio")
+    func requireJWTRecipe() throws {
+        let loaded = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: require-jwt, namespace: ns}
+            spec:
+              action: DENY
+              rules:
+              - from:
+                - source:
+                    notRequestPrincipals: ["*"]
+            """)
+        // Before: the entry became match-all and every connection was denied.
+        #expect(Fixture.decide(loaded.policies, Fixture.plaintext).allowed)
+        #expect(Fixture.decide(loaded.policies, Fixture.tls).allowed)
+        #expect(loaded.warnings.map(\.field) == ["HTTP attributes"])
+        #expect(loaded.warnings[0].location.line == 9)
+        #expect(
+            loaded.warnings[0].message
+                == "ztunnel does not support HTTP attributes (found: notRequestPrincipals). In ambient mode you must use a "
+                + "waypoint proxy to enforce HTTP rules. After omitting unsupported HTTP attributes, this DENY policy has "
+                + "no enforceable rules at ztunnel and will have no effect. Deploy a waypoint proxy and use a targetRef to "
+                + "enforce this policy.")
 
         let methodOnly = try parse(
             """
@@ -266,8 +300,91 @@ struct IstioTranslationTests {
             metadata: {name: no-delete, namespace: ns}
             spec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}
             """)
-        #expect(methodOnly.policies[0].rules == [[]])
-        #expect(!Fixture.decide(methodOnly.policies, Fixture.plaintext).allowed)
+        #expect(Fixture.decide(methodOnly.policies, Fixture.plaintext).allowed)
+        #expect(methodOnly.warnings[0].message.contains("has no enforceable rules at ztunnel and will have no effect"))
+
+        let headerOnly = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: no-header, namespace: ns}
+            spec: {action: DENY, rules: [{when: [{key: "request.headers[x-a]", values: ["1"]}]}]}
+            """)
+        #expect(Fixture.decide(headerOnly.policies, Fixture.tls).allowed)
+    }
+
+    @Test("DENY: one entry mixing L4 and HTTP fields denies by its L4 part; a sibling HTTP-only entry adds nothing")
+    func mixedEntries() throws {
+        let loaded = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: mixed, namespace: ns}
+            spec:
+              action: DENY
+              rules:
+              - from:
+                - source: {namespaces: [namespace], requestPrincipals: ["*"]}
+                - source: {requestPrincipals: ["issuer/alice"]}
+            """)
+        #expect(!Fixture.decide(loaded.policies, Fixture.tls).allowed)  // namespace "namespace"
+        #expect(Fixture.decide(loaded.policies, Fixture.tlsAlt).allowed)  // the HTTP-only entry is skipped
+        #expect(loaded.warnings[0].message.contains("found: requestPrincipals)"))
+        #expect(loaded.warnings[0].message.hasSuffix("This will be more restrictive than requested."))
+    }
+
+    @Test("when keys: every key Istio accepts loads (non-L4 ones as HTTP attributes); retired keys are errors")
+    func whenKeys() throws {
+        for key in [
+            "source.serviceAccount", "source.trustDomain", "remote.ip", "request.auth.principal", "request.auth.audiences",
+            "request.auth.presenter", "request.auth.claims[groups]", "connection.sni", "experimental.envoy.filters.a[b]",
+        ] {
+            let loaded = try parse(
+                """
+                apiVersion: security.istio.io/v1
+                kind: AuthorizationPolicy
+                metadata: {name: k, namespace: ns}
+                spec: {rules: [{when: [{key: "\(key)", values: ["x"]}]}]}
+                """)
+            #expect(loaded.policies[0].rules.isEmpty, "\(key)")
+            #expect(loaded.warnings.first?.message.contains("found: \(key))") == true, "\(key)")
+        }
+        let retired = errors(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: k, namespace: ns}
+            spec: {rules: [{when: [{key: destination.namespace, values: ["x"]}]}]}
+            """)
+        #expect(retired.map(\.message) == ["key \"destination.namespace\" is replaced by the policy's metadata.namespace"])
+        let unknown = errors(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: k, namespace: ns}
+            spec: {rules: [{when: [{key: request.nonsense, values: ["x"]}]}]}
+            """)
+        #expect(unknown.first?.message.hasPrefix("unknown key \"request.nonsense\"") == true)
+    }
+
+    @Test("source.trustDomains loads and is dropped as istiod drops it for ztunnel, with a warning")
+    func trustDomains() throws {
+        let loaded = try parse(
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: td, namespace: ns}
+            spec:
+              action: DENY
+              rules:
+              - from: [{source: {namespaces: [namespace], notTrustDomains: [td]}}]
+              - from: [{source: {trustDomains: [td-alt]}}]
+            """)
+        // Rule 0 checks only the namespace; rule 1's entry is empty and never matches.
+        #expect(!Fixture.decide(loaded.policies, Fixture.tls).allowed)
+        #expect(Fixture.decide(loaded.policies, Fixture.tlsAlt).allowed)
+        #expect(loaded.warnings.map(\.field) == ["notTrustDomains", "trustDomains"])
+        #expect(loaded.warnings[0].location.path == "document[0].spec.rules[0].from[0].source.notTrustDomains")
     }
 
     @Test("dry-run annotation, targetRefs skipped with a warning")
@@ -340,8 +457,8 @@ struct IstioTranslationTests {
             name: "empty source", yaml: header + "spec: {rules: [{from: [{source: {}}]}]}\n",
             line: 4, path: "document[0].spec.rules[0].from[0].source", message: "at least one field"),
         .init(
-            name: "wrong kind", yaml: "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n",
-            line: 2, path: "document[0].kind", message: "expected AuthorizationPolicy"),
+            name: "wrong kind", yaml: "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: p}\n",
+            line: 2, path: "document[0].kind", message: "expected AuthorizationPolicy or PeerAuthentication"),
         .init(
             name: "wrong apiVersion", yaml: "apiVersion: security.istio.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n",
             line: 1, path: "document[0].apiVersion", message: "security.istio.io/v1 or security.istio.io/v1beta1"),

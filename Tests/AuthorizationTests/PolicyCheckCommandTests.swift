@@ -57,7 +57,65 @@ struct PolicyCheckCommandTests {
         #expect(result.stdout.contains("reason: ALLOW policy default/allow-sleep rule 0 matches: principals [cluster.local/ns/default/sa/sleep] and destinationPorts [8080]") || result.stdout.contains("reason: ALLOW policy default/allow-sleep rule 0 matches:"))
         #expect(result.stdout.contains("source: 10.0.0.1 (workload default/sleep), mTLS as spiffe://cluster.local/ns/default/sa/sleep"))
         // The L7 field is warned about with file, line, document and path.
-        #expect(result.stderr.contains("warning: \(policy):16: document[1].spec.rules[0].to[0].operation.methods: policy default/audit-get: methods:"))
+        #expect(result.stderr.contains(
+            "warning: \(policy):16: document[1].spec.rules[0].to[0].operation.methods: policy default/audit-get: HTTP attributes: "
+                + "ztunnel does not support HTTP attributes (found: methods)."))
+    }
+
+    @Test("PeerAuthentication and HTTP attributes are explained as istiod decides them")
+    func peerAuthenticationAndHTTP() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let mesh = try directory.write("mesh.yaml", Self.mesh)
+        let policy = try directory.write(
+            "peer.yaml",
+            """
+            apiVersion: security.istio.io/v1
+            kind: PeerAuthentication
+            metadata: {name: default, namespace: istio-system}
+            spec: {mtls: {mode: STRICT}}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: PeerAuthentication
+            metadata: {name: echo-metrics, namespace: default}
+            spec:
+              selector: {matchLabels: {app: echo}}
+              portLevelMtls: {"9090": {mode: PERMISSIVE}}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: require-jwt, namespace: default}
+            spec:
+              action: DENY
+              rules: [{from: [{source: {notRequestPrincipals: ["*"]}}]}]
+
+            """)
+        let denied = try await AmbitProcess.run([
+            "policy", "check", "--mesh", mesh, "--policy", policy, "--destination", "10.0.0.2:8080", "--plaintext",
+        ])
+        #expect(denied.status == 1, "\(denied.stdout)\(denied.stderr)")
+        #expect(denied.stdout.hasPrefix("DENY\npolicy: default/converted_peer_authentication_echo-metrics, rule 0"), "\(denied.stdout)")
+        #expect(denied.stdout.contains(
+            "derived from PeerAuthentication: mesh-wide istio-system/default STRICT, workload default/echo-metrics UNSET with port-level modes"))
+        // The HTTP-only DENY is listed, explained by istiod's words, and decides nothing.
+        #expect(denied.stdout.contains("    istiod: HTTP attributes: ztunnel does not support HTTP attributes (found: notRequestPrincipals)"))
+        #expect(denied.stdout.contains("this DENY policy has no enforceable rules at ztunnel and will have no effect"))
+
+        let metrics = try await AmbitProcess.run([
+            "policy", "check", "--mesh", mesh, "--policy", policy, "--destination", "10.0.0.2:9090", "--plaintext",
+        ])
+        #expect(metrics.status == 0, "\(metrics.stdout)")
+        let mtls = try await AmbitProcess.run([
+            "policy", "check", "--mesh", mesh, "--policy", policy, "--destination", "10.0.0.2:8080",
+            "--source-identity", "spiffe://cluster.local/ns/default/sa/sleep",
+        ])
+        #expect(mtls.status == 0, "\(mtls.stdout)")
+        // The database in another namespace gets the static STRICT policy.
+        let db = try await AmbitProcess.run([
+            "policy", "check", "--mesh", mesh, "--policy", policy, "--destination", "10.0.0.3:5432", "--plaintext",
+        ])
+        #expect(db.status == 1)
+        #expect(db.stdout.contains("policy: istio-system/istio_converted_static_strict, rule 0"))
     }
 
     @Test("DENY: exit 1, plaintext has no identity, each policy explained")

@@ -65,6 +65,8 @@ public final class AuthorizationPlugin: Plugin, ImmediateConnectionAuthorizer {
     public struct Status: Sendable {
         /// Policies from the files currently in force.
         public var filePolicies: [AuthorizationPolicy] = []
+        /// PeerAuthentications from the files currently in force.
+        public var peerAuthentications: [PeerAuthentication] = []
         /// Warnings of the set in force.
         public var warnings: [PolicyWarning] = []
         /// How many times the file set was (re)loaded successfully.
@@ -219,7 +221,8 @@ public final class AuthorizationPlugin: Plugin, ImmediateConnectionAuthorizer {
             if let index = state.index, state.meshVersion == mesh.version || !config.meshPolicies {
                 return index
             }
-            let index = buildIndex(filePolicies: state.status.filePolicies, mesh: mesh)
+            let index = buildIndex(
+                filePolicies: state.status.filePolicies, peerAuthentications: state.status.peerAuthentications, mesh: mesh)
             state.index = index
             state.meshVersion = mesh.version
             return index
@@ -229,9 +232,12 @@ public final class AuthorizationPlugin: Plugin, ImmediateConnectionAuthorizer {
     /// The index in force (mesh policies as of the current snapshot), for diagnostics.
     public var currentIndex: PolicyIndex { index(for: context.mesh.snapshot) }
 
-    private func buildIndex(filePolicies: [AuthorizationPolicy], mesh: MeshSnapshot) -> PolicyIndex {
+    private func buildIndex(
+        filePolicies: [AuthorizationPolicy], peerAuthentications: [PeerAuthentication], mesh: MeshSnapshot
+    ) -> PolicyIndex {
         let meshPolicies = config.meshPolicies ? mesh.policies.values.sorted { $0.key < $1.key } : []
-        return PolicyIndex(meshPolicies + filePolicies, rootNamespace: config.rootNamespace)
+        return PolicyIndex(
+            meshPolicies + filePolicies, peerAuthentications: peerAuthentications, rootNamespace: config.rootNamespace)
     }
 
     // MARK: - Files
@@ -243,9 +249,10 @@ public final class AuthorizationPlugin: Plugin, ImmediateConnectionAuthorizer {
 
     private func accept(_ loaded: LoadedPolicies) {
         let mesh = context.mesh.snapshot
-        let index = buildIndex(filePolicies: loaded.policies, mesh: mesh)
+        let index = buildIndex(filePolicies: loaded.policies, peerAuthentications: loaded.peerAuthentications, mesh: mesh)
         state.withLockedValue { state in
             state.status.filePolicies = loaded.policies
+            state.status.peerAuthentications = loaded.peerAuthentications
             state.status.warnings = loaded.warnings
             state.status.loads += 1
             state.status.lastError = nil

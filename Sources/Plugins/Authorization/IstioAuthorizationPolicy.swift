@@ -24,7 +24,7 @@ struct IstioPolicyDocument: Decodable {
         let kind = try c.decode(String.self, forKey: .kind)
         guard kind == "AuthorizationPolicy" else {
             throw DecodingError.dataCorruptedError(
-                forKey: .kind, in: c, debugDescription: "expected AuthorizationPolicy, got \"\(kind)\"")
+                forKey: .kind, in: c, debugDescription: "expected AuthorizationPolicy or PeerAuthentication, got \"\(kind)\"")
         }
         let apiVersion = try c.decode(String.self, forKey: .apiVersion)
         guard Self.apiVersions.contains(apiVersion) else {
@@ -43,6 +43,8 @@ struct IstioPolicyDocument: Decodable {
         var namespace: String
         var annotations: [String: String]
         var dryRun: Bool
+        /// As written (RFC 3339); nil when absent.
+        var creationTimestamp: String?
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case name, namespace, labels, annotations
@@ -62,7 +64,8 @@ struct IstioPolicyDocument: Decodable {
             namespace = try c.decodeIfPresent(String.self, forKey: .namespace).flatMap { $0.isEmpty ? nil : $0 } ?? "default"
             _ = try c.decodeIfPresent([String: String].self, forKey: .labels)
             annotations = try c.decodeIfPresent([String: String].self, forKey: .annotations) ?? [:]
-            for key in [CodingKeys.uid, .resourceVersion, .generation, .creationTimestamp, .deletionTimestamp,
+            creationTimestamp = try c.decodeIfPresent(String.self, forKey: .creationTimestamp)
+            for key in [CodingKeys.uid, .resourceVersion, .generation, .deletionTimestamp,
                 .deletionGracePeriodSeconds, .managedFields, .finalizers, .ownerReferences, .generateName, .selfLink]
             {
                 _ = try c.decodeIfPresent(ConfigNode.self, forKey: key)
@@ -175,12 +178,15 @@ struct IstioPolicyDocument: Decodable {
         var ipBlocks: [CIDR] = []
         var notIpBlocks: [CIDR] = []
         var httpFields: [HTTPField] = []
+        /// Fields istiod leaves out of ztunnel's policy without calling them HTTP
+        /// (`trustDomains`, `notTrustDomains`).
+        var ignoredFields: [HTTPField] = []
         /// Where the source sits, for warnings about its values.
         var location: ConfigLocation?
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case principals, notPrincipals, namespaces, notNamespaces, serviceAccounts, notServiceAccounts
-            case ipBlocks, notIpBlocks
+            case ipBlocks, notIpBlocks, trustDomains, notTrustDomains
             // Istio's ztunnel translation treats these as HTTP attributes: remote IPs come
             // from X-Forwarded-For, which only an HTTP proxy sees.
             case remoteIpBlocks, notRemoteIpBlocks, requestPrincipals, notRequestPrincipals
@@ -201,7 +207,8 @@ struct IstioPolicyDocument: Decodable {
             _ = try c.decodeIfPresent([CIDR].self, forKey: .notRemoteIpBlocks)
             httpFields = try Self.httpFields(
                 c, [.remoteIpBlocks, .notRemoteIpBlocks, .requestPrincipals, .notRequestPrincipals])
-            if isL4Empty && httpFields.isEmpty {
+            ignoredFields = try Self.httpFields(c, [.trustDomains, .notTrustDomains])
+            if isL4Empty && httpFields.isEmpty && ignoredFields.isEmpty {
                 try ConfigDecoder.report("a source needs at least one field (an empty source is rejected by Istio)", in: decoder)
             }
         }
@@ -280,10 +287,26 @@ struct IstioPolicyDocument: Decodable {
 
         enum CodingKeys: String, CodingKey, CaseIterable { case key, values, notValues }
 
-        /// Keys Istio accepts that only an HTTP proxy can evaluate.
+        /// Keys Istio accepts that ztunnel does not evaluate (istiod treats them as HTTP
+        /// attributes): `request.headers[…]`, `request.auth.*`, `remote.ip`,
+        /// `source.serviceAccount`, `source.trustDomain`, `connection.sni`,
+        /// `experimental.*`.
         static func isHTTPKey(_ key: String) -> Bool {
-            key.hasPrefix("request.") || key == "remote.ip" || key == "connection.sni" || key.hasPrefix("experimental.")
-                || key == "source.user"
+            [
+                "remote.ip", "source.serviceAccount", "source.trustDomain", "request.auth.principal",
+                "request.auth.audiences", "request.auth.presenter", "connection.sni",
+            ].contains(key)
+                || (key.hasPrefix("request.headers[") && key.hasSuffix("]"))
+                || (key.hasPrefix("request.auth.claims[") && key.hasSuffix("]"))
+                || key.hasPrefix("experimental.")
+        }
+
+        /// Why Istio rejects a key it once knew, nil for keys it never knew.
+        static func retiredKey(_ key: String) -> String? {
+            if key == "destination.namespace" { return "replaced by the policy's metadata.namespace" }
+            if key.hasPrefix("destination.labels[") { return "replaced by the workload selector" }
+            if key == "destination.name" || key == "destination.user" { return "only supported in v1alpha1" }
+            return nil
         }
 
         init(from decoder: any Decoder) throws {
@@ -311,7 +334,9 @@ struct IstioPolicyDocument: Decodable {
                 }
             } else if Self.isHTTPKey(text) {
                 let node = try c.decode(ConfigNode.self, forKey: .key)
-                httpKey = HTTPField(name: "when key \(text)", location: ConfigLocation(file: node.file, line: node.line, path: node.path))
+                httpKey = HTTPField(name: text, location: ConfigLocation(file: node.file, line: node.line, path: node.path))
+            } else if let why = Self.retiredKey(text) {
+                throw DecodingError.dataCorruptedError(forKey: .key, in: c, debugDescription: "key \"\(text)\" is \(why)")
             } else {
                 let known = Key.allCases.map(\.rawValue).joined(separator: ", ")
                 throw DecodingError.dataCorruptedError(

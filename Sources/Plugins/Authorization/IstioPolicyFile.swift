@@ -25,16 +25,24 @@ public struct LoadedPolicies: Sendable {
     public var policies: [AuthorizationPolicy]
     /// What was translated with a loss (see ``PolicyWarning``).
     public var warnings: [PolicyWarning]
+    /// `PeerAuthentication` documents, in file and document order; ``PolicyIndex``
+    /// turns them into DENY policies per workload as istiod does.
+    public var peerAuthentications: [PeerAuthentication]
 
     /// Creates a set.
-    public init(policies: [AuthorizationPolicy] = [], warnings: [PolicyWarning] = []) {
+    public init(
+        policies: [AuthorizationPolicy] = [], warnings: [PolicyWarning] = [], peerAuthentications: [PeerAuthentication] = []
+    ) {
         self.policies = policies
         self.warnings = warnings
+        self.peerAuthentications = peerAuthentications
     }
 }
 
-/// Reads Istio `AuthorizationPolicy` YAML (`security.istio.io/v1` and `v1beta1`; one or
-/// many documents per file, separated by `---`) into the kernel's L4 rule form.
+/// Reads Istio `AuthorizationPolicy` and `PeerAuthentication` YAML (`security.istio.io/v1`
+/// and `v1beta1`; one or many documents per file, separated by `---`) into the kernel's
+/// L4 rule form (PeerAuthentication: see ``PeerAuthentication``; ``PolicyIndex`` applies
+/// them per workload as istiod does for ztunnel).
 ///
 /// Errors name the file, the line, and the path inside the document, prefixed with the
 /// document's index among the file's non-empty documents:
@@ -54,10 +62,16 @@ public struct LoadedPolicies: Sendable {
 ///   Istio, and is reported as a ``PolicyWarning`` with the fix), namespaces, serviceAccounts (`ns/sa`, or `sa` in the policy's namespace),
 ///   ipBlocks, each with its `not…` form; `operation`: ports, notPorts; `when`:
 ///   source.ip, source.namespace, source.principal, destination.ip, destination.port;
-/// - HTTP attributes (hosts, methods, paths, requestPrincipals, remoteIpBlocks, `when`
-///   keys such as request.*): an ALLOW rule using any is dropped (it matches nothing); a
-///   DENY rule loses them and so denies more (an entry left with no L4 field matches
-///   every connection). Each is reported as a ``PolicyWarning`` naming policy and field;
+/// - HTTP attributes (hosts, methods, paths, requestPrincipals, remoteIpBlocks, their
+///   `not…` forms, `when` keys other than the five above), as istiod translates them for
+///   ztunnel: an ALLOW rule using any is omitted; in a DENY rule each `from`/`to` entry
+///   keeps only its L4 fields and an HTTP `when` keeps nothing, and an entry left with no
+///   field is an empty match, which never matches, so a clause of such entries never holds
+///   and neither does its rule. A DENY is broader than written only where one entry mixes
+///   L4 and HTTP fields. One ``PolicyWarning`` per policy carries istiod's message ("has no
+///   enforceable rules at ztunnel and will have no effect", "more restrictive than
+///   requested"); `source.trustDomains`/`notTrustDomains` are dropped as istiod drops
+///   them for ztunnel, with a warning;
 /// - actions CUSTOM and AUDIT are errors; a policy with `targetRef(s)` is for a waypoint
 ///   and is skipped with a warning;
 /// - the annotation `istio.io/dry-run: "true"` makes the policy dry-run.
@@ -70,12 +84,29 @@ public enum IstioPolicyFile {
         var errors: [ConfigError] = []
         var loaded = LoadedPolicies()
         var seen: [String: ConfigLocation] = [:]
+        var seenPeer: [String: ConfigLocation] = [:]
         for (index, document) in documents(of: yaml).enumerated() {
             let node: ConfigNode
             do throws(ConfigErrors) {
                 node = try parseDocument(document.text, file: file, path: "document[\(index)]", lineOffset: document.firstLine - 1)
             } catch {
                 errors += error.errors
+                continue
+            }
+            if node.value?["kind"]?.scalarText == "PeerAuthentication" {
+                do throws(ConfigErrors) {
+                    let policy = try ConfigDecoder.decode(PeerAuthenticationDocument.self, from: node).policy
+                    if let first = seenPeer[policy.key] {
+                        errors.append(ConfigError(
+                            at: policy.location,
+                            "duplicate PeerAuthentication \(policy.key), first at \(first.path)\(first.line.map { " (line \($0))" } ?? "")"))
+                    } else {
+                        seenPeer[policy.key] = policy.location
+                        loaded.peerAuthentications.append(policy)
+                    }
+                } catch {
+                    errors += error.errors
+                }
                 continue
             }
             let decoded: IstioPolicyDocument
@@ -130,9 +161,19 @@ public enum IstioPolicyFile {
         var errors: [ConfigError] = []
         var result = LoadedPolicies()
         var owner: [String: String] = [:]
+        var peerOwner: [String: String] = [:]
         for (path, text) in files {
             do throws(ConfigErrors) {
                 let loaded = try parse(yaml: text, file: path, rootNamespace: rootNamespace)
+                for policy in loaded.peerAuthentications {
+                    if let first = peerOwner[policy.key] {
+                        errors.append(ConfigError(
+                            file: path, line: policy.location.line, path: policy.location.path,
+                            message: "duplicate PeerAuthentication \(policy.key), first in \(first)"))
+                    }
+                    peerOwner[policy.key] = peerOwner[policy.key] ?? path
+                }
+                result.peerAuthentications += loaded.peerAuthentications
                 for policy in loaded.policies {
                     if let first = owner[policy.key] {
                         errors.append(ConfigError(
@@ -239,36 +280,36 @@ enum IstioPolicyTranslator {
         let action: AuthorizationPolicy.Action = spec.action == .DENY ? .deny : .allow
         var warnings: [PolicyWarning] = []
         var rules: [[[PolicyMatch]]] = []
+        var httpFields: [IstioPolicyDocument.HTTPField] = []
         for rule in spec.rules {
+            // istiod's handleRule: every entry keeps only its L4 fields, even when that
+            // leaves it empty. ztunnel skips an empty match, so a clause of empty matches
+            // never holds, and neither does its rule.
             var clauses: [[PolicyMatch]] = []
-            var httpFields: [IstioPolicyDocument.HTTPField] = []
-
+            var ruleHTTP: [IstioPolicyDocument.HTTPField] = []
             if !rule.to.isEmpty {
-                var matches: [PolicyMatch] = []
-                var unconstrained = false
-                for operation in rule.to {
-                    httpFields += operation.httpFields
+                clauses.append(rule.to.map { operation in
+                    ruleHTTP += operation.httpFields
                     var match = PolicyMatch()
                     match.destinationPorts = operation.ports
                     match.notDestinationPorts = operation.notPorts
-                    // With its HTTP fields gone, an entry that said nothing at L4 stands
-                    // for any connection (this only survives for DENY).
-                    if match.isEmpty { unconstrained = true } else { matches.append(match) }
-                }
-                if !unconstrained { clauses.append(matches) }
+                    return match
+                })
             }
             if !rule.from.isEmpty {
-                var matches: [PolicyMatch] = []
-                var unconstrained = false
-                for source in rule.from {
-                    httpFields += source.httpFields
+                clauses.append(rule.from.map { source in
+                    ruleHTTP += source.httpFields
                     warnings += spiffePrincipalWarnings(
                         [("principals", source.principals), ("notPrincipals", source.notPrincipals)],
                         at: source.location, policy: key)
-                    let match = sourceMatch(source, namespace: namespace)
-                    if match.isEmpty { unconstrained = true } else { matches.append(match) }
-                }
-                if !unconstrained { clauses.append(matches) }
+                    warnings += source.ignoredFields.map { field in
+                        PolicyWarning(
+                            location: field.location, policy: key, field: field.name,
+                            message: "not enforced by a node proxy: istiod leaves \(field.name) out of the policy it sends "
+                                + "to ztunnel, so this entry is checked without it (enforce it at a waypoint)")
+                    }
+                    return sourceMatch(source, namespace: namespace)
+                })
             }
             for condition in rule.when {
                 if condition.key == .sourcePrincipal {
@@ -278,27 +319,52 @@ enum IstioPolicyTranslator {
                         at: condition.location, policy: key)
                 }
                 if let http = condition.httpKey {
-                    httpFields.append(http)
+                    ruleHTTP.append(http)
+                    clauses.append([PolicyMatch()])
                     continue
                 }
                 clauses.append([conditionMatch(condition)])
             }
-
-            for field in httpFields {
-                warnings.append(PolicyWarning(
-                    location: field.location, policy: key, field: field.name,
-                    message: action == .allow
-                        ? "HTTP attribute a node proxy cannot check: this ALLOW rule matches nothing (enforce it at a waypoint)"
-                        : "HTTP attribute a node proxy cannot check: ignored, so this DENY rule denies more than written (enforce it at a waypoint)"))
-            }
-            if action == .allow && !httpFields.isEmpty { continue }
+            httpFields += ruleHTTP
+            // In an ALLOW policy a rule with any HTTP attribute is omitted entirely.
+            if action == .allow && !ruleHTTP.isEmpty { continue }
             rules.append(clauses)
+        }
+        if let first = httpFields.first {
+            warnings.append(PolicyWarning(
+                location: first.location, policy: key, field: "HTTP attributes",
+                message: httpWarning(found: httpFields.map(\.name), action: action, rules: rules)))
         }
         return Result(
             policy: AuthorizationPolicy(
                 name: document.metadata.name, namespace: namespace, scope: scope, action: action,
                 dryRun: document.metadata.dryRun, rules: rules),
             warnings: warnings)
+    }
+
+    /// istiod's status message for a policy with HTTP attributes, so that `ambit validate`,
+    /// the node log and `istioctl` users read the same words.
+    static func httpWarning(found: [String], action: AuthorizationPolicy.Action, rules: [[[PolicyMatch]]]) -> String {
+        let consequence: String
+        switch action {
+        case .deny where !hasEffectiveRules(rules):
+            consequence = "After omitting unsupported HTTP attributes, this DENY policy has no enforceable rules at "
+                + "ztunnel and will have no effect. Deploy a waypoint proxy and use a targetRef to enforce this policy."
+        case .deny:
+            consequence = "DENY policy with HTTP attributes is enforced without the HTTP rules. "
+                + "This will be more restrictive than requested."
+        case .allow:
+            consequence = "Within an ALLOW policy, rules matching HTTP attributes are omitted. "
+                + "This will be more restrictive than requested."
+        }
+        return "ztunnel does not support HTTP attributes (found: \(Set(found).sorted().joined(separator: ", "))). "
+            + "In ambient mode you must use a waypoint proxy to enforce HTTP rules. " + consequence
+    }
+
+    /// Whether some rule can match: it has no clauses, or each of its clauses has a
+    /// match with a field (a clause of empty matches never holds).
+    static func hasEffectiveRules(_ rules: [[[PolicyMatch]]]) -> Bool {
+        rules.contains { rule in rule.allSatisfy { clause in clause.contains { !$0.isEmpty } } }
     }
 
     static func sourceMatch(_ source: IstioPolicyDocument.Source, namespace: String) -> PolicyMatch {

@@ -127,12 +127,13 @@ extension PolicyIndex {
     /// entry per policy in evaluation order.
     public func explain(_ attributes: ConnectionAttributes, destination workload: Workload) -> [PolicyExplanation] {
         let facts = ConnectionFacts(attributes)
+        let origin = peerAuthenticationOrigin(for: workload)
         return buckets(for: workload).flatMap { $0.deny + $0.allow + $0.dryRun }.map { candidate in
             let rule = PolicyMatching.firstMatchingRule(candidate.policy, facts)
-            return PolicyExplanation(
-                policy: candidate.policy, matchingRule: rule,
-                details: rule.map { ["rule \($0) matches: " + PolicyMatching.describeRule(candidate.policy.rules[$0])] }
-                    ?? PolicyMatching.explainMismatch(candidate.policy, facts))
+            var details = rule.map { ["rule \($0) matches: " + PolicyMatching.describeRule(candidate.policy.rules[$0])] }
+                ?? PolicyMatching.explainMismatch(candidate.policy, facts)
+            if let origin, isDerived(candidate.key) { details.append("derived from " + origin) }
+            return PolicyExplanation(policy: candidate.policy, matchingRule: rule, details: details)
         }
     }
 }

@@ -12,7 +12,10 @@ public import Kernel
 ///   the workload's labels; a selector policy in the root namespace selects workloads in
 ///   every namespace (Istio's rule); a selector with no labels selects by name only;
 /// - `WorkloadSelector` policies the workload names in its `authorizationPolicies` list
-///   (`namespace/name`, how ztunnel's control plane attaches them).
+///   (`namespace/name`, how ztunnel's control plane attaches them);
+/// - the DENY policies istiod derives from `PeerAuthentication` for the workload's
+///   effective mTLS mode (`<root>/istio_converted_static_strict` for STRICT,
+///   `<ns>/converted_peer_authentication_<name>` for port-level modes).
 ///
 /// Thread-safe (immutable); build a new index when policies change.
 public final class PolicyIndex: Sendable {
@@ -28,11 +31,25 @@ public final class PolicyIndex: Sendable {
     private let selectors: [String: [LabelPair: [IndexedPolicy]]]
     /// Selector policies by `namespace/name`, for workloads' policy lists.
     private let byKey: [String: [IndexedPolicy]]
+    /// PeerAuthentication, and the policies derived from it by key.
+    let peerAuthentication: PeerAuthenticationPolicies
+    private let derived: [String: IndexedPolicy]
 
-    /// Indexes `policies`. Duplicate `namespace/name` keys are kept (both apply).
-    public init(_ policies: [AuthorizationPolicy], rootNamespace: String = "istio-system") {
+    /// Indexes `policies` and the policies derived from `peerAuthentications`. Duplicate
+    /// `namespace/name` keys are kept (both apply).
+    public init(
+        _ policies: [AuthorizationPolicy], peerAuthentications: [PeerAuthentication] = [],
+        rootNamespace: String = "istio-system"
+    ) {
         self.rootNamespace = rootNamespace
         self.policies = policies
+        let peer = PeerAuthenticationPolicies(peerAuthentications, rootNamespace: rootNamespace)
+        peerAuthentication = peer
+        var derived: [String: IndexedPolicy] = [:]
+        for (offset, policy) in ([peer.staticStrict] + peer.converted.values.sorted { $0.key < $1.key }).enumerated() {
+            derived[policy.key] = IndexedPolicy(policy, order: policies.count + offset)
+        }
+        self.derived = derived
         var global: [IndexedPolicy] = []
         var namespaces: [String: [IndexedPolicy]] = [:]
         var selectors: [String: [LabelPair: [IndexedPolicy]]] = [:]
@@ -88,9 +105,28 @@ public final class PolicyIndex: Sendable {
         for key in workload.authorizationPolicies {
             for candidate in byKey[key] ?? [] { consider(candidate) }
         }
+        if !peerAuthentication.isEmpty,
+            let attached = peerAuthentication.attached(namespace: workload.namespace, labels: workload.labels)
+        {
+            for policy in attached.policies {
+                if let candidate = derived[policy.key] { consider(candidate) }
+            }
+        }
         if !selected.isEmpty { buckets.append(PolicyBucket(selected.sorted { $0.order < $1.order })) }
         return buckets
     }
+}
+
+extension PolicyIndex {
+    /// How the workload's PeerAuthentication mode was reached (which mesh, namespace and
+    /// workload policies), nil when no PeerAuthentication applies to it.
+    public func peerAuthenticationOrigin(for workload: Workload) -> String? {
+        guard !peerAuthentication.isEmpty else { return nil }
+        return peerAuthentication.attached(namespace: workload.namespace, labels: workload.labels)?.origin
+    }
+
+    /// Whether `key` names a policy derived from PeerAuthentication.
+    func isDerived(_ key: String) -> Bool { derived[key] != nil }
 }
 
 /// A label `key=value`.
