@@ -126,7 +126,9 @@ struct ValidateCommand: AsyncParsableCommand {
         AmbitLogging.bootstrap(format: .text, control: LogLevelControl(.error))
         let node = ProxyNode(plan: plan, logger: Logger(label: "ambit.validate"), handleSignals: false)
         do {
-            try await node.validate()
+            for warning in try await node.validate() {
+                FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+            }
         } catch let error as NodeStartupError {
             for message in error.messages {
                 FileHandle.standardError.write(Data("error: \(manifest): \(message)\n".utf8))

@@ -98,6 +98,42 @@ struct CLITests {
             "\(errors)")
     }
 
+    @Test("validate prints policy warnings in istiod's words with file and line, and exits 0")
+    func validatePolicyWarnings() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        _ = try dir.write("mesh.yaml", "{}\n")
+        let policies = try dir.write(
+            "authz.yaml",
+            """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: require-jwt, namespace: default}
+            spec:
+              action: DENY
+              rules:
+              - from: [{source: {notRequestPrincipals: ["*"]}}]
+            """)
+        let manifest = try dir.write(
+            "node.yaml",
+            """
+            plugins:
+              - id: local-config
+                config: {path: \(dir.path)/mesh.yaml}
+              - id: authorization
+                config: {policies: [\(policies)]}
+            """)
+        let result = try await AmbitProcess.run(["validate", "--manifest", manifest])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(
+            result.stderr.contains(
+                "warning: plugins[1] (authorization): \(policies):7: document[0].spec.rules[0].from[0].source.notRequestPrincipals: "
+                    + "policy default/require-jwt: HTTP attributes: ztunnel does not support HTTP attributes (found: "
+                    + "notRequestPrincipals)."),
+            "\(result.stderr)")
+        #expect(result.stderr.contains("this DENY policy has no enforceable rules at ztunnel and will have no effect"))
+    }
+
     @Test("validate reports an unreadable mesh config and exits 1")
     func validateUnreadableMesh() async throws {
         let dir = try TemporaryDirectory()

@@ -95,15 +95,19 @@ public final class ProxyNode: Sendable {
 
     /// Builds, provisions and validates every plugin, then cleans them up without
     /// serving: what `ambit validate` runs. Throws ``NodeStartupError`` listing every
-    /// failure it found.
-    public func validate() async throws {
+    /// failure it found; returns the plugins' warnings (``Plugin/validationWarnings()``),
+    /// each prefixed with the plugin's label.
+    @discardableResult
+    public func validate() async throws -> [String] {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         var failures: [String] = []
+        var warnings: [String] = []
         do {
             let built = try build(group: group)
             let provisioned = try await provision(built)
             for (id, plugin) in provisioned {
                 do { try plugin.validate() } catch { failures.append("\(label(id)): \(error)") }
+                warnings += plugin.validationWarnings().map { "\(label(id)): \($0)" }
             }
             await cleanup(provisioned)
         } catch {
@@ -112,6 +116,7 @@ public final class ProxyNode: Sendable {
         }
         try? await group.shutdownGracefully()
         if !failures.isEmpty { throw NodeStartupError(messages: failures) }
+        return warnings
     }
 
     /// Runs the node until graceful shutdown, then drains and cleans up.

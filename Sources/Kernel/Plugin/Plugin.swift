@@ -52,6 +52,10 @@ public protocol Plugin: AnyObject, Sendable {
     func provision() async throws
     /// Cross-checks the provisioned state; throw a ``PluginError`` naming the problem.
     func validate() throws
+    /// What loaded but will not do all it says (e.g. a policy field a node proxy cannot
+    /// enforce), one line each, with where it is written; `ambit validate` prints them.
+    /// Default: none.
+    func validationWarnings() -> [String]
     /// Serves until graceful shutdown, then returns.
     func run() async throws
     /// Stops accepting new work.
@@ -71,6 +75,7 @@ extension Plugin {
     public static var requires: Set<PluginRole> { [] }
     public func provision() async throws {}
     public func validate() throws {}
+    public func validationWarnings() -> [String] { [] }
     public func drain() async {}
     public func cleanup() async {}
 }

@@ -110,6 +110,11 @@ public final class AuthorizationPlugin: Plugin, ImmediateConnectionAuthorizer {
     public var status: Status { state.withLockedValue { $0.status } }
 
     /// Loads the policy files; any error fails provisioning with every error found.
+    /// The loaded policies' warnings (``PolicyWarning``), for `ambit validate`.
+    public func validationWarnings() -> [String] {
+        state.withLockedValue { $0.status.warnings.map(\.description) }
+    }
+
     public func provision() async throws {
         let signatures = paths.map(FileSignature.init(path:))
         var texts: [String: String] = [:]
