@@ -113,6 +113,7 @@ struct ManifestTests {
         #expect(plan.manifest.node.drainDeadline == .seconds(5))
         #expect(plan.manifest.node.threads >= 1)
         #expect(!plan.manifest.node.name.isEmpty)
+        #expect(plan.manifest.node.network == "")
         #expect(plan.manifest.logging.level == .info)
         #expect(plan.manifest.logging.format == .text)
         #expect(plan.manifest.admin == nil)
@@ -128,7 +129,7 @@ struct ManifestTests {
     func sections() throws {
         let plan = try load(
             """
-            node: {name: node-a, threads: 3, drainDeadline: 1500ms}
+            node: {name: node-a, network: net-east, threads: 3, drainDeadline: 1500ms}
             logging: {level: debug, format: json}
             admin:
               address: 127.0.0.1:16000
@@ -136,6 +137,7 @@ struct ManifestTests {
             plugins: []
             """)
         #expect(plan.manifest.node.name == "node-a")
+        #expect(plan.manifest.node.network == "net-east")
         #expect(plan.manifest.node.threads == 3)
         #expect(plan.manifest.node.drainDeadline == .milliseconds(1500))
         #expect(plan.manifest.logging.level == .debug)

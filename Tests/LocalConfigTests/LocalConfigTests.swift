@@ -114,6 +114,137 @@ struct LocalConfigTests {
         #expect(policy.rules == [[[match]]])
     }
 
+    @Test("every field of ztunnel's local config loads into the mesh model")
+    func everyZtunnelField() throws {
+        let snapshot = try LocalConfigPlugin.parse(
+            yaml: """
+                workloads:
+                - uid: cluster1//v1/Pod/east/waypoint
+                  name: waypoint
+                  namespace: east
+                  workloadIps: ["10.1.0.9", "fd00::9"]
+                  protocol: HBONE
+                  network: net-east
+                  networkMode: Standard
+                  locality: {region: r1, zone: z1, subzone: s1}
+                  applicationTunnel: {protocol: PROXY, port: 15088}
+                  networkGateway: {destination: "net-east/192.0.2.1", hboneMtlsPort: 15009}
+                  hostname: waypoint.east.example
+                  workloadType: pod
+                  nativeTunnel: true
+                  services: {"/example.com": {80: 8080}}
+                - uid: cluster1//v1/Pod/east/host
+                  name: host
+                  namespace: east
+                  workloadIps: ["10.1.0.1"]
+                  networkMode: HostNetwork
+                  locality: {region: r1}
+                  applicationTunnel: {protocol: NONE}
+                  services: {}
+                services:
+                - name: example
+                  namespace: ""
+                  hostname: example.com
+                  vips: ["net-east/10.96.0.1"]
+                  cidrVips: [{network: net-east, cidr: 10.97.0.0/16}, "/10.98.0.0/24"]
+                  ports: {80: 8080}
+                  waypoint: {destination: "/example.com", hboneMtlsPort: 15008}
+                  weightedWaypoints:
+                  - {destination: {destination: "net-east/10.1.0.9", hboneMtlsPort: 15008}, weight: 90}
+                  - {destination: {destination: "east/canary.east.example", hboneMtlsPort: 15008}, weight: 10}
+                  loadBalancer: {routingPreferences: [Network, Region, Zone, Subzone, Node, Cluster], mode: Failover, healthPolicy: AllowAll}
+                  ipFamilies: IPv6
+                  canonical: true
+                  visibility: Namespace
+                  endpoints:
+                    cluster1//v1/Pod/east/host:
+                      workloadUid: cluster1//v1/Pod/east/host
+                      port: {80: 9090}
+                      status: Healthy
+                """, file: "mesh.yaml")
+        let waypoint = try #require(snapshot.workloads["cluster1//v1/Pod/east/waypoint"])
+        #expect(waypoint.network == "net-east")
+        #expect(waypoint.networkMode == .standard)
+        #expect(waypoint.locality == Locality(region: "r1", zone: "z1", subzone: "s1"))
+        #expect(waypoint.applicationTunnel == ApplicationTunnel(protocol: .proxy, port: 15088))
+        #expect(waypoint.networkGateway == GatewayAddress(destination: .address(NetworkAddress("net-east/192.0.2.1")!), hboneMtlsPort: 15009))
+        #expect(waypoint.hostname == "waypoint.east.example")
+        let example = NamespacedHostname(namespace: "", hostname: "example.com")
+        #expect(waypoint.services == [example: [80: 8080]])
+
+        let host = try #require(snapshot.workloads["cluster1//v1/Pod/east/host"])
+        #expect(host.networkMode == .hostNetwork)
+        #expect(host.locality == Locality(region: "r1"))
+        #expect(host.applicationTunnel == ApplicationTunnel(protocol: .plain, port: nil))
+        // The service's own endpoint record joins the workload to the service.
+        #expect(host.services == [example: [80: 9090]])
+
+        let service = try #require(snapshot.services[example])
+        #expect(service.namespacedHostname.description == "/example.com")
+        #expect(service.cidrVIPs == [
+            NetworkCIDR(network: "net-east", cidr: CIDR("10.97.0.0/16")!), NetworkCIDR(network: "", cidr: CIDR("10.98.0.0/24")!),
+        ])
+        #expect(service.waypoint == GatewayAddress(destination: .hostname(example)))
+        #expect(service.weightedWaypoints == [
+            WeightedWaypoint(destination: GatewayAddress(destination: .address(NetworkAddress("net-east/10.1.0.9")!)), weight: 90),
+            WeightedWaypoint(
+                destination: GatewayAddress(destination: .hostname(NamespacedHostname(namespace: "east", hostname: "canary.east.example"))),
+                weight: 10),
+        ])
+        #expect(service.loadBalancer == LoadBalancer(
+            routingPreferences: [.network, .region, .zone, .subzone, .node, .cluster], mode: .failover, healthPolicy: .allowAll))
+        #expect(service.ipFamilies == .ipv6)
+        #expect(service.canonical)
+        #expect(service.visibility == .namespace)
+        #expect(snapshot.endpoints(of: example).map(\.uid) == ["cluster1//v1/Pod/east/host", "cluster1//v1/Pod/east/waypoint"])
+    }
+
+    @Test("ztunnel's localhost example (remote-network VIP, canonical services) loads")
+    func ztunnelLocalhostExample() throws {
+        let snapshot = try LocalConfigPlugin.parse(
+            yaml: """
+                workloads:
+                - {uid: cluster1//v1/Pod/default/local, name: local, namespace: default, serviceAccount: default,
+                   workloadIps: ["127.0.0.1"], protocol: HBONE, node: local, network: "",
+                   services: {"default/example.com": {80: 8080}, "default/example2.com": {80: 8080}}}
+                policies:
+                - {action: Allow, rules: [[[{notDestinationPorts: [9999]}]]], name: deny-9999, namespace: default,
+                   scope: Namespace, dryRun: false}
+                services:
+                - {name: local, namespace: default, hostname: example.com, vips: [/127.10.0.1], ports: {80: 8080},
+                   subjectAltNames: [spiffe://cluster.local/ns/default/sa/local], canonical: true}
+                - {name: remote, namespace: default, hostname: example2.com, vips: [remote/127.10.0.2], ports: {80: 8080},
+                   canonical: true}
+                """, file: "mesh.yaml")
+        #expect(snapshot.service(at: IPAddress("127.10.0.2")!, network: "remote")?.name == "remote")
+        #expect(snapshot.services.values.allSatisfy(\.canonical))
+    }
+
+    @Test("bad values in the newer fields are errors naming file, line and path")
+    func newerFieldErrors() {
+        let found = parseErrors(
+            """
+            workloads:
+            - {uid: a, namespace: default, networkMode: Host}
+            - {uid: b, namespace: default, applicationTunnel: {protocol: HTTP}}
+            services:
+            - {name: s, namespace: default, hostname: s.example, cidrVips: ["/10.0.0.0/33"]}
+            - {name: t, namespace: default, hostname: t.example, visibility: Private}
+            - {name: u, namespace: default, hostname: u.example, ipFamilies: IPv5}
+            - {name: v, namespace: default, hostname: v.example, endpoints: {a: {port: {80: 80}}}}
+            - {name: w, namespace: default, hostname: w.example, weightedWaypoints: [{destination: {destination: nowhere}, weight: 1}]}
+            """)
+        #expect(found == [
+            "mesh.yaml:2: workloads[0].networkMode: expected one of Standard, HostNetwork, got \"Host\"",
+            "mesh.yaml:3: workloads[1].applicationTunnel.protocol: expected one of NONE, PROXY, got \"HTTP\"",
+            "mesh.yaml:5: services[0].cidrVips[0]: expected network/cidr (e.g. \"/10.0.0.0/24\") or {network, cidr}, got \"/10.0.0.0/33\"",
+            "mesh.yaml:6: services[1].visibility: expected one of Public, Namespace, got \"Private\"",
+            "mesh.yaml:7: services[2].ipFamilies: expected one of Dual, IPv4, IPv6, got \"IPv5\"",
+            "mesh.yaml:8: services[3].endpoints.a: missing required key \"workloadUid\"",
+            "mesh.yaml:9: services[4].weightedWaypoints[0].destination.destination: expected network/ip or namespace/hostname, got \"nowhere\"",
+        ])
+    }
+
     @Test("Examples/mesh.yaml parses")
     func exampleFileParses() throws {
         let root = String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")

@@ -17,6 +17,8 @@ public import Kernel
 /// node:                      # optional
 ///   name: node-a             # default: the host name; workloads whose `node` equals
 ///                            #   this are local to this proxy
+///   network: ""              # the node's network (Istio's NETWORK); peers are looked up
+///                            #   in it. Default: "" (the default network)
 ///   threads: 2               # event-loop threads, default: number of cores
 ///   drainDeadline: 5s        # how long open connections may finish on shutdown (from the signal)
 ///   policyDeadline: 1s       # how long a policy plugin may take to decide; then deny
@@ -38,6 +40,10 @@ public struct Manifest: Sendable {
         /// The node's name; workloads whose `node` equals it are local. Default: the
         /// host name.
         public var name = Manifest.hostName
+        /// The network this node is on (Istio's `NETWORK`, set on every workload in a
+        /// multi-network install): destinations and peers are looked up in it, while a
+        /// local workload is looked up in its own. Default: the default network, "".
+        public var network = ""
         /// Event-loop threads. Default: the number of cores.
         public var threads = System.coreCount
         /// How long open connections may run after shutdown starts. Default: 5s.

@@ -262,7 +262,7 @@ public final class ProxyNode: Sendable {
             let context = PluginContext(
                 pluginID: entry.type.id, logger: logger, eventLoopGroup: group, mesh: mesh,
                 connections: connections, readiness: readiness, nodeName: plan.manifest.node.name,
-                baseDirectory: plan.baseDirectory, directory: directory, policyGuard: policyGuard, facilities: facilities)
+                nodeNetwork: plan.manifest.node.network, baseDirectory: plan.baseDirectory, directory: directory, policyGuard: policyGuard, facilities: facilities)
             do {
                 built.append((entry.type.id, try entry.type.make(config: entry.config, context: context)))
                 setState(entry.type.id, .configured)

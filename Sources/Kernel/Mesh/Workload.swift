@@ -28,12 +28,14 @@ public struct NamespacedHostname: Sendable, Hashable, Comparable, CustomStringCo
         self.hostname = hostname
     }
 
-    /// Parses `namespace/hostname`; nil when there is no `/` or a part is empty.
+    /// Parses `namespace/hostname`; nil when there is no `/` or the hostname is empty. The
+    /// namespace may be empty (`/example.com`), as ztunnel allows for hostnames that
+    /// belong to no namespace.
     public init?(_ text: String) {
         guard let slash = text.firstIndex(of: "/") else { return nil }
         let namespace = String(text[..<slash])
         let hostname = String(text[text.index(after: slash)...])
-        guard !namespace.isEmpty, !hostname.isEmpty else { return nil }
+        guard !hostname.isEmpty else { return nil }
         self.init(namespace: namespace, hostname: hostname)
     }
 
@@ -151,6 +153,66 @@ public struct GatewayAddress: Sendable, Hashable, Codable {
     }
 }
 
+/// Where a workload runs, for locality-aware load balancing and telemetry labels. Each part
+/// is empty when unknown.
+public struct Locality: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// The region, e.g. `us-east1` (Kubernetes `topology.kubernetes.io/region`).
+    public var region: String
+    /// The zone within the region, e.g. `us-east1-b` (`topology.kubernetes.io/zone`).
+    public var zone: String
+    /// The subzone within the zone (Istio's `topology.istio.io/subzone`).
+    public var subzone: String
+
+    /// Creates a locality; parts left out are unknown.
+    public init(region: String = "", zone: String = "", subzone: String = "") {
+        self.region = region
+        self.zone = zone
+        self.subzone = subzone
+    }
+
+    /// Whether every part is unknown.
+    public var isEmpty: Bool { region.isEmpty && zone.isEmpty && subzone.isEmpty }
+
+    /// `region/zone/subzone`, Istio's written form.
+    public var description: String { "\(region)/\(zone)/\(subzone)" }
+}
+
+/// How a workload's network namespace relates to its node's.
+public enum NetworkMode: String, Sendable, Hashable, Codable {
+    /// The workload has its own network namespace and addresses.
+    case standard = "Standard"
+    /// The workload shares the node's network namespace (`hostNetwork: true`): its
+    /// addresses are the node's, shared with every other host-network workload there, so
+    /// an address never identifies it and it is never looked up by IP.
+    case hostNetwork = "HostNetwork"
+}
+
+/// How the proxy in front of a workload hands it the traffic it terminated, when the
+/// workload wants more than the bare bytes (a sandwiched waypoint: the waypoint pod is
+/// itself captured, and learns the original peer through a PROXY protocol header).
+public struct ApplicationTunnel: Sendable, Hashable, Codable {
+    /// What precedes the application's bytes.
+    public enum Kind: String, Sendable, Hashable, Codable {
+        /// Nothing: the bytes as they are (ztunnel's `NONE`).
+        case plain = "NONE"
+        /// A PROXY protocol v2 header naming the client, the target and the source identity
+        /// (ztunnel's `PROXY`).
+        case proxy = "PROXY"
+    }
+
+    /// What precedes the application's bytes.
+    public var `protocol`: Kind
+    /// The workload port that takes tunnelled traffic, overriding the target port; nil
+    /// keeps the connection's own port.
+    public var port: UInt16?
+
+    /// Creates an application tunnel.
+    public init(protocol: Kind, port: UInt16? = nil) {
+        self.protocol = `protocol`
+        self.port = port
+    }
+}
+
 /// A workload (a pod, VM or other endpoint) as the node proxy sees it.
 public struct Workload: Sendable, Hashable, Codable {
     /// Unique id, e.g. `cluster1//v1/Pod/default/echo-7d9f`.
@@ -194,6 +256,20 @@ public struct Workload: Sendable, Hashable, Codable {
     /// Keys (`namespace/name`) of the WorkloadSelector policies that apply to this
     /// workload, as the control plane lists them (ztunnel's `authorizationPolicies`).
     public var authorizationPolicies: [String]
+    /// Where the workload runs (region, zone, subzone); empty parts when unknown.
+    public var locality: Locality
+    /// Whether the workload has its own network namespace; host-network workloads are
+    /// never looked up by IP (their addresses are the node's).
+    public var networkMode: NetworkMode
+    /// How traffic terminated for this workload is handed to it; nil hands it the bare
+    /// bytes.
+    public var applicationTunnel: ApplicationTunnel?
+    /// The gateway that reaches this workload from other networks (an east-west gateway),
+    /// if any.
+    public var networkGateway: GatewayAddress?
+    /// The workload's DNS hostname, for workloads reached by name rather than address;
+    /// empty when it has none.
+    public var hostname: String
 
     /// Creates a workload; only the identifying fields are required.
     public init(
@@ -203,7 +279,9 @@ public struct Workload: Sendable, Hashable, Codable {
         waypoint: GatewayAddress? = nil, status: HealthStatus = .healthy, capacity: UInt32 = 1,
         services: [NamespacedHostname: [UInt16: UInt16]] = [:], labels: [String: String] = [:],
         canonicalName: String = "", canonicalRevision: String = "", workloadName: String = "",
-        clusterID: String = "Kubernetes", netns: String? = nil, authorizationPolicies: [String] = []
+        clusterID: String = "Kubernetes", netns: String? = nil, authorizationPolicies: [String] = [],
+        locality: Locality = Locality(), networkMode: NetworkMode = .standard,
+        applicationTunnel: ApplicationTunnel? = nil, networkGateway: GatewayAddress? = nil, hostname: String = ""
     ) {
         self.uid = uid
         self.name = name
@@ -225,12 +303,130 @@ public struct Workload: Sendable, Hashable, Codable {
         self.clusterID = clusterID
         self.netns = netns
         self.authorizationPolicies = authorizationPolicies
+        self.locality = locality
+        self.networkMode = networkMode
+        self.applicationTunnel = applicationTunnel
+        self.networkGateway = networkGateway
+        self.hostname = hostname
     }
 
     /// The workload's SPIFFE identity.
     public var identity: SpiffeID {
         SpiffeID(trustDomain: trustDomain, namespace: namespace, serviceAccount: serviceAccount)
     }
+}
+
+/// A block of addresses within a named network: `network/cidr`. A service with one answers
+/// for every address in the block (ztunnel's `cidrVips`).
+public struct NetworkCIDR: Sendable, Hashable, CustomStringConvertible, Codable {
+    /// The network name; empty for the default network.
+    public var network: String
+    /// The block.
+    public var cidr: CIDR
+
+    /// Creates a block from its parts.
+    public init(network: String = "", cidr: CIDR) {
+        self.network = network
+        self.cidr = cidr
+    }
+
+    public var description: String { "\(network)/\(cidr)" }
+}
+
+/// One of a service's waypoints with its share of new connections.
+public struct WeightedWaypoint: Sendable, Hashable, Codable {
+    /// The waypoint.
+    public var destination: GatewayAddress
+    /// Its relative weight; 0 describes the waypoint without sending it traffic.
+    public var weight: UInt32
+
+    /// Creates a weighted waypoint.
+    public init(destination: GatewayAddress, weight: UInt32) {
+        self.destination = destination
+        self.weight = weight
+    }
+}
+
+/// How a service's endpoint is chosen beyond health and weight (Istio's
+/// `trafficDistribution`, `internalTrafficPolicy: Local`, ztunnel's `loadBalancer`).
+public struct LoadBalancer: Sendable, Hashable, Codable {
+    /// A property an endpoint may share with the client.
+    public enum Scope: String, Sendable, Hashable, Codable {
+        /// Same ``Locality/region``.
+        case region = "Region"
+        /// Same ``Locality/zone``.
+        case zone = "Zone"
+        /// Same ``Locality/subzone``.
+        case subzone = "Subzone"
+        /// Same node.
+        case node = "Node"
+        /// Same cluster.
+        case cluster = "Cluster"
+        /// Same network.
+        case network = "Network"
+    }
+
+    /// How ``LoadBalancer/routingPreferences`` are applied.
+    public enum Mode: String, Sendable, Hashable, Codable {
+        /// Preferences are ignored: any eligible endpoint.
+        case standard = "Standard"
+        /// Only endpoints that share every preference with the client; none is a failure.
+        case strict = "Strict"
+        /// The endpoints that share the longest run of preferences (in order) with the
+        /// client; the others only when none shares more.
+        case failover = "Failover"
+        /// No endpoint is chosen: the connection goes to the address the client asked for.
+        case passthrough = "Passthrough"
+    }
+
+    /// Which endpoints are eligible at all.
+    public enum HealthPolicy: String, Sendable, Hashable, Codable {
+        /// Healthy endpoints only.
+        case onlyHealthy = "OnlyHealthy"
+        /// Unhealthy endpoints too.
+        case allowAll = "AllowAll"
+    }
+
+    /// The properties to share with the client, most important first.
+    public var routingPreferences: [Scope]
+    /// How the preferences are applied.
+    public var mode: Mode
+    /// Which endpoints are eligible.
+    public var healthPolicy: HealthPolicy
+
+    /// Creates a load-balancing policy.
+    public init(routingPreferences: [Scope] = [], mode: Mode = .standard, healthPolicy: HealthPolicy = .onlyHealthy) {
+        self.routingPreferences = routingPreferences
+        self.mode = mode
+        self.healthPolicy = healthPolicy
+    }
+}
+
+/// Which address families a service's endpoints are reached on.
+public enum IPFamilies: String, Sendable, Hashable, Codable {
+    /// IPv4 and IPv6: the endpoint address of the client's family, else any.
+    case dual = "Dual"
+    /// IPv4 endpoint addresses only.
+    case ipv4 = "IPv4"
+    /// IPv6 endpoint addresses only.
+    case ipv6 = "IPv6"
+
+    /// Whether an endpoint address of this family may be used.
+    public func allows(_ ip: IPAddress) -> Bool {
+        switch self {
+        case .dual: true
+        case .ipv4: ip.isIPv4
+        case .ipv6: !ip.isIPv4
+        }
+    }
+}
+
+/// Which clients may address a service.
+public enum ServiceVisibility: String, Sendable, Hashable, Codable {
+    /// Every client.
+    case everywhere = "Public"
+    /// Only clients in the service's own namespace.
+    case namespace = "Namespace"
 }
 
 /// A service: virtual IPs and a hostname in front of the workloads that back it.
@@ -249,11 +445,28 @@ public struct Service: Sendable, Hashable, Codable {
     public var subjectAltNames: [String]
     /// The waypoint that serves this service, if any.
     public var waypoint: GatewayAddress?
+    /// Address blocks the service answers for besides its ``vips``; an exact VIP wins
+    /// over a block.
+    public var cidrVIPs: [NetworkCIDR]
+    /// Waypoints sharing the service's connections by weight (a canary); empty uses
+    /// ``waypoint``, which stays the primary.
+    public var weightedWaypoints: [WeightedWaypoint]
+    /// How an endpoint is chosen; nil: any eligible healthy endpoint, by weight.
+    public var loadBalancer: LoadBalancer?
+    /// Which endpoint address families may be used; nil: any, preferring the client's.
+    public var ipFamilies: IPFamilies?
+    /// Whether this is the service to prefer when services in several namespaces share
+    /// a VIP or hostname (and none is in the client's namespace).
+    public var canonical: Bool
+    /// Which clients may address the service.
+    public var visibility: ServiceVisibility
 
     /// Creates a service.
     public init(
         name: String, namespace: String, hostname: String, vips: [NetworkAddress],
-        ports: [UInt16: UInt16], subjectAltNames: [String] = [], waypoint: GatewayAddress? = nil
+        ports: [UInt16: UInt16], subjectAltNames: [String] = [], waypoint: GatewayAddress? = nil,
+        cidrVIPs: [NetworkCIDR] = [], weightedWaypoints: [WeightedWaypoint] = [], loadBalancer: LoadBalancer? = nil,
+        ipFamilies: IPFamilies? = nil, canonical: Bool = false, visibility: ServiceVisibility = .everywhere
     ) {
         self.name = name
         self.namespace = namespace
@@ -262,6 +475,17 @@ public struct Service: Sendable, Hashable, Codable {
         self.ports = ports
         self.subjectAltNames = subjectAltNames
         self.waypoint = waypoint
+        self.cidrVIPs = cidrVIPs
+        self.weightedWaypoints = weightedWaypoints
+        self.loadBalancer = loadBalancer
+        self.ipFamilies = ipFamilies
+        self.canonical = canonical
+        self.visibility = visibility
+    }
+
+    /// Whether a client in `namespace` may address the service.
+    public func isVisible(to namespace: String) -> Bool {
+        visibility == .everywhere || namespace == self.namespace
     }
 
     /// `namespace/hostname`, the key workloads use in their ``Workload/services``.

@@ -21,6 +21,9 @@ public final class PluginContext: Sendable {
     public let readiness: Readiness
     /// The name of the node this proxy runs on; workloads with this `node` are local.
     public let nodeName: String
+    /// The network this node is on (manifest `node.network`; empty: the default network).
+    /// Destinations and peers are looked up in it; a local workload in its own network.
+    public let nodeNetwork: String
     /// The directory relative paths in the plugin's config are resolved against (the
     /// manifest's directory).
     public let baseDirectory: String
@@ -38,7 +41,7 @@ public final class PluginContext: Sendable {
     /// swift-metrics' MetricsTestKit); nil asks the enabled ``MetricsBackend``.
     public init(
         pluginID: String, logger: Logger, eventLoopGroup: any EventLoopGroup, mesh: MeshStore,
-        connections: ConnectionRegistry, readiness: Readiness, nodeName: String,
+        connections: ConnectionRegistry, readiness: Readiness, nodeName: String, nodeNetwork: String = "",
         baseDirectory: String, directory: PluginDirectory, policyGuard: PolicyGuard = PolicyGuard(),
         facilities: NodeFacilities = NodeFacilities(), metrics: (any MetricsFactory)? = nil
     ) {
@@ -51,6 +54,7 @@ public final class PluginContext: Sendable {
         self.connections = connections
         self.readiness = readiness
         self.nodeName = nodeName
+        self.nodeNetwork = nodeNetwork
         self.baseDirectory = baseDirectory
         self.directory = directory
         self.policyGuard = policyGuard

@@ -130,7 +130,26 @@ public enum LocalMeshFile {
             }
         }
         if !errors.isEmpty { throw ConfigErrors(errors) }
+        mergeEndpoints(of: document.services, into: &workloads)
         return (workloads, services, policies)
+    }
+
+    /// Makes each service's own `endpoints` records part of the workloads they name, as
+    /// ztunnel does: a workload's own `services` entry for the service wins; an unhealthy
+    /// record is dropped unless the service admits unhealthy endpoints; a record naming no
+    /// workload in the file is ignored (ztunnel skips endpoints without a workload).
+    private static func mergeEndpoints(of services: [LocalService], into workloads: inout [Workload]) {
+        let index = Dictionary(workloads.indices.map { (workloads[$0].uid, $0) }, uniquingKeysWith: { first, _ in first })
+        for entry in services {
+            let name = entry.service.namespacedHostname
+            let admitsUnhealthy = entry.service.loadBalancer?.healthPolicy == .allowAll
+            for endpoint in entry.endpoints {
+                guard let position = index[endpoint.workloadUID], workloads[position].services[name] == nil,
+                    endpoint.status == .healthy || admitsUnhealthy
+                else { continue }
+                workloads[position].services[name] = endpoint.ports
+            }
+        }
     }
 
     /// Reads and parses the file at `path`; errors name `path`.
@@ -207,14 +226,9 @@ struct LocalWorkload: Decodable {
             throw DecodingError.keyNotFound(
                 CodingKeys.uid, .init(codingPath: c.codingPath, debugDescription: "a workload needs a uid or a name"))
         }
-        // Accepted for compatibility with ztunnel's files; validated, not modelled yet.
-        _ = try c.decodeIfPresent(GatewayAddress.self, forKey: .networkGateway)
+        // Accepted for compatibility with ztunnel's files; validated, not modelled.
         _ = try c.decodeIfPresent(String.self, forKey: .workloadType)
-        _ = try c.decodeIfPresent(String.self, forKey: .hostname)
-        _ = try c.decodeIfPresent(Locality.self, forKey: .locality)
         _ = try c.decodeIfPresent(Bool.self, forKey: .nativeTunnel)
-        _ = try c.decodeIfPresent(ApplicationTunnel.self, forKey: .applicationTunnel)
-        _ = try c.decodeIfPresent(NetworkMode.self, forKey: .networkMode)
 
         let serviceAccount = try c.decodeIfPresent(String.self, forKey: .serviceAccount).flatMap { $0.isEmpty ? nil : $0 }
         let trustDomain = try c.decodeIfPresent(String.self, forKey: .trustDomain).flatMap { $0.isEmpty ? nil : $0 }
@@ -241,7 +255,12 @@ struct LocalWorkload: Decodable {
             workloadName: try c.decodeIfPresent(String.self, forKey: .workloadName) ?? "",
             clusterID: clusterID,
             netns: try c.decodeIfPresent(String.self, forKey: .netns),
-            authorizationPolicies: policies)
+            authorizationPolicies: policies,
+            locality: try c.decodeIfPresent(LocalLocality.self, forKey: .locality)?.value ?? Locality(),
+            networkMode: try c.decodeIfPresent(LocalNetworkMode.self, forKey: .networkMode)?.value ?? .standard,
+            applicationTunnel: try c.decodeIfPresent(LocalApplicationTunnel.self, forKey: .applicationTunnel)?.value,
+            networkGateway: try c.decodeIfPresent(GatewayAddress.self, forKey: .networkGateway),
+            hostname: try c.decodeIfPresent(String.self, forKey: .hostname) ?? "")
     }
 
     enum WorkloadProtocol: String, CaseIterable, Decodable {
@@ -256,19 +275,21 @@ struct LocalWorkload: Decodable {
         var value: HealthStatus { self == .Healthy ? .healthy : .unhealthy }
     }
 
-    enum NetworkMode: String, CaseIterable, Decodable {
+    enum LocalNetworkMode: String, CaseIterable, Decodable {
         case Standard, HostNetwork
         init(from decoder: any Decoder) throws { self = try ConfigDecoder.decodeCase(from: decoder) }
+        var value: NetworkMode { self == .HostNetwork ? .hostNetwork : .standard }
     }
 
-    struct Locality: Decodable {
+    struct LocalLocality: Decodable {
         var region: String?
         var zone: String?
         var subzone: String?
         enum CodingKeys: String, CodingKey, CaseIterable { case region, zone, subzone }
+        var value: Locality { Locality(region: region ?? "", zone: zone ?? "", subzone: subzone ?? "") }
     }
 
-    struct ApplicationTunnel: Decodable {
+    struct LocalApplicationTunnel: Decodable {
         enum TunnelKind: String, CaseIterable, Decodable {
             case NONE, PROXY
             init(from decoder: any Decoder) throws { self = try ConfigDecoder.decodeCase(from: decoder) }
@@ -276,15 +297,23 @@ struct LocalWorkload: Decodable {
         var `protocol`: TunnelKind
         var port: UInt16?
         enum CodingKeys: String, CodingKey, CaseIterable { case `protocol`, port }
+        /// Port 0 is "no override", as in the Workload API.
+        var value: ApplicationTunnel {
+            ApplicationTunnel(protocol: `protocol` == .PROXY ? .proxy : .plain, port: port == 0 ? nil : port)
+        }
     }
 }
 
 struct LocalService: Decodable {
     var service: Service
     var location: ConfigLocation
+    /// The file's own endpoint records (ztunnel's `endpoints`), merged into the workloads
+    /// they name once the whole file is read.
+    var endpoints: [LocalEndpoint]
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, namespace, hostname, vips, ports, subjectAltNames, waypoint, loadBalancer, ipFamilies, canonical, endpoints
+        case name, namespace, hostname, vips, cidrVips, ports, subjectAltNames, waypoint, weightedWaypoints
+        case loadBalancer, ipFamilies, canonical, visibility, endpoints
     }
 
     init(from decoder: any Decoder) throws {
@@ -294,30 +323,50 @@ struct LocalService: Decodable {
         if ports.keys.contains(0) {
             throw DecodingError.dataCorruptedError(forKey: .ports, in: c, debugDescription: "service port 0 is not a port")
         }
-        // Accepted for compatibility with ztunnel's files; validated, not modelled yet.
-        _ = try c.decodeIfPresent(LoadBalancer.self, forKey: .loadBalancer)
-        _ = try c.decodeIfPresent(IPFamilies.self, forKey: .ipFamilies)
-        _ = try c.decodeIfPresent(Bool.self, forKey: .canonical)
-        // ztunnel derives endpoints from workloads too; a file's own list is ignored.
-        _ = try c.decodeIfPresent(ConfigNode.self, forKey: .endpoints)
+        endpoints = try c.decodeIfPresent(LocalEndpoints.self, forKey: .endpoints)?.list ?? []
         service = Service(
             name: try nonEmpty(c.decode(String.self, forKey: .name), CodingKeys.name, c),
-            namespace: try nonEmpty(c.decode(String.self, forKey: .namespace), CodingKeys.namespace, c),
+            // ztunnel allows an empty namespace: such a service is named `/hostname`.
+            namespace: try c.decode(String.self, forKey: .namespace),
             hostname: try nonEmpty(c.decode(String.self, forKey: .hostname), CodingKeys.hostname, c),
             vips: try c.decodeIfPresent([NetworkAddress].self, forKey: .vips) ?? [],
             ports: ports,
             subjectAltNames: try c.decodeIfPresent([String].self, forKey: .subjectAltNames) ?? [],
-            waypoint: try c.decodeIfPresent(GatewayAddress.self, forKey: .waypoint))
+            waypoint: try c.decodeIfPresent(GatewayAddress.self, forKey: .waypoint),
+            cidrVIPs: try (c.decodeIfPresent([LocalNetworkCIDR].self, forKey: .cidrVips) ?? []).map(\.value),
+            weightedWaypoints: try (c.decodeIfPresent([LocalWeightedWaypoint].self, forKey: .weightedWaypoints) ?? []).map(\.value),
+            loadBalancer: try c.decodeIfPresent(LocalLoadBalancer.self, forKey: .loadBalancer)?.value,
+            ipFamilies: try c.decodeIfPresent(LocalIPFamilies.self, forKey: .ipFamilies)?.value,
+            canonical: try c.decodeIfPresent(Bool.self, forKey: .canonical) ?? false,
+            visibility: try c.decodeIfPresent(LocalVisibility.self, forKey: .visibility)?.value ?? .everywhere)
     }
 
-    struct LoadBalancer: Decodable {
+    struct LocalLoadBalancer: Decodable {
         enum Scope: String, CaseIterable, Decodable {
             case Region, Zone, Subzone, Node, Cluster, Network
             init(from decoder: any Decoder) throws { self = try ConfigDecoder.decodeCase(from: decoder) }
+            var value: LoadBalancer.Scope {
+                switch self {
+                case .Region: .region
+                case .Zone: .zone
+                case .Subzone: .subzone
+                case .Node: .node
+                case .Cluster: .cluster
+                case .Network: .network
+                }
+            }
         }
         enum Mode: String, CaseIterable, Decodable {
             case Standard, Strict, Failover, Passthrough
             init(from decoder: any Decoder) throws { self = try ConfigDecoder.decodeCase(from: decoder) }
+            var value: LoadBalancer.Mode {
+                switch self {
+                case .Standard: .standard
+                case .Strict: .strict
+                case .Failover: .failover
+                case .Passthrough: .passthrough
+                }
+            }
         }
         enum HealthPolicy: String, CaseIterable, Decodable {
             case OnlyHealthy, AllowAll
@@ -327,11 +376,97 @@ struct LocalService: Decodable {
         var mode: Mode?
         var healthPolicy: HealthPolicy?
         enum CodingKeys: String, CodingKey, CaseIterable { case routingPreferences, mode, healthPolicy }
+        var value: LoadBalancer {
+            LoadBalancer(
+                routingPreferences: (routingPreferences ?? []).map(\.value), mode: mode?.value ?? .standard,
+                healthPolicy: healthPolicy == .AllowAll ? .allowAll : .onlyHealthy)
+        }
     }
 
-    enum IPFamilies: String, CaseIterable, Decodable {
+    enum LocalIPFamilies: String, CaseIterable, Decodable {
         case Dual, IPv4, IPv6
         init(from decoder: any Decoder) throws { self = try ConfigDecoder.decodeCase(from: decoder) }
+        var value: IPFamilies {
+            switch self {
+            case .Dual: .dual
+            case .IPv4: .ipv4
+            case .IPv6: .ipv6
+            }
+        }
+    }
+
+    enum LocalVisibility: String, CaseIterable, Decodable {
+        case Public, Namespace
+        init(from decoder: any Decoder) throws { self = try ConfigDecoder.decodeCase(from: decoder) }
+        var value: ServiceVisibility { self == .Namespace ? .namespace : .everywhere }
+    }
+
+    /// ztunnel's `{network: n, cidr: 10.0.0.0/24}`, or the string `n/10.0.0.0/24`.
+    struct LocalNetworkCIDR: Decodable {
+        var value: NetworkCIDR
+        enum CodingKeys: String, CodingKey, CaseIterable { case network, cidr }
+
+        init(from decoder: any Decoder) throws {
+            if let text = try? decoder.singleValueContainer().decode(String.self) {
+                guard let slash = text.firstIndex(of: "/"), let cidr = CIDR(String(text[text.index(after: slash)...])) else {
+                    throw DecodingError.dataCorrupted(.init(
+                        codingPath: decoder.codingPath,
+                        debugDescription: "expected network/cidr (e.g. \"/10.0.0.0/24\") or {network, cidr}, got \"\(text)\""))
+                }
+                value = NetworkCIDR(network: String(text[..<slash]), cidr: cidr)
+                return
+            }
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            value = NetworkCIDR(
+                network: try c.decodeIfPresent(String.self, forKey: .network) ?? "",
+                cidr: try c.decode(CIDR.self, forKey: .cidr))
+        }
+    }
+
+    /// `{destination: {destination: "/10.0.0.9", hboneMtlsPort: 15008}, weight: 90}`.
+    struct LocalWeightedWaypoint: Decodable {
+        var value: WeightedWaypoint
+        enum CodingKeys: String, CodingKey, CaseIterable { case destination, weight }
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            value = WeightedWaypoint(
+                destination: try c.decode(GatewayAddress.self, forKey: .destination),
+                weight: try c.decode(UInt32.self, forKey: .weight))
+        }
+    }
+}
+
+/// One of a service's `endpoints`: a workload (by uid) backing the service with its own
+/// port map, as ztunnel writes them.
+struct LocalEndpoint: Decodable {
+    var workloadUID: String
+    var ports: [UInt16: UInt16]
+    var status: HealthStatus
+    var location: ConfigLocation
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case workloadUid, port, status }
+
+    init(from decoder: any Decoder) throws {
+        location = ConfigDecoder.location(of: decoder) ?? ConfigLocation(file: "", line: nil, path: "")
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        workloadUID = try nonEmpty(c.decode(String.self, forKey: .workloadUid), CodingKeys.workloadUid, c)
+        ports = try c.decodeIfPresent([UInt16: UInt16].self, forKey: .port) ?? [:]
+        status = try c.decodeIfPresent(LocalWorkload.Status.self, forKey: .status)?.value ?? .healthy
+    }
+}
+
+/// ztunnel's endpoint map (`uid: {workloadUid, port, status}`), or a list of the same
+/// records.
+struct LocalEndpoints: Decodable {
+    var list: [LocalEndpoint]
+
+    init(from decoder: any Decoder) throws {
+        if let raw = (try? ConfigNode(from: decoder))?.value, case .sequence = raw.content {
+            list = try [LocalEndpoint](from: decoder)
+        } else {
+            list = try [String: LocalEndpoint](from: decoder).sorted { $0.key < $1.key }.map(\.value)
+        }
     }
 }
 
