@@ -217,7 +217,7 @@ struct LocalConfigTests {
                    canonical: true}
                 """, file: "mesh.yaml")
         #expect(snapshot.service(at: IPAddress("127.10.0.2")!, network: "remote")?.name == "remote")
-        #expect(snapshot.services.values.allSatisfy(\.canonical))
+        #expect(snapshot.services.values.allSatisfy { $0.canonical })
     }
 
     @Test("bad values in the newer fields are errors naming file, line and path")
