@@ -2,8 +2,9 @@ import Authorization
 import FuzzSupport
 import Kernel
 
-/// Istio `AuthorizationPolicy` YAML → Ambit policies (the translation), then the
-/// evaluator over the result.
+/// Istio `AuthorizationPolicy` and `PeerAuthentication` YAML → Ambit policies (the
+/// translation), then the evaluator over the result, PeerAuthentication-derived policies
+/// included.
 ///
 /// Invariants: parsing returns policies or throws ``ConfigErrors`` with at least one
 /// error; every connection evaluated gets a decision, and a policy set with no ALLOW or
@@ -20,7 +21,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         return 0
     }
     _ = loaded.warnings.map(\.description)
-    let index = PolicyIndex(loaded.policies, rootNamespace: "istio-system")
+    let index = PolicyIndex(
+        loaded.policies, peerAuthentications: loaded.peerAuthentications, rootNamespace: "istio-system")
     // Destinations the policies can select: each policy's namespace, with its selector's labels.
     var destinations: [Workload] = [
         Workload(uid: "w0", name: "w0", namespace: "default", workloadIPs: [IPAddress("10.0.0.1")!])
@@ -34,13 +36,20 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
                 workloadIPs: [IPAddress("10.0.1.\(number + 1)")!], labels: labels,
                 authorizationPolicies: [policy.key]))
     }
+    for (number, peer) in loaded.peerAuthentications.prefix(8).enumerated() {
+        destinations.append(
+            Workload(
+                uid: "p\(number)", name: "p\(number)", namespace: peer.namespace,
+                workloadIPs: [IPAddress("10.0.2.\(number + 1)")!], labels: peer.selector ?? [:]))
+    }
     let sources: [(SpiffeID?, String)] = [
         (nil, "10.0.0.9"), (SpiffeID(trustDomain: "cluster.local", namespace: "default", serviceAccount: "sa"), "10.1.2.3"),
         (SpiffeID(trustDomain: "td", namespace: "ns-a", serviceAccount: "x"), "fd00::7"),
     ]
+    let peerPorts: [UInt16] = loaded.peerAuthentications.prefix(4).flatMap { Array($0.portLevel.keys) }
     for destination in destinations {
         for (identity, address) in sources {
-            for port in [UInt16(80), 443, 9090] {
+            for port in [UInt16(80), 443, 9090] + peerPorts {
                 let attributes = ConnectionAttributes(
                     sourceIdentity: identity, sourceAddress: SocketAddr(ip: IPAddress(address)!, port: 40000),
                     sourceWorkload: nil, destinationAddress: SocketAddr(ip: destination.workloadIPs[0], port: port),
