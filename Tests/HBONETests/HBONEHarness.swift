@@ -342,6 +342,15 @@ enum PythonPeer {
         return PeerOutput(values: object)
     }
 
+    /// Stops a peer started with ``start(_:)`` and waits until it is gone, so the address it
+    /// listened on is free for the next test (SIGKILL: the test process may have left
+    /// SIGTERM ignored for its children).
+    static func stop(_ process: Process) {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
     /// Starts a long-running peer (the server); returns the process. Its stdout's first
     /// line is `{"listening": ...}` once it accepts.
     static func start(_ arguments: [String]) throws -> (process: Process, output: Pipe) {

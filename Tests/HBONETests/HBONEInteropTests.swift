@@ -148,7 +148,7 @@ extension HBONENetworkTests {
                 "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", files.cert, "--key", files.key, "--ca",
                 files.ca, "--record", record, "--max-seconds", "60",
             ])
-            defer { server.process.terminate() }
+            defer { PythonPeer.stop(server.process) }
             let firstLine = server.output.fileHandleForReading.availableDataLine()
             #expect(firstLine.contains("listening"))
             let nodes = try await TwoNodes()
@@ -199,8 +199,7 @@ extension HBONENetworkTests {
             let nodes = try await TwoNodes()
             let refused = try await nodes.a.exchange(to: TestMesh.viaWaypoint, 7070, payload: [1])
             #expect(refused.reply != .succeeded)
-            server.process.terminate()
-            server.process.waitUntilExit()
+            PythonPeer.stop(server.process)
 
             // Mesh CA, wrong identity.
             let impostor = try TestCARegistry.mesh.writeFiles(for: TestMesh.identity("impostor"), prefix: "impostor", in: dir.path)
@@ -211,7 +210,7 @@ extension HBONENetworkTests {
             _ = server.output.fileHandleForReading.availableDataLine()
             let impersonated = try await nodes.a.exchange(to: TestMesh.viaWaypoint, 7070, payload: [2])
             #expect(impersonated.reply != .succeeded)
-            server.process.terminate()
+            PythonPeer.stop(server.process)
             #expect(!FileManager.default.fileExists(atPath: record))
             try await nodes.stop()
             dir.remove()
