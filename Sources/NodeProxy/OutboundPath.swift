@@ -160,9 +160,12 @@ public final class OutboundPath: Sendable {
                 source: source, sourceAddress: sourceAddress, gateway: target.gateway,
                 authority: target.authority, expectedIdentities: target.expectedIdentities,
                 destination: target.destinationWorkload, placement: placement)
+            // Through a waypoint the source reporter's destination is the waypoint (the peer
+            // this node connects to and verifies), as in ztunnel; the service stays the one
+            // the application addressed.
             let record = ConnectionRecord(
                 direction: .outbound, source: sourceAddress, destination: request.destination,
-                sourceWorkload: source, destinationWorkload: target.destinationWorkload,
+                sourceWorkload: source, destinationWorkload: target.viaWaypoint ? target.waypoint : target.destinationWorkload,
                 destinationService: target.service, route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true)
             return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
                 // The tunnel's own words (refused with a status, TLS, timeout); no socket error underneath.

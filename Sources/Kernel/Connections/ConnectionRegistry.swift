@@ -41,7 +41,8 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public let destination: SocketAddr
     /// The source workload, when known.
     public let sourceWorkload: Workload?
-    /// The destination workload, when known.
+    /// The destination workload, when known: the workload the connection goes to. For an
+    /// outbound connection through a waypoint, the waypoint.
     public let destinationWorkload: Workload?
     /// The service the application addressed, when service-addressed.
     public let destinationService: Service?

@@ -48,6 +48,8 @@ public struct IstioLabels: Sendable, Hashable {
     ///
     /// - `reporter`: `source` for outbound (this node speaks for the client), `destination`
     ///   for inbound.
+    /// - Destination workload: the record's (through a waypoint the outbound path records
+    ///   the waypoint, so the source reporter names it, as ztunnel does).
     /// - Principals: the destination's is its workload's SPIFFE identity (as ztunnel
     ///   reports it); the source's is only claimed when it is authenticated: the peer's
     ///   verified identity inbound, the local workload's own identity outbound over mutual
