@@ -14,13 +14,21 @@ public struct InboundRequest: Sendable {
     public var peerIdentity: SpiffeID?
     /// How the connection arrived, for records and logs: `hbone` or `plaintext`.
     public var route: String
+    /// The service hostname the peer says the application addressed (HBONE
+    /// `forwarded: host=`). It only names the reported service
+    /// (``InboundPath/reportedService(of:port:forwardedHost:in:)``), nothing else.
+    public var forwardedHost: String?
 
     /// Creates a request.
-    public init(source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String) {
+    public init(
+        source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String,
+        forwardedHost: String? = nil
+    ) {
         self.source = source
         self.destination = destination
         self.peerIdentity = peerIdentity
         self.route = route
+        self.forwardedHost = forwardedHost
     }
 }
 
@@ -102,8 +110,10 @@ public final class InboundPath: Sendable {
         let sourceWorkload = mesh.workload(at: request.source.ip)
         let record = ConnectionRecord(
             governed: .inbound, source: request.source, destination: request.destination,
-            sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
-            route: request.route, isMutualTLS: request.peerIdentity != nil)
+            sourceWorkload: sourceWorkload, destinationWorkload: workload,
+            destinationService: Self.reportedService(
+                of: workload, port: request.destination.port, forwardedHost: request.forwardedHost, in: mesh),
+            peerIdentity: request.peerIdentity, route: request.route, isMutualTLS: request.peerIdentity != nil)
         // What the policy chain sees is what the record holds (and re-evaluates later).
         return .ready(record, record.recordedAttributes)
     }

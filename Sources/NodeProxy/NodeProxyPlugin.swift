@@ -63,7 +63,9 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
         let inbound = self.inbound
         let loop = responder.eventLoop
         let admitted = inbound.admit(
-            InboundRequest(source: request.source, destination: request.target, peerIdentity: request.peerIdentity, route: request.route),
+            InboundRequest(
+                source: request.source, destination: request.target, peerIdentity: request.peerIdentity,
+                route: request.route, forwardedHost: request.forwardedHost),
             on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {

@@ -159,7 +159,7 @@ public final class OutboundPath: Sendable {
             let tunnelRequest = TunnelRequest(
                 source: source, sourceAddress: sourceAddress, gateway: target.gateway,
                 authority: target.authority, expectedIdentities: target.expectedIdentities,
-                destination: target.destinationWorkload, placement: placement)
+                destination: target.destinationWorkload, placement: placement, service: target.service)
             // Through a waypoint the source reporter's destination is the waypoint (the peer
             // this node connects to and verifies), as in ztunnel; the service stays the one
             // the application addressed.

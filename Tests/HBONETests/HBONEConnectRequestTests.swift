@@ -95,6 +95,18 @@ struct HBONEConnectRequestTests {
         }
     }
 
+    @Test("forwarded host= is kept apart from for= and never fails a request")
+    func forwardedHost() throws {
+        func parsed(_ value: String) throws -> HBONEConnectRequest {
+            try Self.validate([(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("forwarded", value)]).get()
+        }
+        let both = try parsed("for=\"10.1.2.3:4\";host=echo.default.svc.cluster.local")
+        #expect(both.forwardedFor == SocketAddr("10.1.2.3:4"))
+        #expect(both.forwardedHost == "echo.default.svc.cluster.local")
+        #expect(try parsed("for=\"10.1.2.3:4\"").forwardedHost == nil)
+        #expect(try parsed("host=;for=junk").forwardedHost == nil)
+    }
+
     @Test("baggage: keys and percent-decoded values; junk members skipped; bounded")
     func baggage() {
         #expect(

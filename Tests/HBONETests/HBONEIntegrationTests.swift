@@ -22,15 +22,19 @@ final class TwoNodes: Sendable {
     private static let leftover = NIOLockedValueBox<TwoNodes?>(nil)
 
     /// Starts hash backends on server-a, server-b and plain-b, then both nodes.
-    /// With `echoOnB`, server-b's backend echoes (``HashServer`` with `echo`) instead of hashing.
-    init(denyPortsOnB: [UInt16] = [], hbone: String = "{}", echoOnB: Bool = false) async throws {
+    /// With `echoOnB`, server-b's backend echoes (``HashServer`` with `echo`) instead of hashing;
+    /// `editMesh` changes the mesh file both nodes load (given ``TestMesh/yaml(ports:)``'s).
+    init(
+        denyPortsOnB: [UInt16] = [], hbone: String = "{}", echoOnB: Bool = false,
+        editMesh: (String) -> String = { $0 }
+    ) async throws {
         if let previous = Self.leftover.withLockedValue({ $0.take() }) { try? await previous.stop() }
         var backends: [String: HashServer] = [:]
         for ip in [TestMesh.serverA, TestMesh.serverB, TestMesh.plainB] {
             backends[ip] = try await HashServer(ip: ip, echo: echoOnB && ip == TestMesh.serverB)
         }
         self.backends = backends
-        let mesh = TestMesh.yaml(ports: backends.mapValues(\.address.port))
+        let mesh = editMesh(TestMesh.yaml(ports: backends.mapValues(\.address.port)))
         a = try await MeshNode(
             name: "node-a", mesh: mesh, hbone: hbone, waitForListeners: [TestMesh.clientA, TestMesh.serverA])
         do {

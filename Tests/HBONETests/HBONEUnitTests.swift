@@ -36,6 +36,23 @@ struct HBONEUnitTests {
         #expect(HBONEHeaders.traceparent() != HBONEHeaders.traceparent())
     }
 
+    @Test("forwarded names the addressed service in host= (ztunnel's form) and only then")
+    func forwardedHost() {
+        let source = SocketAddr("10.0.0.7:40000")!
+        let workload = Workload(uid: "u", name: "pod", namespace: "ns", workloadIPs: [])
+        let toService = HBONEHeaders.request(
+            authority: "10.0.0.1:8080", source: source, workload: workload, service: "echo.ns.svc.cluster.local")
+        #expect(toService.first(name: "forwarded") == "for=\"10.0.0.7:40000\";host=echo.ns.svc.cluster.local")
+        let toPod = HBONEHeaders.request(authority: "10.0.0.1:8080", source: source, workload: workload)
+        #expect(toPod.first(name: "forwarded") == "for=\"10.0.0.7:40000\"")
+        #expect(HBONEHeaders.forwardedHost("for=\"10.0.0.7:1\";host=echo.ns.svc.cluster.local") == "echo.ns.svc.cluster.local")
+        #expect(HBONEHeaders.forwardedHost("Host=\"echo.ns\" ; for=x") == "echo.ns")
+        #expect(HBONEHeaders.forwardedHost("for=x, host=second-element") == nil)
+        for junk in ["for=\"10.0.0.7:1\"", "host=", "host=\"\"", "host=échø", ""] {
+            #expect(HBONEHeaders.forwardedHost(junk) == nil, "\(junk)")
+        }
+    }
+
     @Test("SPIFFE peer verification: right CA and trust domain pass; other CA, expiry, trust domain, identity fail")
     func verification() async throws {
         let mesh = TestCARegistry.mesh

@@ -44,7 +44,9 @@ public final class ConnectionRecord: Sendable, Identifiable {
     /// The destination workload, when known: the workload the connection goes to. For an
     /// outbound connection through a waypoint, the waypoint.
     public let destinationWorkload: Workload?
-    /// The service the application addressed, when service-addressed.
+    /// The service telemetry reports: outbound, the one the application addressed (nil for
+    /// a pod address); inbound, the destination workload's service the client named, or
+    /// else the one serving the destination port. Never an input to policy.
     public let destinationService: Service?
     /// The peer's authenticated identity (inbound mTLS), if any.
     public let peerIdentity: SpiffeID?

@@ -14,6 +14,10 @@ public struct TunnelRequest: Sendable {
     public var expectedIdentities: [SpiffeID]
     /// The destination workload, when known.
     public var destination: Workload?
+    /// The service the application addressed, when it addressed one. The tunnel names it
+    /// to the peer (HBONE: `forwarded: host=<hostname>`) so the destination can report it;
+    /// it changes neither where the tunnel goes nor what policy sees.
+    public var service: Service?
     /// Where the tunnel's socket must be made: inside the source pod's network namespace
     /// under in-pod capture (the connection then leaves from the pod, marked so it is not
     /// recaptured); ``SocketPlacement/node`` for the proxy's own namespace.
@@ -22,7 +26,8 @@ public struct TunnelRequest: Sendable {
     /// Creates a request.
     public init(
         source: Workload, sourceAddress: SocketAddr, gateway: SocketAddr, authority: String,
-        expectedIdentities: [SpiffeID], destination: Workload?, placement: SocketPlacement = .node
+        expectedIdentities: [SpiffeID], destination: Workload?, placement: SocketPlacement = .node,
+        service: Service? = nil
     ) {
         self.source = source
         self.sourceAddress = sourceAddress
@@ -31,6 +36,7 @@ public struct TunnelRequest: Sendable {
         self.expectedIdentities = expectedIdentities
         self.destination = destination
         self.placement = placement
+        self.service = service
     }
 }
 

@@ -62,6 +62,11 @@ public struct TunnelStreamRequest: Sendable {
     /// Anyone holding a mesh certificate can write anything here: trust it only from a
     /// peer that is trusted to forward (ztunnel: the destination's own waypoint).
     public var forwardedFor: SocketAddr?
+    /// The service hostname the peer says the application addressed (`forwarded: host=`),
+    /// if it sent one. A claim like ``forwardedFor``: it may only name the service
+    /// telemetry reports (and only among the destination workload's own services), never
+    /// decide routing or policy.
+    public var forwardedHost: String?
     /// The peer's description of its workload (W3C `baggage`), informational only.
     public var baggage: [String: String]
     /// How the stream arrived, for records and logs: `hbone`.
@@ -74,7 +79,7 @@ public struct TunnelStreamRequest: Sendable {
     public init(
         connection: AcceptedTunnelConnection, server: TunnelServerIdentity, peerIdentity: SpiffeID?,
         target: SocketAddr, source: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:],
-        route: String = "hbone", connectTimeout: TimeAmount = .seconds(10)
+        route: String = "hbone", connectTimeout: TimeAmount = .seconds(10), forwardedHost: String? = nil
     ) {
         self.connection = connection
         self.server = server
@@ -82,6 +87,7 @@ public struct TunnelStreamRequest: Sendable {
         self.target = target
         self.source = source
         self.forwardedFor = forwardedFor
+        self.forwardedHost = forwardedHost
         self.baggage = baggage
         self.route = route
         self.connectTimeout = connectTimeout

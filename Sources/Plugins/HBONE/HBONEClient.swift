@@ -82,7 +82,8 @@ final class HBONEClient: Sendable {
         let loop = ready.channel.eventLoop
         let response = loop.makePromise(of: (any Channel).self)
         let headers = HBONEHeaders.request(
-            authority: request.authority, source: request.sourceAddress, workload: request.source)
+            authority: request.authority, source: request.sourceAddress, workload: request.source,
+            service: request.service?.hostname)
         let gateway = request.gateway
         let logger = self.logger
         ready.multiplexer.createStreamChannel { stream in

@@ -13,16 +13,24 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     /// The original client address from `forwarded: for="ip:port"`, when the header has
     /// one that parses; the server falls back to the TCP peer's address.
     public var forwardedFor: SocketAddr?
+    /// The service hostname from `forwarded: …;host=<hostname>` (quoted or not), when the
+    /// header has one: the service the peer says the application addressed, for
+    /// telemetry only.
+    public var forwardedHost: String?
     /// The peer's W3C `baggage` entries (its own workload's description), members that do
     /// not parse skipped; empty without the header. Informational only: nothing is
     /// decided on it.
     public var baggage: [String: String]
 
     /// Creates a request.
-    public init(target: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:]) {
+    public init(
+        target: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:],
+        forwardedHost: String? = nil
+    ) {
         self.target = target
         self.forwardedFor = forwardedFor
         self.baggage = baggage
+        self.forwardedHost = forwardedHost
     }
 
     /// Why a request is refused and the status to answer with.
@@ -52,8 +60,8 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     /// The request must have exactly one `:method`, `CONNECT`; no `:scheme`, `:path` or
     /// `:protocol` (a plain CONNECT, not extended CONNECT); exactly one `:authority` of
     /// the form `ip:port` or `[ipv6]:port` with a non-zero port. `forwarded` and `baggage`
-    /// never fail a request: the first `for=` of the first `forwarded` header is used if it
-    /// parses, and baggage is best effort.
+    /// never fail a request: the first `for=` and `host=` of the first `forwarded` header are
+    /// used if they parse, and baggage is best effort.
     public static func parse(
         headers: some Sequence<(name: String, value: String)>
     ) throws(Rejection) -> HBONEConnectRequest {
@@ -87,7 +95,7 @@ public struct HBONEConnectRequest: Sendable, Equatable {
         }
         return HBONEConnectRequest(
             target: target, forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
-            baggage: baggage.map(parseBaggage) ?? [:])
+            baggage: baggage.map(parseBaggage) ?? [:], forwardedHost: forwarded.flatMap(HBONEHeaders.forwardedHost))
     }
 
     /// Parses a W3C `baggage` value, `key=value;property,…`, into keys and percent-decoded

@@ -3,15 +3,24 @@ import NIOHPACK
 
 /// The HBONE request and response headers (the facts file's "HBONE" section).
 enum HBONEHeaders {
-    /// The CONNECT request a client sends for one tunnelled connection.
-    static func request(authority: String, source: SocketAddr, workload: Workload) -> HPACKHeaders {
+    /// The CONNECT request a client sends for one tunnelled connection; `service` is the
+    /// hostname of the service the application addressed, if it addressed one.
+    static func request(authority: String, source: SocketAddr, workload: Workload, service: String? = nil) -> HPACKHeaders {
         HPACKHeaders([
             (":method", "CONNECT"),
             (":authority", authority),
-            ("forwarded", "for=\"\(bracketed(source))\""),
+            ("forwarded", forwarded(source: source, service: service)),
             ("baggage", baggage(of: workload)),
             ("traceparent", traceparent()),
         ])
+    }
+
+    /// `for="<ip:port>"`, then `;host=<hostname>` when the application addressed a service
+    /// (the destination reports that service; ztunnel sends the same).
+    static func forwarded(source: SocketAddr, service: String?) -> String {
+        let forwardedFor = "for=\"\(bracketed(source))\""
+        guard let service, !service.isEmpty else { return forwardedFor }
+        return forwardedFor + ";host=\(service)"
     }
 
     /// A response with `status`; 200 carries the destination's baggage.
@@ -78,14 +87,29 @@ enum HBONEHeaders {
 
     /// The address in a `forwarded: for="ip:port"` header, if it has one.
     static func forwardedFor(_ value: String) -> SocketAddr? {
+        forwardedParameter("for", in: value).flatMap { parseAuthority(String($0)) }
+    }
+
+    /// The hostname in a `forwarded: …;host=<hostname>` header (quoted or not), if it has
+    /// a non-empty one; nil for a value that is not ASCII.
+    static func forwardedHost(_ value: String) -> String? {
+        guard value.utf8.allSatisfy({ $0 < 0x80 }), let host = forwardedParameter("host", in: value), !host.isEmpty
+        else { return nil }
+        return String(host)
+    }
+
+    /// Parameter `name` (case-insensitive) of the first element of a `forwarded` value,
+    /// unquoted.
+    private static func forwardedParameter(_ name: String, in value: String) -> Substring? {
+        let prefix = name + "="
         for element in value.split(separator: ",").first?.split(separator: ";") ?? [] {
             let pair = element.hboneTrimmed
-            guard pair.lowercased().hasPrefix("for=") else { continue }
-            var address = pair.dropFirst(4)
-            if address.hasPrefix("\""), address.hasSuffix("\""), address.count >= 2 {
-                address = address.dropFirst().dropLast()
+            guard pair.lowercased().hasPrefix(prefix) else { continue }
+            var parameter = pair.dropFirst(prefix.count)
+            if parameter.hasPrefix("\""), parameter.hasSuffix("\""), parameter.count >= 2 {
+                parameter = parameter.dropFirst().dropLast()
             }
-            return parseAuthority(String(address))
+            return parameter
         }
         return nil
     }

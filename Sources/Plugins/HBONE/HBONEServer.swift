@@ -377,7 +377,7 @@ final class HBONEServer: Sendable {
                 // mesh certificate could name any address there (ztunnel trusts it only from
                 // the destination's own waypoint, which this node proxy does not serve yet).
                 source: state.remote, forwardedFor: request.forwardedFor, baggage: request.baggage, route: "hbone",
-                connectTimeout: config.server.connectTimeout.timeAmount)
+                connectTimeout: config.server.connectTimeout.timeAmount, forwardedHost: request.forwardedHost)
             terminator.terminate(streamRequest, responder: responder(baggage: request.baggage))
         }
     }
