@@ -168,8 +168,11 @@ public final class OutboundPath: Sendable {
                 sourceWorkload: source, destinationWorkload: target.viaWaypoint ? target.waypoint : target.destinationWorkload,
                 destinationService: target.service, route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true)
             return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
-                // The tunnel's own words (refused with a status, TLS, timeout); no socket error underneath.
-                let refusal = ConnectionRefusal(.connectFailed, "tunnel to \(target.gateway) failed: \(error)")
+                // The tunnel's own words (refused with a status, TLS, timeout) and flag
+                // (IDENTITY_ERROR, NETWORK_POLICY, else CONNECT); no socket error underneath.
+                let refusal = ConnectionRefusal(
+                    .connectFailed, "tunnel to \(target.gateway) failed: \(error)",
+                    flag: (error as? any ResponseFlagProviding)?.responseFlag)
                 self.report(failed: record, refusal)
                 throw refusal
             }.map { upstream in

@@ -36,6 +36,23 @@ struct HBONEUnitTests {
         #expect(HBONEHeaders.traceparent() != HBONEHeaders.traceparent())
     }
 
+    @Test("tunnel failures carry ztunnel's response flags: IDENTITY_ERROR, NETWORK_POLICY, else CONNECT")
+    func failureFlags() {
+        #expect(HBONEError(.certificate, "no certificate").responseFlag == .identityError)
+        #expect(HBONEError(.connectTimedOut, "no SYN-ACK").responseFlag == .networkPolicy)
+        for code: HBONEError.Code in [.handshakeFailed, .peerRejected, .refused, .timedOut, .connectionClosed, .streamReset] {
+            #expect(HBONEError(code, "\(code)").responseFlag == .connectFailure, "\(code)")
+        }
+        let gateway = SocketAddr("10.0.0.9:15008")!
+        let timedOut = HBONEClient.classify(
+            SocketError(code: .connectTimedOut, message: "connect to \(gateway) timed out after 5000 ms"), gateway: gateway)
+        #expect(timedOut.code == .connectTimedOut)
+        #expect(timedOut.message.contains("NetworkPolicy") && timedOut.message.contains("15008"))
+        let refused = HBONEClient.classify(
+            SocketError(code: .connectionRefused, message: "connect to \(gateway) refused"), gateway: gateway)
+        #expect(refused.responseFlag == .connectFailure)
+    }
+
     @Test("forwarded names the addressed service in host= (ztunnel's form) and only then")
     func forwardedHost() {
         let source = SocketAddr("10.0.0.7:40000")!

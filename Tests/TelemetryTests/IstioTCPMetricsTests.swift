@@ -70,6 +70,33 @@ struct IstioTCPMetricsTests {
         #expect(scrape.value(IstioTCPMetrics.Name.closed, ["response_flags": "-"]) == 0)
     }
 
+    @Test("istio_tcp_connections_failed_total counts denied and failed connections under their flag, with the full label set; a clean close adds nothing")
+    func failedCounter() {
+        let registry = PrometheusCollectorRegistry()
+        let metrics = IstioTCPMetrics(registry: registry, gracePeriod: .seconds(60))
+        let denied = Self.inbound()
+        denied.recordFailure("denied by policy prod/deny-all", flag: .denied)
+        metrics.refused(denied, fallback: .denied)
+        let unreachable = Self.inbound()
+        unreachable.recordFailure("connect to 10.0.0.2:8080 failed", flag: .connectFailure)
+        metrics.refused(unreachable, fallback: .connectFailure)
+        let clean = Self.inbound()
+        metrics.opened(clean)
+        metrics.closed(clean)
+        let failed = "istio_tcp_connections_failed_total"
+        let scrape = Scrape(registry.emitToString())
+        #expect(scrape.value(failed, ["reporter": "destination", "response_flags": "DENY"]) == 1)
+        #expect(scrape.value(failed, ["reporter": "destination", "response_flags": "CONNECT"]) == 1)
+        #expect(scrape.value(failed) == 2)
+        #expect(scrape.value(failed, ["response_flags": "-"]) == 0)
+        for sample in scrape.samples(failed) {
+            #expect(Set(sample.labels.keys) == Set(IstioLabels.names))
+            #expect(sample.labels["destination_workload"] == "server-0")
+        }
+        #expect(scrape.text.contains("# TYPE \(failed) counter"))
+        #expect(scrape.value(IstioTCPMetrics.Name.closed) == 3)
+    }
+
     @Test("an outbound record without mTLS claims no source principal; missing values are unknown")
     func outboundPlaintextUnknowns() {
         let record = ConnectionRecord(

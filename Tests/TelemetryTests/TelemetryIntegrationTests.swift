@@ -151,6 +151,8 @@ struct TelemetryIntegrationTests {
         let toGreeter = ["destination_workload": "greeter-0"]
         #expect(scrape.value(IstioTCPMetrics.Name.closed, toGreeter.merging(["response_flags": "CONNECT"]) { $1 }) == 1)
         #expect(scrape.value(IstioTCPMetrics.Name.opened, toGreeter.merging(["response_flags": "-"]) { $1 }) == 1)
+        #expect(scrape.value("istio_tcp_connections_failed_total", toGreeter.merging(["response_flags": "CONNECT"]) { $1 }) == 1)
+        #expect(scrape.value("istio_tcp_connections_failed_total") == 1, "refusals before any attempt are not failures")
         #expect(scrape.value(IstioTCPMetrics.Name.received, toGreeter) == 0)
         let toEmpty = ["destination_service": "empty.default.svc.cluster.local", "destination_service_name": "empty"]
         #expect(scrape.value(IstioTCPMetrics.Name.closed, toEmpty) == 0)

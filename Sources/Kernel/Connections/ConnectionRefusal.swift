@@ -51,7 +51,7 @@ public struct ConnectionRefusal: Error, Sendable, Equatable, CustomStringConvert
     /// What went wrong.
     public var code: Code
     /// What telemetry records (`response_flags`); the code's default unless a path knows
-    /// better (a TLS failure of a tunnel: ``ResponseFlag/tlsFailure``).
+    /// better (a tunnel without a certificate: ``ResponseFlag/identityError``).
     public var flag: ResponseFlag
     /// What, where, and why.
     public var message: String

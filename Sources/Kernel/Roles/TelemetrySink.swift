@@ -26,8 +26,9 @@ public protocol TelemetrySink: AnyObject, Sendable {
     /// route or no healthy endpoint). Not preceded by ``connectionOpened(_:)``.
     func connectionDenied(_ connection: ConnectionRecord)
     /// Connecting to the destination (or opening the tunnel) failed
-    /// (``ResponseFlag/connectFailure``, ``ResponseFlag/tlsFailure``). Not preceded by
-    /// ``connectionOpened(_:)``.
+    /// (``ResponseFlag/connectFailure``; a tunnel without a workload certificate
+    /// ``ResponseFlag/identityError``, one whose connect timed out
+    /// ``ResponseFlag/networkPolicy``). Not preceded by ``connectionOpened(_:)``.
     func connectionFailed(_ connection: ConnectionRecord)
 }
 
@@ -63,4 +64,19 @@ public struct ResponseFlag: Sendable, Hashable, CustomStringConvertible {
     /// No route to the destination (e.g. a loop back into the proxy, or a tunnel that
     /// is needed but not enabled): `NR`.
     public static let noRoute = ResponseFlag("NR")
+    /// The tunnel could not be opened because the source workload has no certificate
+    /// (the identity provider failed or has none for it): `IDENTITY_ERROR`.
+    public static let identityError = ResponseFlag("IDENTITY_ERROR")
+    /// The TCP connection to the peer's tunnel port (HBONE 15008) timed out, as it does
+    /// when a NetworkPolicy drops it: `NETWORK_POLICY`.
+    public static let networkPolicy = ResponseFlag("NETWORK_POLICY")
+}
+
+/// An error that says which ``ResponseFlag`` a connection failing with it is reported
+/// under, so the path that reports the failure need not know the plugin that raised it.
+/// The node proxy asks a ``TunnelDialer``'s errors; one that does not conform is
+/// ``ResponseFlag/connectFailure``.
+public protocol ResponseFlagProviding: Error {
+    /// The flag telemetry records (`response_flags`).
+    var responseFlag: ResponseFlag { get }
 }

@@ -47,7 +47,9 @@ public struct TunnelRequest: Sendable {
 public protocol TunnelDialer: AnyObject, Sendable {
     /// Opens one tunnelled stream. The returned channel carries the payload bytes
     /// (`ByteBuffer` in both directions), ready for the relay; the future fails with a
-    /// descriptive error when the peer refuses or cannot be reached.
+    /// descriptive error when the peer refuses or cannot be reached, a
+    /// ``ResponseFlagProviding`` one to say how telemetry flags the failure (else
+    /// `CONNECT`).
     func openTunnel(_ request: TunnelRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel>
 }
 

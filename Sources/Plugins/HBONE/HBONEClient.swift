@@ -51,11 +51,7 @@ final class HBONEClient: Sendable {
         let result = eventLoop.makePromise(of: (any Channel).self)
         let timeout = config.client.connectTimeout.timeAmount
         let deadline = eventLoop.scheduleTask(in: timeout) {
-            result.fail(
-                HBONEError(
-                    .timedOut,
-                    "tunnel to \(request.gateway) (authority \(request.authority)) not established within \(timeout.nanoseconds / 1_000_000) ms"
-                ))
+            result.fail(Self.timedOut(connection, request: request, after: timeout))
         }
         connection.ready.flatMap { ready in
             self.openStream(on: ready, request: request, connection: connection)
@@ -71,6 +67,27 @@ final class HBONEClient: Sendable {
             }
         }
         return result.futureResult
+    }
+
+    /// Why a tunnel on `connection` was not open after `timeout`, by how far the connection got.
+    private static func timedOut(
+        _ connection: HBONEPooledConnection, request: TunnelRequest, after timeout: TimeAmount
+    ) -> HBONEError {
+        let milliseconds = timeout.nanoseconds / 1_000_000
+        let gateway = request.gateway
+        switch connection.phase {
+        case .certificate:
+            return HBONEError(.certificate, "no certificate for \(request.source.identity) within \(milliseconds) ms")
+        case .connecting:
+            return connectTimedOut(gateway, "TCP connection to \(gateway) not established within \(milliseconds) ms")
+        case .handshaking, .ready:
+            return HBONEError(
+                .timedOut, "tunnel to \(gateway) (authority \(request.authority)) not established within \(milliseconds) ms")
+        }
+    }
+
+    private static func connectTimedOut(_ gateway: SocketAddr, _ what: String) -> HBONEError {
+        HBONEError(.connectTimedOut, "\(what); is a NetworkPolicy blocking port \(gateway.port)?")
     }
 
     /// Opens the stream, sends the CONNECT, and waits for the response head. The pool slot
@@ -141,10 +158,17 @@ final class HBONEClient: Sendable {
         let dialer = placed
         let expected = Set(request.expectedIdentities)
         eventLoop.makeFutureWithTask {
-            let certificate = try await provider.certificate(for: source, priority: .onDemand)
+            let certificate: WorkloadCertificate
+            do {
+                certificate = try await provider.certificate(for: source, priority: .onDemand)
+            } catch {
+                throw HBONEError(.certificate, "no certificate for \(source): \(error)")
+            }
             return try tls.material(for: certificate, side: .client)
         }.flatMap { material in
-            dialer.connect(to: gateway, on: eventLoop).flatMapThrowing { channel in
+            connection.phase = .connecting
+            return dialer.connect(to: gateway, on: eventLoop).flatMapThrowing { channel in
+                connection.phase = .handshaking
                 try self.install(on: channel, material: material, expected: expected, connection: connection)
                 return channel
             }
@@ -195,6 +219,7 @@ final class HBONEClient: Sendable {
                 do {
                     // Available once the handler is in the pipeline, which it is by the handshake.
                     let multiplexer = try http2.syncMultiplexer()
+                    connection.phase = .ready
                     pool.attach(connection, channel: channel)
                     connection.readyPromise.succeed(.init(channel: channel, multiplexer: multiplexer))
                 } catch {
@@ -230,6 +255,9 @@ final class HBONEClient: Sendable {
 
     static func classify(_ error: any Error, gateway: SocketAddr) -> HBONEError {
         if let error = error as? HBONEError { return error }
+        if let error = error as? SocketError, error.code == .connectTimedOut {
+            return connectTimedOut(gateway, error.message)
+        }
         if error is NIOSSLError || error is BoringSSLError {
             return HBONEError(.handshakeFailed, "TLS with \(gateway) failed: \(error)")
         }

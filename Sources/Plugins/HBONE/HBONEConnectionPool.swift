@@ -35,11 +35,24 @@ final class HBONEPooledConnection: Sendable {
         let multiplexer: NIOHTTP2Handler.StreamMultiplexer
     }
 
+    /// How far establishing has come: a tunnel that times out waiting says where it
+    /// stuck (no certificate yet, or the TCP connect to the gateway unanswered).
+    enum Phase: Sendable {
+        case certificate, connecting, handshaking, ready
+    }
+
     let id: UInt64
     let key: HBONEPoolKey
     let eventLoop: any EventLoop
     let readyPromise: EventLoopPromise<Ready>
     var ready: EventLoopFuture<Ready> { readyPromise.futureResult }
+    private let progress = NIOLockedValueBox(Phase.certificate)
+
+    /// Where establishing is now.
+    var phase: Phase {
+        get { progress.withLockedValue { $0 } }
+        set { progress.withLockedValue { $0 = newValue } }
+    }
 
     init(id: UInt64, key: HBONEPoolKey, eventLoop: any EventLoop) {
         self.id = id

@@ -1,8 +1,10 @@
+public import Kernel
+
 /// Why an HBONE tunnel could not be opened or served.
 ///
-/// The ``code`` is for programs (the outbound path maps it to a SOCKS5 reply, tests switch
-/// on it); the ``message`` is for people and names the peer, identity or status involved.
-public struct HBONEError: Error, Sendable, CustomStringConvertible {
+/// The ``code`` is for programs (tests switch on it, ``responseFlag`` derives from it); the
+/// ``message`` is for people and names the peer, identity or status involved.
+public struct HBONEError: Error, Sendable, CustomStringConvertible, ResponseFlagProviding {
     /// What went wrong, as a growable set of named codes.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         private let name: String
@@ -18,6 +20,9 @@ public struct HBONEError: Error, Sendable, CustomStringConvertible {
         public static let refused = Code("refused")
         /// The tunnel was not established in time.
         public static let timedOut = Code("timedOut")
+        /// The TCP connection to the peer's HBONE port was not established in time: the
+        /// peer is down, or a NetworkPolicy drops traffic to that port.
+        public static let connectTimedOut = Code("connectTimedOut")
         /// The connection carrying the tunnel went away.
         public static let connectionClosed = Code("connectionClosed")
         /// The tunnel's stream was reset because one of its frames could not be sent.
@@ -41,4 +46,16 @@ public struct HBONEError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { message }
+
+    /// How telemetry flags a connection whose tunnel failed so, as ztunnel does:
+    /// ``ResponseFlag/identityError`` without a usable certificate,
+    /// ``ResponseFlag/networkPolicy`` when the TCP connect timed out,
+    /// ``ResponseFlag/connectFailure`` otherwise (TLS, HTTP/2, a refusing status, …).
+    public var responseFlag: ResponseFlag {
+        switch code {
+        case .certificate: .identityError
+        case .connectTimedOut: .networkPolicy
+        default: .connectFailure
+        }
+    }
 }

@@ -2,8 +2,9 @@ public import Kernel
 import NIOConcurrencyHelpers
 public import Prometheus
 
-/// Istio's four standard TCP counters, one series per ``IstioLabels`` set, kept in a
-/// Prometheus registry and fed by connection events.
+/// Istio's standard TCP counters (ztunnel's four plus `istio_tcp_connections_failed_total`),
+/// one series per ``IstioLabels`` set, kept in a Prometheus registry and fed by connection
+/// events.
 ///
 /// How bytes are counted: the relay already adds every chunk to the connection's own
 /// ``ByteCounters`` (relaxed atomics owned by that connection, so no two event loops
@@ -18,7 +19,10 @@ public import Prometheus
 /// towards the destination (the request), `istio_tcp_sent_bytes_total` the bytes back.
 /// A connection is counted as opened with `response_flags="-"` and closed with its
 /// outcome's flag (as ztunnel does), so a denied connection adds one to
-/// `opened{…,response_flags="-"}` and one to `closed{…,response_flags="DENY"}`.
+/// `opened{…,response_flags="-"}` and one to `closed{…,response_flags="DENY"}`. A close
+/// whose flag is not `-` (denied, or failed to connect: `CONNECT`, `IDENTITY_ERROR`,
+/// `NETWORK_POLICY`, …) also adds one to `istio_tcp_connections_failed_total` under the
+/// same labels, as ztunnel counts every flagged outcome there.
 ///
 /// Cardinality: a series remembers the workloads and service its labels came from. Once
 /// one of them has left the mesh (or changed a label the series carries) and no open
@@ -38,10 +42,12 @@ public final class IstioTCPMetrics: Sendable {
         public static let received = "istio_tcp_received_bytes_total"
         /// Bytes from the destination back to the client.
         public static let sent = "istio_tcp_sent_bytes_total"
+        /// Connections closed with a response flag other than `-` (denied or failed).
+        public static let failed = "istio_tcp_connections_failed_total"
     }
 
     private enum Kind: CaseIterable {
-        case opened, closed, received, sent
+        case opened, closed, received, sent, failed
 
         var name: String {
             switch self {
@@ -49,6 +55,7 @@ public final class IstioTCPMetrics: Sendable {
             case .closed: Name.closed
             case .received: Name.received
             case .sent: Name.sent
+            case .failed: Name.failed
             }
         }
 
@@ -59,6 +66,7 @@ public final class IstioTCPMetrics: Sendable {
             case .closed: "The total number of TCP connections closed"
             case .received: "The size of total bytes received during request in case of a TCP connection"
             case .sent: "The size of total bytes sent during response in case of a TCP connection"
+            case .failed: "The total number of TCP connections that were denied or failed to establish"
             }
         }
     }
@@ -81,6 +89,7 @@ public final class IstioTCPMetrics: Sendable {
         var closed: Counter?
         var received: Counter?
         var sent: Counter?
+        var failed: Counter?
         var origins: Set<Origin> = []
         /// Open connections counting on this series (their bytes still flow into it).
         var open = 0
@@ -91,7 +100,7 @@ public final class IstioTCPMetrics: Sendable {
             self.labels = labels
         }
 
-        var counters: [Counter] { [opened, closed, received, sent].compactMap { $0 } }
+        var counters: [Counter] { [opened, closed, received, sent, failed].compactMap { $0 } }
 
         func counter(_ kind: Kind, in registry: PrometheusCollectorRegistry) -> Counter {
             let path: ReferenceWritableKeyPath<Series, Counter?> =
@@ -100,6 +109,7 @@ public final class IstioTCPMetrics: Sendable {
                 case .closed: \.closed
                 case .received: \.received
                 case .sent: \.sent
+                case .failed: \.failed
                 }
             if let existing = self[keyPath: path] { return existing }
             let made = registry.makeCounter(descriptor: .named(kind.name, help: kind.help), labels: labels.pairs)
@@ -155,8 +165,7 @@ public final class IstioTCPMetrics: Sendable {
         state.withLockedValue { state in
             guard let tracked = state.open.removeValue(forKey: record.id) else {
                 // Never seen opened (e.g. the sink was added late): still count the close.
-                series(IstioLabels(record), origins: Self.origins(of: record), in: &state)
-                    .counter(.closed, in: registry).increment()
+                countClosed(series(IstioLabels(record), origins: Self.origins(of: record), in: &state), flag: flag)
                 return
             }
             flush(tracked, in: &state)
@@ -165,22 +174,22 @@ public final class IstioTCPMetrics: Sendable {
                 flag == .noFlag
                 ? tracked.series
                 : series(tracked.series.labels.with(flag: flag), origins: Self.origins(of: record), in: &state)
-            closing.counter(.closed, in: registry).increment()
+            countClosed(closing, flag: flag)
         }
     }
 
-    /// A connection was denied or failed before relaying: counted opened (`-`) and
-    /// closed under its flag (the record's, else `fallback`).
+    /// A connection was denied or failed before relaying: counted opened (`-`), and closed
+    /// and failed under its flag (the record's, else `fallback`).
     public func refused(_ record: ConnectionRecord, fallback: ResponseFlag) {
+        let flag = record.responseFlag ?? fallback
         let openedLabels = IstioLabels(record, flag: .noFlag)
-        let closedLabels = openedLabels.with(flag: record.responseFlag ?? fallback)
+        let closedLabels = openedLabels.with(flag: flag)
         state.withLockedValue { state in
             let opened = series(openedLabels, origins: Self.origins(of: record), in: &state)
             opened.counter(.opened, in: registry).increment()
             _ = opened.counter(.received, in: registry)
             _ = opened.counter(.sent, in: registry)
-            series(closedLabels, origins: Self.origins(of: record), in: &state).counter(.closed, in: registry)
-                .increment()
+            countClosed(series(closedLabels, origins: Self.origins(of: record), in: &state), flag: flag)
         }
     }
 
@@ -240,6 +249,12 @@ public final class IstioTCPMetrics: Sendable {
     public var openConnections: Int { state.withLockedValue { $0.open.count } }
 
     // MARK: Internals
+
+    /// One close in `series` (whose labels carry `flag`); a flagged one is a failure too.
+    private func countClosed(_ series: Series, flag: ResponseFlag) {
+        series.counter(.closed, in: registry).increment()
+        if flag != .noFlag { series.counter(.failed, in: registry).increment() }
+    }
 
     private func flush(_ tracked: Tracked, in state: inout State) {
         let sent = tracked.record.bytes.sent
