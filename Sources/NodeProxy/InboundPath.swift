@@ -18,17 +18,21 @@ public struct InboundRequest: Sendable {
     /// `forwarded: host=`). It only names the reported service
     /// (``InboundPath/reportedService(of:port:forwardedHost:in:)``), nothing else.
     public var forwardedHost: String?
+    /// The tunnel's `:authority` when the connection arrived in one (for the access log's
+    /// `dst.hbone_addr`).
+    public var tunnelAuthority: String?
 
     /// Creates a request.
     public init(
         source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String,
-        forwardedHost: String? = nil
+        forwardedHost: String? = nil, tunnelAuthority: String? = nil
     ) {
         self.source = source
         self.destination = destination
         self.peerIdentity = peerIdentity
         self.route = route
         self.forwardedHost = forwardedHost
+        self.tunnelAuthority = tunnelAuthority
     }
 }
 
@@ -113,7 +117,8 @@ public final class InboundPath: Sendable {
             sourceWorkload: sourceWorkload, destinationWorkload: workload,
             destinationService: Self.reportedService(
                 of: workload, port: request.destination.port, forwardedHost: request.forwardedHost, in: mesh),
-            peerIdentity: request.peerIdentity, route: request.route, isMutualTLS: request.peerIdentity != nil)
+            peerIdentity: request.peerIdentity, route: request.route, isMutualTLS: request.peerIdentity != nil,
+            tunnelAuthority: request.tunnelAuthority)
         // What the policy chain sees is what the record holds (and re-evaluates later).
         return .ready(record, record.recordedAttributes)
     }

@@ -65,7 +65,7 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
         let admitted = inbound.admit(
             InboundRequest(
                 source: request.source, destination: request.target, peerIdentity: request.peerIdentity,
-                route: request.route, forwardedHost: request.forwardedHost),
+                route: request.route, forwardedHost: request.forwardedHost, tunnelAuthority: request.target.description),
             on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {

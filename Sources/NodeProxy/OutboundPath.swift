@@ -166,7 +166,8 @@ public final class OutboundPath: Sendable {
             let record = ConnectionRecord(
                 direction: .outbound, source: sourceAddress, destination: request.destination,
                 sourceWorkload: source, destinationWorkload: target.viaWaypoint ? target.waypoint : target.destinationWorkload,
-                destinationService: target.service, route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true)
+                destinationService: target.service, route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true,
+                tunnelAuthority: target.authority)
             return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
                 // The tunnel's own words (refused with a status, TLS, timeout) and flag
                 // (IDENTITY_ERROR, NETWORK_POLICY, else CONNECT); no socket error underneath.

@@ -52,6 +52,10 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public let peerIdentity: SpiffeID?
     /// How the connection is carried, e.g. `passthrough`, `direct`, `hbone`.
     public let route: String
+    /// The tunnel's `:authority` (ztunnel's `hbone_addr`) when the connection is carried
+    /// in an HBONE tunnel: the `ip:port` the tunnel asks for (outbound), or was asked for
+    /// (inbound); nil otherwise.
+    public let tunnelAuthority: String?
     /// Whether it travels over mutual TLS.
     public let isMutualTLS: Bool
     /// What the policy chain saw when it authorized the connection (inbound paths set
@@ -111,13 +115,13 @@ public final class ConnectionRecord: Sendable, Identifiable {
         direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
         peerIdentity: SpiffeID? = nil, route: String, isMutualTLS: Bool = false,
-        authorization: ConnectionAttributes? = nil
+        authorization: ConnectionAttributes? = nil, tunnelAuthority: String? = nil
     ) {
         self.init(
             direction: direction, source: source, destination: destination, sourceWorkload: sourceWorkload,
             destinationWorkload: destinationWorkload, destinationService: destinationService,
             peerIdentity: peerIdentity, route: route, isMutualTLS: isMutualTLS,
-            policyInputs: authorization.map { .given(AuthorizationBox($0)) } ?? .none)
+            policyInputs: authorization.map { .given(AuthorizationBox($0)) } ?? .none, tunnelAuthority: tunnelAuthority)
     }
 
     /// Creates a record with a fresh id for a connection the policy chain governs, whose
@@ -127,18 +131,20 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public convenience init(
         governed direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
-        peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool
+        peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool, tunnelAuthority: String? = nil
     ) {
         self.init(
             direction: direction, source: source, destination: destination, sourceWorkload: sourceWorkload,
             destinationWorkload: destinationWorkload, destinationService: destinationService,
-            peerIdentity: peerIdentity, route: route, isMutualTLS: isMutualTLS, policyInputs: .recorded)
+            peerIdentity: peerIdentity, route: route, isMutualTLS: isMutualTLS, policyInputs: .recorded,
+            tunnelAuthority: tunnelAuthority)
     }
 
     private init(
         direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service?,
-        peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool, policyInputs: PolicyInputs
+        peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool, policyInputs: PolicyInputs,
+        tunnelAuthority: String?
     ) {
         self.id = Self.nextID.add(1, ordering: .relaxed).oldValue
         self.direction = direction
@@ -149,6 +155,7 @@ public final class ConnectionRecord: Sendable, Identifiable {
         self.destinationService = destinationService
         self.peerIdentity = peerIdentity
         self.route = route
+        self.tunnelAuthority = tunnelAuthority
         self.isMutualTLS = isMutualTLS
         self.policyInputs = policyInputs
         self.openedAt = .now

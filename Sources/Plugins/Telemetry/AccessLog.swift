@@ -13,10 +13,12 @@ public import AmbitRuntime
 /// One access-log line per connection at completion, in the node's log formats (the
 /// kernel's ``LogLineRenderer``), with ztunnel's field names:
 ///
-/// `src.addr`, `src.workload`, `src.namespace`, `src.identity`, `dst.addr`,
-/// `dst.service`, `dst.workload`, `dst.namespace`, `dst.identity`, `direction`,
-/// `bytes_sent`, `bytes_recv`, `duration` (e.g. `12ms`), `response_flags`, `route`,
-/// `connection_id`, and `error` when the connection failed. Unknown values are left out.
+/// `src.addr`, `src.workload`, `src.namespace`, `src.identity`, `src.cluster`,
+/// `dst.addr`, `dst.hbone_addr` (the HBONE `:authority`, for tunnelled connections),
+/// `dst.service`, `dst.workload`, `dst.namespace`, `dst.identity`, `dst.cluster`,
+/// `direction`, `bytes_sent`, `bytes_recv`, `duration` (e.g. `12ms`), `response_flags`,
+/// `route`, `connection_id`, and `error` when the connection failed. Unknown values are
+/// left out.
 ///
 /// `bytes_sent` / `bytes_recv` are from the local workload's point of view, as in
 /// ztunnel's log: outbound, what the local client sent and received; inbound, what the
@@ -42,11 +44,14 @@ public enum AccessLog {
         put("src.workload", connection.sourceWorkload?.name)
         put("src.namespace", labels["source_workload_namespace"])
         put("src.identity", labels["source_principal"])
+        put("src.cluster", labels["source_cluster"])
         put("dst.addr", connection.destination.description)
+        put("dst.hbone_addr", connection.tunnelAuthority)
         put("dst.service", labels["destination_service"])
         put("dst.workload", connection.destinationWorkload?.name)
         put("dst.namespace", labels["destination_workload_namespace"])
         put("dst.identity", connection.isMutualTLS ? labels["destination_principal"] : nil)
+        put("dst.cluster", labels["destination_cluster"])
         put("direction", connection.direction.rawValue)
         let (sent, received) =
             connection.direction == .outbound
