@@ -97,6 +97,39 @@ struct IstioTCPMetricsTests {
         #expect(scrape.value(IstioTCPMetrics.Name.closed) == 3)
     }
 
+    @Test("locality labels: source_region, source_zone, destination_region, destination_zone from each workload, unknown when not known")
+    func localityLabels() {
+        var client = Self.client
+        client.locality = Locality(region: "eu-west1", zone: "eu-west1-a", subzone: "rack-1")
+        var server = Self.server
+        server.locality = Locality(region: "us-east1")
+        let record = ConnectionRecord(
+            direction: .inbound, source: SocketAddr(ip: IPAddress("10.0.0.1")!, port: 40000),
+            destination: SocketAddr(ip: IPAddress("10.0.0.2")!, port: 8080), sourceWorkload: client,
+            destinationWorkload: server, peerIdentity: client.identity, route: "hbone", isMutualTLS: true)
+        let labels = IstioLabels(record)
+        #expect(labels["source_region"] == "eu-west1")
+        #expect(labels["source_zone"] == "eu-west1-a")
+        #expect(labels["destination_region"] == "us-east1")
+        #expect(labels["destination_zone"] == "unknown")
+        let passthrough = IstioLabels(
+            ConnectionRecord(
+                direction: .outbound, source: SocketAddr(ip: IPAddress("10.0.0.1")!, port: 1),
+                destination: SocketAddr(ip: IPAddress("8.8.8.8")!, port: 53), sourceWorkload: nil,
+                destinationWorkload: nil, route: "passthrough"))
+        for name in ["source_region", "source_zone", "destination_region", "destination_zone"] {
+            #expect(passthrough[name] == "unknown", "\(name)")
+        }
+        // On every series, a denied one too.
+        let registry = PrometheusCollectorRegistry()
+        let metrics = IstioTCPMetrics(registry: registry, gracePeriod: .seconds(60))
+        record.recordFailure("denied", flag: .denied)
+        metrics.refused(record, fallback: .denied)
+        let scrape = Scrape(registry.emitToString())
+        #expect(scrape.value(IstioTCPMetrics.Name.closed, ["response_flags": "DENY", "source_zone": "eu-west1-a"]) == 1)
+        #expect(scrape.value(IstioTCPMetrics.Name.opened, ["destination_region": "us-east1"]) == 1)
+    }
+
     @Test("an outbound record without mTLS claims no source principal; missing values are unknown")
     func outboundPlaintextUnknowns() {
         let record = ConnectionRecord(

@@ -148,8 +148,8 @@ struct Scrape: Sendable, CustomStringConvertible {
     }
 }
 
-/// A mesh: the client (127.0.0.1, node-a), `echo` (127.0.0.2) behind service `svc`,
-/// `greeter` (127.0.0.5), and a service `empty` without endpoints.
+/// A mesh: the client (127.0.0.1, node-a, no locality), `echo` (127.0.0.2, in us-east1-b)
+/// behind service `svc`, `greeter` (127.0.0.5), and a service `empty` without endpoints.
 func telemetryMesh(echo: SocketAddr, greeter: SocketAddr, includeGreeter: Bool = true) -> String {
     let greeterEntry = """
         - uid: Kubernetes//v1/Pod/default/greeter-0
@@ -178,6 +178,7 @@ func telemetryMesh(echo: SocketAddr, greeter: SocketAddr, includeGreeter: Bool =
           canonicalRevision: v1
           workloadName: echo
           clusterId: cluster-1
+          locality: {region: us-east1, zone: us-east1-b, subzone: rack-7}
           services: {"default/svc.default.svc.cluster.local": {80: \(echo.port)}}
         \(includeGreeter ? greeterEntry : "")
         services:

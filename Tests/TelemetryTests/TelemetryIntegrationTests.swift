@@ -72,6 +72,9 @@ struct TelemetryIntegrationTests {
             "destination_principal": "spiffe://cluster.local/ns/default/sa/echo", "destination_app": "echo",
             "destination_version": "v1", "destination_cluster": "cluster-1",
             "request_protocol": "tcp", "response_flags": "-", "connection_security_policy": "unknown",
+            // Locality: the destination's region and zone (the subzone is no label); the client has none.
+            "source_region": "unknown", "source_zone": "unknown",
+            "destination_region": "us-east1", "destination_zone": "us-east1-b",
         ]
         #expect(series == expected)
         // No workload name: the pod name; no canonical labels: app label, then `latest`.

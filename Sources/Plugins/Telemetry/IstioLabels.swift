@@ -1,7 +1,7 @@
 public import Kernel
 
 /// The label set of Istio's standard TCP metrics for one connection, in Istio's label
-/// order. Every label is always present; a value the node does not know is `unknown`,
+/// order, then ztunnel's four locality labels. Every label is always present; a value the node does not know is `unknown`,
 /// so dashboards built for Istio (which group by these labels) work unchanged.
 public struct IstioLabels: Sendable, Hashable {
     /// Istio's label names, in the order they are rendered.
@@ -14,6 +14,8 @@ public struct IstioLabels: Sendable, Hashable {
         "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
         "destination_cluster",
         "request_protocol", "response_flags", "connection_security_policy",
+        // ztunnel's locality labels, after Istio's standard set as it renders them.
+        "source_region", "source_zone", "destination_region", "destination_zone",
     ]
 
     /// The value Istio uses for anything it does not know.
@@ -56,6 +58,9 @@ public struct IstioLabels: Sendable, Hashable {
     ///   TLS (the node presents that identity's certificate).
     /// - `connection_security_policy`: `mutual_tls` for HBONE, else `unknown`.
     /// - `response_flags`: `flag` (the record's own flag when nil, else `-`).
+    /// - Locality: `source_region`, `source_zone`, `destination_region`,
+    ///   `destination_zone` from each workload's ``Workload/locality`` (the subzone is no
+    ///   label), as ztunnel adds them.
     public init(_ connection: ConnectionRecord, flag: ResponseFlag? = nil) {
         let source = connection.sourceWorkload.map(WorkloadLabels.init)
         let destination = connection.destinationWorkload.map(WorkloadLabels.init)
@@ -83,6 +88,7 @@ public struct IstioLabels: Sendable, Hashable {
             known(destination?.cluster),
             "tcp", (flag ?? connection.responseFlag ?? .noFlag).rawValue,
             connection.isMutualTLS ? "mutual_tls" : Self.unknown,
+            known(source?.region), known(source?.zone), known(destination?.region), known(destination?.zone),
         ]
     }
 }
@@ -98,6 +104,8 @@ struct WorkloadLabels: Sendable, Hashable {
     var app: String
     var version: String
     var cluster: String
+    var region: String
+    var zone: String
 
     /// - `workload`: the owning workload (Deployment) name, else the pod name, as istiod
     ///   names bare pods.
@@ -108,6 +116,7 @@ struct WorkloadLabels: Sendable, Hashable {
     ///   else `latest`.
     /// - `app` / `version`: labels `app` / `version`, else the canonical service /
     ///   revision (ztunnel reports the canonical values there).
+    /// - `region` / `zone`: the workload's locality (empty when unknown).
     init(_ workload: Workload) {
         let labels = workload.labels
         let name = workload.workloadName.isEmpty ? workload.name : workload.workloadName
@@ -123,13 +132,15 @@ struct WorkloadLabels: Sendable, Hashable {
         app = Self.first(labels["app"]) ?? canonicalService
         version = Self.first(labels["version"]) ?? canonicalRevision
         cluster = workload.clusterID
+        region = workload.locality.region
+        zone = workload.locality.zone
     }
 
     /// One string that changes whenever a label this workload contributes changes; a
     /// series keeps the fingerprints it was made with to notice a workload that left or
     /// was relabelled.
     var fingerprint: String {
-        [workload, canonicalService, canonicalRevision, namespace, principal, app, version, cluster]
+        [workload, canonicalService, canonicalRevision, namespace, principal, app, version, cluster, region, zone]
             .joined(separator: "\u{0}")
     }
 
