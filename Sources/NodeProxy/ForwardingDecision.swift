@@ -98,14 +98,18 @@ public enum Forwarding {
     ///   picked while another candidate has capacity; if every candidate has capacity 0 they
     ///   are picked uniformly, because a healthy endpoint with no weight configured is
     ///   better than refusing the service.
-    /// - Waypoints: an address names either a workload (used directly) or a service VIP (one
-    ///   of its healthy endpoints is picked); a hostname names a service whose healthy
-    ///   endpoint is picked, never its VIP, because the client must know which identity the
-    ///   waypoint presents. An address the mesh does not know is refused
-    ///   (``Refusal/Code/waypointUnresolved``): without a workload there is no identity to
-    ///   verify.
-    /// - The source skips a waypoint it is itself: its IPs contain the waypoint address, or it
-    ///   backs the waypoint service.
+    /// - Waypoints: an address names either a workload (used directly, on the gateway's HBONE
+    ///   port) or a service VIP (one of its healthy endpoints is picked); a hostname names a
+    ///   service whose healthy endpoint is picked, never its VIP, because the client must know
+    ///   which identity the waypoint presents. A waypoint service must declare the HBONE port
+    ///   (else it has no endpoint to pick, as in ztunnel); the tunnel goes to the endpoint's
+    ///   target port for it (its own port map, else the service's). An address the mesh does
+    ///   not know is refused (``ConnectionRefusal/Code/waypointUnresolved``): without a
+    ///   workload there is no identity to verify.
+    /// - Only a workload's waypoint is skipped by its own traffic: when the source is that
+    ///   waypoint (one of the workloads it resolves to has the source's identity **and** the
+    ///   source address among its IPs; without a source address it is not), the connection
+    ///   goes to the workload directly. A service's waypoint is used whoever the source is.
     public static func decide(
         _ request: OutboundRequest, in mesh: MeshSnapshot, using rng: inout some RandomNumberGenerator
     ) -> ForwardingDecision {
@@ -149,7 +153,7 @@ public enum Forwarding {
         let destination = request.destination
         let name = service.namespacedHostname
 
-        if let waypoint = service.waypoint, !isWaypoint(request.source, waypoint, in: mesh) {
+        if let waypoint = service.waypoint {
             return viaWaypoint(
                 waypoint, authority: destination, destinationWorkload: nil, service: service,
                 request: request, mesh: mesh, rng: &rng)
@@ -186,7 +190,7 @@ public enum Forwarding {
     ) -> ForwardingDecision {
         // A service's waypoint was already considered; sending service traffic through the
         // workload's waypoint too would traverse L7 policy twice.
-        if service == nil, let waypoint = workload.waypoint, !isWaypoint(request.source, waypoint, in: mesh) {
+        if service == nil, let waypoint = workload.waypoint, !isFromWaypoint(request, waypoint, in: mesh) {
             return viaWaypoint(
                 waypoint, authority: address, destinationWorkload: workload, service: nil,
                 request: request, mesh: mesh, rng: &rng)
@@ -209,33 +213,36 @@ public enum Forwarding {
         request: OutboundRequest, mesh: MeshSnapshot, rng: inout some RandomNumberGenerator
     ) -> ForwardingDecision {
         let network = request.source?.network ?? ""
-        let resolved: (workload: Workload, ip: IPAddress, service: Service?)?
+        let resolved: (workload: Workload, gateway: SocketAddr, service: Service?)?
         let name: String
         switch waypoint.destination {
         case .address(let address):
             name = address.description
             if let workload = mesh.workload(at: address.ip, network: address.network) {
-                resolved = (workload, address.ip, nil)
+                resolved = (workload, SocketAddr(ip: address.ip, port: waypoint.hboneMtlsPort), nil)
             } else if let waypointService = mesh.service(at: address.ip, network: address.network) {
                 resolved = pickWaypointEndpoint(
-                    of: waypointService, network: network, like: authority.ip, mesh: mesh, rng: &rng)
+                    of: waypointService, port: waypoint.hboneMtlsPort, network: network, like: authority.ip, mesh: mesh,
+                    rng: &rng)
             } else {
                 resolved = nil
             }
         case .hostname(let hostname):
             name = hostname.description
             resolved = mesh.services[hostname].flatMap {
-                pickWaypointEndpoint(of: $0, network: network, like: authority.ip, mesh: mesh, rng: &rng)
+                pickWaypointEndpoint(
+                    of: $0, port: waypoint.hboneMtlsPort, network: network, like: authority.ip, mesh: mesh, rng: &rng)
             }
         }
         guard let resolved else {
             return .refuse(
                 ConnectionRefusal(
-                    .waypointUnresolved, "waypoint \(name) for \(authority) is not a known workload or has no healthy endpoint"))
+                    .waypointUnresolved,
+                    "waypoint \(name) for \(authority) is not a known workload, or a service declaring port \(waypoint.hboneMtlsPort) with a healthy endpoint"))
         }
         return .hbone(
             HBONETarget(
-                gateway: SocketAddr(ip: resolved.ip, port: waypoint.hboneMtlsPort),
+                gateway: resolved.gateway,
                 authority: authority.description,
                 expectedIdentities: identities(resolved.workload, resolved.service),
                 destinationWorkload: destinationWorkload, service: service, viaWaypoint: true,
@@ -244,37 +251,49 @@ public enum Forwarding {
 
     // MARK: - Helpers
 
+    /// A healthy endpoint of the waypoint service on the caller's network and the address to
+    /// tunnel to: the service must declare the HBONE `port` (ztunnel's waypoint resolution),
+    /// mapped to the endpoint's target port, else the service's (0: the port itself). The
+    /// endpoint need not list the port in its own map: a waypoint is not addressed by users.
     private static func pickWaypointEndpoint(
-        of service: Service, network: String, like ip: IPAddress, mesh: MeshSnapshot,
+        of service: Service, port: UInt16, network: String, like ip: IPAddress, mesh: MeshSnapshot,
         rng: inout some RandomNumberGenerator
-    ) -> (workload: Workload, ip: IPAddress, service: Service?)? {
-        // A waypoint listens on its HBONE port whatever ports its service declares, so only
-        // health and reachability matter here.
-        let candidates: [(workload: Workload, ip: IPAddress)] = mesh.endpoints(of: service.namespacedHostname)
+    ) -> (workload: Workload, gateway: SocketAddr, service: Service?)? {
+        guard let serviceTarget = service.ports[port] else { return nil }
+        let candidates: [(workload: Workload, gateway: SocketAddr)] = mesh.endpoints(of: service.namespacedHostname)
             .compactMap { endpoint in
                 guard endpoint.status == .healthy, endpoint.network == network,
                     let address = preferredIP(of: endpoint, like: ip)
                 else { return nil }
-                return (endpoint, address)
+                let endpointTarget = endpoint.services[service.namespacedHostname]?[port] ?? 0
+                let target = endpointTarget != 0 ? endpointTarget : (serviceTarget != 0 ? serviceTarget : port)
+                return (endpoint, SocketAddr(ip: address, port: target))
             }
         return pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng)
-            .map { ($0.workload, $0.ip, service) }
+            .map { ($0.workload, $0.gateway, service) }
     }
 
-    /// Whether `source` is the waypoint named by `gateway`, so its traffic must not be sent
-    /// back to itself.
-    private static func isWaypoint(_ source: Workload?, _ gateway: GatewayAddress, in mesh: MeshSnapshot) -> Bool {
-        guard let source else { return false }
+    /// Whether the connection comes from the waypoint named by `gateway` (ztunnel's
+    /// `check_from_waypoint`), so a workload's traffic from its own waypoint is not sent
+    /// back to it: one of the workloads the gateway resolves to (the workload at its address,
+    /// or any endpoint of its service) has the source's identity and the source address among
+    /// its IPs. Fails closed: an unknown source or source address is not the waypoint.
+    private static func isFromWaypoint(_ request: OutboundRequest, _ gateway: GatewayAddress, in mesh: MeshSnapshot) -> Bool {
+        guard let source = request.source, let sourceIP = request.sourceAddress?.ip else { return false }
+        let candidates: [Workload]
         switch gateway.destination {
         case .address(let address):
-            if source.network == address.network, source.workloadIPs.contains(address.ip) { return true }
-            if let service = mesh.service(at: address.ip, network: address.network) {
-                return source.services[service.namespacedHostname] != nil
+            if let workload = mesh.workload(at: address.ip, network: address.network) {
+                candidates = [workload]
+            } else if let service = mesh.service(at: address.ip, network: address.network) {
+                candidates = mesh.endpoints(of: service.namespacedHostname)
+            } else {
+                candidates = []
             }
-            return false
         case .hostname(let name):
-            return source.services[name] != nil
+            candidates = mesh.services[name] == nil ? [] : mesh.endpoints(of: name)
         }
+        return candidates.contains { $0.identity == source.identity && $0.workloadIPs.contains(sourceIP) }
     }
 
     /// The workload's address in the same family as `ip` (so an IPv6 client reaches an IPv6
