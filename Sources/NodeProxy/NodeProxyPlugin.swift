@@ -8,8 +8,9 @@ import NIOCore
 ///
 /// For each connection it presents the certificate of the local HBONE workload at the
 /// address the connection arrived on and requires peers of that workload's trust domain;
-/// for each stream it requires the authority to be one of that workload's addresses on a
-/// port that is not the proxy's own (else 400), then runs the ``InboundPath``: policy
+/// for each stream it decides from the authority where the stream goes
+/// (``InboundDestination``: one of that workload's addresses, or an address whose waypoint
+/// it is; else 400, or 503 for a proxy port), then runs the ``InboundPath``: policy
 /// (401 when denied), a dial to the workload, inside its pod's namespace under in-pod
 /// capture (503 when it cannot be reached), and the relay.
 ///
@@ -55,15 +56,19 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
         guard let workload = request.server.workload else {
             return responder.refuse(ConnectionRefusal(.badRequest, "internal: the connection has no destination workload"))
         }
+        let destination: InboundDestination
         do throws(ConnectionRefusal) {
-            try Self.checkAuthority(request.target, workload: workload)
+            destination = try InboundDestination.resolve(
+                request.authority, arrivedOn: request.connection.local.ip, workload: workload, in: context.mesh.snapshot)
         } catch {
             return responder.refuse(error)
         }
         let inbound = self.inbound
         let loop = responder.eventLoop
         let admitted = inbound.admit(
-            InboundRequest(source: request.source, destination: request.target, peerIdentity: request.peerIdentity, route: request.route),
+            InboundRequest(
+                source: request.source, destination: destination.upstream, peerIdentity: request.peerIdentity,
+                route: request.route),
             on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {
@@ -85,20 +90,6 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
                         }
                     }
             }
-        }
-    }
-
-    /// The node proxy's authority rule: a tunnel for a local workload names one of that
-    /// workload's addresses (else a bad request), on a port that is not one of the proxy's
-    /// own (``ProxyPorts/own``; else a ``ConnectionRefusal/Code/selfCall``, which HBONE
-    /// answers 503 as ztunnel does).
-    public static func checkAuthority(_ target: SocketAddr, workload: Workload) throws(ConnectionRefusal) {
-        guard workload.workloadIPs.contains(target.ip) else {
-            let ips = workload.workloadIPs.map { "\($0)" }.joined(separator: ",")
-            throw ConnectionRefusal(.badRequest, "authority IP \(target.ip) is not the destination workload's (\(ips))")
-        }
-        guard !ProxyPorts.own.contains(target.port) else {
-            throw ConnectionRefusal(.selfCall, "port \(target.port) is one of the proxy's own ports")
         }
     }
 }

@@ -6,7 +6,7 @@ import Testing
 
 /// The server's header validation as pure functions: the transport's CONNECT framing
 /// (`HBONEConnectRequest.parse`), then the node proxy's authority rule
-/// (`NodeProxyPlugin.checkAuthority`), as a stream for a local workload meets them. Also
+/// (`InboundDestination.resolve`), as a stream for a local workload meets them. Also
 /// the `hbone-request` fuzz target's subject; inputs the fuzzer found go here as
 /// regression cases.
 @Suite("HBONE CONNECT request validation")
@@ -15,11 +15,13 @@ struct HBONEConnectRequestTests {
 
     static let workload = Workload(uid: "w", name: "w", namespace: "default", workloadIPs: ips)
 
-    static func validate(_ headers: [(String, String)]) -> Result<HBONEConnectRequest, HBONEConnectRequest.Rejection> {
+    static func validate(
+        _ headers: [(String, String)], mesh: MeshSnapshot = .empty
+    ) -> Result<HBONEConnectRequest, HBONEConnectRequest.Rejection> {
         Result { () throws(HBONEConnectRequest.Rejection) in
             let request = try HBONEConnectRequest.parse(headers: headers.map { (name: $0.0, value: $0.1) })
             do throws(ConnectionRefusal) {
-                try NodeProxyPlugin.checkAuthority(request.target, workload: workload)
+                _ = try InboundDestination.resolve(request.authority, arrivedOn: ips[0], workload: workload, in: mesh)
             } catch {
                 // As the server answers the terminator's refusals.
                 throw HBONEConnectRequest.Rejection(status: HBONEPlugin.status(for: error), error.message)

@@ -34,7 +34,7 @@ final class EchoTerminatorPlugin: Plugin, TunnelTerminator {
 
     func terminate(_ request: TunnelStreamRequest, responder: any TunnelStreamResponder) {
         streams.withLockedValue { $0.append(request) }
-        switch request.target.port {
+        switch request.authority.port {
         case 80:
             let stream = responder.accept()
             do {
@@ -46,7 +46,7 @@ final class EchoTerminatorPlugin: Plugin, TunnelTerminator {
         case 81:
             responder.refuse(ConnectionRefusal(.denied, "port 81 is denied here"))
         default:
-            responder.refuse(ConnectionRefusal(.unknownDestination, "nothing at \(request.target)"))
+            responder.refuse(ConnectionRefusal(.unknownDestination, "nothing at \(request.authority)"))
         }
     }
 

@@ -6,10 +6,12 @@ public import Kernel
 /// CONNECT framing), as a pure function of them, so that it can be tested and fuzzed
 /// without a connection. The server calls it for every stream; what the authority may
 /// name is the ``TunnelTerminator``'s rule (the node proxy's: one of the destination
-/// workload's addresses, not a proxy port).
+/// workload's addresses, or an address whose waypoint it is; never a proxy port).
 public struct HBONEConnectRequest: Sendable, Equatable {
     /// Where the tunnel goes: the `:authority`, an IP address and a non-zero port.
-    public var target: SocketAddr
+    public var authority: TunnelAuthority
+    /// The authority's address; nil when it is a hostname.
+    public var target: SocketAddr? { authority.address }
     /// The original client address from `forwarded: for="ip:port"`, when the header has
     /// one that parses; the server falls back to the TCP peer's address.
     public var forwardedFor: SocketAddr?
@@ -18,9 +20,14 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     /// decided on it.
     public var baggage: [String: String]
 
-    /// Creates a request.
+    /// Creates a request for an `ip:port` authority.
     public init(target: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:]) {
-        self.target = target
+        self.init(authority: .address(target), forwardedFor: forwardedFor, baggage: baggage)
+    }
+
+    /// Creates a request.
+    public init(authority: TunnelAuthority, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:]) {
+        self.authority = authority
         self.forwardedFor = forwardedFor
         self.baggage = baggage
     }
@@ -86,7 +93,7 @@ public struct HBONEConnectRequest: Sendable, Equatable {
             throw Rejection(status: 400, "authority \(quoted(authority)) is not ip:port")
         }
         return HBONEConnectRequest(
-            target: target, forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
+            authority: .address(target), forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
             baggage: baggage.map(parseBaggage) ?? [:])
     }
 

@@ -372,7 +372,8 @@ final class HBONEServer: Sendable {
             responder(baggage: [:]).reject(status: rejection.status, reason: rejection.reason)
         case .success(let request):
             let streamRequest = TunnelStreamRequest(
-                connection: state.connection, server: state.server, peerIdentity: state.peer, target: request.target,
+                connection: state.connection, server: state.server, peerIdentity: state.peer,
+                authority: request.authority,
                 // The source is the connection's peer, never `forwarded: for=`: any holder of a
                 // mesh certificate could name any address there (ztunnel trusts it only from
                 // the destination's own waypoint, which this node proxy does not serve yet).
