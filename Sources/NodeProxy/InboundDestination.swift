@@ -10,15 +10,22 @@ public import Kernel
 ///   this workload (a service waypoint: this workload backs the waypoint service; a
 ///   workload waypoint: the waypoint's address is the one the connection arrived on):
 ///   `<arrival ip>:port`. Any other address is refused as a bad request (HBONE 400).
-/// - A `hostname:port` authority is not taken (a bad request).
+/// - `hostname:port` naming a service (the one in the workload's namespace first): the
+///   service port mapped to the workload's target port (its own port map, else the
+///   service's), on the arrival IP. An unknown hostname or port is refused with
+///   ``ConnectionRefusal/Code/unresolvable`` or ``ConnectionRefusal/Code/servicePortUnknown``
+///   (HBONE 503, as ztunnel answers).
 /// - A resulting port that is one of the proxy's own is a self call (HBONE 503).
 public struct InboundDestination: Sendable, Equatable {
     /// The local workload's address to dial.
     public var upstream: SocketAddr
+    /// The service the authority named by hostname; nil for an address authority.
+    public var service: Service?
 
     /// Creates a destination.
-    public init(upstream: SocketAddr) {
+    public init(upstream: SocketAddr, service: Service? = nil) {
         self.upstream = upstream
+        self.service = service
     }
 
     /// Decides where a stream with `authority`, arriving on `arrival` for the local
@@ -39,13 +46,36 @@ public struct InboundDestination: Sendable, Equatable {
                     .badRequest,
                     "authority IP \(target.ip) is not the destination workload's (\(ips)), nor an address whose waypoint it is")
             }
-        case .hostname(let hostname, _):
-            throw ConnectionRefusal(.badRequest, "authority \(hostname) is a hostname; an address is required")
+        case .hostname(let hostname, let port):
+            destination = try toService(hostname, port: port, arrivedOn: arrival, workload: workload, in: mesh)
         }
         guard !ProxyPorts.own.contains(destination.upstream.port) else {
             throw ConnectionRefusal(.selfCall, "port \(destination.upstream.port) is one of the proxy's own ports")
         }
         return destination
+    }
+
+    private static func toService(
+        _ hostname: String, port: UInt16, arrivedOn arrival: IPAddress, workload: Workload, in mesh: MeshSnapshot
+    ) throws(ConnectionRefusal) -> InboundDestination {
+        let candidates = mesh.services(hostname: hostname)
+        guard let service = candidates.first(where: { $0.namespace == workload.namespace }) ?? candidates.first else {
+            throw ConnectionRefusal(.unresolvable, "authority hostname \(hostname) is not a service of the mesh")
+        }
+        let endpointTarget = workload.services[service.namespacedHostname]?[port]
+        let target: UInt16
+        if let endpointTarget, endpointTarget != 0 {
+            target = endpointTarget
+        } else if let serviceTarget = service.ports[port] {
+            // 0 is "the service port itself", as on the outbound side.
+            target = serviceTarget != 0 ? serviceTarget : port
+        } else if endpointTarget != nil {
+            target = port
+        } else {
+            throw ConnectionRefusal(
+                .servicePortUnknown, "service \(service.namespacedHostname) has no port \(port) for workload \(workload.uid)")
+        }
+        return InboundDestination(upstream: SocketAddr(ip: arrival, port: target), service: service)
     }
 
     /// Whether `workload` (reached at `arrival`) is the waypoint of whatever owns `target`

@@ -14,13 +14,19 @@ public struct InboundRequest: Sendable {
     public var peerIdentity: SpiffeID?
     /// How the connection arrived, for records and logs: `hbone` or `plaintext`.
     public var route: String
+    /// The service the connection was addressed to, when the peer named one (an HBONE
+    /// hostname authority); the record's destination service for telemetry.
+    public var service: Service?
 
     /// Creates a request.
-    public init(source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String) {
+    public init(
+        source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String, service: Service? = nil
+    ) {
         self.source = source
         self.destination = destination
         self.peerIdentity = peerIdentity
         self.route = route
+        self.service = service
     }
 }
 
@@ -102,7 +108,8 @@ public final class InboundPath: Sendable {
         let sourceWorkload = mesh.workload(at: request.source.ip)
         let record = ConnectionRecord(
             governed: .inbound, source: request.source, destination: request.destination,
-            sourceWorkload: sourceWorkload, destinationWorkload: workload, peerIdentity: request.peerIdentity,
+            sourceWorkload: sourceWorkload, destinationWorkload: workload, destinationService: request.service,
+            peerIdentity: request.peerIdentity,
             route: request.route, isMutualTLS: request.peerIdentity != nil)
         // What the policy chain sees is what the record holds (and re-evaluates later).
         return .ready(record, record.recordedAttributes)

@@ -9,8 +9,9 @@ import NIOCore
 /// For each connection it presents the certificate of the local HBONE workload at the
 /// address the connection arrived on and requires peers of that workload's trust domain;
 /// for each stream it decides from the authority where the stream goes
-/// (``InboundDestination``: one of that workload's addresses, or an address whose waypoint
-/// it is; else 400, or 503 for a proxy port), then runs the ``InboundPath``: policy
+/// (``InboundDestination``: one of that workload's addresses, an address whose waypoint it
+/// is, or a service hostname mapped to its target port; else 400, or 503 for an unknown
+/// hostname or a proxy port), then runs the ``InboundPath``: policy
 /// (401 when denied), a dial to the workload, inside its pod's namespace under in-pod
 /// capture (503 when it cannot be reached), and the relay.
 ///
@@ -68,7 +69,7 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
         let admitted = inbound.admit(
             InboundRequest(
                 source: request.source, destination: destination.upstream, peerIdentity: request.peerIdentity,
-                route: request.route),
+                route: request.route, service: destination.service),
             on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {

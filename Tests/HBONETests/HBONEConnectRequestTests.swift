@@ -54,7 +54,12 @@ struct HBONEConnectRequestTests {
             [(":method", "CONNECT")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":authority", "10.0.0.1:81")],
             [(":method", "CONNECT"), (":authority", "10.0.0.2:80")],
-            [(":method", "CONNECT"), (":authority", "echo.default.svc:80")],
+            [(":method", "CONNECT"), (":authority", "10.0.0.300:80")],
+            [(":method", "CONNECT"), (":authority", "echo..svc:80")],
+            [(":method", "CONNECT"), (":authority", "echo/svc:80")],
+            [(":method", "CONNECT"), (":authority", "echo.svc\u{0}:80")],
+            [(":method", "CONNECT"), (":authority", "echo.svc:0")],
+            [(":method", "CONNECT"), (":authority", "echo.svc")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:0")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":protocol", "websocket")],
@@ -81,6 +86,21 @@ struct HBONEConnectRequestTests {
         }
         #expect(rejection.status == 503, "\(authority): \(rejection.reason)")
         #expect(rejection.reason.contains("proxy's own ports"))
+    }
+
+    @Test("a hostname authority is parsed as one; naming no known service it is 503, as in ztunnel")
+    func hostnameAuthority() throws {
+        let request = try HBONEConnectRequest.parse(headers: [
+            (name: ":method", value: "CONNECT"), (name: ":authority", value: "echo.default.svc.cluster.local:80"),
+        ])
+        #expect(request.authority == .hostname("echo.default.svc.cluster.local", port: 80))
+        #expect(request.target == nil)
+        guard case .failure(let rejection) = Self.validate([(":method", "CONNECT"), (":authority", "echo.default.svc:80")])
+        else {
+            Issue.record("a hostname no service has was accepted")
+            return
+        }
+        #expect(rejection.status == 503, "\(rejection)")
     }
 
     @Test("forwarded: first for= of the first header; junk falls back to the peer address")

@@ -7,7 +7,7 @@ import TestSupport
 
 /// The receiving side of the authorities that do not name the destination workload's own
 /// address, on the wire: a waypoint's node proxy takes streams for the services and
-/// workloads it is the waypoint of.
+/// workloads it is the waypoint of, and any node proxy takes a service hostname.
 extension HBONENetworkTests {
     @Suite("HBONE: authorities beyond the workload's own address", .serialized, .enabled(if: PythonPeer.available))
     struct InboundAuthorityTests {
@@ -92,6 +92,33 @@ extension HBONENetworkTests {
                 let refused = try await connect(authority, "x")
                 #expect(refused["status"] as? Int == 400, "\(authority): \(refused)")
             }
+            try await node.stop()
+            await backend.close()
+            dir.remove()
+        }
+
+        @Test("a service hostname authority goes to the endpoint's target port (200); an unknown one is 503")
+        func hostnameAuthority() async throws {
+            let backend = try await HashServer(ip: Self.local)
+            let node = try await MeshNode(
+                name: "node-b", mesh: Self.mesh(port: backend.address.port), waitForListeners: [Self.local])
+            let dir = try TemporaryDirectory()
+            let files = try HBONEInteropTests.clientFiles(dir, identity: TestMesh.identity("python"))
+            func connect(_ authority: String) async throws -> PeerOutput {
+                try await HBONEInteropTests.python(
+                    ["client", "--connect", "\(Self.local):15008", "--authority", authority, "--payload", "hello"] + files)
+            }
+
+            let ok = try await connect("echo.default.svc.cluster.local:80")
+            #expect(ok["status"] as? Int == 200, "\(ok)")
+            #expect(ok["body"] as? String == "5 \(sha256Hex(Array("hello".utf8)))")
+            // Telemetry reports the service the peer named.
+            #expect(await eventually { !node.telemetry.closedRecords.isEmpty })
+            #expect(node.telemetry.closedRecords.first?.destinationService?.hostname == "echo.default.svc.cluster.local")
+            let unknown = try await connect("missing.default.svc.cluster.local:80")
+            #expect(unknown["status"] as? Int == 503, "\(unknown)")
+            let noPort = try await connect("echo.default.svc.cluster.local:81")
+            #expect(noPort["status"] as? Int == 503, "\(noPort)")
             try await node.stop()
             await backend.close()
             dir.remove()

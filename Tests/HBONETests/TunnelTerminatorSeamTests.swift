@@ -155,7 +155,7 @@ extension HBONENetworkTests {
             #expect(unknown["status"] as? Int == 400, "\(unknown)")
             // The transport's own framing rule still applies before any terminator sees it.
             let framing = try await HBONEInteropTests.python(
-                ["client", "--connect", "\(gateway)", "--authority", "echo.default.svc:80", "--payload", "x"] + files)
+                ["client", "--connect", "\(gateway)", "--authority", "10.0.0.300:80", "--payload", "x"] + files)
             #expect(framing["status"] as? Int == 400, "\(framing)")
             #expect(terminator.streams.withLockedValue { $0.count } == 3)
 

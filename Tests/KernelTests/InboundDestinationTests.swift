@@ -137,4 +137,44 @@ struct InboundDestinationTests {
         let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: at("10.0.0.9"))
         #expect(refusal(resolve(.address(addr("10.96.0.10:15008")), services: [echo])) == .selfCall)
     }
+
+    // MARK: hostname authorities
+
+    @Test("a service hostname maps the service port to the endpoint's target port on the arrival IP")
+    func hostname() throws {
+        let echo = service("echo.default.svc.cluster.local", vips: ["10.96.0.10"], ports: [80: 8080, 81: 0, 82: 0])
+        let server = workload(
+            "server", ["10.0.1.1"], services: ["default/echo.default.svc.cluster.local": [80: 9090, 81: 0]])
+        func upstream(_ port: UInt16) throws -> SocketAddr {
+            try resolve(.hostname("echo.default.svc.cluster.local", port: port), for: server, arrivedOn: "10.0.1.1", services: [echo])
+                .get().upstream
+        }
+        #expect(try upstream(80) == addr("10.0.1.1:9090"), "the endpoint's own target port first")
+        #expect(try upstream(81) == addr("10.0.1.1:81"), "0 on both sides is the service port itself")
+        #expect(try upstream(82) == addr("10.0.1.1:82"))
+        let withoutMap = workload("server", ["10.0.1.1"])
+        #expect(
+            try resolve(.hostname("echo.default.svc.cluster.local", port: 80), for: withoutMap, arrivedOn: "10.0.1.1", services: [echo])
+                .get() == InboundDestination(upstream: addr("10.0.1.1:8080"), service: echo),
+            "else the service's target port")
+    }
+
+    @Test("a hostname prefers the service in the workload's namespace")
+    func hostnameNamespace() throws {
+        let mine = service("echo", namespace: "mine", ports: [80: 8081])
+        let theirs = service("echo", namespace: "aaa", ports: [80: 8082])
+        let server = workload("server", ["10.0.1.1"], namespace: "mine")
+        let destination = try resolve(.hostname("echo", port: 80), for: server, arrivedOn: "10.0.1.1", services: [theirs, mine]).get()
+        #expect(destination.upstream == addr("10.0.1.1:8081"))
+        #expect(destination.service == mine)
+    }
+
+    @Test("an unknown hostname or a port the service does not have is refused (HBONE 503)")
+    func hostnameRefused() {
+        let echo = service("echo", ports: [80: 8080])
+        #expect(refusal(resolve(.hostname("missing", port: 80), services: [echo])) == .unresolvable)
+        #expect(refusal(resolve(.hostname("echo", port: 81), services: [echo])) == .servicePortUnknown)
+        let toProxy = service("proxy", ports: [80: 15008])
+        #expect(refusal(resolve(.hostname("proxy", port: 80), services: [toProxy])) == .selfCall)
+    }
 }

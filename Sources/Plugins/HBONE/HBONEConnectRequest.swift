@@ -6,9 +6,11 @@ public import Kernel
 /// CONNECT framing), as a pure function of them, so that it can be tested and fuzzed
 /// without a connection. The server calls it for every stream; what the authority may
 /// name is the ``TunnelTerminator``'s rule (the node proxy's: one of the destination
-/// workload's addresses, or an address whose waypoint it is; never a proxy port).
+/// workload's addresses, an address or a service whose waypoint it is, or a service
+/// hostname; never a proxy port).
 public struct HBONEConnectRequest: Sendable, Equatable {
-    /// Where the tunnel goes: the `:authority`, an IP address and a non-zero port.
+    /// Where the tunnel goes: the `:authority`, an IP address or a hostname, and a non-zero
+    /// port.
     public var authority: TunnelAuthority
     /// The authority's address; nil when it is a hostname.
     public var target: SocketAddr? { authority.address }
@@ -58,7 +60,9 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     ///
     /// The request must have exactly one `:method`, `CONNECT`; no `:scheme`, `:path` or
     /// `:protocol` (a plain CONNECT, not extended CONNECT); exactly one `:authority` of
-    /// the form `ip:port` or `[ipv6]:port` with a non-zero port. `forwarded` and `baggage`
+    /// the form `ip:port`, `[ipv6]:port` or `hostname:port` with a non-zero port, where a
+    /// hostname is DNS letters, digits, `-`, `_` and dots, at most 253 of them, whose last
+    /// label is not all digits (so a malformed IPv4 address is not taken for a name). `forwarded` and `baggage`
     /// never fail a request: the first `for=` of the first `forwarded` header is used if it
     /// parses, and baggage is best effort.
     public static func parse(
@@ -89,11 +93,11 @@ public struct HBONEConnectRequest: Sendable, Equatable {
         guard authorities.count == 1, let authority = authorities.first else {
             throw Rejection(status: 400, "\(authorities.count) :authority headers; exactly one is required")
         }
-        guard let target = HBONEHeaders.parseAuthority(authority) else {
-            throw Rejection(status: 400, "authority \(quoted(authority)) is not ip:port")
+        guard let target = HBONEHeaders.parseTunnelAuthority(authority) else {
+            throw Rejection(status: 400, "authority \(quoted(authority)) is not ip:port or hostname:port")
         }
         return HBONEConnectRequest(
-            authority: .address(target), forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
+            authority: target, forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
             baggage: baggage.map(parseBaggage) ?? [:])
     }
 

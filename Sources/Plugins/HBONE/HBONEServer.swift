@@ -355,7 +355,8 @@ final class HBONEServer: Sendable {
         }
     }
 
-    /// Checks one CONNECT's framing (400 when it is not a plain CONNECT to `ip:port`) and
+    /// Checks one CONNECT's framing (400 when it is not a plain CONNECT to `ip:port` or
+    /// `hostname:port`) and
     /// hands it to the terminator, which answers through an ``HBONEStreamResponder``.
     private func handleRequest(
         _ headers: HPACKHeaders, bridge: HBONEStreamBridge, stream: any Channel, state: ServerConnectionState,

@@ -11,7 +11,7 @@ private let workload = Workload(uid: "w", name: "w", namespace: "default", workl
 /// lists. The input is one header per line, `name: value`, where a name may start with `:`.
 ///
 /// Invariants: a parsed request targets a non-zero port; one the node proxy accepts (in an
-/// empty mesh) goes to one of the destination IPs on a port
+/// empty mesh) is an address authority and goes to one of the destination IPs on a port
 /// that is not a proxy port; a rejection is a 400; baggage stays within its limits.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -29,7 +29,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         if let destination = try? InboundDestination.resolve(
             request.authority, arrivedOn: destinationIPs[0], workload: workload, in: .empty)
         {
-            // An empty mesh: no address whose waypoint this is.
+            // An empty mesh: no service to name by hostname, no address whose waypoint this is.
+            invariant(request.target != nil, "hostname \(request.authority) accepted without a service")
             invariant(destinationIPs.contains(destination.upstream.ip), "upstream \(destination.upstream) is not a destination IP")
             invariant(!ProxyPorts.own.contains(destination.upstream.port), "upstream is a proxy port: \(destination.upstream)")
         }
