@@ -92,7 +92,9 @@ public enum Forwarding {
     ///   reaches the proxy itself just as loopback does (ztunnel's shared mode refuses its
     ///   own IP for the same reason).
     /// - A service's waypoint is used for every port (the waypoint routes), so an unknown
-    ///   port is only refused for services without one.
+    ///   port is only refused for services without one. With ``Service/weightedWaypoints``
+    ///   one of them is picked per connection by weight (entries of weight 0 never); when
+    ///   none has weight, ``Service/waypoint`` is used.
     /// - Endpoint selection: healthy endpoints on the source's network that list the service
     ///   port in their own port map, weighted by ``Workload/capacity``. Capacity 0 is never
     ///   picked while another candidate has capacity; if every candidate has capacity 0 they
@@ -153,7 +155,7 @@ public enum Forwarding {
         let destination = request.destination
         let name = service.namespacedHostname
 
-        if let waypoint = service.waypoint {
+        if let waypoint = serviceWaypoint(of: service, using: &rng) {
             return viaWaypoint(
                 waypoint, authority: destination, destinationWorkload: nil, service: service,
                 request: request, mesh: mesh, rng: &rng)
@@ -250,6 +252,16 @@ public enum Forwarding {
     }
 
     // MARK: - Helpers
+
+    /// The waypoint this connection to `service` goes through: one of its weighted
+    /// waypoints, picked by weight (0 is never picked), else its waypoint; the weighted set
+    /// is ignored when no entry has weight (ztunnel's `fetch_service_waypoint`).
+    private static func serviceWaypoint(
+        of service: Service, using rng: inout some RandomNumberGenerator
+    ) -> GatewayAddress? {
+        let weighted = service.weightedWaypoints.filter { $0.weight > 0 }
+        return pickWeighted(weighted, weight: \.weight, using: &rng)?.destination ?? service.waypoint
+    }
 
     /// A healthy endpoint of the waypoint service on the caller's network and the address to
     /// tunnel to: the service must declare the HBONE `port` (ztunnel's waypoint resolution),

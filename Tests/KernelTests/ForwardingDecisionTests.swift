@@ -229,6 +229,42 @@ struct ForwardingDecisionTests {
         #expect(hbone(decide("10.96.0.11:80", workloads: [waypoint], services: [byAddress, undeclared]))?.gateway == addr("10.0.0.9:15008"))
     }
 
+    @Test("weighted waypoints share the service's connections by weight; weight 0 never, none weighted: the primary")
+    func weightedWaypoints() {
+        let primary = workload("primary", ["10.0.0.7"], sa: "primary")
+        let stable = workload("stable", ["10.0.0.8"], sa: "stable")
+        let canary = workload("canary", ["10.0.0.9"], sa: "canary")
+        let described = workload("described", ["10.0.0.6"], sa: "described")
+        let endpoint = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
+        let all = [primary, stable, canary, described, endpoint]
+        func echo(_ weighted: [(String, UInt32)], primary: GatewayAddress? = waypointAt("10.0.0.7")) -> Service {
+            Service(
+                name: "echo", namespace: "default", hostname: "echo", vips: [NetworkAddress(ip: ip("10.96.0.10"))],
+                ports: [80: 8080], waypoint: primary,
+                weightedWaypoints: weighted.map { WeightedWaypoint(destination: waypointAt($0.0), weight: $0.1) })
+        }
+        var counts: [String: Int] = [:]
+        let split = echo([("10.0.0.8", 3), ("10.0.0.9", 1), ("10.0.0.6", 0)])
+        for seed in 0..<400 as Range<UInt64> {
+            let uid = hbone(decide("10.96.0.10:80", workloads: all, services: [split], seed: seed))?.waypoint?.uid ?? "none"
+            counts[uid, default: 0] += 1
+        }
+        #expect(counts["described"] == nil && counts["primary"] == nil && counts["none"] == nil, "\(counts)")
+        #expect((250...350).contains(counts["stable"] ?? 0), "\(counts)")
+        #expect((50...150).contains(counts["canary"] ?? 0), "\(counts)")
+        // Every entry of weight 0, or none at all: the primary waypoint.
+        for service in [echo([("10.0.0.8", 0), ("10.0.0.9", 0)]), echo([])] {
+            #expect(hbone(decide("10.96.0.10:80", workloads: all, services: [service]))?.waypoint?.uid == "primary")
+        }
+        // A weighted set without a primary is still a waypoint; without either, none.
+        #expect(
+            hbone(decide("10.96.0.10:80", workloads: all, services: [echo([("10.0.0.9", 1)], primary: nil)]))?.waypoint?.uid
+                == "canary")
+        #expect(
+            hbone(decide("10.96.0.10:80", workloads: all, services: [echo([("10.0.0.9", 0)], primary: nil)]))?.viaWaypoint
+                == false)
+    }
+
     @Test("a service's waypoint is used even when the source is that waypoint (only a workload waypoint is skipped)")
     func sourceIsServiceWaypoint() {
         let endpoint = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
