@@ -10,22 +10,34 @@ public import Kernel
 ///   this workload (a service waypoint: this workload backs the waypoint service; a
 ///   workload waypoint: the waypoint's address is the one the connection arrived on):
 ///   `<arrival ip>:port`. Any other address is refused as a bad request (HBONE 400).
-/// - `hostname:port` naming a service (the one in the workload's namespace first): the
+/// - `hostname:port` naming a service (the one in the workload's namespace first, then a
+///   canonical one): the
 ///   service port mapped to the workload's target port (its own port map, else the
 ///   service's), on the arrival IP. An unknown hostname or port is refused with
 ///   ``ConnectionRefusal/Code/unresolvable`` or ``ConnectionRefusal/Code/servicePortUnknown``
 ///   (HBONE 503, as ztunnel answers).
 /// - A resulting port that is one of the proxy's own is a self call (HBONE 503).
+///
+/// A workload with an ``Workload/applicationTunnel`` (a sandwiched waypoint) takes the
+/// stream on the tunnel's port when it names one. With protocol PROXY it is told where the
+/// stream was for in a PROXY protocol header (``proxyProtocolTarget``), so any authority
+/// address is taken, as in ztunnel; a tunnel of protocol NONE tells it nothing, so the
+/// address rules above still apply to it (ztunnel takes any address there too).
 public struct InboundDestination: Sendable, Equatable {
     /// The local workload's address to dial.
     public var upstream: SocketAddr
     /// The service the authority named by hostname; nil for an address authority.
     public var service: Service?
+    /// When the workload's application tunnel takes PROXY: the header's destination, the
+    /// authority's address (for a hostname, the service's VIP on the workload's network,
+    /// IPv4 first, with the authority's port). Nil writes no header.
+    public var proxyProtocolTarget: SocketAddr?
 
     /// Creates a destination.
-    public init(upstream: SocketAddr, service: Service? = nil) {
+    public init(upstream: SocketAddr, service: Service? = nil, proxyProtocolTarget: SocketAddr? = nil) {
         self.upstream = upstream
         self.service = service
+        self.proxyProtocolTarget = proxyProtocolTarget
     }
 
     /// Decides where a stream with `authority`, arriving on `arrival` for the local
@@ -33,12 +45,13 @@ public struct InboundDestination: Sendable, Equatable {
     public static func resolve(
         _ authority: TunnelAuthority, arrivedOn arrival: IPAddress, workload: Workload, in mesh: MeshSnapshot
     ) throws(ConnectionRefusal) -> InboundDestination {
-        let destination: InboundDestination
+        let proxyTunnel = workload.applicationTunnel?.protocol == .proxy
+        var destination: InboundDestination
         switch authority {
         case .address(let target):
             if workload.workloadIPs.contains(target.ip) {
                 destination = InboundDestination(upstream: target)
-            } else if isWaypoint(workload, arrivedOn: arrival, of: target.ip, in: mesh) {
+            } else if proxyTunnel || isWaypoint(workload, arrivedOn: arrival, of: target.ip, in: mesh) {
                 destination = InboundDestination(upstream: SocketAddr(ip: arrival, port: target.port))
             } else {
                 let ips = workload.workloadIPs.map { "\($0)" }.joined(separator: ",")
@@ -52,14 +65,42 @@ public struct InboundDestination: Sendable, Equatable {
         guard !ProxyPorts.own.contains(destination.upstream.port) else {
             throw ConnectionRefusal(.selfCall, "port \(destination.upstream.port) is one of the proxy's own ports")
         }
+        guard let tunnel = workload.applicationTunnel else { return destination }
+        if tunnel.protocol == .proxy {
+            destination.proxyProtocolTarget = try proxyProtocolTarget(authority, service: destination.service, network: workload.network)
+        }
+        if let port = tunnel.port {
+            guard !ProxyPorts.own.contains(port) else {
+                throw ConnectionRefusal(.selfCall, "application tunnel port \(port) is one of the proxy's own ports")
+            }
+            destination.upstream.port = port
+        }
         return destination
+    }
+
+    /// The PROXY header's destination: an address authority as it is; for a hostname, the
+    /// service's VIP (on `network` first, IPv4 first) with the authority's port.
+    private static func proxyProtocolTarget(
+        _ authority: TunnelAuthority, service: Service?, network: String
+    ) throws(ConnectionRefusal) -> SocketAddr {
+        if let address = authority.address { return address }
+        let vips = service?.vips ?? []
+        func rank(_ vip: NetworkAddress) -> Int { vip.network == network ? (vip.ip.isIPv4 ? 2 : 1) : 0 }
+        guard let vip = vips.max(by: { rank($0) < rank($1) }) else {
+            throw ConnectionRefusal(
+                .unresolvable, "service \(authority) has no VIP to name in the PROXY header of the application tunnel")
+        }
+        return SocketAddr(ip: vip.ip, port: authority.port)
     }
 
     private static func toService(
         _ hostname: String, port: UInt16, arrivedOn arrival: IPAddress, workload: Workload, in mesh: MeshSnapshot
     ) throws(ConnectionRefusal) -> InboundDestination {
         let candidates = mesh.services(hostname: hostname)
-        guard let service = candidates.first(where: { $0.namespace == workload.namespace }) ?? candidates.first else {
+        guard
+            let service = candidates.first(where: { $0.namespace == workload.namespace })
+                ?? candidates.first(where: \.canonical) ?? candidates.first
+        else {
             throw ConnectionRefusal(.unresolvable, "authority hostname \(hostname) is not a service of the mesh")
         }
         let endpointTarget = workload.services[service.namespacedHostname]?[port]

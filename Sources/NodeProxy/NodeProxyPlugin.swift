@@ -13,7 +13,8 @@ import NIOCore
 /// is, or a service hostname mapped to its target port; else 400, or 503 for an unknown
 /// hostname or a proxy port), then runs the ``InboundPath``: policy
 /// (401 when denied), a dial to the workload, inside its pod's namespace under in-pod
-/// capture (503 when it cannot be reached), and the relay.
+/// capture (503 when it cannot be reached), a PROXY protocol v2 header first when the
+/// workload's application tunnel takes PROXY (``ProxyProtocolHeader``), and the relay.
 ///
 /// Enabled by default: a manifest that enables another ``TunnelTerminator`` (a waypoint)
 /// replaces it.
@@ -86,6 +87,12 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
                             guard responder.isActive else {
                                 upstream.close(promise: nil)
                                 return
+                            }
+                            if let target = destination.proxyProtocolTarget {
+                                // Ahead of every relayed byte: the relay writes after this.
+                                let header = ProxyProtocolHeader(
+                                    source: request.source, destination: target, identity: request.peerIdentity)
+                                upstream.writeAndFlush(ByteBuffer(bytes: header.bytes), promise: nil)
                             }
                             inbound.relay(downstream: responder.accept(), upstream: upstream, record: record)
                         }

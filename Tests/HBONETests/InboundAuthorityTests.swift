@@ -1,13 +1,62 @@
 import Foundation
 import HBONE
 import Kernel
+import NIOConcurrencyHelpers
+import NIOCore
 import NIOPosix
 import Testing
 import TestSupport
 
+/// A backend that keeps every byte it receives and, once the client half-closes, answers
+/// `ok` and closes.
+final class RecordingServer: Sendable {
+    let address: SocketAddr
+    private let channel: any Channel
+    private let box = NIOLockedValueBox<[UInt8]>([])
+
+    var received: [UInt8] { box.withLockedValue { $0 } }
+
+    private final class Handler: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let box: NIOLockedValueBox<[UInt8]>
+        init(box: NIOLockedValueBox<[UInt8]>) { self.box = box }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let bytes = Array(buffer: unwrapInboundIn(data))
+            box.withLockedValue { $0 += bytes }
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case ChannelEvent.inputClosed = event {
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "ok"))).assumeIsolated().whenComplete { _ in
+                    context.close(promise: nil)
+                }
+            }
+        }
+    }
+
+    init(ip: String) async throws {
+        let box = self.box
+        channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Handler(box: box)) }
+            }
+            .bind(host: ip, port: 0).get()
+        address = SocketAddr(channel.localAddress)!
+    }
+
+    func close() async {
+        try? await channel.close()
+    }
+}
+
 /// The receiving side of the authorities that do not name the destination workload's own
 /// address, on the wire: a waypoint's node proxy takes streams for the services and
-/// workloads it is the waypoint of, and any node proxy takes a service hostname.
+/// workloads it is the waypoint of, and any node proxy takes a service hostname; a
+/// sandwiched waypoint (an application tunnel of protocol PROXY) gets a PROXY header first.
 extension HBONENetworkTests {
     @Suite("HBONE: authorities beyond the workload's own address", .serialized, .enabled(if: PythonPeer.available))
     struct InboundAuthorityTests {
@@ -119,6 +168,52 @@ extension HBONENetworkTests {
             #expect(unknown["status"] as? Int == 503, "\(unknown)")
             let noPort = try await connect("echo.default.svc.cluster.local:81")
             #expect(noPort["status"] as? Int == 503, "\(noPort)")
+            try await node.stop()
+            await backend.close()
+            dir.remove()
+        }
+
+        @Test("an application tunnel of protocol PROXY: the tunnel port, a PROXY v2 header (source, target, TLV 0xD0 identity), then the bytes")
+        func proxyApplicationTunnel() async throws {
+            let sandwich = "127.0.8.53"
+            let backend = try await RecordingServer(ip: sandwich)
+            let sandwichWorkload = """
+                - uid: c//v1/Pod/default/sandwich
+                  name: sandwich
+                  namespace: default
+                  serviceAccount: sandwich
+                  workloadIps: ["\(sandwich)"]
+                  protocol: HBONE
+                  node: node-b
+                  applicationTunnel: {protocol: PROXY, port: \(backend.address.port)}
+
+                """
+            // One more workload, at the end of the top-level `workloads:` list.
+            let yaml = Self.mesh(port: 9).replacingOccurrences(of: "\nservices:\n", with: "\n" + sandwichWorkload + "services:\n")
+            let node = try await MeshNode(name: "node-b", mesh: yaml, waitForListeners: [sandwich])
+            let dir = try TemporaryDirectory()
+            let files = try HBONEInteropTests.clientFiles(dir, identity: TestMesh.identity("python"))
+
+            // An authority that is neither its address nor one it is the waypoint of: taken,
+            // because the header tells the application where the stream was for.
+            let ok = try await HBONEInteropTests.python(
+                ["client", "--connect", "\(sandwich):15008", "--authority", "\(Self.otherVIP):80", "--payload", "hello"] + files)
+            #expect(ok["status"] as? Int == 200, "\(ok)")
+            #expect(ok["body"] as? String == "ok")
+            let received = backend.received
+            let identity = Array("spiffe://cluster.local/ns/default/sa/python".utf8)
+            let signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
+            let headerLength = 16 + 12 + 3 + identity.count
+            #expect(received.count == headerLength + 5, "\(received)")
+            guard received.count == headerLength + 5 else { return }
+            #expect(Array(received[0..<12]) == signature)
+            #expect(Array(received[12..<16]) == [0x21, 0x11, 0x00, UInt8(12 + 3 + identity.count)])
+            #expect(Array(received[16..<20]) == [127, 0, 0, 1], "the source is the tunnel's TCP peer")
+            #expect(Array(received[20..<24]) == IPAddress(Self.otherVIP)!.bytes, "the target is the authority")
+            #expect(Array(received[26..<28]) == [0x00, 80])
+            #expect(Array(received[28..<31]) == [0xD0, 0x00, UInt8(identity.count)])
+            #expect(Array(received[31..<headerLength]) == identity)
+            #expect(Array(received[headerLength...]) == Array("hello".utf8))
             try await node.stop()
             await backend.close()
             dir.remove()

@@ -20,12 +20,13 @@ private func name(_ text: String) -> NamespacedHostname {
 
 private func workload(
     _ uid: String, _ ips: [String], namespace: String = "default", waypoint: GatewayAddress? = nil,
-    services: [String: [UInt16: UInt16]] = [:]
+    services: [String: [UInt16: UInt16]] = [:], tunnel: ApplicationTunnel? = nil
 ) -> Workload {
     Workload(
         uid: uid, name: uid, namespace: namespace, serviceAccount: uid, workloadIPs: ips.map(ip),
         tunnelProtocol: .hbone, node: "node", waypoint: waypoint,
-        services: Dictionary(uniqueKeysWithValues: services.map { (name($0.key), $0.value) }))
+        services: Dictionary(uniqueKeysWithValues: services.map { (name($0.key), $0.value) }),
+        applicationTunnel: tunnel)
 }
 
 private func service(
@@ -176,5 +177,45 @@ struct InboundDestinationTests {
         #expect(refusal(resolve(.hostname("echo", port: 81), services: [echo])) == .servicePortUnknown)
         let toProxy = service("proxy", ports: [80: 15008])
         #expect(refusal(resolve(.hostname("proxy", port: 80), services: [toProxy])) == .selfCall)
+    }
+
+    // MARK: application tunnels
+
+    @Test("a PROXY application tunnel takes any authority address, on the tunnel's port, naming the authority in the header")
+    func proxyTunnel() throws {
+        let sandwich = workload("waypoint", ["10.0.0.9"], tunnel: ApplicationTunnel(protocol: .proxy, port: 15088))
+        let anywhere = try resolve(.address(addr("10.9.9.9:80")), for: sandwich).get()
+        #expect(anywhere == InboundDestination(upstream: addr("10.0.0.9:15088"), proxyProtocolTarget: addr("10.9.9.9:80")))
+        let own = try resolve(.address(addr("10.0.0.9:8080")), for: sandwich).get()
+        #expect(own == InboundDestination(upstream: addr("10.0.0.9:15088"), proxyProtocolTarget: addr("10.0.0.9:8080")))
+        // Without a port of its own the tunnel keeps the stream's port.
+        let samePort = workload("waypoint", ["10.0.0.9"], tunnel: ApplicationTunnel(protocol: .proxy))
+        #expect(try resolve(.address(addr("10.9.9.9:80")), for: samePort).get().upstream == addr("10.0.0.9:80"))
+    }
+
+    @Test("a hostname through a PROXY tunnel names the service's VIP on the workload's network, IPv4 first")
+    func proxyTunnelHostname() throws {
+        let sandwich = workload("waypoint", ["10.0.0.9"], tunnel: ApplicationTunnel(protocol: .proxy, port: 15088))
+        let echo = Service(
+            name: "echo", namespace: "default", hostname: "echo",
+            vips: [NetworkAddress(network: "other", ip: ip("10.200.0.1")), NetworkAddress(ip: ip("fd00::10")), NetworkAddress(ip: ip("10.96.0.10"))],
+            ports: [80: 8080])
+        let destination = try resolve(.hostname("echo", port: 80), for: sandwich, services: [echo]).get()
+        #expect(destination == InboundDestination(upstream: addr("10.0.0.9:15088"), service: echo, proxyProtocolTarget: addr("10.96.0.10:80")))
+        let headless = Service(name: "bare", namespace: "default", hostname: "bare", vips: [], ports: [80: 8080])
+        #expect(refusal(resolve(.hostname("bare", port: 80), for: sandwich, services: [headless])) == .unresolvable)
+    }
+
+    @Test("a NONE application tunnel moves the port but tells the workload nothing, so the address rules stay")
+    func plainTunnel() throws {
+        let plain = workload("waypoint", ["10.0.0.9"], tunnel: ApplicationTunnel(protocol: .plain, port: 15088))
+        #expect(try resolve(.address(addr("10.0.0.9:8080")), for: plain).get() == InboundDestination(upstream: addr("10.0.0.9:15088")))
+        #expect(refusal(resolve(.address(addr("10.9.9.9:80")), for: plain)) == .badRequest)
+    }
+
+    @Test("an application tunnel on one of the proxy's own ports is a self call")
+    func tunnelSelfCall() {
+        let looping = workload("waypoint", ["10.0.0.9"], tunnel: ApplicationTunnel(protocol: .proxy, port: 15008))
+        #expect(refusal(resolve(.address(addr("10.0.0.9:80")), for: looping)) == .selfCall)
     }
 }
