@@ -7,15 +7,16 @@ public import Kernel
 /// only chooses the port, and whether the stream is allowed at all:
 /// - `ip:port` where the IP is one of the workload's own: `ip:port`.
 /// - `ip:port` for another address (a service VIP or another workload) whose waypoint is
-///   this workload (a service waypoint: this workload backs the waypoint service; a
-///   workload waypoint: the waypoint's address is the one the connection arrived on):
-///   `<arrival ip>:port`. Any other address is refused as a bad request (HBONE 400).
+///   this workload: `<arrival ip>:port`. A service's waypoint (or one of its weighted
+///   waypoints of non-zero weight, which ztunnel does not check) is this workload when it
+///   backs the waypoint service or the waypoint's address is the one the connection
+///   arrived on; likewise a workload's waypoint. Any other address is refused as a bad
+///   request (HBONE 400).
 /// - `hostname:port` naming a service (the one in the workload's namespace first, then a
-///   canonical one): the
-///   service port mapped to the workload's target port (its own port map, else the
-///   service's), on the arrival IP. An unknown hostname or port is refused with
-///   ``ConnectionRefusal/Code/unresolvable`` or ``ConnectionRefusal/Code/servicePortUnknown``
-///   (HBONE 503, as ztunnel answers).
+///   canonical one): the service port mapped to the workload's target port (its own port
+///   map, else the service's), on the arrival IP. An unknown hostname or port is refused
+///   with ``ConnectionRefusal/Code/unresolvable`` or
+///   ``ConnectionRefusal/Code/servicePortUnknown`` (HBONE 503, as ztunnel answers).
 /// - A resulting port that is one of the proxy's own is a self call (HBONE 503).
 ///
 /// A workload with an ``Workload/applicationTunnel`` (a sandwiched waypoint) takes the
@@ -67,7 +68,8 @@ public struct InboundDestination: Sendable, Equatable {
         }
         guard let tunnel = workload.applicationTunnel else { return destination }
         if tunnel.protocol == .proxy {
-            destination.proxyProtocolTarget = try proxyProtocolTarget(authority, service: destination.service, network: workload.network)
+            destination.proxyProtocolTarget = try proxyProtocolTarget(
+                authority, service: destination.service, network: workload.network)
         }
         if let port = tunnel.port {
             guard !ProxyPorts.own.contains(port) else {
@@ -120,14 +122,18 @@ public struct InboundDestination: Sendable, Equatable {
     }
 
     /// Whether `workload` (reached at `arrival`) is the waypoint of whatever owns `target`
-    /// on its network: a workload's waypoint or a service's. Fails closed: an address the mesh does not know, or a waypoint
-    /// that does not resolve, is not this workload.
+    /// on its network: a workload's waypoint or a service's (its waypoint or a weighted
+    /// waypoint of non-zero weight). Fails closed: an address the mesh does not know, or a
+    /// waypoint that does not resolve, is not this workload.
     static func isWaypoint(_ workload: Workload, arrivedOn arrival: IPAddress, of target: IPAddress, in mesh: MeshSnapshot) -> Bool {
         let waypoints: [GatewayAddress]
         if let owner = mesh.workload(at: target, network: workload.network) {
             waypoints = owner.waypoint.map { [$0] } ?? []
         } else if let service = mesh.service(at: target, network: workload.network) {
-            waypoints = service.waypoint.map { [$0] } ?? []
+            // A weighted waypoint the sender may pick is as much the service's waypoint.
+            waypoints =
+                (service.waypoint.map { [$0] } ?? [])
+                + service.weightedWaypoints.filter { $0.weight > 0 }.map(\.destination)
         } else {
             return false
         }

@@ -95,6 +95,21 @@ struct InboundDestinationTests {
         #expect(try resolve(.address(addr("10.96.0.10:80")), services: [echo]).get().upstream == addr("10.0.0.9:80"))
     }
 
+    @Test("a weighted waypoint of the service counts too, unless its weight is 0")
+    func weightedServiceWaypoint() throws {
+        func echo(weight: UInt32) -> Service {
+            Service(
+                name: "echo", namespace: "default", hostname: "echo", vips: [NetworkAddress(ip: ip("10.96.0.10"))],
+                ports: [80: 8080], waypoint: at("10.0.0.8"),
+                weightedWaypoints: [WeightedWaypoint(destination: named("default/waypoint"), weight: weight)])
+        }
+        let stable = workload("stable", ["10.0.0.8"])
+        #expect(
+            try resolve(.address(addr("10.96.0.10:80")), workloads: [stable], services: [echo(weight: 10)]).get().upstream
+                == addr("10.0.0.9:80"))
+        #expect(refusal(resolve(.address(addr("10.96.0.10:80")), workloads: [stable], services: [echo(weight: 0)])) == .badRequest)
+    }
+
     @Test("a workload whose waypoint this workload is: to the arrival IP on the authority's port")
     func workloadWaypoint() throws {
         let server = workload("server", ["10.0.1.1"], waypoint: at("10.0.0.9"))
