@@ -104,8 +104,9 @@ public enum Forwarding {
     ///   port) or a service VIP (one of its healthy endpoints is picked); a hostname names a
     ///   service whose healthy endpoint is picked, never its VIP, because the client must know
     ///   which identity the waypoint presents. A waypoint service must declare the HBONE port
-    ///   (else it has no endpoint to pick, as in ztunnel); the tunnel goes to the endpoint's
-    ///   target port for it (its own port map, else the service's). An address the mesh does
+    ///   (else it has no endpoint to pick, as in ztunnel, but for an endpoint with an
+    ///   application tunnel on a port of its own); the tunnel goes to the endpoint's target
+    ///   port for it (its own port map, else the service's). An address the mesh does
     ///   not know is refused (``ConnectionRefusal/Code/waypointUnresolved``): without a
     ///   workload there is no identity to verify.
     /// - Only a workload's waypoint is skipped by its own traffic: when the source is that
@@ -267,18 +268,23 @@ public enum Forwarding {
     /// tunnel to: the service must declare the HBONE `port` (ztunnel's waypoint resolution),
     /// mapped to the endpoint's target port, else the service's (0: the port itself). The
     /// endpoint need not list the port in its own map: a waypoint is not addressed by users.
+    /// An endpoint with an application tunnel on a port of its own (a sandwiched waypoint)
+    /// is taken on `port` even when the service does not declare it: its node proxy hands
+    /// the stream to the tunnel's port.
     private static func pickWaypointEndpoint(
         of service: Service, port: UInt16, network: String, like ip: IPAddress, mesh: MeshSnapshot,
         rng: inout some RandomNumberGenerator
     ) -> (workload: Workload, gateway: SocketAddr, service: Service?)? {
-        guard let serviceTarget = service.ports[port] else { return nil }
+        let serviceTarget = service.ports[port]
         let candidates: [(workload: Workload, gateway: SocketAddr)] = mesh.endpoints(of: service.namespacedHostname)
             .compactMap { endpoint in
                 guard endpoint.status == .healthy, endpoint.network == network,
+                    serviceTarget != nil || endpoint.applicationTunnel?.port != nil,
                     let address = preferredIP(of: endpoint, like: ip)
                 else { return nil }
                 let endpointTarget = endpoint.services[service.namespacedHostname]?[port] ?? 0
-                let target = endpointTarget != 0 ? endpointTarget : (serviceTarget != 0 ? serviceTarget : port)
+                let declared = serviceTarget ?? 0
+                let target = endpointTarget != 0 ? endpointTarget : (declared != 0 ? declared : port)
                 return (endpoint, SocketAddr(ip: address, port: target))
             }
         return pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng)

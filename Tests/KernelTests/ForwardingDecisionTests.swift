@@ -224,6 +224,17 @@ struct ForwardingDecisionTests {
         #expect(hbone(decide("10.96.0.10:80", workloads: [waypoint], services: [echo, mapped]))?.gateway == addr("10.0.0.9:15018"))
         let ownMap = workload("waypoint-1", ["10.0.0.9"], sa: "waypoint", services: ["default/waypoint": [15008: 15028]])
         #expect(hbone(decide("10.96.0.10:80", workloads: [ownMap], services: [echo, mapped]))?.gateway == addr("10.0.0.9:15028"))
+        // A sandwiched waypoint (an application tunnel on a port of its own) needs no declared port.
+        let sandwich = Workload(
+            uid: "waypoint-1", name: "waypoint-1", namespace: "default", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.9")], tunnelProtocol: .hbone, services: [name("default/waypoint"): [:]],
+            applicationTunnel: ApplicationTunnel(protocol: .proxy, port: 15088))
+        #expect(hbone(decide("10.96.0.10:80", workloads: [sandwich], services: [echo, undeclared]))?.gateway == addr("10.0.0.9:15008"))
+        let withoutPort = Workload(
+            uid: "waypoint-1", name: "waypoint-1", namespace: "default", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.9")], tunnelProtocol: .hbone, services: [name("default/waypoint"): [:]],
+            applicationTunnel: ApplicationTunnel(protocol: .proxy))
+        #expect(refusal(decide("10.96.0.10:80", workloads: [withoutPort], services: [echo, undeclared])) == .waypointUnresolved)
         // A waypoint named by a workload's own address needs no service at all.
         let byAddress = service("echo2", vips: ["10.96.0.11"], ports: [80: 8080], waypoint: waypointAt("10.0.0.9"))
         #expect(hbone(decide("10.96.0.11:80", workloads: [waypoint], services: [byAddress, undeclared]))?.gateway == addr("10.0.0.9:15008"))
