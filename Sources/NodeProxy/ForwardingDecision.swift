@@ -103,7 +103,8 @@ public enum Forwarding {
     /// - Waypoints: an address names either a workload (used directly, on the gateway's HBONE
     ///   port) or a service VIP (one of its healthy endpoints is picked); a hostname names a
     ///   service whose healthy endpoint is picked, never its VIP, because the client must know
-    ///   which identity the waypoint presents. A waypoint service must declare the HBONE port
+    ///   which identity the waypoint presents (when no service has the hostname, a workload
+    ///   with it, used directly). A waypoint service must declare the HBONE port
     ///   (else it has no endpoint to pick, as in ztunnel, but for an endpoint with an
     ///   application tunnel on a port of its own); the tunnel goes to the endpoint's target
     ///   port for it (its own port map, else the service's). An address the mesh does
@@ -232,9 +233,14 @@ public enum Forwarding {
             }
         case .hostname(let hostname):
             name = hostname.description
-            resolved = mesh.services[hostname].flatMap {
-                pickWaypointEndpoint(
-                    of: $0, port: waypoint.hboneMtlsPort, network: network, like: authority.ip, mesh: mesh, rng: &rng)
+            if let waypointService = mesh.services[hostname] {
+                resolved = pickWaypointEndpoint(
+                    of: waypointService, port: waypoint.hboneMtlsPort, network: network, like: authority.ip, mesh: mesh,
+                    rng: &rng)
+            } else if let workload = mesh.workload(named: hostname), let ip = preferredIP(of: workload, like: authority.ip) {
+                resolved = (workload, SocketAddr(ip: ip, port: waypoint.hboneMtlsPort), nil)
+            } else {
+                resolved = nil
             }
         }
         guard let resolved else {
@@ -309,7 +315,11 @@ public enum Forwarding {
                 candidates = []
             }
         case .hostname(let name):
-            candidates = mesh.services[name] == nil ? [] : mesh.endpoints(of: name)
+            if mesh.services[name] != nil {
+                candidates = mesh.endpoints(of: name)
+            } else {
+                candidates = mesh.workload(named: name).map { [$0] } ?? []
+            }
         }
         return candidates.contains { $0.identity == source.identity && $0.workloadIPs.contains(sourceIP) }
     }

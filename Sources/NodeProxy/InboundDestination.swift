@@ -140,8 +140,9 @@ public struct InboundDestination: Sendable, Equatable {
         return waypoints.contains { names(workload, arrivedOn: arrival, $0, in: mesh) }
     }
 
-    /// Whether the gateway address resolves to `workload`: a waypoint workload whose
-    /// addresses include the one the connection arrived on, or a waypoint service it backs.
+    /// Whether the gateway address resolves to `workload`: a waypoint workload (by address,
+    /// or by hostname when no service has it) whose addresses include the one the
+    /// connection arrived on, or a waypoint service it backs.
     private static func names(_ workload: Workload, arrivedOn arrival: IPAddress, _ gateway: GatewayAddress, in mesh: MeshSnapshot) -> Bool {
         switch gateway.destination {
         case .address(let address):
@@ -153,7 +154,8 @@ public struct InboundDestination: Sendable, Equatable {
             }
             return false
         case .hostname(let name):
-            return mesh.services[name] != nil && workload.services[name] != nil
+            if mesh.services[name] != nil { return workload.services[name] != nil }
+            return mesh.workload(named: name)?.workloadIPs.contains(arrival) == true
         }
     }
 }

@@ -240,6 +240,26 @@ struct ForwardingDecisionTests {
         #expect(hbone(decide("10.96.0.11:80", workloads: [waypoint], services: [byAddress, undeclared]))?.gateway == addr("10.0.0.9:15008"))
     }
 
+    @Test("a waypoint hostname no service has names the workload with that hostname")
+    func waypointHostnameIsWorkload() {
+        let waypoint = Workload(
+            uid: "waypoint-1", name: "waypoint-1", namespace: "default", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.9")], tunnelProtocol: .hbone, hostname: "waypoint.example")
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointNamed("default/waypoint.example"))
+        let target = hbone(decide("10.96.0.10:80", workloads: [waypoint], services: [echo]))
+        #expect(target?.gateway == addr("10.0.0.9:15008"))
+        #expect(target?.waypoint?.uid == "waypoint-1")
+        #expect(target?.expectedIdentities == [id("waypoint")])
+        // Another namespace's workload of that hostname is not it.
+        let elsewhere = Workload(
+            uid: "waypoint-2", name: "waypoint-2", namespace: "other", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.8")], tunnelProtocol: .hbone, hostname: "waypoint.example")
+        #expect(refusal(decide("10.96.0.10:80", workloads: [elsewhere], services: [echo])) == .waypointUnresolved)
+        // It is the source's own waypoint when it is that workload (identity and address).
+        let server = workload("server", ["10.0.1.1"], sa: "server", waypoint: waypointNamed("default/waypoint.example"))
+        #expect(hbone(decide("10.0.1.1:8080", from: waypoint, workloads: [server]))?.viaWaypoint == false)
+    }
+
     @Test("weighted waypoints share the service's connections by weight; weight 0 never, none weighted: the primary")
     func weightedWaypoints() {
         let primary = workload("primary", ["10.0.0.7"], sa: "primary")

@@ -118,6 +118,19 @@ struct InboundDestinationTests {
         #expect(try resolve(.address(addr("10.0.1.1:8080")), workloads: [byService]).get().upstream == addr("10.0.0.9:8080"))
     }
 
+    @Test("a waypoint hostname no service has names the workload with that hostname")
+    func waypointHostnameIsWorkload() throws {
+        let byHostname = Workload(
+            uid: "waypoint", name: "waypoint", namespace: "default", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.9")], tunnelProtocol: .hbone, node: "node", hostname: "waypoint.example")
+        let server = workload("server", ["10.0.1.1"], waypoint: named("default/waypoint.example"))
+        #expect(
+            try resolve(.address(addr("10.0.1.1:8080")), for: byHostname, workloads: [server]).get().upstream
+                == addr("10.0.0.9:8080"))
+        let other = workload("server", ["10.0.1.1"], waypoint: named("default/someone-else.example"))
+        #expect(refusal(resolve(.address(addr("10.0.1.1:8080")), for: byHostname, workloads: [other])) == .badRequest)
+    }
+
     @Test("a target whose waypoint is another workload or service, or does not resolve, is refused")
     func someoneElsesWaypoint() {
         let elsewhere = workload("other-waypoint", ["10.0.0.8"])
