@@ -92,20 +92,28 @@ public enum Forwarding {
     ///   reaches the proxy itself just as loopback does (ztunnel's shared mode refuses its
     ///   own IP for the same reason).
     /// - A service's waypoint is used for every port (the waypoint routes), so an unknown
-    ///   port is only refused for services without one.
+    ///   port is only refused for services without one. With ``Service/weightedWaypoints``
+    ///   one of them is picked per connection by weight (entries of weight 0 never); when
+    ///   none has weight, ``Service/waypoint`` is used.
     /// - Endpoint selection: healthy endpoints on the source's network that list the service
     ///   port in their own port map, weighted by ``Workload/capacity``. Capacity 0 is never
     ///   picked while another candidate has capacity; if every candidate has capacity 0 they
     ///   are picked uniformly, because a healthy endpoint with no weight configured is
     ///   better than refusing the service.
-    /// - Waypoints: an address names either a workload (used directly) or a service VIP (one
-    ///   of its healthy endpoints is picked); a hostname names a service whose healthy
-    ///   endpoint is picked, never its VIP, because the client must know which identity the
-    ///   waypoint presents. An address the mesh does not know is refused
-    ///   (``Refusal/Code/waypointUnresolved``): without a workload there is no identity to
-    ///   verify.
-    /// - The source skips a waypoint it is itself: its IPs contain the waypoint address, or it
-    ///   backs the waypoint service.
+    /// - Waypoints: an address names either a workload (used directly, on the gateway's HBONE
+    ///   port) or a service VIP (one of its healthy endpoints is picked); a hostname names a
+    ///   service whose healthy endpoint is picked, never its VIP, because the client must know
+    ///   which identity the waypoint presents (when no service has the hostname, a workload
+    ///   with it, used directly). A waypoint service must declare the HBONE port
+    ///   (else it has no endpoint to pick, as in ztunnel, but for an endpoint with an
+    ///   application tunnel on a port of its own); the tunnel goes to the endpoint's target
+    ///   port for it (its own port map, else the service's). An address the mesh does
+    ///   not know is refused (``ConnectionRefusal/Code/waypointUnresolved``): without a
+    ///   workload there is no identity to verify.
+    /// - Only a workload's waypoint is skipped by its own traffic: when the source is that
+    ///   waypoint (one of the workloads it resolves to has the source's identity **and** the
+    ///   source address among its IPs; without a source address it is not), the connection
+    ///   goes to the workload directly. A service's waypoint is used whoever the source is.
     public static func decide(
         _ request: OutboundRequest, in mesh: MeshSnapshot, using rng: inout some RandomNumberGenerator
     ) -> ForwardingDecision {
@@ -149,7 +157,7 @@ public enum Forwarding {
         let destination = request.destination
         let name = service.namespacedHostname
 
-        if let waypoint = service.waypoint, !isWaypoint(request.source, waypoint, in: mesh) {
+        if let waypoint = serviceWaypoint(of: service, using: &rng) {
             return viaWaypoint(
                 waypoint, authority: destination, destinationWorkload: nil, service: service,
                 request: request, mesh: mesh, rng: &rng)
@@ -186,7 +194,7 @@ public enum Forwarding {
     ) -> ForwardingDecision {
         // A service's waypoint was already considered; sending service traffic through the
         // workload's waypoint too would traverse L7 policy twice.
-        if service == nil, let waypoint = workload.waypoint, !isWaypoint(request.source, waypoint, in: mesh) {
+        if service == nil, let waypoint = workload.waypoint, !isFromWaypoint(request, waypoint, in: mesh) {
             return viaWaypoint(
                 waypoint, authority: address, destinationWorkload: workload, service: nil,
                 request: request, mesh: mesh, rng: &rng)
@@ -209,33 +217,41 @@ public enum Forwarding {
         request: OutboundRequest, mesh: MeshSnapshot, rng: inout some RandomNumberGenerator
     ) -> ForwardingDecision {
         let network = request.source?.network ?? ""
-        let resolved: (workload: Workload, ip: IPAddress, service: Service?)?
+        let resolved: (workload: Workload, gateway: SocketAddr, service: Service?)?
         let name: String
         switch waypoint.destination {
         case .address(let address):
             name = address.description
             if let workload = mesh.workload(at: address.ip, network: address.network) {
-                resolved = (workload, address.ip, nil)
+                resolved = (workload, SocketAddr(ip: address.ip, port: waypoint.hboneMtlsPort), nil)
             } else if let waypointService = mesh.service(at: address.ip, network: address.network) {
                 resolved = pickWaypointEndpoint(
-                    of: waypointService, network: network, like: authority.ip, mesh: mesh, rng: &rng)
+                    of: waypointService, port: waypoint.hboneMtlsPort, network: network, like: authority.ip, mesh: mesh,
+                    rng: &rng)
             } else {
                 resolved = nil
             }
         case .hostname(let hostname):
             name = hostname.description
-            resolved = mesh.services[hostname].flatMap {
-                pickWaypointEndpoint(of: $0, network: network, like: authority.ip, mesh: mesh, rng: &rng)
+            if let waypointService = mesh.services[hostname] {
+                resolved = pickWaypointEndpoint(
+                    of: waypointService, port: waypoint.hboneMtlsPort, network: network, like: authority.ip, mesh: mesh,
+                    rng: &rng)
+            } else if let workload = mesh.workload(named: hostname), let ip = preferredIP(of: workload, like: authority.ip) {
+                resolved = (workload, SocketAddr(ip: ip, port: waypoint.hboneMtlsPort), nil)
+            } else {
+                resolved = nil
             }
         }
         guard let resolved else {
             return .refuse(
                 ConnectionRefusal(
-                    .waypointUnresolved, "waypoint \(name) for \(authority) is not a known workload or has no healthy endpoint"))
+                    .waypointUnresolved,
+                    "waypoint \(name) for \(authority) is not a known workload, or a service declaring port \(waypoint.hboneMtlsPort) with a healthy endpoint"))
         }
         return .hbone(
             HBONETarget(
-                gateway: SocketAddr(ip: resolved.ip, port: waypoint.hboneMtlsPort),
+                gateway: resolved.gateway,
                 authority: authority.description,
                 expectedIdentities: identities(resolved.workload, resolved.service),
                 destinationWorkload: destinationWorkload, service: service, viaWaypoint: true,
@@ -244,37 +260,68 @@ public enum Forwarding {
 
     // MARK: - Helpers
 
-    private static func pickWaypointEndpoint(
-        of service: Service, network: String, like ip: IPAddress, mesh: MeshSnapshot,
-        rng: inout some RandomNumberGenerator
-    ) -> (workload: Workload, ip: IPAddress, service: Service?)? {
-        // A waypoint listens on its HBONE port whatever ports its service declares, so only
-        // health and reachability matter here.
-        let candidates: [(workload: Workload, ip: IPAddress)] = mesh.endpoints(of: service.namespacedHostname)
-            .compactMap { endpoint in
-                guard endpoint.status == .healthy, endpoint.network == network,
-                    let address = preferredIP(of: endpoint, like: ip)
-                else { return nil }
-                return (endpoint, address)
-            }
-        return pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng)
-            .map { ($0.workload, $0.ip, service) }
+    /// The waypoint this connection to `service` goes through: one of its weighted
+    /// waypoints, picked by weight (0 is never picked), else its waypoint; the weighted set
+    /// is ignored when no entry has weight (ztunnel's `fetch_service_waypoint`).
+    private static func serviceWaypoint(
+        of service: Service, using rng: inout some RandomNumberGenerator
+    ) -> GatewayAddress? {
+        let weighted = service.weightedWaypoints.filter { $0.weight > 0 }
+        return pickWeighted(weighted, weight: \.weight, using: &rng)?.destination ?? service.waypoint
     }
 
-    /// Whether `source` is the waypoint named by `gateway`, so its traffic must not be sent
-    /// back to itself.
-    private static func isWaypoint(_ source: Workload?, _ gateway: GatewayAddress, in mesh: MeshSnapshot) -> Bool {
-        guard let source else { return false }
+    /// A healthy endpoint of the waypoint service on the caller's network and the address to
+    /// tunnel to: the service must declare the HBONE `port` (ztunnel's waypoint resolution),
+    /// mapped to the endpoint's target port, else the service's (0: the port itself). The
+    /// endpoint need not list the port in its own map: a waypoint is not addressed by users.
+    /// An endpoint with an application tunnel on a port of its own (a sandwiched waypoint)
+    /// is taken on `port` even when the service does not declare it: its node proxy hands
+    /// the stream to the tunnel's port.
+    private static func pickWaypointEndpoint(
+        of service: Service, port: UInt16, network: String, like ip: IPAddress, mesh: MeshSnapshot,
+        rng: inout some RandomNumberGenerator
+    ) -> (workload: Workload, gateway: SocketAddr, service: Service?)? {
+        let serviceTarget = service.ports[port]
+        let candidates: [(workload: Workload, gateway: SocketAddr)] = mesh.endpoints(of: service.namespacedHostname)
+            .compactMap { endpoint in
+                guard endpoint.status == .healthy, endpoint.network == network,
+                    serviceTarget != nil || endpoint.applicationTunnel?.port != nil,
+                    let address = preferredIP(of: endpoint, like: ip)
+                else { return nil }
+                let endpointTarget = endpoint.services[service.namespacedHostname]?[port] ?? 0
+                let declared = serviceTarget ?? 0
+                let target = endpointTarget != 0 ? endpointTarget : (declared != 0 ? declared : port)
+                return (endpoint, SocketAddr(ip: address, port: target))
+            }
+        return pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng)
+            .map { ($0.workload, $0.gateway, service) }
+    }
+
+    /// Whether the connection comes from the waypoint named by `gateway` (ztunnel's
+    /// `check_from_waypoint`), so a workload's traffic from its own waypoint is not sent
+    /// back to it: one of the workloads the gateway resolves to (the workload at its address,
+    /// or any endpoint of its service) has the source's identity and the source address among
+    /// its IPs. Fails closed: an unknown source or source address is not the waypoint.
+    private static func isFromWaypoint(_ request: OutboundRequest, _ gateway: GatewayAddress, in mesh: MeshSnapshot) -> Bool {
+        guard let source = request.source, let sourceIP = request.sourceAddress?.ip else { return false }
+        let candidates: [Workload]
         switch gateway.destination {
         case .address(let address):
-            if source.network == address.network, source.workloadIPs.contains(address.ip) { return true }
-            if let service = mesh.service(at: address.ip, network: address.network) {
-                return source.services[service.namespacedHostname] != nil
+            if let workload = mesh.workload(at: address.ip, network: address.network) {
+                candidates = [workload]
+            } else if let service = mesh.service(at: address.ip, network: address.network) {
+                candidates = mesh.endpoints(of: service.namespacedHostname)
+            } else {
+                candidates = []
             }
-            return false
         case .hostname(let name):
-            return source.services[name] != nil
+            if mesh.services[name] != nil {
+                candidates = mesh.endpoints(of: name)
+            } else {
+                candidates = mesh.workload(named: name).map { [$0] } ?? []
+            }
         }
+        return candidates.contains { $0.identity == source.identity && $0.workloadIPs.contains(sourceIP) }
     }
 
     /// The workload's address in the same family as `ip` (so an IPv6 client reaches an IPv6

@@ -21,11 +21,14 @@ public struct InboundRequest: Sendable {
     /// The tunnel's `:authority` when the connection arrived in one (for the access log's
     /// `dst.hbone_addr`).
     public var tunnelAuthority: String?
+    /// The service the connection was addressed to, when the peer named one (an HBONE
+    /// hostname authority); the record's destination service for telemetry.
+    public var service: Service?
 
     /// Creates a request.
     public init(
         source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String,
-        forwardedHost: String? = nil, tunnelAuthority: String? = nil
+        forwardedHost: String? = nil, tunnelAuthority: String? = nil, service: Service? = nil
     ) {
         self.source = source
         self.destination = destination
@@ -33,6 +36,7 @@ public struct InboundRequest: Sendable {
         self.route = route
         self.forwardedHost = forwardedHost
         self.tunnelAuthority = tunnelAuthority
+        self.service = service
     }
 }
 
@@ -115,8 +119,9 @@ public final class InboundPath: Sendable {
         let record = ConnectionRecord(
             governed: .inbound, source: request.source, destination: request.destination,
             sourceWorkload: sourceWorkload, destinationWorkload: workload,
-            destinationService: Self.reportedService(
-                of: workload, port: request.destination.port, forwardedHost: request.forwardedHost, in: mesh),
+            destinationService: request.service
+                ?? Self.reportedService(
+                    of: workload, port: request.destination.port, forwardedHost: request.forwardedHost, in: mesh),
             peerIdentity: request.peerIdentity, route: request.route, isMutualTLS: request.peerIdentity != nil,
             tunnelAuthority: request.tunnelAuthority)
         // What the policy chain sees is what the record holds (and re-evaluates later).

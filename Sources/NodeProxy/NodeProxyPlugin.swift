@@ -8,10 +8,13 @@ import NIOCore
 ///
 /// For each connection it presents the certificate of the local HBONE workload at the
 /// address the connection arrived on and requires peers of that workload's trust domain;
-/// for each stream it requires the authority to be one of that workload's addresses on a
-/// port that is not the proxy's own (else 400), then runs the ``InboundPath``: policy
+/// for each stream it decides from the authority where the stream goes
+/// (``InboundDestination``: one of that workload's addresses, an address whose waypoint it
+/// is, or a service hostname mapped to its target port; else 400, or 503 for an unknown
+/// hostname or a proxy port), then runs the ``InboundPath``: policy
 /// (401 when denied), a dial to the workload, inside its pod's namespace under in-pod
-/// capture (503 when it cannot be reached), and the relay.
+/// capture (503 when it cannot be reached), a PROXY protocol v2 header first when the
+/// workload's application tunnel takes PROXY (``ProxyProtocolHeader``), and the relay.
 ///
 /// Enabled by default: a manifest that enables another ``TunnelTerminator`` (a waypoint)
 /// replaces it.
@@ -55,8 +58,10 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
         guard let workload = request.server.workload else {
             return responder.refuse(ConnectionRefusal(.badRequest, "internal: the connection has no destination workload"))
         }
+        let destination: InboundDestination
         do throws(ConnectionRefusal) {
-            try Self.checkAuthority(request.target, workload: workload)
+            destination = try InboundDestination.resolve(
+                request.authority, arrivedOn: request.connection.local.ip, workload: workload, in: context.mesh.snapshot)
         } catch {
             return responder.refuse(error)
         }
@@ -64,8 +69,9 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
         let loop = responder.eventLoop
         let admitted = inbound.admit(
             InboundRequest(
-                source: request.source, destination: request.target, peerIdentity: request.peerIdentity,
-                route: request.route, forwardedHost: request.forwardedHost, tunnelAuthority: request.target.description),
+                source: request.source, destination: destination.upstream, peerIdentity: request.peerIdentity,
+                route: request.route, forwardedHost: request.forwardedHost, tunnelAuthority: request.authority.description,
+                service: destination.service),
             on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {
@@ -83,24 +89,16 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
                                 upstream.close(promise: nil)
                                 return
                             }
+                            if let target = destination.proxyProtocolTarget {
+                                // Ahead of every relayed byte: the relay writes after this.
+                                let header = ProxyProtocolHeader(
+                                    source: request.source, destination: target, identity: request.peerIdentity)
+                                upstream.writeAndFlush(ByteBuffer(bytes: header.bytes), promise: nil)
+                            }
                             inbound.relay(downstream: responder.accept(), upstream: upstream, record: record)
                         }
                     }
             }
-        }
-    }
-
-    /// The node proxy's authority rule: a tunnel for a local workload names one of that
-    /// workload's addresses (else a bad request), on a port that is not one of the proxy's
-    /// own (``ProxyPorts/own``; else a ``ConnectionRefusal/Code/selfCall``, which HBONE
-    /// answers 503 as ztunnel does).
-    public static func checkAuthority(_ target: SocketAddr, workload: Workload) throws(ConnectionRefusal) {
-        guard workload.workloadIPs.contains(target.ip) else {
-            let ips = workload.workloadIPs.map { "\($0)" }.joined(separator: ",")
-            throw ConnectionRefusal(.badRequest, "authority IP \(target.ip) is not the destination workload's (\(ips))")
-        }
-        guard !ProxyPorts.own.contains(target.port) else {
-            throw ConnectionRefusal(.selfCall, "port \(target.port) is one of the proxy's own ports")
         }
     }
 }

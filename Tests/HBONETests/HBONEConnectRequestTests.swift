@@ -6,7 +6,7 @@ import Testing
 
 /// The server's header validation as pure functions: the transport's CONNECT framing
 /// (`HBONEConnectRequest.parse`), then the node proxy's authority rule
-/// (`NodeProxyPlugin.checkAuthority`), as a stream for a local workload meets them. Also
+/// (`InboundDestination.resolve`), as a stream for a local workload meets them. Also
 /// the `hbone-request` fuzz target's subject; inputs the fuzzer found go here as
 /// regression cases.
 @Suite("HBONE CONNECT request validation")
@@ -15,11 +15,13 @@ struct HBONEConnectRequestTests {
 
     static let workload = Workload(uid: "w", name: "w", namespace: "default", workloadIPs: ips)
 
-    static func validate(_ headers: [(String, String)]) -> Result<HBONEConnectRequest, HBONEConnectRequest.Rejection> {
+    static func validate(
+        _ headers: [(String, String)], mesh: MeshSnapshot = .empty
+    ) -> Result<HBONEConnectRequest, HBONEConnectRequest.Rejection> {
         Result { () throws(HBONEConnectRequest.Rejection) in
             let request = try HBONEConnectRequest.parse(headers: headers.map { (name: $0.0, value: $0.1) })
             do throws(ConnectionRefusal) {
-                try NodeProxyPlugin.checkAuthority(request.target, workload: workload)
+                _ = try InboundDestination.resolve(request.authority, arrivedOn: ips[0], workload: workload, in: mesh)
             } catch {
                 // As the server answers the terminator's refusals.
                 throw HBONEConnectRequest.Rejection(status: HBONEPlugin.status(for: error), error.message)
@@ -52,7 +54,12 @@ struct HBONEConnectRequestTests {
             [(":method", "CONNECT")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":authority", "10.0.0.1:81")],
             [(":method", "CONNECT"), (":authority", "10.0.0.2:80")],
-            [(":method", "CONNECT"), (":authority", "echo.default.svc:80")],
+            [(":method", "CONNECT"), (":authority", "10.0.0.300:80")],
+            [(":method", "CONNECT"), (":authority", "echo..svc:80")],
+            [(":method", "CONNECT"), (":authority", "echo/svc:80")],
+            [(":method", "CONNECT"), (":authority", "echo.svc\u{0}:80")],
+            [(":method", "CONNECT"), (":authority", "echo.svc:0")],
+            [(":method", "CONNECT"), (":authority", "echo.svc")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:0")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")],
             [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":protocol", "websocket")],
@@ -79,6 +86,21 @@ struct HBONEConnectRequestTests {
         }
         #expect(rejection.status == 503, "\(authority): \(rejection.reason)")
         #expect(rejection.reason.contains("proxy's own ports"))
+    }
+
+    @Test("a hostname authority is parsed as one; naming no known service it is 503, as in ztunnel")
+    func hostnameAuthority() throws {
+        let request = try HBONEConnectRequest.parse(headers: [
+            (name: ":method", value: "CONNECT"), (name: ":authority", value: "echo.default.svc.cluster.local:80"),
+        ])
+        #expect(request.authority == .hostname("echo.default.svc.cluster.local", port: 80))
+        #expect(request.target == nil)
+        guard case .failure(let rejection) = Self.validate([(":method", "CONNECT"), (":authority", "echo.default.svc:80")])
+        else {
+            Issue.record("a hostname no service has was accepted")
+            return
+        }
+        #expect(rejection.status == 503, "\(rejection)")
     }
 
     @Test("forwarded: first for= of the first header; junk falls back to the peer address")

@@ -65,14 +65,19 @@ private func waypointNamed(_ text: String, port: UInt16 = 15008) -> GatewayAddre
 
 private let client = workload("client", ["10.0.0.1"], sa: "client")
 
+/// Decides for a connection from `source`, made from `sourceIP` (the source's first address
+/// unless given; nil for none known).
 private func decide(
-    _ destination: String, from source: Workload? = client, workloads: [Workload] = [],
+    _ destination: String, from source: Workload? = client, sourceIP: String?? = .none, workloads: [Workload] = [],
     services: [Service] = [], seed: UInt64 = 1
 ) -> ForwardingDecision {
     let mesh = MeshSnapshot(
         workloads: (source.map { [$0] } ?? []) + workloads, services: services, policies: [])
     var rng = SplitMix64(seed: seed)
-    return Forwarding.decide(OutboundRequest(source: source, destination: addr(destination)), in: mesh, using: &rng)
+    let from: IPAddress? = sourceIP.map { $0.map(ip) } ?? source?.workloadIPs.first
+    return Forwarding.decide(
+        OutboundRequest(source: source, sourceAddress: from.map { SocketAddr(ip: $0, port: 40000) }, destination: addr(destination)),
+        in: mesh, using: &rng)
 }
 
 private func hbone(_ decision: ForwardingDecision) -> HBONETarget? {
@@ -153,7 +158,7 @@ struct ForwardingDecisionTests {
     @Test("waypoint by hostname: a healthy endpoint of the waypoint service on its HBONE port")
     func serviceWaypointByHostname() {
         let waypointService = service(
-            "waypoint.default.svc.cluster.local", vips: ["10.96.0.9"], ports: [15008: 15008],
+            "waypoint.default.svc.cluster.local", vips: ["10.96.0.9"], ports: [15009: 15009],
             sans: ["spiffe://cluster.local/ns/default/sa/waypoint-extra", "not a spiffe id"])
         let sick = workload(
             "waypoint-a", ["10.0.0.8"], sa: "waypoint", status: .unhealthy,
@@ -204,30 +209,113 @@ struct ForwardingDecisionTests {
         }
     }
 
-    @Test("a source that is the service's waypoint skips it and goes to an endpoint")
+    @Test("a waypoint service must declare the HBONE port; the tunnel goes to its target port")
+    func waypointServiceDeclaresHBONEPort() {
+        let waypoint = workload("waypoint-1", ["10.0.0.9"], sa: "waypoint", services: ["default/waypoint": [:]])
+        let undeclared = service("waypoint", vips: ["10.96.0.9"], ports: [80: 80])
+        for gateway in [waypointNamed("default/waypoint"), waypointAt("10.96.0.9")] {
+            let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: gateway)
+            #expect(
+                refusal(decide("10.96.0.10:80", workloads: [waypoint], services: [echo, undeclared])) == .waypointUnresolved)
+        }
+        // Declared with a target port: the service's mapping, unless the endpoint has its own.
+        let mapped = service("waypoint", vips: ["10.96.0.9"], ports: [15008: 15018])
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointNamed("default/waypoint"))
+        #expect(hbone(decide("10.96.0.10:80", workloads: [waypoint], services: [echo, mapped]))?.gateway == addr("10.0.0.9:15018"))
+        let ownMap = workload("waypoint-1", ["10.0.0.9"], sa: "waypoint", services: ["default/waypoint": [15008: 15028]])
+        #expect(hbone(decide("10.96.0.10:80", workloads: [ownMap], services: [echo, mapped]))?.gateway == addr("10.0.0.9:15028"))
+        // A sandwiched waypoint (an application tunnel on a port of its own) needs no declared port.
+        let sandwich = Workload(
+            uid: "waypoint-1", name: "waypoint-1", namespace: "default", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.9")], tunnelProtocol: .hbone, services: [name("default/waypoint"): [:]],
+            applicationTunnel: ApplicationTunnel(protocol: .proxy, port: 15088))
+        #expect(hbone(decide("10.96.0.10:80", workloads: [sandwich], services: [echo, undeclared]))?.gateway == addr("10.0.0.9:15008"))
+        let withoutPort = Workload(
+            uid: "waypoint-1", name: "waypoint-1", namespace: "default", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.9")], tunnelProtocol: .hbone, services: [name("default/waypoint"): [:]],
+            applicationTunnel: ApplicationTunnel(protocol: .proxy))
+        #expect(refusal(decide("10.96.0.10:80", workloads: [withoutPort], services: [echo, undeclared])) == .waypointUnresolved)
+        // A waypoint named by a workload's own address needs no service at all.
+        let byAddress = service("echo2", vips: ["10.96.0.11"], ports: [80: 8080], waypoint: waypointAt("10.0.0.9"))
+        #expect(hbone(decide("10.96.0.11:80", workloads: [waypoint], services: [byAddress, undeclared]))?.gateway == addr("10.0.0.9:15008"))
+    }
+
+    @Test("a waypoint hostname no service has names the workload with that hostname")
+    func waypointHostnameIsWorkload() {
+        let waypoint = Workload(
+            uid: "waypoint-1", name: "waypoint-1", namespace: "default", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.9")], tunnelProtocol: .hbone, hostname: "waypoint.example")
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointNamed("default/waypoint.example"))
+        let target = hbone(decide("10.96.0.10:80", workloads: [waypoint], services: [echo]))
+        #expect(target?.gateway == addr("10.0.0.9:15008"))
+        #expect(target?.waypoint?.uid == "waypoint-1")
+        #expect(target?.expectedIdentities == [id("waypoint")])
+        // Another namespace's workload of that hostname is not it.
+        let elsewhere = Workload(
+            uid: "waypoint-2", name: "waypoint-2", namespace: "other", serviceAccount: "waypoint",
+            workloadIPs: [ip("10.0.0.8")], tunnelProtocol: .hbone, hostname: "waypoint.example")
+        #expect(refusal(decide("10.96.0.10:80", workloads: [elsewhere], services: [echo])) == .waypointUnresolved)
+        // It is the source's own waypoint when it is that workload (identity and address).
+        let server = workload("server", ["10.0.1.1"], sa: "server", waypoint: waypointNamed("default/waypoint.example"))
+        #expect(hbone(decide("10.0.1.1:8080", from: waypoint, workloads: [server]))?.viaWaypoint == false)
+    }
+
+    @Test("weighted waypoints share the service's connections by weight; weight 0 never, none weighted: the primary")
+    func weightedWaypoints() {
+        let primary = workload("primary", ["10.0.0.7"], sa: "primary")
+        let stable = workload("stable", ["10.0.0.8"], sa: "stable")
+        let canary = workload("canary", ["10.0.0.9"], sa: "canary")
+        let described = workload("described", ["10.0.0.6"], sa: "described")
+        let endpoint = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
+        let all = [primary, stable, canary, described, endpoint]
+        func echo(_ weighted: [(String, UInt32)], primary: GatewayAddress? = waypointAt("10.0.0.7")) -> Service {
+            Service(
+                name: "echo", namespace: "default", hostname: "echo", vips: [NetworkAddress(ip: ip("10.96.0.10"))],
+                ports: [80: 8080], waypoint: primary,
+                weightedWaypoints: weighted.map { WeightedWaypoint(destination: waypointAt($0.0), weight: $0.1) })
+        }
+        var counts: [String: Int] = [:]
+        let split = echo([("10.0.0.8", 3), ("10.0.0.9", 1), ("10.0.0.6", 0)])
+        for seed in 0..<400 as Range<UInt64> {
+            let uid = hbone(decide("10.96.0.10:80", workloads: all, services: [split], seed: seed))?.waypoint?.uid ?? "none"
+            counts[uid, default: 0] += 1
+        }
+        #expect(counts["described"] == nil && counts["primary"] == nil && counts["none"] == nil, "\(counts)")
+        #expect((250...350).contains(counts["stable"] ?? 0), "\(counts)")
+        #expect((50...150).contains(counts["canary"] ?? 0), "\(counts)")
+        // Every entry of weight 0, or none at all: the primary waypoint.
+        for service in [echo([("10.0.0.8", 0), ("10.0.0.9", 0)]), echo([])] {
+            #expect(hbone(decide("10.96.0.10:80", workloads: all, services: [service]))?.waypoint?.uid == "primary")
+        }
+        // A weighted set without a primary is still a waypoint; without either, none.
+        #expect(
+            hbone(decide("10.96.0.10:80", workloads: all, services: [echo([("10.0.0.9", 1)], primary: nil)]))?.waypoint?.uid
+                == "canary")
+        #expect(
+            hbone(decide("10.96.0.10:80", workloads: all, services: [echo([("10.0.0.9", 0)], primary: nil)]))?.viaWaypoint
+                == false)
+    }
+
+    @Test("a service's waypoint is used even when the source is that waypoint (only a workload waypoint is skipped)")
     func sourceIsServiceWaypoint() {
         let endpoint = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
-        // By address: the source owns the waypoint IP.
+        // By address: the source is the waypoint workload.
         let waypointSource = workload("waypoint", ["10.0.0.9"], sa: "waypoint")
         let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointAt("10.0.0.9"))
         let direct = hbone(decide("10.96.0.10:80", from: waypointSource, workloads: [endpoint], services: [echo]))
-        #expect(direct?.gateway == addr("10.0.1.1:15008"))
-        #expect(direct?.authority == "10.0.1.1:8080")
-        #expect(direct?.viaWaypoint == false)
+        #expect(direct?.gateway == addr("10.0.0.9:15008"))
+        #expect(direct?.authority == "10.96.0.10:80")
+        #expect(direct?.viaWaypoint == true)
         // By hostname: the source backs the waypoint service.
         let backing = workload(
             "waypoint-2", ["10.0.0.7"], sa: "waypoint", services: ["default/waypoint": [:]])
         let waypointService = service("waypoint", vips: ["10.96.0.9"], ports: [15008: 15008])
         let echoByName = service(
             "echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointNamed("default/waypoint"))
-        let skipped = hbone(
+        let viaItself = hbone(
             decide("10.96.0.10:80", from: backing, workloads: [endpoint], services: [echoByName, waypointService]))
-        #expect(skipped?.gateway == addr("10.0.1.1:15008"))
-        #expect(skipped?.viaWaypoint == false)
-        // Anyone else still goes through it.
-        let other = hbone(decide("10.96.0.10:80", workloads: [backing, endpoint], services: [echoByName, waypointService]))
-        #expect(other?.gateway == addr("10.0.0.7:15008"))
-        #expect(other?.viaWaypoint == true)
+        #expect(viaItself?.gateway == addr("10.0.0.7:15008"))
+        #expect(viaItself?.viaWaypoint == true)
     }
 
     // MARK: 3. service endpoints
@@ -430,6 +518,31 @@ struct ForwardingDecisionTests {
         #expect(target?.gateway == addr("10.0.1.1:15008"))
         #expect(target?.viaWaypoint == false)
         #expect(target?.expectedIdentities == [id("server")])
+    }
+
+    @Test("the source is the waypoint only with the waypoint's identity and one of its IPs")
+    func sourceIsWorkloadWaypointNeedsIdentityAndIP() {
+        let waypoint = workload("waypoint", ["10.0.0.9"], sa: "waypoint")
+        let server = workload("server", ["10.0.1.1"], sa: "server", waypoint: waypointAt("10.0.0.9"))
+        // The waypoint's identity from another address, or the waypoint's address under
+        // another identity, or no known address: through the waypoint.
+        let sameIdentity = workload("impostor", ["10.0.0.5"], sa: "waypoint")
+        let sameIP = workload("impostor", ["10.0.0.9"], sa: "impostor")
+        for (source, sourceIP) in [(sameIdentity, "10.0.0.5"), (sameIP, "10.0.0.9"), (waypoint, "10.0.0.5")] as [(Workload, String)] {
+            let target = hbone(decide("10.0.1.1:8080", from: source, sourceIP: sourceIP, workloads: [waypoint, server]))
+            #expect(target?.viaWaypoint == true, "\(source.identity) from \(sourceIP)")
+            #expect(target?.gateway == addr("10.0.0.9:15008"))
+        }
+        let unknownAddress = hbone(decide("10.0.1.1:8080", from: waypoint, sourceIP: .some(nil), workloads: [server]))
+        #expect(unknownAddress?.viaWaypoint == true)
+        // By hostname: an endpoint of the waypoint service, with its identity and address, skips it.
+        let waypointService = service("waypoint", vips: ["10.96.0.9"], ports: [15008: 15008])
+        let backing = workload("waypoint-2", ["10.0.0.7"], sa: "waypoint", services: ["default/waypoint": [:]])
+        let byName = workload("server", ["10.0.1.1"], sa: "server", waypoint: waypointNamed("default/waypoint"))
+        #expect(hbone(decide("10.0.1.1:8080", from: backing, workloads: [byName], services: [waypointService]))?.viaWaypoint == false)
+        let stranger = workload("stranger", ["10.0.0.6"], sa: "waypoint")
+        #expect(
+            hbone(decide("10.0.1.1:8080", from: stranger, workloads: [backing, byName], services: [waypointService]))?.viaWaypoint == true)
     }
 
     @Test("workload waypoint that cannot be resolved is refused")

@@ -44,8 +44,40 @@ public struct TunnelServerIdentity: Sendable {
     }
 }
 
+/// Where a tunnelled stream asks to go: the CONNECT `:authority`, as the tunnel transport
+/// parsed it. What an authority may name is the terminator's rule.
+public enum TunnelAuthority: Sendable, Hashable, CustomStringConvertible {
+    /// `ip:port` (`[ipv6]:port`): a workload's or a service's address.
+    case address(SocketAddr)
+    /// `hostname:port`: a service by its hostname and one of its ports, as a network
+    /// gateway forwards the inner tunnel of double HBONE.
+    case hostname(String, port: UInt16)
+
+    /// The port the authority names.
+    public var port: UInt16 {
+        switch self {
+        case .address(let address): return address.port
+        case .hostname(_, let port): return port
+        }
+    }
+
+    /// The address, when the authority is one; nil for a hostname.
+    public var address: SocketAddr? {
+        if case .address(let address) = self { return address }
+        return nil
+    }
+
+    /// As written on the wire: `ip:port`, `[ipv6]:port` or `hostname:port`.
+    public var description: String {
+        switch self {
+        case .address(let address): return address.description
+        case .hostname(let hostname, let port): return "\(hostname):\(port)"
+        }
+    }
+}
+
 /// One tunnelled stream, its framing checked by the tunnel transport (a CONNECT with one
-/// `ip:port` authority): what a terminator decides on.
+/// `ip:port` or `hostname:port` authority): what a terminator decides on.
 public struct TunnelStreamRequest: Sendable {
     /// The connection the stream arrived on.
     public var connection: AcceptedTunnelConnection
@@ -54,7 +86,9 @@ public struct TunnelStreamRequest: Sendable {
     /// The peer's verified identity (mutual TLS); nil if it presented none.
     public var peerIdentity: SpiffeID?
     /// The CONNECT authority: where the peer wants the stream to go.
-    public var target: SocketAddr
+    public var authority: TunnelAuthority
+    /// The authority's address; nil when it names a hostname.
+    public var target: SocketAddr? { authority.address }
     /// The connection's peer (the TCP source of the tunnel): the source for policy and
     /// telemetry. Never taken from the peer's headers.
     public var source: SocketAddr
@@ -75,16 +109,29 @@ public struct TunnelStreamRequest: Sendable {
     /// `connectTimeout`).
     public var connectTimeout: TimeAmount
 
-    /// Creates a request.
+    /// Creates a request for an `ip:port` authority.
     public init(
         connection: AcceptedTunnelConnection, server: TunnelServerIdentity, peerIdentity: SpiffeID?,
         target: SocketAddr, source: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:],
         route: String = "hbone", connectTimeout: TimeAmount = .seconds(10), forwardedHost: String? = nil
     ) {
+        self.init(
+            connection: connection, server: server, peerIdentity: peerIdentity, authority: .address(target),
+            source: source, forwardedFor: forwardedFor, baggage: baggage, route: route, connectTimeout: connectTimeout,
+            forwardedHost: forwardedHost)
+    }
+
+    /// Creates a request.
+    public init(
+        connection: AcceptedTunnelConnection, server: TunnelServerIdentity, peerIdentity: SpiffeID?,
+        authority: TunnelAuthority, source: SocketAddr, forwardedFor: SocketAddr? = nil,
+        baggage: [String: String] = [:], route: String = "hbone", connectTimeout: TimeAmount = .seconds(10),
+        forwardedHost: String? = nil
+    ) {
         self.connection = connection
         self.server = server
         self.peerIdentity = peerIdentity
-        self.target = target
+        self.authority = authority
         self.source = source
         self.forwardedFor = forwardedFor
         self.forwardedHost = forwardedHost

@@ -6,10 +6,14 @@ public import Kernel
 /// CONNECT framing), as a pure function of them, so that it can be tested and fuzzed
 /// without a connection. The server calls it for every stream; what the authority may
 /// name is the ``TunnelTerminator``'s rule (the node proxy's: one of the destination
-/// workload's addresses, not a proxy port).
+/// workload's addresses, an address or a service whose waypoint it is, or a service
+/// hostname; never a proxy port).
 public struct HBONEConnectRequest: Sendable, Equatable {
-    /// Where the tunnel goes: the `:authority`, an IP address and a non-zero port.
-    public var target: SocketAddr
+    /// Where the tunnel goes: the `:authority`, an IP address or a hostname, and a non-zero
+    /// port.
+    public var authority: TunnelAuthority
+    /// The authority's address; nil when it is a hostname.
+    public var target: SocketAddr? { authority.address }
     /// The original client address from `forwarded: for="ip:port"`, when the header has
     /// one that parses; the server falls back to the TCP peer's address.
     public var forwardedFor: SocketAddr?
@@ -22,12 +26,19 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     /// decided on it.
     public var baggage: [String: String]
 
+    /// Creates a request for an `ip:port` authority.
+    public init(
+        target: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:], forwardedHost: String? = nil
+    ) {
+        self.init(authority: .address(target), forwardedFor: forwardedFor, baggage: baggage, forwardedHost: forwardedHost)
+    }
+
     /// Creates a request.
     public init(
-        target: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:],
+        authority: TunnelAuthority, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:],
         forwardedHost: String? = nil
     ) {
-        self.target = target
+        self.authority = authority
         self.forwardedFor = forwardedFor
         self.baggage = baggage
         self.forwardedHost = forwardedHost
@@ -59,9 +70,11 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     ///
     /// The request must have exactly one `:method`, `CONNECT`; no `:scheme`, `:path` or
     /// `:protocol` (a plain CONNECT, not extended CONNECT); exactly one `:authority` of
-    /// the form `ip:port` or `[ipv6]:port` with a non-zero port. `forwarded` and `baggage`
-    /// never fail a request: the first `for=` and `host=` of the first `forwarded` header are
-    /// used if they parse, and baggage is best effort.
+    /// the form `ip:port`, `[ipv6]:port` or `hostname:port` with a non-zero port, where a
+    /// hostname is DNS letters, digits, `-`, `_` and dots, at most 253 of them, whose last
+    /// label is not all digits (so a malformed IPv4 address is not taken for a name).
+    /// `forwarded` and `baggage` never fail a request: the first `for=` and `host=` of the
+    /// first `forwarded` header are used if they parse, and baggage is best effort.
     public static func parse(
         headers: some Sequence<(name: String, value: String)>
     ) throws(Rejection) -> HBONEConnectRequest {
@@ -90,11 +103,11 @@ public struct HBONEConnectRequest: Sendable, Equatable {
         guard authorities.count == 1, let authority = authorities.first else {
             throw Rejection(status: 400, "\(authorities.count) :authority headers; exactly one is required")
         }
-        guard let target = HBONEHeaders.parseAuthority(authority) else {
-            throw Rejection(status: 400, "authority \(quoted(authority)) is not ip:port")
+        guard let target = HBONEHeaders.parseTunnelAuthority(authority) else {
+            throw Rejection(status: 400, "authority \(quoted(authority)) is not ip:port or hostname:port")
         }
         return HBONEConnectRequest(
-            target: target, forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
+            authority: target, forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
             baggage: baggage.map(parseBaggage) ?? [:], forwardedHost: forwarded.flatMap(HBONEHeaders.forwardedHost))
     }
 

@@ -85,6 +85,35 @@ enum HBONEHeaders {
         return SocketAddr(ip: ip, port: port)
     }
 
+    /// A CONNECT `:authority`: `ip:port`, `[ipv6]:port`, or `hostname:port` (see
+    /// ``HBONEConnectRequest/parse(headers:)`` for what a hostname may be).
+    static func parseTunnelAuthority(_ text: String) -> TunnelAuthority? {
+        if let address = parseAuthority(text) { return .address(address) }
+        guard let colon = text.lastIndex(of: ":"), text.firstIndex(of: ":") == colon else { return nil }
+        let host = text[..<colon]
+        guard let port = UInt16(text[text.index(after: colon)...]), port != 0, isHostname(host) else { return nil }
+        return .hostname(String(host), port: port)
+    }
+
+    private static func isHostname(_ host: Substring) -> Bool {
+        guard !host.isEmpty, host.utf8.count <= 253 else { return false }
+        let labels = host.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        for label in labels {
+            guard !label.isEmpty, label.count <= 63 else { return false }
+            for byte in label {
+                switch byte {
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                    UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"):
+                    continue
+                default:
+                    return false
+                }
+            }
+        }
+        // A top-level label is never all digits (RFC 3696 §2): `10.0.0.300` is a bad address.
+        return !(labels.last?.allSatisfy { UInt8(ascii: "0")...UInt8(ascii: "9") ~= $0 } ?? true)
+    }
+
     /// The address in a `forwarded: for="ip:port"` header, if it has one.
     static func forwardedFor(_ value: String) -> SocketAddr? {
         forwardedParameter("for", in: value).flatMap { parseAuthority(String($0)) }

@@ -79,12 +79,13 @@ public final class HBONEPlugin: Plugin, TunnelDialer, TunnelAcceptor {
 
     /// The HTTP status the HBONE server answers a terminator's refusal with, as ztunnel
     /// answers: 401 for a policy denial; 503 when the destination cannot be reached
-    /// (connect failed, no healthy endpoint) or is one of the proxy's own ports (a self
-    /// call); 400 for everything else (a malformed or misdirected CONNECT).
+    /// (connect failed, no healthy endpoint, a hostname authority naming no known service
+    /// or no port of it) or is one of the proxy's own ports (a self call); 400 for
+    /// everything else (a malformed or misdirected CONNECT).
     public static func status(for refusal: ConnectionRefusal) -> Int {
         switch refusal.code {
         case .denied: return 401
-        case .connectFailed, .noHealthyEndpoint, .selfCall: return 503
+        case .connectFailed, .noHealthyEndpoint, .selfCall, .unresolvable, .servicePortUnknown: return 503
         default: return 400
         }
     }

@@ -355,7 +355,8 @@ final class HBONEServer: Sendable {
         }
     }
 
-    /// Checks one CONNECT's framing (400 when it is not a plain CONNECT to `ip:port`) and
+    /// Checks one CONNECT's framing (400 when it is not a plain CONNECT to `ip:port` or
+    /// `hostname:port`) and
     /// hands it to the terminator, which answers through an ``HBONEStreamResponder``.
     private func handleRequest(
         _ headers: HPACKHeaders, bridge: HBONEStreamBridge, stream: any Channel, state: ServerConnectionState,
@@ -372,7 +373,8 @@ final class HBONEServer: Sendable {
             responder(baggage: [:]).reject(status: rejection.status, reason: rejection.reason)
         case .success(let request):
             let streamRequest = TunnelStreamRequest(
-                connection: state.connection, server: state.server, peerIdentity: state.peer, target: request.target,
+                connection: state.connection, server: state.server, peerIdentity: state.peer,
+                authority: request.authority,
                 // The source is the connection's peer, never `forwarded: for=`: any holder of a
                 // mesh certificate could name any address there (ztunnel trusts it only from
                 // the destination's own waypoint, which this node proxy does not serve yet).

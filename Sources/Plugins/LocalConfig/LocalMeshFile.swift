@@ -30,7 +30,7 @@ import ConfigYAML
 ///   locality: {region: r, zone: z, subzone: s}   # accepted, not used yet
 ///   authorizationPolicies: ["default/allow-echo"]  # WorkloadSelector policies applying here
 ///   nativeTunnel: false                    # accepted, not used yet
-///   applicationTunnel: {protocol: NONE, port: 15088}   # NONE | PROXY; not used yet
+///   applicationTunnel: {protocol: PROXY, port: 15088}  # NONE | PROXY: a sandwiched waypoint
 ///   networkMode: Standard                  # Standard | HostNetwork; not used yet
 ///   labels: {app: echo}                    # Ambit: matched by policy `selector`
 ///   netns: /var/run/netns/echo             # Ambit: the pod's network namespace
