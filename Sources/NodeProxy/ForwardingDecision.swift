@@ -11,12 +11,16 @@ public struct OutboundRequest: Sendable {
     public var sourceAddress: SocketAddr?
     /// The address the application asked for (the original destination).
     public var destination: SocketAddr
+    /// The network the destination is looked up in: the node's (manifest `node.network`,
+    /// ``PluginContext/nodeNetwork``); empty for the default network.
+    public var network: String
 
     /// Creates a request.
-    public init(source: Workload?, sourceAddress: SocketAddr? = nil, destination: SocketAddr) {
+    public init(source: Workload?, sourceAddress: SocketAddr? = nil, destination: SocketAddr, network: String = "") {
         self.source = source
         self.sourceAddress = sourceAddress
         self.destination = destination
+        self.network = network
     }
 }
 
@@ -93,6 +97,9 @@ public enum Forwarding {
     ///   own IP for the same reason).
     /// - A service's waypoint is used for every port (the waypoint routes), so an unknown
     ///   port is only refused for services without one.
+    /// - Networks: the destination (service VIP or workload address) is looked up in the
+    ///   node's network (``OutboundRequest/network``); endpoints must be on the source's own
+    ///   network (the node's when the source is unknown).
     /// - Endpoint selection: healthy endpoints on the source's network that list the service
     ///   port in their own port map, weighted by ``Workload/capacity``. Capacity 0 is never
     ///   picked while another candidate has capacity; if every candidate has capacity 0 they
@@ -111,7 +118,7 @@ public enum Forwarding {
     ) -> ForwardingDecision {
         let destination = request.destination
         let source = request.source
-        let network = source?.network ?? ""
+        let network = request.network
 
         if proxyPorts.contains(destination.port),
             destination.ip.isLoopback || destination.ip.isUnspecified
@@ -123,7 +130,7 @@ public enum Forwarding {
         }
 
         if let service = mesh.service(at: destination.ip, network: network) {
-            return toService(service, request: request, network: network, mesh: mesh, rng: &rng)
+            return toService(service, request: request, network: endpointNetwork(request), mesh: mesh, rng: &rng)
         }
 
         guard let workload = mesh.workload(at: destination.ip, network: network) else {
@@ -208,7 +215,7 @@ public enum Forwarding {
         _ waypoint: GatewayAddress, authority: SocketAddr, destinationWorkload: Workload?, service: Service?,
         request: OutboundRequest, mesh: MeshSnapshot, rng: inout some RandomNumberGenerator
     ) -> ForwardingDecision {
-        let network = request.source?.network ?? ""
+        let network = endpointNetwork(request)
         let resolved: (workload: Workload, ip: IPAddress, service: Service?)?
         let name: String
         switch waypoint.destination {
@@ -243,6 +250,12 @@ public enum Forwarding {
     }
 
     // MARK: - Helpers
+
+    /// The network a service's endpoints must be on to be reached directly: the source's
+    /// own, else the node's (other networks need a network gateway).
+    private static func endpointNetwork(_ request: OutboundRequest) -> String {
+        request.source?.network ?? request.network
+    }
 
     private static func pickWaypointEndpoint(
         of service: Service, network: String, like ip: IPAddress, mesh: MeshSnapshot,

@@ -67,12 +67,13 @@ private let client = workload("client", ["10.0.0.1"], sa: "client")
 
 private func decide(
     _ destination: String, from source: Workload? = client, workloads: [Workload] = [],
-    services: [Service] = [], seed: UInt64 = 1
+    services: [Service] = [], seed: UInt64 = 1, network: String = ""
 ) -> ForwardingDecision {
     let mesh = MeshSnapshot(
         workloads: (source.map { [$0] } ?? []) + workloads, services: services, policies: [])
     var rng = SplitMix64(seed: seed)
-    return Forwarding.decide(OutboundRequest(source: source, destination: addr(destination)), in: mesh, using: &rng)
+    return Forwarding.decide(
+        OutboundRequest(source: source, destination: addr(destination), network: network), in: mesh, using: &rng)
 }
 
 private func hbone(_ decision: ForwardingDecision) -> HBONETarget? {
@@ -386,13 +387,25 @@ struct ForwardingDecisionTests {
         #expect(decide("93.184.216.34:443", from: nil) == .passthrough(destination: addr("93.184.216.34:443")))
     }
 
-    @Test("lookups use the source's network")
-    func sourceNetwork() {
+    @Test("destinations are looked up in the node's network; endpoints on the source's")
+    func nodeNetwork() {
         let source = workload("client", ["10.0.0.1"], network: "east")
         let server = workload("server", ["10.0.1.1"], network: "west")
-        #expect(decide("10.0.1.1:80", from: source, workloads: [server]) == .passthrough(destination: addr("10.0.1.1:80")))
+        #expect(
+            decide("10.0.1.1:80", from: source, workloads: [server], network: "east")
+                == .passthrough(destination: addr("10.0.1.1:80")))
         let local = workload("server", ["10.0.1.1"], network: "east")
-        #expect(hbone(decide("10.0.1.1:80", from: source, workloads: [local]))?.destinationWorkload == local)
+        #expect(hbone(decide("10.0.1.1:80", from: source, workloads: [local], network: "east"))?.destinationWorkload == local)
+        // Without a known source (an explicit client), the node's network still applies.
+        #expect(hbone(decide("10.0.1.1:80", from: nil, workloads: [local], network: "east"))?.destinationWorkload == local)
+        let echo = Service(
+            name: "echo", namespace: "default", hostname: "echo", vips: [NetworkAddress(network: "east", ip: ip("10.96.0.10"))],
+            ports: [80: 8080])
+        let endpoint = workload("echo-1", ["10.0.1.2"], network: "east", services: ["default/echo": [80: 8080]])
+        #expect(chosenUID(decide("10.96.0.10:80", from: nil, workloads: [endpoint], services: [echo], network: "east")) == "echo-1")
+        #expect(
+            decide("10.96.0.10:80", from: nil, workloads: [endpoint], services: [echo], network: "west")
+                == .passthrough(destination: addr("10.96.0.10:80")))
     }
 
     // MARK: 5. workload waypoints

@@ -15,6 +15,9 @@ public struct MeshSnapshot: Sendable {
     /// Every uid with an address, sorted: the greatest is the address's owner (the same
     /// winner whatever order the workloads arrived in).
     private var ipClaims = ResourceTable<NetworkAddress, [String]>()
+    /// Every uid with an address on any network, sorted: for finding a local workload
+    /// whose network is not known yet.
+    private var addressClaims = ResourceTable<IPAddress, [String]>()
     /// Every service with a VIP, sorted: the greatest owns it.
     private var vipClaims = ResourceTable<NetworkAddress, [NamespacedHostname]>()
     private var servicesByHostname = ResourceTable<String, [NamespacedHostname]>()
@@ -49,6 +52,13 @@ public struct MeshSnapshot: Sendable {
     /// The workload that owns `ip` on `network` (default network when empty).
     public func workload(at ip: IPAddress, network: String = "") -> Workload? {
         ipClaims[NetworkAddress(network: network, ip: ip)]?.last.flatMap { workloads[$0] }
+    }
+
+    /// Every workload with `ip` among its addresses, on any network, in uid order. A local
+    /// workload is looked up this way: its network is its own, not necessarily the node's
+    /// (see `PluginContext.localWorkload(at:in:)`).
+    public func workloads(at ip: IPAddress) -> [Workload] {
+        (addressClaims[ip] ?? []).compactMap { workloads[$0] }
     }
 
     /// The service with `ip` among its VIPs.
@@ -110,13 +120,17 @@ public struct MeshSnapshot: Sendable {
     private mutating func setWorkload(_ uid: String, to workload: Workload?) {
         let old = workloads[uid]
         if let old {
-            for ip in old.workloadIPs { Self.withdraw(uid, from: &ipClaims, at: NetworkAddress(network: old.network, ip: ip)) }
+            for ip in old.workloadIPs {
+                Self.withdraw(uid, from: &ipClaims, at: NetworkAddress(network: old.network, ip: ip))
+                Self.withdraw(uid, from: &addressClaims, at: ip)
+            }
             for service in old.services.keys { Self.withdraw(uid, from: &endpointsByService, at: service) }
         }
         workloads[uid] = workload
         if let workload {
             for ip in workload.workloadIPs {
                 Self.claim(uid, in: &ipClaims, at: NetworkAddress(network: workload.network, ip: ip))
+                Self.claim(uid, in: &addressClaims, at: ip)
             }
             for service in workload.services.keys { Self.claim(uid, in: &endpointsByService, at: service) }
         }
