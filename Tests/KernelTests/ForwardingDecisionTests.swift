@@ -408,6 +408,21 @@ struct ForwardingDecisionTests {
                 == .passthrough(destination: addr("10.96.0.10:80")))
     }
 
+    @Test("host-network workloads are never found by address, but stay service endpoints")
+    func hostNetworkNotByAddress() {
+        var node = workload("node-agent", ["10.0.1.1"], services: ["default/agent": [80: 8080]])
+        node.networkMode = .hostNetwork
+        let mesh = MeshSnapshot(workloads: [client, node], services: [], policies: [])
+        #expect(mesh.workload(at: ip("10.0.1.1")) == nil)
+        #expect(mesh.workloads(at: ip("10.0.1.1")).isEmpty)
+        #expect(decide("10.0.1.1:8080", workloads: [node]) == .passthrough(destination: addr("10.0.1.1:8080")))
+        // Beside a pod that has the same address, the pod owns it whatever the uids.
+        let pod = workload("a-pod", ["10.0.1.1"])
+        #expect(chosenUID(decide("10.0.1.1:8080", workloads: [node, pod])) == "a-pod")
+        let agent = service("agent", vips: ["10.96.0.20"], ports: [80: 8080])
+        #expect(chosenUID(decide("10.96.0.20:80", workloads: [node], services: [agent])) == "node-agent")
+    }
+
     // MARK: 5. workload waypoints
 
     @Test("pod IP with a workload waypoint: HBONE to the waypoint, authority is the pod address")

@@ -49,12 +49,14 @@ public struct MeshSnapshot: Sendable {
         return copy
     }
 
-    /// The workload that owns `ip` on `network` (default network when empty).
+    /// The workload that owns `ip` on `network` (default network when empty). Host-network
+    /// workloads (``NetworkMode/hostNetwork``) are never found by address.
     public func workload(at ip: IPAddress, network: String = "") -> Workload? {
         ipClaims[NetworkAddress(network: network, ip: ip)]?.last.flatMap { workloads[$0] }
     }
 
-    /// Every workload with `ip` among its addresses, on any network, in uid order. A local
+    /// Every workload with `ip` among its addresses, on any network, in uid order, except
+    /// host-network workloads. A local
     /// workload is looked up this way: its network is its own, not necessarily the node's
     /// (see `PluginContext.localWorkload(at:in:)`).
     public func workloads(at ip: IPAddress) -> [Workload] {
@@ -120,7 +122,7 @@ public struct MeshSnapshot: Sendable {
     private mutating func setWorkload(_ uid: String, to workload: Workload?) {
         let old = workloads[uid]
         if let old {
-            for ip in old.workloadIPs {
+            for ip in old.workloadIPs where old.networkMode != .hostNetwork {
                 Self.withdraw(uid, from: &ipClaims, at: NetworkAddress(network: old.network, ip: ip))
                 Self.withdraw(uid, from: &addressClaims, at: ip)
             }
@@ -128,7 +130,9 @@ public struct MeshSnapshot: Sendable {
         }
         workloads[uid] = workload
         if let workload {
-            for ip in workload.workloadIPs {
+            // A host-network workload's addresses are its node's, shared with every other
+            // such workload there: an address never names it.
+            for ip in workload.workloadIPs where workload.networkMode != .hostNetwork {
                 Self.claim(uid, in: &ipClaims, at: NetworkAddress(network: workload.network, ip: ip))
                 Self.claim(uid, in: &addressClaims, at: ip)
             }
