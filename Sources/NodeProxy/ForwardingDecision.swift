@@ -100,11 +100,11 @@ public enum Forwarding {
     /// - Networks: the destination (service VIP or workload address) is looked up in the
     ///   node's network (``OutboundRequest/network``); endpoints must be on the source's own
     ///   network (the node's when the source is unknown).
-    /// - Endpoint selection: healthy endpoints on the source's network that list the service
-    ///   port in their own port map, weighted by ``Workload/capacity``. Capacity 0 is never
-    ///   picked while another candidate has capacity; if every candidate has capacity 0 they
-    ///   are picked uniformly, because a healthy endpoint with no weight configured is
-    ///   better than refusing the service.
+    /// - Endpoint selection: healthy endpoints on the source's network, weighted by
+    ///   ``Workload/capacity``; capacity 0 is never picked. The target port is the
+    ///   endpoint's own mapping of the service port, else the service's target port, else
+    ///   the service port itself; an endpoint without its own mapping is left out only when
+    ///   the service's target port is 0 (ztunnel's rule).
     /// - Waypoints: an address names either a workload (used directly) or a service VIP (one
     ///   of its healthy endpoints is picked); a hostname names a service whose healthy
     ///   endpoint is picked, never its VIP, because the client must know which identity the
@@ -170,11 +170,15 @@ public enum Forwarding {
 
         let candidates: [(workload: Workload, address: SocketAddr)] = mesh.endpoints(of: name).compactMap {
             endpoint in
-            guard endpoint.status == .healthy, endpoint.network == network,
-                let endpointTarget = endpoint.services[name]?[destination.port],
+            // An endpoint that does not list the port takes the service's target port; it
+            // is left out only when there is none to take (ztunnel's rule).
+            let endpointTarget = endpoint.services[name]?[destination.port]
+            guard endpoint.status == .healthy, endpoint.network == network, endpoint.capacity > 0,
+                endpointTarget != nil || serviceTarget != 0,
                 let ip = preferredIP(of: endpoint, like: destination.ip)
             else { return nil }
-            let target = endpointTarget != 0 ? endpointTarget : (serviceTarget != 0 ? serviceTarget : destination.port)
+            let target =
+                endpointTarget.flatMap { $0 != 0 ? $0 : nil } ?? (serviceTarget != 0 ? serviceTarget : destination.port)
             return (endpoint, SocketAddr(ip: ip, port: target))
         }
         guard let chosen = pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng) else {
@@ -265,7 +269,7 @@ public enum Forwarding {
         // health and reachability matter here.
         let candidates: [(workload: Workload, ip: IPAddress)] = mesh.endpoints(of: service.namespacedHostname)
             .compactMap { endpoint in
-                guard endpoint.status == .healthy, endpoint.network == network,
+                guard endpoint.status == .healthy, endpoint.network == network, endpoint.capacity > 0,
                     let address = preferredIP(of: endpoint, like: ip)
                 else { return nil }
                 return (endpoint, address)
@@ -308,14 +312,14 @@ public enum Forwarding {
         return result
     }
 
-    /// Picks one element with probability proportional to its weight; uniformly when all
-    /// weights are zero; nil when empty. Consumes no randomness for a single candidate.
+    /// Picks one element with probability proportional to its weight; nil when empty or
+    /// every weight is zero. Consumes no randomness for a single candidate.
     private static func pickWeighted<Element>(
         _ elements: [Element], weight: (Element) -> UInt32, using rng: inout some RandomNumberGenerator
     ) -> Element? {
-        guard elements.count > 1 else { return elements.first }
+        guard elements.count > 1 else { return elements.first.flatMap { weight($0) > 0 ? $0 : nil } }
         let total = elements.reduce(UInt64(0)) { $0 + UInt64(weight($1)) }
-        guard total > 0 else { return elements[Int(rng.next(upperBound: UInt64(elements.count)))] }
+        guard total > 0 else { return nil }
         var point = rng.next(upperBound: total)
         for element in elements {
             let w = UInt64(weight(element))

@@ -288,16 +288,22 @@ struct ForwardingDecisionTests {
         }
     }
 
-    @Test("endpoints that do not list the port, or sit on another network, are never picked")
-    func endpointLackingPortSkipped() {
-        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080, 443: 8443])
+    @Test("an endpoint without the port in its own map takes the service's target port; left out only when that is 0")
+    func endpointLackingPort() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080, 443: 8443, 9000: 0])
         let httpOnly = workload("echo-a", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
-        let both = workload("echo-b", ["10.0.1.2"], services: ["default/echo": [80: 8080, 443: 8443]])
         let remote = workload(
             "echo-c", ["10.9.1.3"], network: "other", services: ["default/echo": [80: 8080, 443: 8443]])
-        for seed in 0..<50 as Range<UInt64> {
-            let decision = decide("10.96.0.10:443", workloads: [httpOnly, both, remote], services: [echo], seed: seed)
-            #expect(chosenUID(decision) == "echo-b")
+        for seed in 0..<20 as Range<UInt64> {
+            let decision = decide("10.96.0.10:443", workloads: [httpOnly, remote], services: [echo], seed: seed)
+            #expect(hbone(decision)?.authority == "10.0.1.1:8443")
+        }
+        // No target port on the service: only endpoints that map the port themselves.
+        #expect(refusal(decide("10.96.0.10:9000", workloads: [httpOnly], services: [echo])) == .noHealthyEndpoint)
+        let mapped = workload("echo-b", ["10.0.1.2"], services: ["default/echo": [9000: 9090]])
+        for seed in 0..<20 as Range<UInt64> {
+            let decision = decide("10.96.0.10:9000", workloads: [httpOnly, mapped], services: [echo], seed: seed)
+            #expect(hbone(decision)?.authority == "10.0.1.2:9090")
         }
     }
 
@@ -331,18 +337,15 @@ struct ForwardingDecisionTests {
         #expect(largeShare > 0.72 && largeShare < 0.78, "share of capacity-3 endpoint: \(largeShare)")
     }
 
-    @Test("all-zero capacities are picked uniformly rather than refused")
+    @Test("capacity 0 is never picked, even when every endpoint has it")
     func allZeroCapacity() {
         let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
         let a = workload("echo-a", ["10.0.1.1"], capacity: 0, services: ["default/echo": [80: 8080]])
         let b = workload("echo-b", ["10.0.1.2"], capacity: 0, services: ["default/echo": [80: 8080]])
-        var seen: Set<String> = []
-        for seed in 0..<64 as Range<UInt64> {
-            if let uid = chosenUID(decide("10.96.0.10:80", workloads: [a, b], services: [echo], seed: seed)) {
-                seen.insert(uid)
-            }
+        for seed in 0..<16 as Range<UInt64> {
+            #expect(refusal(decide("10.96.0.10:80", workloads: [a, b], services: [echo], seed: seed)) == .noHealthyEndpoint)
         }
-        #expect(seen == ["echo-a", "echo-b"])
+        #expect(refusal(decide("10.96.0.10:80", workloads: [a], services: [echo])) == .noHealthyEndpoint)
     }
 
     @Test("same RNG state gives the same decision")
