@@ -100,6 +100,13 @@ public enum Forwarding {
     /// - Networks: the destination (service VIP or workload address) is looked up in the
     ///   node's network (``OutboundRequest/network``); endpoints must be on the source's own
     ///   network (the node's when the source is unknown).
+    /// - Shared VIPs: when services in several namespaces have the VIP, the one in the
+    ///   source's namespace wins, then a canonical one; a service with namespace visibility
+    ///   is invisible to sources in other namespaces. An address in a service's
+    ///   ``Service/cidrVIPs`` block reaches it when no VIP matches exactly.
+    /// - Address families: an endpoint is reached on an address of a family the service's
+    ///   ``Service/ipFamilies`` allows, preferring the family the client used; an endpoint
+    ///   without one is left out.
     /// - Endpoint selection: healthy endpoints on the source's network, weighted by
     ///   ``Workload/capacity``; capacity 0 is never picked. The target port is the
     ///   endpoint's own mapping of the service port, else the service's target port, else
@@ -129,7 +136,7 @@ public enum Forwarding {
                     .selfCall, "\(destination) is this proxy's own port; refusing to connect to itself"))
         }
 
-        if let service = mesh.service(at: destination.ip, network: network) {
+        if let service = mesh.service(at: destination.ip, network: network, namespace: source?.namespace) {
             return toService(service, request: request, network: endpointNetwork(request), mesh: mesh, rng: &rng)
         }
 
@@ -175,7 +182,7 @@ public enum Forwarding {
             let endpointTarget = endpoint.services[name]?[destination.port]
             guard endpoint.status == .healthy, endpoint.network == network, endpoint.capacity > 0,
                 endpointTarget != nil || serviceTarget != 0,
-                let ip = preferredIP(of: endpoint, like: destination.ip)
+                let ip = preferredIP(of: endpoint, like: destination.ip, families: service.ipFamilies)
             else { return nil }
             let target =
                 endpointTarget.flatMap { $0 != 0 ? $0 : nil } ?? (serviceTarget != 0 ? serviceTarget : destination.port)
@@ -270,7 +277,7 @@ public enum Forwarding {
         let candidates: [(workload: Workload, ip: IPAddress)] = mesh.endpoints(of: service.namespacedHostname)
             .compactMap { endpoint in
                 guard endpoint.status == .healthy, endpoint.network == network, endpoint.capacity > 0,
-                    let address = preferredIP(of: endpoint, like: ip)
+                    let address = preferredIP(of: endpoint, like: ip, families: service.ipFamilies)
                 else { return nil }
                 return (endpoint, address)
             }
@@ -294,10 +301,12 @@ public enum Forwarding {
         }
     }
 
-    /// The workload's address in the same family as `ip` (so an IPv6 client reaches an IPv6
-    /// endpoint), else its first address.
-    private static func preferredIP(of workload: Workload, like ip: IPAddress) -> IPAddress? {
-        workload.workloadIPs.first { $0.isIPv4 == ip.isIPv4 } ?? workload.workloadIPs.first
+    /// Among the workload's addresses of a family the service allows (any without a
+    /// restriction), the one in the same family as `ip` (so an IPv6 client reaches an IPv6
+    /// endpoint), else the first; nil when it has none of an allowed family.
+    private static func preferredIP(of workload: Workload, like ip: IPAddress, families: IPFamilies?) -> IPAddress? {
+        let usable = workload.workloadIPs.filter { families?.allows($0) ?? true }
+        return usable.first { $0.isIPv4 == ip.isIPv4 } ?? usable.first
     }
 
     /// The workload's identity, then the service's subject alt names that parse as SPIFFE

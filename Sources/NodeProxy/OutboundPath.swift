@@ -81,7 +81,7 @@ public final class OutboundPath: Sendable {
             return eventLoop.makeFailedFuture(
                 ConnectionRefusal(.sourceUnknown, "source \(client.ip) is not a known workload"))
         }
-        return resolve(destination, mesh: mesh, network: context.nodeNetwork, on: eventLoop).flatMap { destination in
+        return resolve(destination, mesh: mesh, source: source, on: eventLoop).flatMap { destination in
             self.route(
                 OutboundRequest(source: source, sourceAddress: client, destination: destination, network: self.context.nodeNetwork),
                 mesh: mesh, downstream: downstream, placement: .node)
@@ -103,20 +103,22 @@ public final class OutboundPath: Sendable {
             mesh: context.mesh.snapshot, downstream: downstream, placement: placement)
     }
 
-    /// Domain names resolve through the mesh's service hostnames first (a service VIP on
-    /// the node's network), then through the system resolver.
+    /// Domain names resolve through the mesh's service hostnames first (the service the
+    /// source's namespace sees by that name, its VIP on the node's network), then through
+    /// the system resolver.
     private func resolve(
-        _ destination: OutboundDestination, mesh: MeshSnapshot, network: String, on eventLoop: any EventLoop
+        _ destination: OutboundDestination, mesh: MeshSnapshot, source: Workload, on eventLoop: any EventLoop
     ) -> EventLoopFuture<SocketAddr> {
         switch destination {
         case .address(let address):
             return eventLoop.makeSucceededFuture(address)
         case .domain(let name, let port):
             let host = name.hasSuffix(".") ? String(name.dropLast()) : name
-            for service in mesh.services(hostname: host) {
-                if let vip = service.vips.first(where: { $0.network == network }) ?? service.vips.first {
-                    return eventLoop.makeSucceededFuture(SocketAddr(ip: vip.ip, port: port))
-                }
+            let network = context.nodeNetwork
+            if let service = mesh.service(hostname: host, namespace: source.namespace),
+                let vip = service.vips.first(where: { $0.network == network }) ?? service.vips.first
+            {
+                return eventLoop.makeSucceededFuture(SocketAddr(ip: vip.ip, port: port))
             }
             return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
                 guard let ip = SystemResolver.resolve(host) else {

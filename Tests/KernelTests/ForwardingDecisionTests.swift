@@ -493,6 +493,82 @@ struct ForwardingDecisionTests {
         #expect(hbone(decide("10.96.0.10:80", workloads: [endpoint], services: [echo]))?.authority == "10.0.1.1:8080")
     }
 
+    @Test("a service's ipFamilies picks the endpoint address of the family it allows")
+    func ipFamilies() {
+        let dualStack = workload("echo-1", ["10.0.1.1", "fd00::1"], services: ["default/echo": [80: 8080]])
+        func echo(_ families: IPFamilies?) -> Service {
+            var echo = service("echo", vips: ["10.96.0.10", "fd00:96::10"], ports: [80: 8080])
+            echo.ipFamilies = families
+            return echo
+        }
+        func authority(_ vip: String, _ families: IPFamilies?, _ endpoints: [Workload] = [dualStack]) -> String? {
+            hbone(decide(vip, workloads: endpoints, services: [echo(families)]))?.authority
+        }
+        #expect(authority("[fd00:96::10]:80", .ipv4) == "10.0.1.1:8080")
+        #expect(authority("10.96.0.10:80", .ipv6) == "[fd00::1]:8080")
+        #expect(authority("10.96.0.10:80", .dual) == "10.0.1.1:8080")
+        #expect(authority("[fd00:96::10]:80", .dual) == "[fd00::1]:8080")
+        #expect(authority("[fd00:96::10]:80", nil) == "[fd00::1]:8080")
+        // An endpoint without an address of an allowed family is left out.
+        let v4Only = workload("echo-2", ["10.0.1.2"], services: ["default/echo": [80: 8080]])
+        for seed in 0..<16 as Range<UInt64> {
+            let decision = decide("10.96.0.10:80", workloads: [v4Only, dualStack], services: [echo(.ipv6)], seed: seed)
+            #expect(hbone(decision)?.authority == "[fd00::1]:8080")
+        }
+        #expect(refusal(decide("10.96.0.10:80", workloads: [v4Only], services: [echo(.ipv6)])) == .noHealthyEndpoint)
+    }
+
+    @Test("services sharing a VIP: the client's namespace first, then the canonical one; visibility hides others' services")
+    func sharedVIP() {
+        func shared(_ namespace: String, canonical: Bool = false, visibility: ServiceVisibility = .everywhere) -> Service {
+            Service(
+                name: "echo", namespace: namespace, hostname: "echo.example", vips: [NetworkAddress(ip: ip("10.96.0.10"))],
+                ports: [80: 8080], canonical: canonical, visibility: visibility)
+        }
+        func endpoint(_ namespace: String) -> Workload {
+            workload("echo-\(namespace)", ["10.0.1.\(namespace.count)"], services: ["\(namespace)/echo.example": [80: 8080]])
+        }
+        let endpoints = ["default", "zz", "aa-canonical"].map(endpoint)
+        let mine = decide("10.96.0.10:80", workloads: endpoints, services: [shared("default"), shared("zz")])
+        #expect(hbone(mine)?.service?.namespace == "default")
+        let canonical = decide(
+            "10.96.0.10:80", workloads: endpoints, services: [shared("aa-canonical", canonical: true), shared("zz")])
+        #expect(hbone(canonical)?.service?.namespace == "aa-canonical")
+        // Neither in the client's namespace nor canonical: the greatest name, as before.
+        #expect(hbone(decide("10.96.0.10:80", workloads: endpoints, services: [shared("aa-canonical"), shared("zz")]))?.service?.namespace == "zz")
+        // A namespace-visible service of another namespace is not there for this client.
+        let hidden = decide("10.96.0.10:80", workloads: endpoints, services: [shared("zz", visibility: .namespace)])
+        #expect(hidden == .passthrough(destination: addr("10.96.0.10:80")))
+        let otherHidden = decide(
+            "10.96.0.10:80", workloads: endpoints,
+            services: [shared("zz", canonical: true, visibility: .namespace), shared("aa-canonical")])
+        #expect(hbone(otherHidden)?.service?.namespace == "aa-canonical")
+        let ownVisible = decide("10.96.0.10:80", workloads: endpoints, services: [shared("default", visibility: .namespace)])
+        #expect(hbone(ownVisible)?.service?.namespace == "default")
+    }
+
+    @Test("cidrVips: an address in a service's block reaches it; an exact VIP wins, then namespace, then the longer prefix")
+    func cidrVIPs() {
+        func block(_ name: String, _ cidr: String, namespace: String = "default", vips: [String] = []) -> Service {
+            Service(
+                name: name, namespace: namespace, hostname: name, vips: vips.map { NetworkAddress(ip: ip($0)) },
+                ports: [80: 8080], cidrVIPs: [NetworkCIDR(cidr: CIDR(cidr)!)])
+        }
+        let endpoints = ["wide", "narrow", "exact"].enumerated().map { index, name in
+            workload("\(name)-1", ["10.0.2.\(index + 1)"], services: ["default/\(name)": [80: 8080], "other/\(name)": [80: 8080]])
+        }
+        let services = [
+            block("wide", "10.97.0.0/16"), block("narrow", "10.97.1.0/24", namespace: "other"),
+            block("exact", "10.99.0.0/16", vips: ["10.97.1.5"]),
+        ]
+        #expect(hbone(decide("10.97.2.3:80", workloads: endpoints, services: services))?.service?.name == "wide")
+        #expect(hbone(decide("10.97.1.5:80", workloads: endpoints, services: services))?.service?.name == "exact")
+        // The client's namespace beats the more specific block of another namespace.
+        #expect(hbone(decide("10.97.1.6:80", workloads: endpoints, services: services))?.service?.name == "wide")
+        #expect(hbone(decide("10.97.1.6:80", from: nil, workloads: endpoints, services: services))?.service?.name == "narrow")
+        #expect(decide("10.98.0.1:80", workloads: endpoints, services: services) == .passthrough(destination: addr("10.98.0.1:80")))
+    }
+
     @Test("system RNG overload decides the same way for a single endpoint")
     func systemRNG() {
         let server = workload("server", ["10.0.1.1"], protocol: .tcp)
