@@ -107,6 +107,14 @@ public enum Forwarding {
     /// - Address families: an endpoint is reached on an address of a family the service's
     ///   ``Service/ipFamilies`` allows, preferring the family the client used; an endpoint
     ///   without one is left out.
+    /// - Load balancing (``Service/loadBalancer``): `Passthrough` sends service traffic to
+    ///   the address the client asked for (after the service's waypoint, which still
+    ///   applies); `Failover` keeps the endpoints sharing the longest run of routing
+    ///   preferences (network, region, zone, subzone, node, cluster) with the source;
+    ///   `Strict` keeps only those sharing all of them (`internalTrafficPolicy: Local` is
+    ///   Strict over Node), refusing the service when there are none; health policy
+    ///   `AllowAll` admits unhealthy endpoints. Waypoint services' endpoints are chosen the
+    ///   same way.
     /// - Endpoint selection: healthy endpoints on the source's network, weighted by
     ///   ``Workload/capacity``; capacity 0 is never picked. The target port is the
     ///   endpoint's own mapping of the service port, else the service's target port, else
@@ -169,6 +177,11 @@ public enum Forwarding {
                 request: request, mesh: mesh, rng: &rng)
         }
 
+        // Passthrough: the service names addresses, not endpoints to choose from.
+        if service.loadBalancer?.mode == .passthrough {
+            return .passthrough(destination: destination)
+        }
+
         guard let serviceTarget = service.ports[destination.port] else {
             return .refuse(
                 ConnectionRefusal(
@@ -180,7 +193,7 @@ public enum Forwarding {
             // An endpoint that does not list the port takes the service's target port; it
             // is left out only when there is none to take (ztunnel's rule).
             let endpointTarget = endpoint.services[name]?[destination.port]
-            guard endpoint.status == .healthy, endpoint.network == network, endpoint.capacity > 0,
+            guard admits(endpoint, service), endpoint.network == network, endpoint.capacity > 0,
                 endpointTarget != nil || serviceTarget != 0,
                 let ip = preferredIP(of: endpoint, like: destination.ip, families: service.ipFamilies)
             else { return nil }
@@ -188,7 +201,8 @@ public enum Forwarding {
                 endpointTarget.flatMap { $0 != 0 ? $0 : nil } ?? (serviceTarget != 0 ? serviceTarget : destination.port)
             return (endpoint, SocketAddr(ip: ip, port: target))
         }
-        guard let chosen = pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng) else {
+        let ranked = preferred(candidates, by: service.loadBalancer, request: request, endpoint: \.workload)
+        guard let chosen = pickWeighted(ranked, weight: { $0.workload.capacity }, using: &rng) else {
             return .refuse(
                 ConnectionRefusal(
                     .noHealthyEndpoint, "service \(name) has no healthy endpoint for port \(destination.port)"))
@@ -236,14 +250,14 @@ public enum Forwarding {
                 resolved = (workload, address.ip, nil)
             } else if let waypointService = mesh.service(at: address.ip, network: address.network) {
                 resolved = pickWaypointEndpoint(
-                    of: waypointService, network: network, like: authority.ip, mesh: mesh, rng: &rng)
+                    of: waypointService, request: request, network: network, like: authority.ip, mesh: mesh, rng: &rng)
             } else {
                 resolved = nil
             }
         case .hostname(let hostname):
             name = hostname.description
             resolved = mesh.services[hostname].flatMap {
-                pickWaypointEndpoint(of: $0, network: network, like: authority.ip, mesh: mesh, rng: &rng)
+                pickWaypointEndpoint(of: $0, request: request, network: network, like: authority.ip, mesh: mesh, rng: &rng)
             }
         }
         guard let resolved else {
@@ -269,20 +283,80 @@ public enum Forwarding {
     }
 
     private static func pickWaypointEndpoint(
-        of service: Service, network: String, like ip: IPAddress, mesh: MeshSnapshot,
+        of service: Service, request: OutboundRequest, network: String, like ip: IPAddress, mesh: MeshSnapshot,
         rng: inout some RandomNumberGenerator
     ) -> (workload: Workload, ip: IPAddress, service: Service?)? {
         // A waypoint listens on its HBONE port whatever ports its service declares, so only
         // health and reachability matter here.
         let candidates: [(workload: Workload, ip: IPAddress)] = mesh.endpoints(of: service.namespacedHostname)
             .compactMap { endpoint in
-                guard endpoint.status == .healthy, endpoint.network == network, endpoint.capacity > 0,
+                guard admits(endpoint, service), endpoint.network == network, endpoint.capacity > 0,
                     let address = preferredIP(of: endpoint, like: ip, families: service.ipFamilies)
                 else { return nil }
                 return (endpoint, address)
             }
-        return pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng)
+        let ranked = preferred(candidates, by: service.loadBalancer, request: request, endpoint: \.workload)
+        return pickWeighted(ranked, weight: { $0.workload.capacity }, using: &rng)
             .map { ($0.workload, $0.ip, service) }
+    }
+
+    /// Whether `endpoint`'s health lets it serve `service`: healthy, or any health when
+    /// the service admits every endpoint (``LoadBalancer/HealthPolicy/allowAll``).
+    private static func admits(_ endpoint: Workload, _ service: Service) -> Bool {
+        endpoint.status == .healthy || service.loadBalancer?.healthPolicy == .allowAll
+    }
+
+    /// The candidates a service's load balancer prefers for this source (ztunnel's
+    /// ranking). In ``LoadBalancer/Mode/failover`` and ``LoadBalancer/Mode/strict``
+    /// modes an endpoint's rank is how many of the routing preferences it shares with the
+    /// source, counted in order up to the first it does not share; only the best-ranked
+    /// are kept, and in strict mode only those sharing every preference. When the first
+    /// preference is ``LoadBalancer/Scope/network``, an endpoint on the source's network
+    /// outranks every endpoint on another (a mismatch there does not stop the count).
+    /// An unknown source shares nothing but its network (the node's). Other modes keep
+    /// every candidate.
+    private static func preferred<Candidate>(
+        _ candidates: [Candidate], by balancer: LoadBalancer?, request: OutboundRequest,
+        endpoint: (Candidate) -> Workload
+    ) -> [Candidate] {
+        guard let balancer, balancer.mode == .failover || balancer.mode == .strict else { return candidates }
+        let source = request.source
+        let preferences = balancer.routingPreferences
+        let networkFirst = preferences.first == .network
+        var best: [Candidate] = []
+        var bestRank = -1
+        for candidate in candidates {
+            let workload = endpoint(candidate)
+            var rank = 0
+            var networkBonus = 0
+            for scope in preferences {
+                let shared: Bool
+                switch scope {
+                case .region: shared = source.map { $0.locality.region == workload.locality.region } ?? false
+                case .zone: shared = source.map { $0.locality.zone == workload.locality.zone } ?? false
+                case .subzone: shared = source.map { $0.locality.subzone == workload.locality.subzone } ?? false
+                case .node: shared = source.map { $0.node == workload.node } ?? false
+                case .cluster: shared = source.map { $0.clusterID == workload.clusterID } ?? false
+                case .network:
+                    shared = endpointNetwork(request) == workload.network
+                    if networkFirst {
+                        guard shared else { continue }
+                        networkBonus = preferences.count - 1
+                    }
+                }
+                guard shared else { break }
+                rank += 1
+            }
+            if balancer.mode == .strict && rank != preferences.count { continue }
+            rank += networkBonus
+            if rank > bestRank {
+                best = [candidate]
+                bestRank = rank
+            } else if rank == bestRank {
+                best.append(candidate)
+            }
+        }
+        return best
     }
 
     /// Whether `source` is the waypoint named by `gateway`, so its traffic must not be sent

@@ -348,6 +348,102 @@ struct ForwardingDecisionTests {
         #expect(refusal(decide("10.96.0.10:80", workloads: [a], services: [echo])) == .noHealthyEndpoint)
     }
 
+    // MARK: load balancing
+
+    private static func balanced(_ balancer: LoadBalancer, waypoint: GatewayAddress? = nil) -> Service {
+        var echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypoint)
+        echo.loadBalancer = balancer
+        return echo
+    }
+
+    private static func endpoint(
+        _ uid: String, _ address: String, node: String = "node-a", cluster: String = "Kubernetes", region: String = "r1",
+        zone: String = "z1", subzone: String = "s1", status: HealthStatus = .healthy
+    ) -> Workload {
+        var made = workload(uid, [address], status: status, services: ["default/echo": [80: 8080]])
+        made.node = node
+        made.clusterID = cluster
+        made.locality = Locality(region: region, zone: zone, subzone: subzone)
+        return made
+    }
+
+    private static let localClient: Workload = {
+        var source = client
+        source.node = "node-a"
+        source.locality = Locality(region: "r1", zone: "z1", subzone: "s1")
+        return source
+    }()
+
+    /// Which endpoints a source picks over many draws.
+    private static func picks(_ service: Service, _ endpoints: [Workload], from source: Workload? = localClient) -> Set<String> {
+        Set((0..<48 as Range<UInt64>).map { chosenUID(decide("10.96.0.10:80", from: source, workloads: endpoints, services: [service], seed: $0)) ?? "refused" })
+    }
+
+    @Test("Failover: the endpoints sharing the longest run of preferences, the others only when none shares more")
+    func failover() {
+        let echo = Self.balanced(LoadBalancer(routingPreferences: [.region, .zone, .subzone], mode: .failover))
+        let sameSubzone = Self.endpoint("same-subzone", "10.0.1.1")
+        let sameZone = Self.endpoint("same-zone", "10.0.1.2", subzone: "s2")
+        let sameRegion = Self.endpoint("same-region", "10.0.1.3", zone: "z2")
+        let elsewhere = Self.endpoint("elsewhere", "10.0.1.4", region: "r2")
+        // Same subzone but another region shares nothing: the count stops at the first miss.
+        let oddSubzone = Self.endpoint("odd", "10.0.1.5", region: "r2", zone: "z1")
+        let all = [sameSubzone, sameZone, sameRegion, elsewhere, oddSubzone]
+        #expect(Self.picks(echo, all) == ["same-subzone"])
+        #expect(Self.picks(echo, [sameZone, sameRegion, elsewhere]) == ["same-zone"])
+        #expect(Self.picks(echo, [sameRegion, elsewhere]) == ["same-region"])
+        #expect(Self.picks(echo, [elsewhere, oddSubzone]) == ["elsewhere", "odd"])
+        // Unhealthy best-ranked endpoints do not count: fail over to the healthy ones.
+        let sick = Self.endpoint("sick", "10.0.1.6", status: .unhealthy)
+        #expect(Self.picks(echo, [sick, sameRegion]) == ["same-region"])
+    }
+
+    @Test("Strict: only endpoints sharing every preference; internalTrafficPolicy Local is Strict over Node")
+    func strict() {
+        let local = Self.balanced(LoadBalancer(routingPreferences: [.node], mode: .strict))
+        let here = Self.endpoint("here", "10.0.1.1")
+        let there = Self.endpoint("there", "10.0.1.2", node: "node-b")
+        #expect(Self.picks(local, [here, there]) == ["here"])
+        #expect(Self.picks(local, [there]) == ["refused"])
+        #expect(refusal(decide("10.96.0.10:80", from: Self.localClient, workloads: [there], services: [local])) == .noHealthyEndpoint)
+        let cluster = Self.balanced(LoadBalancer(routingPreferences: [.cluster, .zone], mode: .strict))
+        let otherCluster = Self.endpoint("other-cluster", "10.0.1.3", cluster: "east")
+        let otherZone = Self.endpoint("other-zone", "10.0.1.4", zone: "z9")
+        #expect(Self.picks(cluster, [here, otherCluster, otherZone]) == ["here"])
+        #expect(Self.picks(cluster, [otherCluster, otherZone]) == ["refused"])
+        // An unknown source shares no locality.
+        #expect(Self.picks(local, [here], from: nil) == ["refused"])
+        // Network first: the source's network counts for the whole list.
+        let network = Self.balanced(LoadBalancer(routingPreferences: [.network, .region], mode: .strict))
+        #expect(Self.picks(network, [here, Self.endpoint("far", "10.0.1.5", region: "r2")]) == ["here"])
+        // Standard mode ignores the preferences.
+        let standard = Self.balanced(LoadBalancer(routingPreferences: [.node], mode: .standard))
+        #expect(Self.picks(standard, [here, there]) == ["here", "there"])
+    }
+
+    @Test("Passthrough sends service traffic to the original destination, after the service's waypoint")
+    func passthroughMode() {
+        let echo = Self.balanced(LoadBalancer(mode: .passthrough))
+        let here = Self.endpoint("here", "10.0.1.1")
+        #expect(decide("10.96.0.10:80", workloads: [here], services: [echo]) == .passthrough(destination: addr("10.96.0.10:80")))
+        // Any port: there is no endpoint to map it for.
+        #expect(decide("10.96.0.10:9999", services: [echo]) == .passthrough(destination: addr("10.96.0.10:9999")))
+        let waypoint = workload("waypoint", ["10.0.9.9"], sa: "waypoint")
+        let withWaypoint = Self.balanced(LoadBalancer(mode: .passthrough), waypoint: waypointAt("10.0.9.9"))
+        #expect(hbone(decide("10.96.0.10:80", workloads: [here, waypoint], services: [withWaypoint]))?.viaWaypoint == true)
+    }
+
+    @Test("health policy AllowAll admits unhealthy endpoints")
+    func allowAll() {
+        let sick = Self.endpoint("sick", "10.0.1.1", status: .unhealthy)
+        let echo = Self.balanced(LoadBalancer(healthPolicy: .allowAll))
+        #expect(Self.picks(echo, [sick]) == ["sick"])
+        #expect(Self.picks(Self.balanced(LoadBalancer()), [sick]) == ["refused"])
+        // With preferences too: health no longer ranks.
+        let strict = Self.balanced(LoadBalancer(routingPreferences: [.node], mode: .strict, healthPolicy: .allowAll))
+        #expect(Self.picks(strict, [sick, Self.endpoint("there", "10.0.1.2", node: "node-b")]) == ["sick"])
+    }
+
     @Test("same RNG state gives the same decision")
     func deterministic() {
         let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
