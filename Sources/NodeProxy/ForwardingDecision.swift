@@ -126,8 +126,10 @@ public enum Forwarding {
     ///   waypoint presents. An address the mesh does not know is refused
     ///   (``Refusal/Code/waypointUnresolved``): without a workload there is no identity to
     ///   verify.
+    /// - Weighted waypoints: a service with ``Service/weightedWaypoints`` picks one per
+    ///   connection by weight (a canary); when they are all weight 0, ``Service/waypoint``.
     /// - The source skips a waypoint it is itself: its IPs contain the waypoint address, or it
-    ///   backs the waypoint service.
+    ///   backs the waypoint service (for a service, any of its waypoints).
     public static func decide(
         _ request: OutboundRequest, in mesh: MeshSnapshot, using rng: inout some RandomNumberGenerator
     ) -> ForwardingDecision {
@@ -171,7 +173,12 @@ public enum Forwarding {
         let destination = request.destination
         let name = service.namespacedHostname
 
-        if let waypoint = service.waypoint, !isWaypoint(request.source, waypoint, in: mesh) {
+        // A source that is one of the service's waypoints sends on to an endpoint.
+        let waypoints = [service.waypoint].compactMap { $0 } + service.weightedWaypoints.map(\.destination)
+        if !waypoints.contains(where: { isWaypoint(request.source, $0, in: mesh) }),
+            let waypoint = pickWeighted(service.weightedWaypoints, weight: \.weight, using: &rng)?.destination
+                ?? service.waypoint
+        {
             return viaWaypoint(
                 waypoint, authority: destination, destinationWorkload: nil, service: service,
                 request: request, mesh: mesh, rng: &rng)

@@ -231,6 +231,36 @@ struct ForwardingDecisionTests {
         #expect(other?.viaWaypoint == true)
     }
 
+    @Test("weighted waypoints share a service's connections by weight; weight 0 gets none")
+    func weightedWaypoints() {
+        let primary = workload("primary", ["10.0.9.1"], sa: "waypoint")
+        let canary = workload("canary", ["10.0.9.2"], sa: "waypoint")
+        let idle = workload("idle", ["10.0.9.3"], sa: "waypoint")
+        var echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypointAt("10.0.9.1"))
+        echo.weightedWaypoints = [
+            WeightedWaypoint(destination: waypointAt("10.0.9.1"), weight: 90),
+            WeightedWaypoint(destination: waypointAt("10.0.9.2"), weight: 10),
+            WeightedWaypoint(destination: waypointAt("10.0.9.3"), weight: 0),
+        ]
+        let mesh = MeshSnapshot(workloads: [client, primary, canary, idle], services: [echo], policies: [])
+        var rng = SplitMix64(seed: 7)
+        var counts: [String: Int] = [:]
+        for _ in 0..<2000 {
+            let decision = Forwarding.decide(OutboundRequest(source: client, destination: addr("10.96.0.10:80")), in: mesh, using: &rng)
+            counts[hbone(decision)?.waypoint?.uid ?? "none", default: 0] += 1
+        }
+        #expect(counts["idle"] == nil && counts["none"] == nil)
+        let canaryShare = Double(counts["canary", default: 0]) / 2000
+        #expect(canaryShare > 0.07 && canaryShare < 0.13, "canary share: \(canaryShare)")
+        // All weights 0: the primary waypoint.
+        echo.weightedWaypoints = [WeightedWaypoint(destination: waypointAt("10.0.9.2"), weight: 0)]
+        #expect(hbone(decide("10.96.0.10:80", workloads: [primary, canary], services: [echo]))?.waypoint?.uid == "primary")
+        // The canary itself sends on to an endpoint rather than to a waypoint.
+        let endpoint = workload("echo-1", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
+        let fromCanary = decide("10.96.0.10:80", from: canary, workloads: [primary, endpoint], services: [echo])
+        #expect(chosenUID(fromCanary) == "echo-1" && hbone(fromCanary)?.viaWaypoint == false)
+    }
+
     // MARK: 3. service endpoints
 
     @Test("a port the service does not declare is refused")
