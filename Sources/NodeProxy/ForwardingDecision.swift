@@ -11,12 +11,16 @@ public struct OutboundRequest: Sendable {
     public var sourceAddress: SocketAddr?
     /// The address the application asked for (the original destination).
     public var destination: SocketAddr
+    /// The network the destination is looked up in: the node's (manifest `node.network`,
+    /// ``PluginContext/nodeNetwork``); empty for the default network.
+    public var network: String
 
     /// Creates a request.
-    public init(source: Workload?, sourceAddress: SocketAddr? = nil, destination: SocketAddr) {
+    public init(source: Workload?, sourceAddress: SocketAddr? = nil, destination: SocketAddr, network: String = "") {
         self.source = source
         self.sourceAddress = sourceAddress
         self.destination = destination
+        self.network = network
     }
 }
 
@@ -95,11 +99,29 @@ public enum Forwarding {
     ///   port is only refused for services without one. With ``Service/weightedWaypoints``
     ///   one of them is picked per connection by weight (entries of weight 0 never); when
     ///   none has weight, ``Service/waypoint`` is used.
-    /// - Endpoint selection: healthy endpoints on the source's network that list the service
-    ///   port in their own port map, weighted by ``Workload/capacity``. Capacity 0 is never
-    ///   picked while another candidate has capacity; if every candidate has capacity 0 they
-    ///   are picked uniformly, because a healthy endpoint with no weight configured is
-    ///   better than refusing the service.
+    /// - Networks: the destination (service VIP or workload address) is looked up in the
+    ///   node's network (``OutboundRequest/network``); endpoints must be on the source's own
+    ///   network (the node's when the source is unknown).
+    /// - Shared VIPs: when services in several namespaces have the VIP, the one in the
+    ///   source's namespace wins, then a canonical one; a service with namespace visibility
+    ///   is invisible to sources in other namespaces. An address in a service's
+    ///   ``Service/cidrVIPs`` block reaches it when no VIP matches exactly.
+    /// - Address families: an endpoint is reached on an address of a family the service's
+    ///   ``Service/ipFamilies`` allows, preferring the family the client used; an endpoint
+    ///   without one is left out.
+    /// - Load balancing (``Service/loadBalancer``): `Passthrough` sends service traffic to
+    ///   the address the client asked for (after the service's waypoint, which still
+    ///   applies); `Failover` keeps the endpoints sharing the longest run of routing
+    ///   preferences (network, region, zone, subzone, node, cluster) with the source;
+    ///   `Strict` keeps only those sharing all of them (`internalTrafficPolicy: Local` is
+    ///   Strict over Node), refusing the service when there are none; health policy
+    ///   `AllowAll` admits unhealthy endpoints. Waypoint services' endpoints are chosen the
+    ///   same way.
+    /// - Endpoint selection: healthy endpoints on the source's network, weighted by
+    ///   ``Workload/capacity``; capacity 0 is never picked. The target port is the
+    ///   endpoint's own mapping of the service port, else the service's target port, else
+    ///   the service port itself; an endpoint without its own mapping is left out only when
+    ///   the service's target port is 0 (ztunnel's rule).
     /// - Waypoints: an address names either a workload (used directly, on the gateway's HBONE
     ///   port) or a service VIP (one of its healthy endpoints is picked); a hostname names a
     ///   service whose healthy endpoint is picked, never its VIP, because the client must know
@@ -119,7 +141,7 @@ public enum Forwarding {
     ) -> ForwardingDecision {
         let destination = request.destination
         let source = request.source
-        let network = source?.network ?? ""
+        let network = request.network
 
         if proxyPorts.contains(destination.port),
             destination.ip.isLoopback || destination.ip.isUnspecified
@@ -130,8 +152,8 @@ public enum Forwarding {
                     .selfCall, "\(destination) is this proxy's own port; refusing to connect to itself"))
         }
 
-        if let service = mesh.service(at: destination.ip, network: network) {
-            return toService(service, request: request, network: network, mesh: mesh, rng: &rng)
+        if let service = mesh.service(at: destination.ip, network: network, namespace: source?.namespace) {
+            return toService(service, request: request, network: endpointNetwork(request), mesh: mesh, rng: &rng)
         }
 
         guard let workload = mesh.workload(at: destination.ip, network: network) else {
@@ -163,6 +185,11 @@ public enum Forwarding {
                 request: request, mesh: mesh, rng: &rng)
         }
 
+        // Passthrough: the service names addresses, not endpoints to choose from.
+        if service.loadBalancer?.mode == .passthrough {
+            return .passthrough(destination: destination)
+        }
+
         guard let serviceTarget = service.ports[destination.port] else {
             return .refuse(
                 ConnectionRefusal(
@@ -171,14 +198,19 @@ public enum Forwarding {
 
         let candidates: [(workload: Workload, address: SocketAddr)] = mesh.endpoints(of: name).compactMap {
             endpoint in
-            guard endpoint.status == .healthy, endpoint.network == network,
-                let endpointTarget = endpoint.services[name]?[destination.port],
-                let ip = preferredIP(of: endpoint, like: destination.ip)
+            // An endpoint that does not list the port takes the service's target port; it
+            // is left out only when there is none to take (ztunnel's rule).
+            let endpointTarget = endpoint.services[name]?[destination.port]
+            guard admits(endpoint, service), endpoint.network == network, endpoint.capacity > 0,
+                endpointTarget != nil || serviceTarget != 0,
+                let ip = preferredIP(of: endpoint, like: destination.ip, families: service.ipFamilies)
             else { return nil }
-            let target = endpointTarget != 0 ? endpointTarget : (serviceTarget != 0 ? serviceTarget : destination.port)
+            let target =
+                endpointTarget.flatMap { $0 != 0 ? $0 : nil } ?? (serviceTarget != 0 ? serviceTarget : destination.port)
             return (endpoint, SocketAddr(ip: ip, port: target))
         }
-        guard let chosen = pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng) else {
+        let ranked = preferred(candidates, by: service.loadBalancer, request: request, endpoint: \.workload)
+        guard let chosen = pickWeighted(ranked, weight: { $0.workload.capacity }, using: &rng) else {
             return .refuse(
                 ConnectionRefusal(
                     .noHealthyEndpoint, "service \(name) has no healthy endpoint for port \(destination.port)"))
@@ -216,7 +248,7 @@ public enum Forwarding {
         _ waypoint: GatewayAddress, authority: SocketAddr, destinationWorkload: Workload?, service: Service?,
         request: OutboundRequest, mesh: MeshSnapshot, rng: inout some RandomNumberGenerator
     ) -> ForwardingDecision {
-        let network = request.source?.network ?? ""
+        let network = endpointNetwork(request)
         let resolved: (workload: Workload, gateway: SocketAddr, service: Service?)?
         let name: String
         switch waypoint.destination {
@@ -226,8 +258,8 @@ public enum Forwarding {
                 resolved = (workload, SocketAddr(ip: address.ip, port: waypoint.hboneMtlsPort), nil)
             } else if let waypointService = mesh.service(at: address.ip, network: address.network) {
                 resolved = pickWaypointEndpoint(
-                    of: waypointService, port: waypoint.hboneMtlsPort, network: network, like: authority.ip, mesh: mesh,
-                    rng: &rng)
+                    of: waypointService, port: waypoint.hboneMtlsPort, request: request, network: network,
+                    like: authority.ip, mesh: mesh, rng: &rng)
             } else {
                 resolved = nil
             }
@@ -235,9 +267,11 @@ public enum Forwarding {
             name = hostname.description
             if let waypointService = mesh.services[hostname] {
                 resolved = pickWaypointEndpoint(
-                    of: waypointService, port: waypoint.hboneMtlsPort, network: network, like: authority.ip, mesh: mesh,
-                    rng: &rng)
-            } else if let workload = mesh.workload(named: hostname), let ip = preferredIP(of: workload, like: authority.ip) {
+                    of: waypointService, port: waypoint.hboneMtlsPort, request: request, network: network,
+                    like: authority.ip, mesh: mesh, rng: &rng)
+            } else if let workload = mesh.workload(named: hostname),
+                let ip = preferredIP(of: workload, like: authority.ip, families: nil)
+            {
                 resolved = (workload, SocketAddr(ip: ip, port: waypoint.hboneMtlsPort), nil)
             } else {
                 resolved = nil
@@ -270,7 +304,14 @@ public enum Forwarding {
         return pickWeighted(weighted, weight: \.weight, using: &rng)?.destination ?? service.waypoint
     }
 
-    /// A healthy endpoint of the waypoint service on the caller's network and the address to
+    /// The network a service's endpoints must be on to be reached directly: the source's
+    /// own, else the node's (other networks need a network gateway).
+    private static func endpointNetwork(_ request: OutboundRequest) -> String {
+        request.source?.network ?? request.network
+    }
+
+    /// An eligible endpoint of the waypoint service on the caller's network (health,
+    /// capacity, address family and load balancing as for any service) and the address to
     /// tunnel to: the service must declare the HBONE `port` (ztunnel's waypoint resolution),
     /// mapped to the endpoint's target port, else the service's (0: the port itself). The
     /// endpoint need not list the port in its own map: a waypoint is not addressed by users.
@@ -278,23 +319,83 @@ public enum Forwarding {
     /// is taken on `port` even when the service does not declare it: its node proxy hands
     /// the stream to the tunnel's port.
     private static func pickWaypointEndpoint(
-        of service: Service, port: UInt16, network: String, like ip: IPAddress, mesh: MeshSnapshot,
-        rng: inout some RandomNumberGenerator
+        of service: Service, port: UInt16, request: OutboundRequest, network: String, like ip: IPAddress,
+        mesh: MeshSnapshot, rng: inout some RandomNumberGenerator
     ) -> (workload: Workload, gateway: SocketAddr, service: Service?)? {
         let serviceTarget = service.ports[port]
         let candidates: [(workload: Workload, gateway: SocketAddr)] = mesh.endpoints(of: service.namespacedHostname)
             .compactMap { endpoint in
-                guard endpoint.status == .healthy, endpoint.network == network,
+                guard admits(endpoint, service), endpoint.network == network, endpoint.capacity > 0,
                     serviceTarget != nil || endpoint.applicationTunnel?.port != nil,
-                    let address = preferredIP(of: endpoint, like: ip)
+                    let address = preferredIP(of: endpoint, like: ip, families: service.ipFamilies)
                 else { return nil }
                 let endpointTarget = endpoint.services[service.namespacedHostname]?[port] ?? 0
                 let declared = serviceTarget ?? 0
                 let target = endpointTarget != 0 ? endpointTarget : (declared != 0 ? declared : port)
                 return (endpoint, SocketAddr(ip: address, port: target))
             }
-        return pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng)
+        let ranked = preferred(candidates, by: service.loadBalancer, request: request, endpoint: \.workload)
+        return pickWeighted(ranked, weight: { $0.workload.capacity }, using: &rng)
             .map { ($0.workload, $0.gateway, service) }
+    }
+
+    /// Whether `endpoint`'s health lets it serve `service`: healthy, or any health when
+    /// the service admits every endpoint (``LoadBalancer/HealthPolicy/allowAll``).
+    private static func admits(_ endpoint: Workload, _ service: Service) -> Bool {
+        endpoint.status == .healthy || service.loadBalancer?.healthPolicy == .allowAll
+    }
+
+    /// The candidates a service's load balancer prefers for this source (ztunnel's
+    /// ranking). In ``LoadBalancer/Mode/failover`` and ``LoadBalancer/Mode/strict``
+    /// modes an endpoint's rank is how many of the routing preferences it shares with the
+    /// source, counted in order up to the first it does not share; only the best-ranked
+    /// are kept, and in strict mode only those sharing every preference. When the first
+    /// preference is ``LoadBalancer/Scope/network``, an endpoint on the source's network
+    /// outranks every endpoint on another (a mismatch there does not stop the count).
+    /// An unknown source shares nothing but its network (the node's). Other modes keep
+    /// every candidate.
+    private static func preferred<Candidate>(
+        _ candidates: [Candidate], by balancer: LoadBalancer?, request: OutboundRequest,
+        endpoint: (Candidate) -> Workload
+    ) -> [Candidate] {
+        guard let balancer, balancer.mode == .failover || balancer.mode == .strict else { return candidates }
+        let source = request.source
+        let preferences = balancer.routingPreferences
+        let networkFirst = preferences.first == .network
+        var best: [Candidate] = []
+        var bestRank = -1
+        for candidate in candidates {
+            let workload = endpoint(candidate)
+            var rank = 0
+            var networkBonus = 0
+            for scope in preferences {
+                let shared: Bool
+                switch scope {
+                case .region: shared = source.map { $0.locality.region == workload.locality.region } ?? false
+                case .zone: shared = source.map { $0.locality.zone == workload.locality.zone } ?? false
+                case .subzone: shared = source.map { $0.locality.subzone == workload.locality.subzone } ?? false
+                case .node: shared = source.map { $0.node == workload.node } ?? false
+                case .cluster: shared = source.map { $0.clusterID == workload.clusterID } ?? false
+                case .network:
+                    shared = endpointNetwork(request) == workload.network
+                    if networkFirst {
+                        guard shared else { continue }
+                        networkBonus = preferences.count - 1
+                    }
+                }
+                guard shared else { break }
+                rank += 1
+            }
+            if balancer.mode == .strict && rank != preferences.count { continue }
+            rank += networkBonus
+            if rank > bestRank {
+                best = [candidate]
+                bestRank = rank
+            } else if rank == bestRank {
+                best.append(candidate)
+            }
+        }
+        return best
     }
 
     /// Whether the connection comes from the waypoint named by `gateway` (ztunnel's
@@ -324,10 +425,12 @@ public enum Forwarding {
         return candidates.contains { $0.identity == source.identity && $0.workloadIPs.contains(sourceIP) }
     }
 
-    /// The workload's address in the same family as `ip` (so an IPv6 client reaches an IPv6
-    /// endpoint), else its first address.
-    private static func preferredIP(of workload: Workload, like ip: IPAddress) -> IPAddress? {
-        workload.workloadIPs.first { $0.isIPv4 == ip.isIPv4 } ?? workload.workloadIPs.first
+    /// Among the workload's addresses of a family the service allows (any without a
+    /// restriction), the one in the same family as `ip` (so an IPv6 client reaches an IPv6
+    /// endpoint), else the first; nil when it has none of an allowed family.
+    private static func preferredIP(of workload: Workload, like ip: IPAddress, families: IPFamilies?) -> IPAddress? {
+        let usable = workload.workloadIPs.filter { families?.allows($0) ?? true }
+        return usable.first { $0.isIPv4 == ip.isIPv4 } ?? usable.first
     }
 
     /// The workload's identity, then the service's subject alt names that parse as SPIFFE
@@ -342,14 +445,14 @@ public enum Forwarding {
         return result
     }
 
-    /// Picks one element with probability proportional to its weight; uniformly when all
-    /// weights are zero; nil when empty. Consumes no randomness for a single candidate.
+    /// Picks one element with probability proportional to its weight; nil when empty or
+    /// every weight is zero. Consumes no randomness for a single candidate.
     private static func pickWeighted<Element>(
         _ elements: [Element], weight: (Element) -> UInt32, using rng: inout some RandomNumberGenerator
     ) -> Element? {
-        guard elements.count > 1 else { return elements.first }
+        guard elements.count > 1 else { return elements.first.flatMap { weight($0) > 0 ? $0 : nil } }
         let total = elements.reduce(UInt64(0)) { $0 + UInt64(weight($1)) }
-        guard total > 0 else { return elements[Int(rng.next(upperBound: UInt64(elements.count)))] }
+        guard total > 0 else { return nil }
         var point = rng.next(upperBound: total)
         for element in elements {
             let w = UInt64(weight(element))

@@ -107,15 +107,16 @@ public final class InboundPath: Sendable {
                 .selfCall, "\(request.destination) is one of the proxy's own ports; refusing to connect to itself",
                 request)
         }
-        guard let workload = mesh.workload(at: request.destination.ip) else {
+        // The destination is looked up in its own network; the peer in the node's.
+        guard let workload = context.localWorkload(at: request.destination.ip, in: mesh) else {
+            if let remote = mesh.workloads(at: request.destination.ip).last {
+                return refused(
+                    .notLocal, "workload \(remote.uid) runs on node \(remote.node), not on \(context.nodeName)",
+                    request)
+            }
             return refused(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", request)
         }
-        if !context.isLocal(workload) {
-            return refused(
-                .notLocal, "workload \(workload.uid) runs on node \(workload.node), not on \(context.nodeName)",
-                request)
-        }
-        let sourceWorkload = mesh.workload(at: request.source.ip)
+        let sourceWorkload = mesh.workload(at: request.source.ip, network: context.nodeNetwork)
         let record = ConnectionRecord(
             governed: .inbound, source: request.source, destination: request.destination,
             sourceWorkload: sourceWorkload, destinationWorkload: workload,

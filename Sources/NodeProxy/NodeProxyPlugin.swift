@@ -41,7 +41,7 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
     // MARK: TunnelTerminator
 
     public func serverIdentity(for connection: AcceptedTunnelConnection) -> Result<TunnelServerIdentity, ConnectionRefusal> {
-        guard let workload = context.mesh.snapshot.workload(at: connection.local.ip), context.isLocal(workload),
+        guard let workload = context.localWorkload(at: connection.local.ip, in: context.mesh.snapshot),
             workload.tunnelProtocol == .hbone
         else {
             return .failure(ConnectionRefusal(

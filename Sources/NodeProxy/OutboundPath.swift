@@ -66,23 +66,24 @@ public final class OutboundPath: Sendable {
             return eventLoop.makeFailedFuture(ConnectionRefusal(.sourceUnknown, "client address unknown"))
         }
         let mesh = context.mesh.snapshot
-        guard let source = mesh.workload(at: client.ip) else {
+        // The source is looked up in its own network, whatever the node's is called.
+        guard let source = context.localWorkload(at: client.ip, in: mesh) else {
+            if let remote = mesh.workloads(at: client.ip).last {
+                logger.warning(
+                    "refused: source workload runs on another node",
+                    metadata: ["source": "\(remote.uid)", "node": "\(remote.node)"])
+                return eventLoop.makeFailedFuture(
+                    ConnectionRefusal(.sourceUnknown, "source \(remote.uid) is not on node \(context.nodeName)"))
+            }
             logger.warning(
                 "refused: source is not a workload of this mesh",
                 metadata: ["source": "\(client)", "destination": "\(destination)"])
             return eventLoop.makeFailedFuture(
                 ConnectionRefusal(.sourceUnknown, "source \(client.ip) is not a known workload"))
         }
-        if !context.isLocal(source) {
-            logger.warning(
-                "refused: source workload runs on another node",
-                metadata: ["source": "\(source.uid)", "node": "\(source.node)"])
-            return eventLoop.makeFailedFuture(
-                ConnectionRefusal(.sourceUnknown, "source \(source.uid) is not on node \(context.nodeName)"))
-        }
-        return resolve(destination, mesh: mesh, network: source.network, on: eventLoop).flatMap { destination in
+        return resolve(destination, mesh: mesh, source: source, on: eventLoop).flatMap { destination in
             self.route(
-                OutboundRequest(source: source, sourceAddress: client, destination: destination),
+                OutboundRequest(source: source, sourceAddress: client, destination: destination, network: self.context.nodeNetwork),
                 mesh: mesh, downstream: downstream, placement: .node)
         }
     }
@@ -98,24 +99,26 @@ public final class OutboundPath: Sendable {
             return downstream.eventLoop.makeFailedFuture(ConnectionRefusal(.sourceUnknown, "client address unknown"))
         }
         return route(
-            OutboundRequest(source: source, sourceAddress: client, destination: destination),
+            OutboundRequest(source: source, sourceAddress: client, destination: destination, network: context.nodeNetwork),
             mesh: context.mesh.snapshot, downstream: downstream, placement: placement)
     }
 
-    /// Domain names resolve through the mesh's service hostnames first (a service VIP on
-    /// the source's network), then through the system resolver.
+    /// Domain names resolve through the mesh's service hostnames first (the service the
+    /// source's namespace sees by that name, its VIP on the node's network), then through
+    /// the system resolver.
     private func resolve(
-        _ destination: OutboundDestination, mesh: MeshSnapshot, network: String, on eventLoop: any EventLoop
+        _ destination: OutboundDestination, mesh: MeshSnapshot, source: Workload, on eventLoop: any EventLoop
     ) -> EventLoopFuture<SocketAddr> {
         switch destination {
         case .address(let address):
             return eventLoop.makeSucceededFuture(address)
         case .domain(let name, let port):
             let host = name.hasSuffix(".") ? String(name.dropLast()) : name
-            for service in mesh.services(hostname: host) {
-                if let vip = service.vips.first(where: { $0.network == network }) ?? service.vips.first {
-                    return eventLoop.makeSucceededFuture(SocketAddr(ip: vip.ip, port: port))
-                }
+            let network = context.nodeNetwork
+            if let service = mesh.service(hostname: host, namespace: source.namespace),
+                let vip = service.vips.first(where: { $0.network == network }) ?? service.vips.first
+            {
+                return eventLoop.makeSucceededFuture(SocketAddr(ip: vip.ip, port: port))
             }
             return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) {
                 guard let ip = SystemResolver.resolve(host) else {

@@ -189,6 +189,7 @@ struct RunningNode {
               name: backend
               namespace: default
               workloadIps: ["\(backend.ip)"]
+              locality: {region: r1, zone: z1}
             """)
         let socks = SocketAddr(ip: IPAddress("127.0.0.1")!, port: freePort())
         let admin = SocketAddr(ip: IPAddress("127.0.0.1")!, port: freePort())
@@ -293,6 +294,11 @@ struct NodeLifecycleTests {
         let json = try JSONSerialization.jsonObject(with: Data(dump.body.utf8)) as? [String: Any]
         let workloads = json?["workloads"] as? [[String: Any]]
         #expect(workloads?.count == 2)
+        // The newer model fields, in ztunnel's names; an unknown locality is left out.
+        let backendView = workloads?.first { $0["name"] as? String == "backend" }
+        #expect((backendView?["locality"] as? [String: String]) == ["region": "r1", "zone": "z1", "subzone": ""])
+        #expect(backendView?["networkMode"] as? String == "Standard")
+        #expect(workloads?.first { $0["name"] as? String == "client" }?["locality"] == nil)
         let plugins = json?["plugins"] as? [[String: Any]]
         #expect(plugins?.compactMap { $0["id"] as? String } == ["local-config", "capture"])
         #expect(plugins?.allSatisfy { ($0["state"] as? String) == "running" } == true)

@@ -69,14 +69,16 @@ private let client = workload("client", ["10.0.0.1"], sa: "client")
 /// unless given; nil for none known).
 private func decide(
     _ destination: String, from source: Workload? = client, sourceIP: String?? = .none, workloads: [Workload] = [],
-    services: [Service] = [], seed: UInt64 = 1
+    services: [Service] = [], seed: UInt64 = 1, network: String = ""
 ) -> ForwardingDecision {
     let mesh = MeshSnapshot(
         workloads: (source.map { [$0] } ?? []) + workloads, services: services, policies: [])
     var rng = SplitMix64(seed: seed)
     let from: IPAddress? = sourceIP.map { $0.map(ip) } ?? source?.workloadIPs.first
     return Forwarding.decide(
-        OutboundRequest(source: source, sourceAddress: from.map { SocketAddr(ip: $0, port: 40000) }, destination: addr(destination)),
+        OutboundRequest(
+            source: source, sourceAddress: from.map { SocketAddr(ip: $0, port: 40000) }, destination: addr(destination),
+            network: network),
         in: mesh, using: &rng)
 }
 
@@ -375,16 +377,22 @@ struct ForwardingDecisionTests {
         }
     }
 
-    @Test("endpoints that do not list the port, or sit on another network, are never picked")
-    func endpointLackingPortSkipped() {
-        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080, 443: 8443])
+    @Test("an endpoint without the port in its own map takes the service's target port; left out only when that is 0")
+    func endpointLackingPort() {
+        let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080, 443: 8443, 9000: 0])
         let httpOnly = workload("echo-a", ["10.0.1.1"], services: ["default/echo": [80: 8080]])
-        let both = workload("echo-b", ["10.0.1.2"], services: ["default/echo": [80: 8080, 443: 8443]])
         let remote = workload(
             "echo-c", ["10.9.1.3"], network: "other", services: ["default/echo": [80: 8080, 443: 8443]])
-        for seed in 0..<50 as Range<UInt64> {
-            let decision = decide("10.96.0.10:443", workloads: [httpOnly, both, remote], services: [echo], seed: seed)
-            #expect(chosenUID(decision) == "echo-b")
+        for seed in 0..<20 as Range<UInt64> {
+            let decision = decide("10.96.0.10:443", workloads: [httpOnly, remote], services: [echo], seed: seed)
+            #expect(hbone(decision)?.authority == "10.0.1.1:8443")
+        }
+        // No target port on the service: only endpoints that map the port themselves.
+        #expect(refusal(decide("10.96.0.10:9000", workloads: [httpOnly], services: [echo])) == .noHealthyEndpoint)
+        let mapped = workload("echo-b", ["10.0.1.2"], services: ["default/echo": [9000: 9090]])
+        for seed in 0..<20 as Range<UInt64> {
+            let decision = decide("10.96.0.10:9000", workloads: [httpOnly, mapped], services: [echo], seed: seed)
+            #expect(hbone(decision)?.authority == "10.0.1.2:9090")
         }
     }
 
@@ -418,18 +426,111 @@ struct ForwardingDecisionTests {
         #expect(largeShare > 0.72 && largeShare < 0.78, "share of capacity-3 endpoint: \(largeShare)")
     }
 
-    @Test("all-zero capacities are picked uniformly rather than refused")
+    @Test("capacity 0 is never picked, even when every endpoint has it")
     func allZeroCapacity() {
         let echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080])
         let a = workload("echo-a", ["10.0.1.1"], capacity: 0, services: ["default/echo": [80: 8080]])
         let b = workload("echo-b", ["10.0.1.2"], capacity: 0, services: ["default/echo": [80: 8080]])
-        var seen: Set<String> = []
-        for seed in 0..<64 as Range<UInt64> {
-            if let uid = chosenUID(decide("10.96.0.10:80", workloads: [a, b], services: [echo], seed: seed)) {
-                seen.insert(uid)
-            }
+        for seed in 0..<16 as Range<UInt64> {
+            #expect(refusal(decide("10.96.0.10:80", workloads: [a, b], services: [echo], seed: seed)) == .noHealthyEndpoint)
         }
-        #expect(seen == ["echo-a", "echo-b"])
+        #expect(refusal(decide("10.96.0.10:80", workloads: [a], services: [echo])) == .noHealthyEndpoint)
+    }
+
+    // MARK: load balancing
+
+    private static func balanced(_ balancer: LoadBalancer, waypoint: GatewayAddress? = nil) -> Service {
+        var echo = service("echo", vips: ["10.96.0.10"], ports: [80: 8080], waypoint: waypoint)
+        echo.loadBalancer = balancer
+        return echo
+    }
+
+    private static func endpoint(
+        _ uid: String, _ address: String, node: String = "node-a", cluster: String = "Kubernetes", region: String = "r1",
+        zone: String = "z1", subzone: String = "s1", status: HealthStatus = .healthy
+    ) -> Workload {
+        var made = workload(uid, [address], status: status, services: ["default/echo": [80: 8080]])
+        made.node = node
+        made.clusterID = cluster
+        made.locality = Locality(region: region, zone: zone, subzone: subzone)
+        return made
+    }
+
+    private static let localClient: Workload = {
+        var source = client
+        source.node = "node-a"
+        source.locality = Locality(region: "r1", zone: "z1", subzone: "s1")
+        return source
+    }()
+
+    /// Which endpoints a source picks over many draws.
+    private static func picks(_ service: Service, _ endpoints: [Workload], from source: Workload? = localClient) -> Set<String> {
+        Set((0..<48 as Range<UInt64>).map { chosenUID(decide("10.96.0.10:80", from: source, workloads: endpoints, services: [service], seed: $0)) ?? "refused" })
+    }
+
+    @Test("Failover: the endpoints sharing the longest run of preferences, the others only when none shares more")
+    func failover() {
+        let echo = Self.balanced(LoadBalancer(routingPreferences: [.region, .zone, .subzone], mode: .failover))
+        let sameSubzone = Self.endpoint("same-subzone", "10.0.1.1")
+        let sameZone = Self.endpoint("same-zone", "10.0.1.2", subzone: "s2")
+        let sameRegion = Self.endpoint("same-region", "10.0.1.3", zone: "z2")
+        let elsewhere = Self.endpoint("elsewhere", "10.0.1.4", region: "r2")
+        // Same subzone but another region shares nothing: the count stops at the first miss.
+        let oddSubzone = Self.endpoint("odd", "10.0.1.5", region: "r2", zone: "z1")
+        let all = [sameSubzone, sameZone, sameRegion, elsewhere, oddSubzone]
+        #expect(Self.picks(echo, all) == ["same-subzone"])
+        #expect(Self.picks(echo, [sameZone, sameRegion, elsewhere]) == ["same-zone"])
+        #expect(Self.picks(echo, [sameRegion, elsewhere]) == ["same-region"])
+        #expect(Self.picks(echo, [elsewhere, oddSubzone]) == ["elsewhere", "odd"])
+        // Unhealthy best-ranked endpoints do not count: fail over to the healthy ones.
+        let sick = Self.endpoint("sick", "10.0.1.6", status: .unhealthy)
+        #expect(Self.picks(echo, [sick, sameRegion]) == ["same-region"])
+    }
+
+    @Test("Strict: only endpoints sharing every preference; internalTrafficPolicy Local is Strict over Node")
+    func strict() {
+        let local = Self.balanced(LoadBalancer(routingPreferences: [.node], mode: .strict))
+        let here = Self.endpoint("here", "10.0.1.1")
+        let there = Self.endpoint("there", "10.0.1.2", node: "node-b")
+        #expect(Self.picks(local, [here, there]) == ["here"])
+        #expect(Self.picks(local, [there]) == ["refused"])
+        #expect(refusal(decide("10.96.0.10:80", from: Self.localClient, workloads: [there], services: [local])) == .noHealthyEndpoint)
+        let cluster = Self.balanced(LoadBalancer(routingPreferences: [.cluster, .zone], mode: .strict))
+        let otherCluster = Self.endpoint("other-cluster", "10.0.1.3", cluster: "east")
+        let otherZone = Self.endpoint("other-zone", "10.0.1.4", zone: "z9")
+        #expect(Self.picks(cluster, [here, otherCluster, otherZone]) == ["here"])
+        #expect(Self.picks(cluster, [otherCluster, otherZone]) == ["refused"])
+        // An unknown source shares no locality.
+        #expect(Self.picks(local, [here], from: nil) == ["refused"])
+        // Network first: the source's network counts for the whole list.
+        let network = Self.balanced(LoadBalancer(routingPreferences: [.network, .region], mode: .strict))
+        #expect(Self.picks(network, [here, Self.endpoint("far", "10.0.1.5", region: "r2")]) == ["here"])
+        // Standard mode ignores the preferences.
+        let standard = Self.balanced(LoadBalancer(routingPreferences: [.node], mode: .standard))
+        #expect(Self.picks(standard, [here, there]) == ["here", "there"])
+    }
+
+    @Test("Passthrough sends service traffic to the original destination, after the service's waypoint")
+    func passthroughMode() {
+        let echo = Self.balanced(LoadBalancer(mode: .passthrough))
+        let here = Self.endpoint("here", "10.0.1.1")
+        #expect(decide("10.96.0.10:80", workloads: [here], services: [echo]) == .passthrough(destination: addr("10.96.0.10:80")))
+        // Any port: there is no endpoint to map it for.
+        #expect(decide("10.96.0.10:9999", services: [echo]) == .passthrough(destination: addr("10.96.0.10:9999")))
+        let waypoint = workload("waypoint", ["10.0.9.9"], sa: "waypoint")
+        let withWaypoint = Self.balanced(LoadBalancer(mode: .passthrough), waypoint: waypointAt("10.0.9.9"))
+        #expect(hbone(decide("10.96.0.10:80", workloads: [here, waypoint], services: [withWaypoint]))?.viaWaypoint == true)
+    }
+
+    @Test("health policy AllowAll admits unhealthy endpoints")
+    func allowAll() {
+        let sick = Self.endpoint("sick", "10.0.1.1", status: .unhealthy)
+        let echo = Self.balanced(LoadBalancer(healthPolicy: .allowAll))
+        #expect(Self.picks(echo, [sick]) == ["sick"])
+        #expect(Self.picks(Self.balanced(LoadBalancer()), [sick]) == ["refused"])
+        // With preferences too: health no longer ranks.
+        let strict = Self.balanced(LoadBalancer(routingPreferences: [.node], mode: .strict, healthPolicy: .allowAll))
+        #expect(Self.picks(strict, [sick, Self.endpoint("there", "10.0.1.2", node: "node-b")]) == ["sick"])
     }
 
     @Test("same RNG state gives the same decision")
@@ -474,13 +575,40 @@ struct ForwardingDecisionTests {
         #expect(decide("93.184.216.34:443", from: nil) == .passthrough(destination: addr("93.184.216.34:443")))
     }
 
-    @Test("lookups use the source's network")
-    func sourceNetwork() {
+    @Test("destinations are looked up in the node's network; endpoints on the source's")
+    func nodeNetwork() {
         let source = workload("client", ["10.0.0.1"], network: "east")
         let server = workload("server", ["10.0.1.1"], network: "west")
-        #expect(decide("10.0.1.1:80", from: source, workloads: [server]) == .passthrough(destination: addr("10.0.1.1:80")))
+        #expect(
+            decide("10.0.1.1:80", from: source, workloads: [server], network: "east")
+                == .passthrough(destination: addr("10.0.1.1:80")))
         let local = workload("server", ["10.0.1.1"], network: "east")
-        #expect(hbone(decide("10.0.1.1:80", from: source, workloads: [local]))?.destinationWorkload == local)
+        #expect(hbone(decide("10.0.1.1:80", from: source, workloads: [local], network: "east"))?.destinationWorkload == local)
+        // Without a known source (an explicit client), the node's network still applies.
+        #expect(hbone(decide("10.0.1.1:80", from: nil, workloads: [local], network: "east"))?.destinationWorkload == local)
+        let echo = Service(
+            name: "echo", namespace: "default", hostname: "echo", vips: [NetworkAddress(network: "east", ip: ip("10.96.0.10"))],
+            ports: [80: 8080])
+        let endpoint = workload("echo-1", ["10.0.1.2"], network: "east", services: ["default/echo": [80: 8080]])
+        #expect(chosenUID(decide("10.96.0.10:80", from: nil, workloads: [endpoint], services: [echo], network: "east")) == "echo-1")
+        #expect(
+            decide("10.96.0.10:80", from: nil, workloads: [endpoint], services: [echo], network: "west")
+                == .passthrough(destination: addr("10.96.0.10:80")))
+    }
+
+    @Test("host-network workloads are never found by address, but stay service endpoints")
+    func hostNetworkNotByAddress() {
+        var node = workload("node-agent", ["10.0.1.1"], services: ["default/agent": [80: 8080]])
+        node.networkMode = .hostNetwork
+        let mesh = MeshSnapshot(workloads: [client, node], services: [], policies: [])
+        #expect(mesh.workload(at: ip("10.0.1.1")) == nil)
+        #expect(mesh.workloads(at: ip("10.0.1.1")).isEmpty)
+        #expect(decide("10.0.1.1:8080", workloads: [node]) == .passthrough(destination: addr("10.0.1.1:8080")))
+        // Beside a pod that has the same address, the pod owns it whatever the uids.
+        let pod = workload("a-pod", ["10.0.1.1"])
+        #expect(chosenUID(decide("10.0.1.1:8080", workloads: [node, pod])) == "a-pod")
+        let agent = service("agent", vips: ["10.96.0.20"], ports: [80: 8080])
+        #expect(chosenUID(decide("10.96.0.20:80", workloads: [node], services: [agent])) == "node-agent")
     }
 
     // MARK: 5. workload waypoints
@@ -573,6 +701,82 @@ struct ForwardingDecisionTests {
         let endpoint = workload("echo-1", ["10.0.1.1", "fd00::1"], services: ["default/echo": [80: 8080]])
         #expect(hbone(decide("[fd00:96::10]:80", workloads: [endpoint], services: [echo]))?.authority == "[fd00::1]:8080")
         #expect(hbone(decide("10.96.0.10:80", workloads: [endpoint], services: [echo]))?.authority == "10.0.1.1:8080")
+    }
+
+    @Test("a service's ipFamilies picks the endpoint address of the family it allows")
+    func ipFamilies() {
+        let dualStack = workload("echo-1", ["10.0.1.1", "fd00::1"], services: ["default/echo": [80: 8080]])
+        func echo(_ families: IPFamilies?) -> Service {
+            var echo = service("echo", vips: ["10.96.0.10", "fd00:96::10"], ports: [80: 8080])
+            echo.ipFamilies = families
+            return echo
+        }
+        func authority(_ vip: String, _ families: IPFamilies?, _ endpoints: [Workload] = [dualStack]) -> String? {
+            hbone(decide(vip, workloads: endpoints, services: [echo(families)]))?.authority
+        }
+        #expect(authority("[fd00:96::10]:80", .ipv4) == "10.0.1.1:8080")
+        #expect(authority("10.96.0.10:80", .ipv6) == "[fd00::1]:8080")
+        #expect(authority("10.96.0.10:80", .dual) == "10.0.1.1:8080")
+        #expect(authority("[fd00:96::10]:80", .dual) == "[fd00::1]:8080")
+        #expect(authority("[fd00:96::10]:80", nil) == "[fd00::1]:8080")
+        // An endpoint without an address of an allowed family is left out.
+        let v4Only = workload("echo-2", ["10.0.1.2"], services: ["default/echo": [80: 8080]])
+        for seed in 0..<16 as Range<UInt64> {
+            let decision = decide("10.96.0.10:80", workloads: [v4Only, dualStack], services: [echo(.ipv6)], seed: seed)
+            #expect(hbone(decision)?.authority == "[fd00::1]:8080")
+        }
+        #expect(refusal(decide("10.96.0.10:80", workloads: [v4Only], services: [echo(.ipv6)])) == .noHealthyEndpoint)
+    }
+
+    @Test("services sharing a VIP: the client's namespace first, then the canonical one; visibility hides others' services")
+    func sharedVIP() {
+        func shared(_ namespace: String, canonical: Bool = false, visibility: ServiceVisibility = .everywhere) -> Service {
+            Service(
+                name: "echo", namespace: namespace, hostname: "echo.example", vips: [NetworkAddress(ip: ip("10.96.0.10"))],
+                ports: [80: 8080], canonical: canonical, visibility: visibility)
+        }
+        func endpoint(_ namespace: String) -> Workload {
+            workload("echo-\(namespace)", ["10.0.1.\(namespace.count)"], services: ["\(namespace)/echo.example": [80: 8080]])
+        }
+        let endpoints = ["default", "zz", "aa-canonical"].map(endpoint)
+        let mine = decide("10.96.0.10:80", workloads: endpoints, services: [shared("default"), shared("zz")])
+        #expect(hbone(mine)?.service?.namespace == "default")
+        let canonical = decide(
+            "10.96.0.10:80", workloads: endpoints, services: [shared("aa-canonical", canonical: true), shared("zz")])
+        #expect(hbone(canonical)?.service?.namespace == "aa-canonical")
+        // Neither in the client's namespace nor canonical: the greatest name, as before.
+        #expect(hbone(decide("10.96.0.10:80", workloads: endpoints, services: [shared("aa-canonical"), shared("zz")]))?.service?.namespace == "zz")
+        // A namespace-visible service of another namespace is not there for this client.
+        let hidden = decide("10.96.0.10:80", workloads: endpoints, services: [shared("zz", visibility: .namespace)])
+        #expect(hidden == .passthrough(destination: addr("10.96.0.10:80")))
+        let otherHidden = decide(
+            "10.96.0.10:80", workloads: endpoints,
+            services: [shared("zz", canonical: true, visibility: .namespace), shared("aa-canonical")])
+        #expect(hbone(otherHidden)?.service?.namespace == "aa-canonical")
+        let ownVisible = decide("10.96.0.10:80", workloads: endpoints, services: [shared("default", visibility: .namespace)])
+        #expect(hbone(ownVisible)?.service?.namespace == "default")
+    }
+
+    @Test("cidrVips: an address in a service's block reaches it; an exact VIP wins, then namespace, then the longer prefix")
+    func cidrVIPs() {
+        func block(_ name: String, _ cidr: String, namespace: String = "default", vips: [String] = []) -> Service {
+            Service(
+                name: name, namespace: namespace, hostname: name, vips: vips.map { NetworkAddress(ip: ip($0)) },
+                ports: [80: 8080], cidrVIPs: [NetworkCIDR(cidr: CIDR(cidr)!)])
+        }
+        let endpoints = ["wide", "narrow", "exact"].enumerated().map { index, name in
+            workload("\(name)-1", ["10.0.2.\(index + 1)"], services: ["default/\(name)": [80: 8080], "other/\(name)": [80: 8080]])
+        }
+        let services = [
+            block("wide", "10.97.0.0/16"), block("narrow", "10.97.1.0/24", namespace: "other"),
+            block("exact", "10.99.0.0/16", vips: ["10.97.1.5"]),
+        ]
+        #expect(hbone(decide("10.97.2.3:80", workloads: endpoints, services: services))?.service?.name == "wide")
+        #expect(hbone(decide("10.97.1.5:80", workloads: endpoints, services: services))?.service?.name == "exact")
+        // The client's namespace beats the more specific block of another namespace.
+        #expect(hbone(decide("10.97.1.6:80", workloads: endpoints, services: services))?.service?.name == "wide")
+        #expect(hbone(decide("10.97.1.6:80", from: nil, workloads: endpoints, services: services))?.service?.name == "narrow")
+        #expect(decide("10.98.0.1:80", workloads: endpoints, services: services) == .passthrough(destination: addr("10.98.0.1:80")))
     }
 
     @Test("system RNG overload decides the same way for a single endpoint")

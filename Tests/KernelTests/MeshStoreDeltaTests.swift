@@ -9,15 +9,20 @@ private struct TestRoute: MeshResource {
     var resourceKey: String { name }
 }
 
-private func workload(_ index: Int, ips: [String], services: [String] = [], network: String = "") -> Workload {
+private func workload(
+    _ index: Int, ips: [String], services: [String] = [], network: String = "", mode: NetworkMode = .standard
+) -> Workload {
     Workload(
         uid: "c//v1/Pod/ns/w\(index)", name: "w\(index)", namespace: "ns", workloadIPs: ips.map { IPAddress($0)! },
         network: network,
-        services: Dictionary(uniqueKeysWithValues: services.map { (NamespacedHostname(namespace: "ns", hostname: $0), [80: 8080]) }))
+        services: Dictionary(uniqueKeysWithValues: services.map { (NamespacedHostname(namespace: "ns", hostname: $0), [80: 8080]) }),
+        networkMode: mode)
 }
 
-private func service(_ host: String, vips: [String]) -> Service {
-    Service(name: host, namespace: "ns", hostname: host, vips: vips.map { NetworkAddress(ip: IPAddress($0)!) }, ports: [80: 8080])
+private func service(_ host: String, vips: [String], cidrs: [String] = []) -> Service {
+    Service(
+        name: host, namespace: "ns", hostname: host, vips: vips.map { NetworkAddress(ip: IPAddress($0)!) }, ports: [80: 8080],
+        cidrVIPs: cidrs.map { NetworkCIDR(cidr: CIDR($0)!) })
 }
 
 /// Every answer a snapshot gives about `addresses` and `services`, for comparing a
@@ -29,6 +34,7 @@ private func answers(_ mesh: MeshSnapshot, addresses: [String], services: [Strin
     for text in addresses {
         let ip = IPAddress(text)!
         out.append("at \(text): \(mesh.workload(at: ip)?.uid ?? "-") \(mesh.service(at: ip)?.hostname ?? "-")")
+        out.append("any network at \(text): \(mesh.workloads(at: ip).map(\.uid))")
     }
     for host in services {
         out.append("endpoints \(host): \(mesh.endpoints(of: NamespacedHostname(namespace: "ns", hostname: host)).map(\.uid))")
@@ -38,17 +44,22 @@ private func answers(_ mesh: MeshSnapshot, addresses: [String], services: [Strin
 }
 
 /// The same answers computed naively from the plain lists (the rules the indexes keep: the
-/// greatest uid owns a shared address, the greatest name a shared VIP; endpoints in uid
-/// order).
+/// greatest uid owns a shared address, host-network workloads own none; the greatest name
+/// a shared VIP, else the longest block, then the greatest name; endpoints in uid order).
 private func referenceAnswers(_ workloads: [Workload], _ services: [Service], addresses: [String], hosts: [String]) -> [String] {
     var out: [String] = []
     out += workloads.map { "w \($0.uid) \($0.workloadIPs) \($0.services.keys.sorted())" }.sorted()
     out += services.map { "s \($0.namespacedHostname) \($0.vips)" }.sorted()
     for text in addresses {
         let ip = IPAddress(text)!
-        let owner = workloads.filter { $0.workloadIPs.contains(ip) }.map(\.uid).max()
-        let vip = services.filter { $0.vips.contains(NetworkAddress(ip: ip)) }.max { $0.namespacedHostname < $1.namespacedHostname }
-        out.append("at \(text): \(owner ?? "-") \(vip?.hostname ?? "-")")
+        let byAddress = workloads.filter { $0.workloadIPs.contains(ip) && $0.networkMode != .hostNetwork }
+        let owner = byAddress.filter { $0.network == "" }.map(\.uid).max()
+        let exact = services.filter { $0.vips.contains(NetworkAddress(ip: ip)) }.max { $0.namespacedHostname < $1.namespacedHostname }
+        let block = services.flatMap { service in
+            service.cidrVIPs.filter { $0.cidr.contains(ip) }.map { (service, $0.cidr.prefixLength) }
+        }.max { ($0.1, $0.0.namespacedHostname) < ($1.1, $1.0.namespacedHostname) }?.0
+        out.append("at \(text): \(owner ?? "-") \((exact ?? block)?.hostname ?? "-")")
+        out.append("any network at \(text): \(byAddress.map(\.uid).sorted())")
     }
     for host in hosts {
         let name = NamespacedHostname(namespace: "ns", hostname: host)
@@ -78,7 +89,9 @@ struct MeshStoreDeltaTests {
                     let index = Int(rng.next() % 20)
                     let ips = (0..<Int(rng.next() % 3)).map { _ in addresses[Int(rng.next() % UInt64(addresses.count))] }
                     let member = (0..<Int(rng.next() % 3)).map { _ in hosts[Int(rng.next() % UInt64(hosts.count))] }
-                    let made = workload(index, ips: Array(Set(ips)), services: Array(Set(member)))
+                    let made = workload(
+                        index, ips: Array(Set(ips)), services: Array(Set(member)), network: rng.next() % 4 == 0 ? "east" : "",
+                        mode: rng.next() % 4 == 0 ? .hostNetwork : .standard)
                     workloads[index] = made
                     delta.upsert(made)
                 case 2:
@@ -87,7 +100,10 @@ struct MeshStoreDeltaTests {
                     delta.remove(Workload.self, key: "c//v1/Pod/ns/w\(index)")
                 case 3:
                     let host = hosts[Int(rng.next() % UInt64(hosts.count))]
-                    let made = service(host, vips: [addresses[Int(rng.next() % UInt64(addresses.count))]])
+                    let blocks = [[], ["10.0.0.0/29"], ["10.0.0.8/30"], ["10.0.0.0/28", "10.0.0.4/30"]]
+                    let made = service(
+                        host, vips: rng.next() % 3 == 0 ? [] : [addresses[Int(rng.next() % UInt64(addresses.count))]],
+                        cidrs: blocks[Int(rng.next() % UInt64(blocks.count))])
                     services[host] = made
                     delta.upsert(made)
                 default:

@@ -14,6 +14,12 @@ enum ConfigDump {
         var labels: [String: String]
         var canonicalName, canonicalRevision, workloadName, clusterId: String
         var netns: String?
+        var networkMode: String
+        /// Omitted when every part is unknown, as ztunnel does.
+        var locality: Locality?
+        var applicationTunnel: ApplicationTunnel?
+        var networkGateway: GatewayAddress?
+        var hostname: String?
         /// The discovery source whose version is in force.
         var origin: String?
 
@@ -42,6 +48,11 @@ enum ConfigDump {
             workloadName = w.workloadName
             clusterId = w.clusterID
             netns = w.netns
+            networkMode = w.networkMode.rawValue
+            locality = w.locality.isEmpty ? nil : w.locality
+            applicationTunnel = w.applicationTunnel
+            networkGateway = w.networkGateway
+            hostname = w.hostname.isEmpty ? nil : w.hostname
         }
     }
 
@@ -51,6 +62,12 @@ enum ConfigDump {
         var ports: [String: UInt16]
         var subjectAltNames: [String]
         var waypoint: GatewayAddress?
+        var cidrVips: [String]?
+        var weightedWaypoints: [WeightedWaypoint]?
+        var loadBalancer: LoadBalancer?
+        var ipFamilies: String?
+        var canonical: Bool
+        var visibility: String
         var endpoints: [String]
         /// The discovery source whose version is in force.
         var origin: String?
@@ -64,6 +81,12 @@ enum ConfigDump {
             ports = Dictionary(uniqueKeysWithValues: s.ports.map { (String($0.key), $0.value) })
             subjectAltNames = s.subjectAltNames
             waypoint = s.waypoint
+            cidrVips = s.cidrVIPs.isEmpty ? nil : s.cidrVIPs.map(\.description)
+            weightedWaypoints = s.weightedWaypoints.isEmpty ? nil : s.weightedWaypoints
+            loadBalancer = s.loadBalancer
+            ipFamilies = s.ipFamilies?.rawValue
+            canonical = s.canonical
+            visibility = s.visibility.rawValue
             self.endpoints = endpoints.map(\.uid)
         }
     }
@@ -176,6 +199,7 @@ enum ConfigDump {
         let dump = Dump(
             node: [
                 "name": node.plan.manifest.node.name,
+                "network": node.plan.manifest.node.network,
                 "state": node.isDraining ? "draining" : (node.readiness.isReady ? "ready" : "starting"),
             ],
             meshVersion: mesh.version,

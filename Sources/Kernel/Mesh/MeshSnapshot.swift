@@ -15,9 +15,14 @@ public struct MeshSnapshot: Sendable {
     /// Every uid with an address, sorted: the greatest is the address's owner (the same
     /// winner whatever order the workloads arrived in).
     private var ipClaims = ResourceTable<NetworkAddress, [String]>()
+    /// Every uid with an address on any network, sorted: for finding a local workload
+    /// whose network is not known yet.
+    private var addressClaims = ResourceTable<IPAddress, [String]>()
     /// Every service with a VIP, sorted: the greatest owns it.
     private var vipClaims = ResourceTable<NetworkAddress, [NamespacedHostname]>()
     private var servicesByHostname = ResourceTable<String, [NamespacedHostname]>()
+    /// The services with address blocks (``Service/cidrVIPs``), sorted; few, so scanned.
+    private var cidrServices: [NamespacedHostname] = []
     /// Backing workloads per service, in uid order.
     private var endpointsByService = ResourceTable<NamespacedHostname, [String]>()
     /// Kinds beyond the three built in, by type.
@@ -46,19 +51,63 @@ public struct MeshSnapshot: Sendable {
         return copy
     }
 
-    /// The workload that owns `ip` on `network` (default network when empty).
+    /// The workload that owns `ip` on `network` (default network when empty). Host-network
+    /// workloads (``NetworkMode/hostNetwork``) are never found by address.
     public func workload(at ip: IPAddress, network: String = "") -> Workload? {
         ipClaims[NetworkAddress(network: network, ip: ip)]?.last.flatMap { workloads[$0] }
     }
 
-    /// The service with `ip` among its VIPs.
-    public func service(at ip: IPAddress, network: String = "") -> Service? {
-        vipClaims[NetworkAddress(network: network, ip: ip)]?.last.flatMap { services[$0] }
+    /// Every workload with `ip` among its addresses, on any network, in uid order, except
+    /// host-network workloads. A local
+    /// workload is looked up this way: its network is its own, not necessarily the node's
+    /// (see `PluginContext.localWorkload(at:in:)`).
+    public func workloads(at ip: IPAddress) -> [Workload] {
+        (addressClaims[ip] ?? []).compactMap { workloads[$0] }
+    }
+
+    /// The service a client in `namespace` reaches at `ip` on `network` (ztunnel's
+    /// choice when services in several namespaces share a VIP). Among the services with
+    /// `ip` among their ``Service/vips``, those visible to the client
+    /// (``Service/isVisible(to:)``; all of them when `namespace` is nil): the one in the
+    /// client's namespace, else a ``Service/canonical`` one, else the greatest
+    /// `namespace/hostname`. When no VIP matches, the visible services with a
+    /// ``Service/cidrVIPs`` block on `network` containing `ip`, ranked by: in the client's
+    /// namespace, then the longest prefix, then canonical.
+    public func service(at ip: IPAddress, network: String = "", namespace: String? = nil) -> Service? {
+        func visible(_ service: Service) -> Bool { namespace.map(service.isVisible(to:)) ?? true }
+        var best: (service: Service, rank: [Int])?
+        for name in vipClaims[NetworkAddress(network: network, ip: ip)] ?? [] {
+            guard let service = services[name], visible(service) else { continue }
+            let rank = [service.namespace == namespace ? 1 : 0, service.canonical ? 1 : 0]
+            // Names come in ascending order: on a tie the later (greater) one wins.
+            if best.map({ !rank.lexicographicallyPrecedes($0.rank) }) ?? true { best = (service, rank) }
+        }
+        if let best { return best.service }
+        for name in cidrServices {
+            guard let service = services[name], visible(service) else { continue }
+            for block in service.cidrVIPs where block.network == network && block.cidr.contains(ip) {
+                let rank = [service.namespace == namespace ? 1 : 0, block.cidr.prefixLength, service.canonical ? 1 : 0]
+                if best.map({ !rank.lexicographicallyPrecedes($0.rank) }) ?? true { best = (service, rank) }
+            }
+        }
+        return best?.service
     }
 
     /// Services with this hostname (one per namespace at most).
     public func services(hostname: String) -> [Service] {
         (servicesByHostname[hostname] ?? []).compactMap { services[$0] }
+    }
+
+    /// The service a client in `namespace` means by `hostname`: among those visible to it
+    /// (all when `namespace` is nil), the one in its namespace, else a canonical one, else
+    /// the greatest `namespace/hostname`.
+    public func service(hostname: String, namespace: String? = nil) -> Service? {
+        var best: (service: Service, rank: [Int])?
+        for service in services(hostname: hostname) where namespace.map(service.isVisible(to:)) ?? true {
+            let rank = [service.namespace == namespace ? 1 : 0, service.canonical ? 1 : 0]
+            if best.map({ !rank.lexicographicallyPrecedes($0.rank) }) ?? true { best = (service, rank) }
+        }
+        return best?.service
     }
 
     /// The workloads that back `service`, in uid order, healthy or not.
@@ -110,13 +159,19 @@ public struct MeshSnapshot: Sendable {
     private mutating func setWorkload(_ uid: String, to workload: Workload?) {
         let old = workloads[uid]
         if let old {
-            for ip in old.workloadIPs { Self.withdraw(uid, from: &ipClaims, at: NetworkAddress(network: old.network, ip: ip)) }
+            for ip in old.workloadIPs where old.networkMode != .hostNetwork {
+                Self.withdraw(uid, from: &ipClaims, at: NetworkAddress(network: old.network, ip: ip))
+                Self.withdraw(uid, from: &addressClaims, at: ip)
+            }
             for service in old.services.keys { Self.withdraw(uid, from: &endpointsByService, at: service) }
         }
         workloads[uid] = workload
         if let workload {
-            for ip in workload.workloadIPs {
+            // A host-network workload's addresses are its node's, shared with every other
+            // such workload there: an address never names it.
+            for ip in workload.workloadIPs where workload.networkMode != .hostNetwork {
                 Self.claim(uid, in: &ipClaims, at: NetworkAddress(network: workload.network, ip: ip))
+                Self.claim(uid, in: &addressClaims, at: ip)
             }
             for service in workload.services.keys { Self.claim(uid, in: &endpointsByService, at: service) }
         }
@@ -125,11 +180,15 @@ public struct MeshSnapshot: Sendable {
     private mutating func setService(_ name: NamespacedHostname, to service: Service?) {
         if let old = services[name] {
             for vip in old.vips { Self.withdraw(name, from: &vipClaims, at: vip) }
+            if !old.cidrVIPs.isEmpty { cidrServices.removeAll { $0 == name } }
             Self.withdraw(name, from: &servicesByHostname, at: old.hostname)
         }
         services[name] = service
         if let service {
             for vip in service.vips { Self.claim(name, in: &vipClaims, at: vip) }
+            if !service.cidrVIPs.isEmpty {
+                cidrServices.insert(name, at: cidrServices.firstIndex { $0 > name } ?? cidrServices.endIndex)
+            }
             Self.claim(name, in: &servicesByHostname, at: service.hostname)
         }
     }

@@ -98,6 +98,17 @@ public final class PluginContext: Sendable {
         nodeName.isEmpty || workload.node.isEmpty || workload.node == nodeName
     }
 
+    /// The workload on this node that has address `ip`, on whatever network it is: a
+    /// local workload is looked up in its own network, which in a multi-network install
+    /// need not be called like the node's ``nodeNetwork``. When local workloads on
+    /// several networks share the address, the one on the node's network wins, then the
+    /// greatest uid (as for ``MeshSnapshot/workload(at:network:)``). Nil when no local
+    /// workload has it.
+    public func localWorkload(at ip: IPAddress, in mesh: MeshSnapshot) -> Workload? {
+        let local = mesh.workloads(at: ip).filter(isLocal)
+        return local.last { $0.network == nodeNetwork } ?? local.last
+    }
+
     /// Resolves a config path: absolute paths stay, relative ones are taken from
     /// ``baseDirectory``.
     public func resolvePath(_ path: String) -> String {

@@ -74,7 +74,8 @@ final class InboundPlaintext: Sendable {
                 return eventLoop.makeFailedFuture(
                     ConnectionRefusal(.selfCall, "\(local) is this proxy's own listener"))
             }
-            if let pod, mesh.snapshot.workload(at: destination.ip)?.uid != pod.workload {
+            // The pod's own workload, by uid: its addresses are on its own network.
+            if let pod, mesh.snapshot.workloads[pod.workload]?.workloadIPs.contains(destination.ip) != true {
                 logger.info(
                     "inbound plaintext refused: destination is not the pod whose namespace it arrived in",
                     metadata: ["source": "\(client)", "destination": "\(destination)", "pod": "\(pod.workload)"])

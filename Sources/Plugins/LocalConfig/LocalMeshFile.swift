@@ -3,7 +3,8 @@ import AmbitRuntime
 import ConfigYAML
 
 /// The local mesh file: ztunnel's local-config YAML (`LOCAL_XDS_PATH`), camelCase, unknown
-/// fields rejected, turned into the kernel's mesh model.
+/// fields rejected, turned into the kernel's mesh model. Every field ztunnel's local
+/// config has is accepted, so a file ztunnel loads loads here too.
 ///
 /// ```yaml
 /// workloads:
@@ -15,36 +16,41 @@ import ConfigYAML
 ///   workloadIps: ["127.0.0.2"]
 ///   protocol: HBONE                        # TCP (default) | HBONE
 ///   node: node-a
-///   network: ""                            # default network
+///   network: ""                            # the workload's network; "" is the default one
+///   networkMode: Standard                  # Standard | HostNetwork (never looked up by IP)
 ///   waypoint: {destination: "/10.0.0.9", hboneMtlsPort: 15008}   # or "ns/hostname"
-///   networkGateway: {destination: "/10.0.0.8"}                   # accepted, not used yet
+///   networkGateway: {destination: "/10.0.0.8", hboneMtlsPort: 15008}   # reaches it from other networks
 ///   status: Healthy                        # Healthy | Unhealthy
-///   capacity: 1
-///   services: {"default/echo.default.svc.cluster.local": {80: 8080}}
+///   capacity: 1                            # endpoint weight; 0 is never picked
+///   services: {"default/echo.default.svc.cluster.local": {80: 8080}}   # "/host" for no namespace
 ///   canonicalName: echo
 ///   canonicalRevision: v1
 ///   workloadName: echo
-///   workloadType: deployment
+///   workloadType: deployment               # accepted, not used
 ///   clusterId: Kubernetes                  # default
-///   hostname: ""                           # accepted, not used yet
-///   locality: {region: r, zone: z, subzone: s}   # accepted, not used yet
+///   hostname: ""                           # the workload's DNS name, if any
+///   locality: {region: r, zone: z, subzone: s}   # each part optional
 ///   authorizationPolicies: ["default/allow-echo"]  # WorkloadSelector policies applying here
-///   nativeTunnel: false                    # accepted, not used yet
-///   applicationTunnel: {protocol: PROXY, port: 15088}  # NONE | PROXY: a sandwiched waypoint
-///   networkMode: Standard                  # Standard | HostNetwork; not used yet
+///   nativeTunnel: false                    # accepted, not used
+///   applicationTunnel: {protocol: PROXY, port: 15088}   # NONE | PROXY (a sandwiched waypoint); port optional
 ///   labels: {app: echo}                    # Ambit: matched by policy `selector`
 ///   netns: /var/run/netns/echo             # Ambit: the pod's network namespace
 /// services:
 /// - name: echo
-///   namespace: default
+///   namespace: default                     # may be "" (the service is then "/hostname")
 ///   hostname: echo.default.svc.cluster.local
 ///   vips: ["/127.10.0.1"]                  # "network/ip"; a bare ip is the default network
+///   cidrVips: [{network: "", cidr: 10.97.0.0/16}]   # or "network/cidr"; exact vips win
 ///   ports: {80: 8080}                      # service port: target port (0 = same port)
 ///   subjectAltNames: ["spiffe://cluster.local/ns/default/sa/echo"]
 ///   waypoint: {destination: "/10.0.0.9"}
+///   weightedWaypoints: [{destination: {destination: "/10.0.0.9", hboneMtlsPort: 15008}, weight: 90}]
 ///   loadBalancer: {routingPreferences: [Zone], mode: Failover, healthPolicy: OnlyHealthy}
 ///   ipFamilies: IPv4                       # Dual | IPv4 | IPv6
-///   canonical: true
+///   canonical: true                        # preferred when services share a VIP or hostname
+///   visibility: Public                     # Public | Namespace (only the service's namespace)
+///   endpoints:                             # ztunnel's endpoint records, by workload uid
+///     cluster1//v1/Pod/default/echo: {workloadUid: cluster1//v1/Pod/default/echo, port: {80: 8080}, status: Healthy}
 /// policies:
 /// - name: allow-echo
 ///   namespace: default
@@ -55,6 +61,26 @@ import ConfigYAML
 ///   rules: [[[{principals: [{Prefix: "cluster.local/ns/default/"}], destinationPorts: [8080]}]]]
 /// ```
 ///
+/// How the fields route (``Forwarding`` in the node proxy has the whole decision):
+/// - A workload is found by address in its own `network` when it is local to the node,
+///   and in the node's network (manifest `node.network`) otherwise; `HostNetwork`
+///   workloads are never found by address, only as service endpoints.
+/// - A service endpoint is a workload listing the service in `services` (or named by a
+///   service's `endpoints` record; the workload's own entry wins, and an unhealthy record
+///   is dropped unless `healthPolicy: AllowAll`; a record naming no workload of the file
+///   is ignored). It is picked when healthy (or `AllowAll`), on the client's network,
+///   with `capacity` above 0, with an address of a family `ipFamilies` allows, and with
+///   the port in its own port map or a non-zero target port on the service.
+/// - `loadBalancer`: `Failover` prefers endpoints sharing the longest run of
+///   `routingPreferences` (Network, Region, Zone, Subzone, Node, Cluster) with the client;
+///   `Strict` takes only those sharing all; `Passthrough` sends to the address asked for.
+/// - Services sharing a VIP: the client's namespace first, then `canonical`;
+///   `visibility: Namespace` services are invisible to other namespaces; a `cidrVips`
+///   block answers when no VIP does.
+/// - `weightedWaypoints`: one is picked per connection by weight (all 0: `waypoint`).
+/// - `networkGateway`, `applicationTunnel` and `hostname` are kept in the model for the
+///   waypoint and multi-network paths; `workloadType` and `nativeTunnel` are accepted only.
+///
 /// Policy string matches are written `{Exact: x}`, `{Prefix: x}`, `{Suffix: x}`,
 /// `{Presence: []}` or bare `Presence` (ztunnel's forms), or as a plain string with
 /// Istio's wildcards: `x` exact, `x*` prefix, `*x` suffix, `*` presence.
@@ -63,9 +89,10 @@ import ConfigYAML
 ///
 /// Besides type checks, the file is checked for: emptiness, duplicate workload uids, duplicate
 /// services (`namespace/hostname`), duplicate policies (`namespace/name`), empty
-/// namespaces and hostnames, service port 0, and malformed addresses, CIDRs and
-/// `namespace/hostname` keys; every error names the path and line. A workload may name
-/// a service that is not defined (as in ztunnel).
+/// workload namespaces and hostnames, service port 0, and malformed addresses, CIDRs and
+/// `namespace/hostname` keys; every error names the file, line and path (e.g.
+/// `mesh.yaml:7: services[2].ipFamilies: expected one of Dual, IPv4, IPv6, got "IPv5"`).
+/// A workload may name a service that is not defined (as in ztunnel).
 public enum LocalMeshFile {
     /// Parses the file's text into a snapshot; `file` names it in errors.
     /// An empty file (nothing but whitespace and comments) is an error, not an empty mesh:
