@@ -220,6 +220,20 @@ struct LocalConfigTests {
         #expect(snapshot.services.values.allSatisfy { $0.canonical })
     }
 
+    @Test("an empty workload namespace and an empty service name load, as in ztunnel (the keys stay required)")
+    func emptyNames() throws {
+        let snapshot = try LocalConfigPlugin.parse(
+            yaml: """
+                workloads:
+                - {uid: vm-1, name: vm, namespace: "", workloadIps: ["10.0.0.5"]}
+                services:
+                - {name: "", namespace: "", hostname: example.com, vips: [/10.96.0.5], ports: {80: 8080}}
+                """, file: "mesh.yaml")
+        #expect(snapshot.workloads["vm-1"]?.namespace == "")
+        #expect(snapshot.service(at: IPAddress("10.96.0.5")!, network: "")?.hostname == "example.com")
+        #expect(parseErrors("workloads:\n- {uid: x, workloadIps: [\"10.0.0.6\"]}\n").first?.contains("namespace") == true)
+    }
+
     @Test("bad values in the newer fields are errors naming file, line and path")
     func newerFieldErrors() {
         let found = parseErrors(

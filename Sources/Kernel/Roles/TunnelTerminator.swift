@@ -93,8 +93,9 @@ public struct TunnelStreamRequest: Sendable {
     /// telemetry. Never taken from the peer's headers.
     public var source: SocketAddr
     /// What the peer claims as the original client (`forwarded: for=`), if it sent one.
-    /// Anyone holding a mesh certificate can write anything here: trust it only from a
-    /// peer that is trusted to forward (ztunnel: the destination's own waypoint).
+    /// Anyone holding a mesh certificate can write anything here, so the node proxy never
+    /// uses it (ztunnel's inbound does not read it either); a terminator that serves a
+    /// trusted forwarder may.
     public var forwardedFor: SocketAddr?
     /// The service hostname the peer says the application addressed (`forwarded: host=`),
     /// if it sent one. A claim like ``forwardedFor``: it may only name the service

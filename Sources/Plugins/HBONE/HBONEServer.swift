@@ -376,8 +376,8 @@ final class HBONEServer: Sendable {
                 connection: state.connection, server: state.server, peerIdentity: state.peer,
                 authority: request.authority,
                 // The source is the connection's peer, never `forwarded: for=`: any holder of a
-                // mesh certificate could name any address there (ztunnel trusts it only from
-                // the destination's own waypoint, which this node proxy does not serve yet).
+                // mesh certificate could name any address there (ztunnel's inbound ignores it
+                // too).
                 source: state.remote, forwardedFor: request.forwardedFor, baggage: request.baggage, route: "hbone",
                 connectTimeout: config.server.connectTimeout.timeAmount, forwardedHost: request.forwardedHost)
             terminator.terminate(streamRequest, responder: responder(baggage: request.baggage))

@@ -88,11 +88,12 @@ import ConfigYAML
 /// as `ns/sa`. Principals are written without `spiffe://` (a leading one is dropped).
 ///
 /// Besides type checks, the file is checked for: emptiness, duplicate workload uids, duplicate
-/// services (`namespace/hostname`), duplicate policies (`namespace/name`), empty
-/// workload namespaces and hostnames, service port 0, and malformed addresses, CIDRs and
+/// services (`namespace/hostname`), duplicate policies (`namespace/name`), empty service
+/// hostnames, service port 0, and malformed addresses, CIDRs and
 /// `namespace/hostname` keys; every error names the file, line and path (e.g.
 /// `mesh.yaml:7: services[2].ipFamilies: expected one of Dual, IPv4, IPv6, got "IPv5"`).
-/// A workload may name a service that is not defined (as in ztunnel).
+/// A workload may name a service that is not defined, and workload namespaces and service
+/// names may be empty (as in ztunnel: the keys are required, their values are not).
 public enum LocalMeshFile {
     /// Parses the file's text into a snapshot; `file` names it in errors.
     /// An empty file (nothing but whitespace and comments) is an error, not an empty mesh:
@@ -241,7 +242,7 @@ struct LocalWorkload: Decodable {
     init(from decoder: any Decoder) throws {
         location = ConfigDecoder.location(of: decoder) ?? ConfigLocation(file: "", line: nil, path: "")
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        let namespace = try nonEmpty(c.decode(String.self, forKey: .namespace), CodingKeys.namespace, c)
+        let namespace = try c.decode(String.self, forKey: .namespace)
         let name = try c.decodeIfPresent(String.self, forKey: .name) ?? ""
         let clusterID = try c.decodeIfPresent(String.self, forKey: .clusterId).flatMap { $0.isEmpty ? nil : $0 } ?? "Kubernetes"
         let uid: String
@@ -352,7 +353,7 @@ struct LocalService: Decodable {
         }
         endpoints = try c.decodeIfPresent(LocalEndpoints.self, forKey: .endpoints)?.list ?? []
         service = Service(
-            name: try nonEmpty(c.decode(String.self, forKey: .name), CodingKeys.name, c),
+            name: try c.decode(String.self, forKey: .name),
             // ztunnel allows an empty namespace: such a service is named `/hostname`.
             namespace: try c.decode(String.self, forKey: .namespace),
             hostname: try nonEmpty(c.decode(String.self, forKey: .hostname), CodingKeys.hostname, c),
