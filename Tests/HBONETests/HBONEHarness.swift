@@ -329,7 +329,7 @@ enum PythonPeer {
         let deadline = Date() + timeout
         while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
         if process.isRunning {
-            process.terminate()
+            stop(process)
             throw TestFailure("python peer \(arguments.first ?? "") timed out")
         }
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)

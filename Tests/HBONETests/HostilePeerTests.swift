@@ -208,7 +208,7 @@ extension HBONENetworkTests {
                         "attack", "--connect", "\(nodes.gateway)", "--authority", nodes.authority, "--kind", kind,
                         "--seconds", "4", "--timeout", "5",
                     ] + files)
-                defer { if attack.process.isRunning { attack.process.terminate() } }
+                defer { PythonPeer.stop(attack.process) }
                 try await Task.sleep(for: .milliseconds(500))
                 let during = try await nodes.measuredUpload(seconds: 2)
                 let output = try await offload { () -> String in
