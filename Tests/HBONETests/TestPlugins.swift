@@ -70,16 +70,25 @@ final class TestPolicyPlugin: Plugin, ConnectionAuthorizer {
     static let summary = "test-only policy denying listed ports"
     static let provides: Set<PluginRole> = [.policy]
 
-    private let config: Config
+    private let denyPorts: NIOLockedValueBox<[UInt16]>
+    private let context: PluginContext
     let seen = NIOLockedValueBox<[ConnectionAttributes]>([])
 
     init(config: Config, context: PluginContext) throws {
-        self.config = config
+        self.denyPorts = NIOLockedValueBox(config.denyPorts)
+        self.context = context
+    }
+
+    /// A policy change: from now on `ports` are denied, and open connections are checked
+    /// again (as a policy plugin does after its policies change). Returns how many closed.
+    func deny(_ ports: [UInt16]) async -> Int {
+        denyPorts.withLockedValue { $0 = ports }
+        return await context.policyChain.reevaluate(context.connections, logger: context.logger).count
     }
 
     func authorize(_ connection: ConnectionAttributes) async -> AuthorizationDecision {
         seen.withLockedValue { $0.append(connection) }
-        if config.denyPorts.contains(connection.destinationAddress.port) {
+        if denyPorts.withLockedValue({ $0 }).contains(connection.destinationAddress.port) {
             return .deny(policy: "test/deny-ports", reason: "port \(connection.destinationAddress.port) is denied")
         }
         return .allow()

@@ -163,7 +163,8 @@ public struct PolicyChain: Sendable {
     /// ``ConnectionRecord/authorization``) against the chain again and closes those now
     /// denied. Policy plugins call this after their policies change; each closed
     /// connection is logged with the deciding policy and recorded as the record's
-    /// failure.
+    /// failure with ``ResponseFlag/denied``, so telemetry counts its close as `DENY` (and
+    /// failed), as ztunnel reports a connection closed by a policy change.
     @discardableResult
     public func reevaluate(_ registry: ConnectionRegistry, logger: Logger) async -> [Closed] {
         var closed: [Closed] = []
@@ -171,7 +172,7 @@ public struct PolicyChain: Sendable {
             guard let attributes = record.authorization else { continue }
             let decision = await authorize(attributes)
             guard !decision.allowed else { continue }
-            record.recordFailure("closed on policy change: \(decision)")
+            record.recordFailure("closed on policy change: \(decision)", flag: .denied)
             record.close()
             logger.info(
                 "closed an open connection now denied by policy",
