@@ -10,7 +10,8 @@ import Testing
 import TestSupport
 
 /// How an established tunnel's close is flagged and counted when it does not end cleanly,
-/// as ztunnel does it: closed by a policy change (`DENY`).
+/// as ztunnel does it: closed by a policy change (`DENY`), reset by the peer mid-transfer
+/// (`-` for CANCEL, `CONNECT` for an error code).
 extension HBONENetworkTests {
     @Suite("HBONE telemetry: closes of established tunnels", .serialized)
     struct RelayCloseTelemetryTests {
@@ -55,6 +56,55 @@ extension HBONENetworkTests {
             #expect(await eventually { nodes.a.telemetry.closedRecords.count == 1 })
             #expect(nodes.a.metricValue(Self.closed, source.merging(["response_flags": "-"]) { $1 }) == 1)
             #expect(nodes.a.metricValue(Self.failed, source) == nil)
+            try await nodes.stop()
+        }
+
+        /// Runs a waypoint (the Python peer) that resets each stream with HTTP/2 error `code`
+        /// once it has echoed its first bytes, sends one connection through it from node-a,
+        /// and waits for node-a to count it closed.
+        static func resetByWaypoint(code: Int, nodes: TwoNodes, dir: TemporaryDirectory) async throws {
+            let files = try TestCARegistry.mesh.writeFiles(for: TestMesh.identity("waypoint"), prefix: "waypoint", in: dir.path)
+            let server = try PythonPeer.start([
+                "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", files.cert, "--key", files.key, "--ca",
+                files.ca, "--record", dir.path + "/requests.jsonl", "--max-seconds", "60", "--reset-after-data", "\(code)",
+            ])
+            defer { PythonPeer.stop(server.process) }
+            #expect(WaypointTelemetryTests.firstLine(of: server.output).contains("listening"))
+            let before = nodes.a.telemetry.closedRecords.count
+            let socks = nodes.a.socks
+            let client = try await offload {
+                try SOCKS5Client(
+                    proxy: socks, source: IPAddress(TestMesh.clientA),
+                    request: SOCKS5Request(address: .ip(IPAddress(TestMesh.waypointServiceVIP)!), port: 80))
+            }
+            defer { client.close() }
+            #expect(client.reply == .succeeded)
+            try await offload { try client.send(Array("reset me".utf8)) }
+            #expect(await eventually { nodes.a.telemetry.closedRecords.count == before + 1 })
+        }
+
+        @Test(
+            "a tunnel reset mid-transfer with an error code is closed and failed with CONNECT; one reset with CANCEL ends with -, as in ztunnel",
+            .enabled(if: PythonPeer.available))
+        func peerResetMidTransfer() async throws {
+            let dir = try TemporaryDirectory()
+            defer { dir.remove() }
+            let nodes = try await TwoNodes()
+            let source = ["reporter": "source", "destination_workload": "waypoint"]
+
+            try await Self.resetByWaypoint(code: 2, nodes: nodes, dir: dir)  // INTERNAL_ERROR
+            #expect(nodes.a.metricValue(Self.closed, source.merging(["response_flags": "CONNECT"]) { $1 }) == 1)
+            #expect(nodes.a.metricValue(Self.failed, source.merging(["response_flags": "CONNECT"]) { $1 }) == 1)
+            let record = try #require(nodes.a.telemetry.closedRecords.last)
+            #expect(record.responseFlag == .connectFailure)
+            let line = AccessLog.line(for: record, format: .json)
+            let fields = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            #expect(fields["response_flags"] as? String == "CONNECT")
+
+            try await Self.resetByWaypoint(code: 8, nodes: nodes, dir: dir)  // CANCEL
+            #expect(nodes.a.metricValue(Self.closed, source.merging(["response_flags": "-"]) { $1 }) == 1)
+            #expect(nodes.a.metricValue(Self.failed, source.merging(["response_flags": "CONNECT"]) { $1 }) == 1)
+            #expect(nodes.a.metricValue(Self.opened, source.merging(["response_flags": "-"]) { $1 }) == 2)
             try await nodes.stop()
         }
     }

@@ -179,6 +179,7 @@ def cmd_client(args):
 def serve_connection(sock, args, record_lock):
     conn = new_h2(False, 64 * 1024)
     sock.sendall(conn.data_to_send())
+    reset = set()
     try:
         while True:
             data = sock.recv(65536)
@@ -193,11 +194,18 @@ def serve_connection(sock, args, record_lock):
                             handle.write(json.dumps(entry) + "\n")
                     conn.send_headers(event.stream_id, [(":status", str(args.status))], end_stream=args.status != 200)
                 elif isinstance(event, h2.events.DataReceived):
+                    if event.stream_id in reset:
+                        continue
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     if event.data:
                         conn.send_data(event.stream_id, b"waypoint: " + event.data)
+                        if args.reset_after_data >= 0:
+                            # Mid-transfer: reset the stream with the given HTTP/2 error code.
+                            conn.reset_stream(event.stream_id, error_code=args.reset_after_data)
+                            reset.add(event.stream_id)
                 elif isinstance(event, h2.events.StreamEnded):
-                    conn.end_stream(event.stream_id)
+                    if event.stream_id not in reset:
+                        conn.end_stream(event.stream_id)
             out = conn.data_to_send()
             if out:
                 sock.sendall(out)
@@ -613,6 +621,8 @@ def main():
     p.add_argument("--ca", required=True)
     p.add_argument("--record", required=True)
     p.add_argument("--status", type=int, default=200)
+    p.add_argument("--reset-after-data", type=int, default=-1,
+                   help="reset each stream with this HTTP/2 error code after echoing its first DATA")
     p.add_argument("--max-seconds", type=float, default=120)
     args = parser.parse_args()
     {"check": cmd_check, "client": cmd_client, "server": cmd_server, "flood": cmd_flood,

@@ -66,8 +66,9 @@ public enum Relay {
     /// - Returns: a future on the downstream's event loop that succeeds when both channels
     ///   are closed after a clean end, or fails with the first ``RelayError`` (after both
     ///   are closed and the record is unregistered). The reason is also recorded with
-    ///   ``ConnectionRecord/recordFailure(_:)``. A close by ``ConnectionRecord/close()`` is
-    ///   a clean end.
+    ///   ``ConnectionRecord/recordFailure(_:flag:)``, with the error's
+    ///   ``RelayError/responseFlag`` unless that is `-` (a peer's reset is an ordinary end).
+    ///   A close by ``ConnectionRecord/close()`` is a clean end.
     @discardableResult
     public static func join(
         downstream: any Channel, upstream: any Channel, record: ConnectionRecord,
@@ -207,6 +208,33 @@ public struct RelayError: Error, CustomStringConvertible {
     }
 }
 
+extension RelayError: ResponseFlagProviding {
+    /// How telemetry flags a connection whose relay ended with this error, as ztunnel does:
+    /// a peer that resets or goes away mid-transfer (a reset, a broken pipe, a socket no
+    /// longer connected, a close before the relay finished) ends a TCP connection the
+    /// ordinary way, `-`, and is not a failure; an underlying error that says its own flag
+    /// (``ResponseFlagProviding``, e.g. a tunnel's stream reset with an error code) decides;
+    /// any other error (a timeout, an unreachable host, a protocol error) is
+    /// ``ResponseFlag/connectFailure``, which also counts the connection as failed.
+    public var responseFlag: ResponseFlag {
+        if let flagged = underlying as? any ResponseFlagProviding { return flagged.responseFlag }
+        guard code != .closedUnexpectedly, let underlying else { return .noFlag }
+        if let io = underlying as? IOError {
+            switch io.errnoCode {
+            case ECONNRESET, EPIPE, ENOTCONN: return .noFlag
+            default: return .connectFailure
+            }
+        }
+        if let channel = underlying as? ChannelError {
+            switch channel {
+            case .eof, .ioOnClosedChannel, .alreadyClosed, .outputClosed, .inputClosed: return .noFlag
+            default: return .connectFailure
+            }
+        }
+        return .connectFailure
+    }
+}
+
 /// What both handlers of one relay share across their event loops: the first failure and
 /// whether the close was forced. Touched a few times per connection, never per chunk.
 final class RelayOutcome: Sendable {
@@ -225,7 +253,15 @@ final class RelayOutcome: Sendable {
             state.error = error
             return true
         }
-        if first { record.recordFailure(error.description) }
+        guard first else { return }
+        // A flag other than `-` (and only the first one recorded: a policy close's DENY
+        // stays) makes telemetry count the close as failed.
+        let flag = error.responseFlag
+        if flag == .noFlag {
+            record.recordFailure(error.description)
+        } else {
+            record.recordFailure(error.description, flag: flag)
+        }
     }
 
     func markForced() {

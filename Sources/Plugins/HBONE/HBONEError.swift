@@ -25,7 +25,8 @@ public struct HBONEError: Error, Sendable, CustomStringConvertible, ResponseFlag
         public static let connectTimedOut = Code("connectTimedOut")
         /// The connection carrying the tunnel went away.
         public static let connectionClosed = Code("connectionClosed")
-        /// The tunnel's stream was reset because one of its frames could not be sent.
+        /// The tunnel's stream was reset: by the peer (RST_STREAM), or by this side because
+        /// one of its frames could not be sent.
         public static let streamReset = Code("streamReset")
 
         public var description: String { name }
@@ -37,12 +38,16 @@ public struct HBONEError: Error, Sendable, CustomStringConvertible, ResponseFlag
     public var message: String
     /// The CONNECT response status, for ``Code/refused``.
     public var status: Int?
+    /// The flag telemetry records, when the code alone does not decide it (an established
+    /// tunnel's stream ending early).
+    private var flag: ResponseFlag?
 
-    /// Creates an error.
-    public init(_ code: Code, _ message: String, status: Int? = nil) {
+    /// Creates an error; `flag`, when given, is its ``responseFlag`` whatever the code.
+    public init(_ code: Code, _ message: String, status: Int? = nil, flag: ResponseFlag? = nil) {
         self.code = code
         self.message = message
         self.status = status
+        self.flag = flag
     }
 
     public var description: String { message }
@@ -50,9 +55,13 @@ public struct HBONEError: Error, Sendable, CustomStringConvertible, ResponseFlag
     /// How telemetry flags a connection whose tunnel failed so, as ztunnel does:
     /// ``ResponseFlag/identityError`` without a usable certificate,
     /// ``ResponseFlag/networkPolicy`` when the TCP connect timed out,
-    /// ``ResponseFlag/connectFailure`` otherwise (TLS, HTTP/2, a refusing status, …).
+    /// ``ResponseFlag/connectFailure`` otherwise (TLS, HTTP/2, a refusing status, …); the
+    /// flag given at creation when there is one (an established tunnel whose stream ended
+    /// early: `-` for the peer's CANCEL or NO_ERROR reset or its connection going away,
+    /// ``ResponseFlag/connectFailure`` for a reset with an error code).
     public var responseFlag: ResponseFlag {
-        switch code {
+        if let flag { return flag }
+        return switch code {
         case .certificate: .identityError
         case .connectTimedOut: .networkPolicy
         default: .connectFailure

@@ -1,3 +1,4 @@
+import Kernel
 import Logging
 import NIOCore
 import NIOHPACK
@@ -32,8 +33,10 @@ import NIOHTTP2
 ///   and dropped because the peer ended its direction meanwhile. Window credit for a
 ///   direction that has ended is worth nothing, so the tunnel goes on untouched;
 /// - an error on a stream that is closing (a reset by the peer, or NIOHTTP2's own reset
-///   for a protocol error on this stream) is passed on, so the relay ends the other side as
-///   an abort. Errors of the connection as a whole are ``HBONEConnectionHandler``'s.
+///   for a protocol error on this stream) is passed on as an ``HBONEError`` saying how
+///   telemetry flags it (`-` for CANCEL, NO_ERROR or STREAM_CLOSED, else CONNECT), so the
+///   relay ends the other side as an abort. Errors of the connection as a whole are
+///   ``HBONEConnectionHandler``'s.
 ///
 /// Threading: a channel handler; every member is used on the stream channel's event loop.
 final class HBONEStreamBridge: ChannelDuplexHandler {
@@ -248,12 +251,21 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         guard context.channel.isActive else {
             // The stream is closing with this error: reset by the peer, or by NIOHTTP2 for a
             // protocol error on it. The relay ends the other side as an abort.
-            if let closed = error as? NIOHTTP2Errors.StreamClosed, !resetSent {
-                logger?.debug(
-                    "HBONE stream reset",
-                    metadata: ["stream": "\(closed.streamID)", "code": "\(closed.errorCode)"])
+            guard let closed = error as? NIOHTTP2Errors.StreamClosed, !resetSent else {
+                context.fireErrorCaught(error)
+                return
             }
-            context.fireErrorCaught(error)
+            logger?.debug(
+                "HBONE stream reset",
+                metadata: ["stream": "\(closed.streamID)", "code": "\(closed.errorCode)"])
+            // As ztunnel flags it: a reset with CANCEL, NO_ERROR or STREAM_CLOSED ends the
+            // tunnel the way a TCP reset ends a connection (`-`); any other code is an error
+            // (CONNECT, and a failed connection).
+            let ordinary = [HTTP2ErrorCode.cancel, .noError, .streamClosed].contains(closed.errorCode)
+            context.fireErrorCaught(
+                HBONEError(
+                    .streamReset, "HBONE stream \(closed.streamID) reset (\(closed.errorCode))",
+                    flag: ordinary ? .noFlag : .connectFailure))
             return
         }
         if ownFrameRefused {
@@ -321,7 +333,9 @@ final class HBONEStreamBridge: ChannelDuplexHandler {
         // than as a clean end that would pass for a complete transfer.
         if !inputEnded && !heldEnd && !closing && !resetSent {
             context.fireErrorCaught(
-                HBONEError(.connectionClosed, "the HBONE connection carrying the stream closed before the stream ended"))
+                HBONEError(
+                    .connectionClosed, "the HBONE connection carrying the stream closed before the stream ended",
+                    flag: .noFlag))
         }
         context.fireChannelInactive()
     }
