@@ -24,12 +24,17 @@ public struct InboundRequest: Sendable {
     /// The service the connection was addressed to, when the peer named one (an HBONE
     /// hostname authority); the record's destination service for telemetry.
     public var service: Service?
+    /// The local address of the tunnel's connection when it arrived in one (`ip:15008`, the
+    /// access log's `dst.addr`, as ztunnel logs it).
+    public var tunnelAddress: SocketAddr?
 
     /// Creates a request.
     public init(
         source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String,
-        forwardedHost: String? = nil, tunnelAuthority: String? = nil, service: Service? = nil
+        forwardedHost: String? = nil, tunnelAuthority: String? = nil, service: Service? = nil,
+        tunnelAddress: SocketAddr? = nil
     ) {
+        self.tunnelAddress = tunnelAddress
         self.source = source
         self.destination = destination
         self.peerIdentity = peerIdentity
@@ -124,7 +129,7 @@ public final class InboundPath: Sendable {
                 ?? Self.reportedService(
                     of: workload, port: request.destination.port, forwardedHost: request.forwardedHost, in: mesh),
             peerIdentity: request.peerIdentity, route: request.route, isMutualTLS: request.peerIdentity != nil,
-            tunnelAuthority: request.tunnelAuthority)
+            tunnelAuthority: request.tunnelAuthority, transportDestination: request.tunnelAddress)
         // What the policy chain sees is what the record holds (and re-evaluates later).
         return .ready(record, record.recordedAttributes)
     }

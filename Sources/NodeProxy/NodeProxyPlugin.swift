@@ -71,7 +71,7 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
             InboundRequest(
                 source: request.source, destination: destination.upstream, peerIdentity: request.peerIdentity,
                 route: request.route, forwardedHost: request.forwardedHost, tunnelAuthority: request.authority.description,
-                service: destination.service),
+                service: destination.service, tunnelAddress: request.connection.local),
             on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {

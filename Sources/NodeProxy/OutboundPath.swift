@@ -170,7 +170,7 @@ public final class OutboundPath: Sendable {
                 direction: .outbound, source: sourceAddress, destination: request.destination,
                 sourceWorkload: source, destinationWorkload: target.viaWaypoint ? target.waypoint : target.destinationWorkload,
                 destinationService: target.service, route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true,
-                tunnelAuthority: target.authority)
+                tunnelAuthority: target.authority, transportDestination: target.gateway)
             return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
                 // The tunnel's own words (refused with a status, TLS, timeout) and flag
                 // (IDENTITY_ERROR, NETWORK_POLICY, else CONNECT); no socket error underneath.
@@ -202,7 +202,7 @@ public final class OutboundPath: Sendable {
         let record = ConnectionRecord(
             direction: .outbound, source: request.sourceAddress ?? destination, destination: request.destination,
             sourceWorkload: request.source, destinationWorkload: destinationWorkload, destinationService: service,
-            route: route)
+            route: route, transportDestination: destination)
         return dialer.placed(placement).connect(to: destination, on: downstream.eventLoop).flatMapErrorThrowing { error in
             self.logger.info(
                 "upstream connect failed",

@@ -13,7 +13,7 @@ import TestSupport
 extension HBONENetworkTests {
     @Suite("HBONE telemetry: access log of tunnelled connections", .serialized)
     struct TunnelAccessLogTests {
-        @Test("access log of a tunnelled connection: dst.hbone_addr is the CONNECT authority on both nodes; src.cluster and dst.cluster")
+        @Test("access log of a tunnelled connection: dst.addr is the tunnel's ip:15008 and dst.hbone_addr the CONNECT authority on both nodes, as ztunnel logs them; src.cluster and dst.cluster")
         func accessLogTunnelFields() async throws {
             let nodes = try await TwoNodes()
             let port = nodes.port(TestMesh.serverB)
@@ -27,12 +27,13 @@ extension HBONENetworkTests {
             }
             let outbound = try fields(nodes.a)
             #expect(outbound["direction"] as? String == "outbound")
-            #expect(outbound["dst.addr"] as? String == "\(TestMesh.serviceVIP):80")
+            #expect(outbound["dst.addr"] as? String == "\(TestMesh.serverB):15008")
             #expect(outbound["dst.hbone_addr"] as? String == "\(TestMesh.serverB):\(port)")
             #expect(outbound["src.cluster"] as? String == "Kubernetes")
             #expect(outbound["dst.cluster"] as? String == "Kubernetes")
             let inbound = try fields(nodes.b)
             #expect(inbound["direction"] as? String == "inbound")
+            #expect(inbound["dst.addr"] as? String == "\(TestMesh.serverB):15008")
             #expect(inbound["dst.hbone_addr"] as? String == "\(TestMesh.serverB):\(port)")
             #expect(inbound["dst.cluster"] as? String == "Kubernetes")
             try await nodes.stop()

@@ -231,7 +231,8 @@ struct TelemetryIntegrationTests {
         #expect(complete["src.addr"] as? String == "127.0.0.1:\((complete["src.addr"] as? String)?.split(separator: ":").last ?? "")")
         #expect(complete["src.workload"] as? String == "client-0")
         #expect(complete["src.namespace"] as? String == "default")
-        #expect(complete["dst.addr"] as? String == "127.10.0.1:80")
+        // The endpoint the service address was sent to, as ztunnel logs it.
+        #expect(complete["dst.addr"] as? String == "\(echo.address)")
         #expect(complete["dst.service"] as? String == Self.svc)
         #expect(complete["dst.workload"] as? String == "echo-0")
         #expect(complete["src.cluster"] as? String == "Kubernetes")

@@ -56,6 +56,12 @@ public final class ConnectionRecord: Sendable, Identifiable {
     /// in an HBONE tunnel: the `ip:port` the tunnel asks for (outbound), or was asked for
     /// (inbound); nil otherwise.
     public let tunnelAuthority: String?
+    /// The address of the TCP connection the node itself connected to (outbound) or
+    /// accepted (inbound) for this one, when it is not ``destination``: an HBONE tunnel's
+    /// peer (`ip:15008`, or a waypoint's) or its local end on the destination node, or the
+    /// endpoint a service address was sent to. ztunnel's access log `dst.addr`. Nil when the
+    /// node's connection goes to (or arrived for) ``destination`` itself.
+    public let transportDestination: SocketAddr?
     /// Whether it travels over mutual TLS.
     public let isMutualTLS: Bool
     /// What the policy chain saw when it authorized the connection (inbound paths set
@@ -115,13 +121,15 @@ public final class ConnectionRecord: Sendable, Identifiable {
         direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
         peerIdentity: SpiffeID? = nil, route: String, isMutualTLS: Bool = false,
-        authorization: ConnectionAttributes? = nil, tunnelAuthority: String? = nil
+        authorization: ConnectionAttributes? = nil, tunnelAuthority: String? = nil,
+        transportDestination: SocketAddr? = nil
     ) {
         self.init(
             direction: direction, source: source, destination: destination, sourceWorkload: sourceWorkload,
             destinationWorkload: destinationWorkload, destinationService: destinationService,
             peerIdentity: peerIdentity, route: route, isMutualTLS: isMutualTLS,
-            policyInputs: authorization.map { .given(AuthorizationBox($0)) } ?? .none, tunnelAuthority: tunnelAuthority)
+            policyInputs: authorization.map { .given(AuthorizationBox($0)) } ?? .none, tunnelAuthority: tunnelAuthority,
+            transportDestination: transportDestination)
     }
 
     /// Creates a record with a fresh id for a connection the policy chain governs, whose
@@ -131,20 +139,21 @@ public final class ConnectionRecord: Sendable, Identifiable {
     public convenience init(
         governed direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service? = nil,
-        peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool, tunnelAuthority: String? = nil
+        peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool, tunnelAuthority: String? = nil,
+        transportDestination: SocketAddr? = nil
     ) {
         self.init(
             direction: direction, source: source, destination: destination, sourceWorkload: sourceWorkload,
             destinationWorkload: destinationWorkload, destinationService: destinationService,
             peerIdentity: peerIdentity, route: route, isMutualTLS: isMutualTLS, policyInputs: .recorded,
-            tunnelAuthority: tunnelAuthority)
+            tunnelAuthority: tunnelAuthority, transportDestination: transportDestination)
     }
 
     private init(
         direction: ConnectionDirection, source: SocketAddr, destination: SocketAddr,
         sourceWorkload: Workload?, destinationWorkload: Workload?, destinationService: Service?,
         peerIdentity: SpiffeID?, route: String, isMutualTLS: Bool, policyInputs: PolicyInputs,
-        tunnelAuthority: String?
+        tunnelAuthority: String?, transportDestination: SocketAddr?
     ) {
         self.id = Self.nextID.add(1, ordering: .relaxed).oldValue
         self.direction = direction
@@ -156,6 +165,7 @@ public final class ConnectionRecord: Sendable, Identifiable {
         self.peerIdentity = peerIdentity
         self.route = route
         self.tunnelAuthority = tunnelAuthority
+        self.transportDestination = transportDestination == destination ? nil : transportDestination
         self.isMutualTLS = isMutualTLS
         self.policyInputs = policyInputs
         self.openedAt = .now

@@ -14,7 +14,9 @@ public import AmbitRuntime
 /// kernel's ``LogLineRenderer``), with ztunnel's field names:
 ///
 /// `src.addr`, `src.workload`, `src.namespace`, `src.identity`, `src.cluster`,
-/// `dst.addr`, `dst.hbone_addr` (the HBONE `:authority`, for tunnelled connections),
+/// `dst.addr` (the address of the node's own TCP connection, as ztunnel logs it: an HBONE
+/// tunnel's `ip:15008` on both nodes, the endpoint a service address was sent to, else the
+/// destination), `dst.hbone_addr` (the HBONE `:authority`, for tunnelled connections),
 /// `dst.service`, `dst.workload`, `dst.namespace`, `dst.identity`, `dst.cluster`,
 /// `direction`, `bytes_sent`, `bytes_recv`, `duration` (e.g. `12ms`), `response_flags`,
 /// `route`, `connection_id`, and `error` when the connection failed. Unknown values are
@@ -45,7 +47,10 @@ public enum AccessLog {
         put("src.namespace", labels["source_workload_namespace"])
         put("src.identity", labels["source_principal"])
         put("src.cluster", labels["source_cluster"])
-        put("dst.addr", connection.destination.description)
+        // The address of the node's own connection (an HBONE tunnel's ip:15008, the endpoint
+        // a service address was sent to), as ztunnel logs it; the tunnel's :authority is
+        // dst.hbone_addr.
+        put("dst.addr", (connection.transportDestination ?? connection.destination).description)
         put("dst.hbone_addr", connection.tunnelAuthority)
         put("dst.service", labels["destination_service"])
         put("dst.workload", connection.destinationWorkload?.name)
