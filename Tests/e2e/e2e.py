@@ -602,9 +602,15 @@ def scenario_restart_and_drain(c):
     def transfer():
         # ~2 MiB paced over ~2 s.
         result.update(c.echo("a1", PODS["b1"][1], 9000, 2 * 1024 * 1024, pace=0.015, timeout=60))
+    before = c.metrics("node2")
     thread = threading.Thread(target=transfer)
     thread.start()
-    time.sleep(0.5)
+    # In flight means node2 relays it: wait for its inbound relay to open (a loaded machine
+    # can take longer than a fixed pause to set the tunnel up), then stop node2.
+    deadline = time.time() + 15
+    while growth(before, c.metrics("node2"), "istio_tcp_connections_opened_total", reporter="destination") < 1:
+        expect(time.time() < deadline and thread.is_alive(), f"the transfer never reached node2: {result}")
+        time.sleep(0.05)
     code = c.stop_node("node2")
     thread.join(timeout=60)
     expect(result.get("sha_received") == result.get("sha_sent") and result.get("received") == 2 * 1024 * 1024,
