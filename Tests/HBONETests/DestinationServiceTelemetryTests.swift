@@ -20,14 +20,10 @@ extension HBONENetworkTests {
         @Test("the tunnel names the addressed service in forwarded host=, and only then", .enabled(if: PythonPeer.available))
         func clientSendsForwardedHost() async throws {
             let dir = try TemporaryDirectory()
-            let files = try TestCARegistry.mesh.writeFiles(for: TestMesh.identity("waypoint"), prefix: "waypoint", in: dir.path)
-            let record = dir.path + "/requests.jsonl"
-            let server = try PythonPeer.start([
-                "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", files.cert, "--key", files.key, "--ca",
-                files.ca, "--record", record, "--max-seconds", "60",
-            ])
+            let server = try PythonPeer.startWaypoint(in: dir)
+            let record = server.record
             defer { PythonPeer.stop(server.process) }
-            #expect(WaypointTelemetryTests.firstLine(of: server.output).contains("listening"))
+            #expect(server.firstLine.contains("listening"))
             let nodes = try await TwoNodes()
             #expect(try await nodes.a.exchange(to: TestMesh.waypointServiceVIP, 80, payload: Array("svc".utf8)).reply == .succeeded)
             #expect(try await nodes.a.exchange(to: TestMesh.viaWaypoint, 7070, payload: Array("wl".utf8)).reply == .succeeded)

@@ -351,6 +351,35 @@ enum PythonPeer {
         process.waitUntilExit()
     }
 
+    /// Starts the peer as the test mesh's waypoint: listening on `TestMesh.waypoint:15008`
+    /// with the waypoint's certificate from the mesh CA, recording each request as a JSON
+    /// line to the returned path in `dir`, with `extra` server arguments. Returns once it
+    /// printed its first line (`listening` when it accepts).
+    static func startWaypoint(
+        in dir: TemporaryDirectory, extra: [String] = []
+    ) throws -> (process: Process, record: String, firstLine: String) {
+        let files = try TestCARegistry.mesh.writeFiles(for: TestMesh.identity("waypoint"), prefix: "waypoint", in: dir.path)
+        let record = dir.path + "/requests.jsonl"
+        let server = try start(
+            [
+                "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", files.cert, "--key", files.key, "--ca",
+                files.ca, "--record", record, "--max-seconds", "60",
+            ] + extra)
+        return (server.process, record, firstLine(of: server.output))
+    }
+
+    /// Blocks until the peer printed its first line (or closed its output) and returns it.
+    static func firstLine(of pipe: Pipe) -> String {
+        var data = Data()
+        while true {
+            let chunk = pipe.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            data.append(chunk)
+            if chunk.contains(UInt8(ascii: "\n")) { break }
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
     /// Starts a long-running peer (the server); returns the process. Its stdout's first
     /// line is `{"listening": ...}` once it accepts.
     static func start(_ arguments: [String]) throws -> (process: Process, output: Pipe) {

@@ -142,15 +142,10 @@ extension HBONENetworkTests {
         @Test("our client → Python server as a waypoint: CONNECT headers as the facts say; service VIP authority kept")
         func pythonServerAsWaypoint() async throws {
             let dir = try TemporaryDirectory()
-            let files = try TestCARegistry.mesh.writeFiles(for: TestMesh.identity("waypoint"), prefix: "waypoint", in: dir.path)
-            let record = dir.path + "/requests.jsonl"
-            let server = try PythonPeer.start([
-                "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", files.cert, "--key", files.key, "--ca",
-                files.ca, "--record", record, "--max-seconds", "60",
-            ])
+            let server = try PythonPeer.startWaypoint(in: dir)
+            let record = server.record
             defer { PythonPeer.stop(server.process) }
-            let firstLine = server.output.fileHandleForReading.availableDataLine()
-            #expect(firstLine.contains("listening"))
+            #expect(server.firstLine.contains("listening"))
             let nodes = try await TwoNodes()
 
             // A service with a waypoint: the tunnel goes to the waypoint, authority = VIP:port.
@@ -195,7 +190,7 @@ extension HBONENetworkTests {
                 "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", foreign.cert, "--key", foreign.key, "--ca",
                 trust, "--record", record, "--max-seconds", "30",
             ])
-            _ = server.output.fileHandleForReading.availableDataLine()
+            _ = PythonPeer.firstLine(of: server.output)
             let nodes = try await TwoNodes()
             let refused = try await nodes.a.exchange(to: TestMesh.viaWaypoint, 7070, payload: [1])
             #expect(refused.reply != .succeeded)
@@ -207,7 +202,7 @@ extension HBONENetworkTests {
                 "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", impostor.cert, "--key", impostor.key, "--ca",
                 impostor.ca, "--record", record, "--max-seconds", "30",
             ])
-            _ = server.output.fileHandleForReading.availableDataLine()
+            _ = PythonPeer.firstLine(of: server.output)
             let impersonated = try await nodes.a.exchange(to: TestMesh.viaWaypoint, 7070, payload: [2])
             #expect(impersonated.reply != .succeeded)
             PythonPeer.stop(server.process)
@@ -260,19 +255,6 @@ extension HBONENetworkTests {
     }
 }
 
-extension FileHandle {
-    /// Blocks until a line (or end of file) is available and returns it.
-    fileprivate func availableDataLine() -> String {
-        var data = Data()
-        while true {
-            let chunk = self.availableData
-            if chunk.isEmpty { break }
-            data.append(chunk)
-            if chunk.contains(UInt8(ascii: "\n")) { break }
-        }
-        return String(decoding: data, as: UTF8.self)
-    }
-}
 
 /// Hands a blocking client from one thread to the next; it is never used by two at once.
 final class SequentialUse<Value>: @unchecked Sendable {

@@ -63,13 +63,9 @@ extension HBONENetworkTests {
         /// once it has echoed its first bytes, sends one connection through it from node-a,
         /// and waits for node-a to count it closed.
         static func resetByWaypoint(code: Int, nodes: TwoNodes, dir: TemporaryDirectory) async throws {
-            let files = try TestCARegistry.mesh.writeFiles(for: TestMesh.identity("waypoint"), prefix: "waypoint", in: dir.path)
-            let server = try PythonPeer.start([
-                "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", files.cert, "--key", files.key, "--ca",
-                files.ca, "--record", dir.path + "/requests.jsonl", "--max-seconds", "60", "--reset-after-data", "\(code)",
-            ])
+            let server = try PythonPeer.startWaypoint(in: dir, extra: ["--reset-after-data", "\(code)"])
             defer { PythonPeer.stop(server.process) }
-            #expect(WaypointTelemetryTests.firstLine(of: server.output).contains("listening"))
+            #expect(server.firstLine.contains("listening"))
             let before = nodes.a.telemetry.closedRecords.count
             let socks = nodes.a.socks
             let client = try await offload {

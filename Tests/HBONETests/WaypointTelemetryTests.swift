@@ -16,31 +16,15 @@ extension HBONENetworkTests {
         static let opened = IstioTCPMetrics.Name.opened
         static let closed = IstioTCPMetrics.Name.closed
 
-        /// Blocks until the peer printed its first line (it listens then).
-        static func firstLine(of pipe: Pipe) -> String {
-            var data = Data()
-            while true {
-                let chunk = pipe.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                data.append(chunk)
-                if chunk.contains(UInt8(ascii: "\n")) { break }
-            }
-            return String(decoding: data, as: UTF8.self)
-        }
 
         @Test(
             "through a waypoint the source reporter's destination workload and principal are the waypoint's; the service stays the addressed one",
             .enabled(if: PythonPeer.available))
         func sourceReporterNamesTheWaypoint() async throws {
             let dir = try TemporaryDirectory()
-            let files = try TestCARegistry.mesh.writeFiles(for: TestMesh.identity("waypoint"), prefix: "waypoint", in: dir.path)
-            let record = dir.path + "/requests.jsonl"
-            let server = try PythonPeer.start([
-                "server", "--listen", "\(TestMesh.waypoint):15008", "--cert", files.cert, "--key", files.key, "--ca",
-                files.ca, "--record", record, "--max-seconds", "60",
-            ])
+            let server = try PythonPeer.startWaypoint(in: dir)
             defer { PythonPeer.stop(server.process) }
-            #expect(Self.firstLine(of: server.output).contains("listening"))
+            #expect(server.firstLine.contains("listening"))
             let nodes = try await TwoNodes()
 
             let viaService = try await nodes.a.exchange(to: TestMesh.waypointServiceVIP, 80, payload: Array("svc".utf8))

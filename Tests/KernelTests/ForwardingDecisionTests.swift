@@ -16,21 +16,6 @@ struct SplitMix64: RandomNumberGenerator, Sendable {
     }
 }
 
-private func ip(_ text: String) -> IPAddress {
-    guard let address = IPAddress(text) else { fatalError("bad test IP \(text)") }
-    return address
-}
-
-private func addr(_ text: String) -> SocketAddr {
-    guard let address = SocketAddr(text) else { fatalError("bad test address \(text)") }
-    return address
-}
-
-private func name(_ text: String) -> NamespacedHostname {
-    guard let name = NamespacedHostname(text) else { fatalError("bad test name \(text)") }
-    return name
-}
-
 private func id(_ sa: String, ns: String = "default") -> SpiffeID {
     SpiffeID(trustDomain: "cluster.local", namespace: ns, serviceAccount: sa)
 }

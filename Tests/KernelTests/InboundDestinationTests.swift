@@ -3,21 +3,6 @@ import Kernel
 import NodeProxy
 import Testing
 
-private func ip(_ text: String) -> IPAddress {
-    guard let address = IPAddress(text) else { fatalError("bad test IP \(text)") }
-    return address
-}
-
-private func addr(_ text: String) -> SocketAddr {
-    guard let address = SocketAddr(text) else { fatalError("bad test address \(text)") }
-    return address
-}
-
-private func name(_ text: String) -> NamespacedHostname {
-    guard let name = NamespacedHostname(text) else { fatalError("bad test name \(text)") }
-    return name
-}
-
 private func workload(
     _ uid: String, _ ips: [String], namespace: String = "default", waypoint: GatewayAddress? = nil,
     services: [String: [UInt16: UInt16]] = [:], tunnel: ApplicationTunnel? = nil

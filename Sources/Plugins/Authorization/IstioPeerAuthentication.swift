@@ -166,7 +166,8 @@ struct PeerAuthenticationPolicies: Sendable {
     /// The converted form of each workload policy with port-level modes, by key.
     let converted: [String: AuthorizationPolicy]
 
-    var isEmpty: Bool { mesh == nil && candidates.isEmpty }
+    /// No PeerAuthentication at all (the mesh-wide one is among the candidates too).
+    var isEmpty: Bool { candidates.isEmpty }
 
     init(_ policies: [PeerAuthentication], rootNamespace: String) {
         self.rootNamespace = rootNamespace
