@@ -205,9 +205,7 @@ public enum Forwarding {
                 endpointTarget != nil || serviceTarget != 0,
                 let ip = preferredIP(of: endpoint, like: destination.ip, families: service.ipFamilies)
             else { return nil }
-            let target =
-                endpointTarget.flatMap { $0 != 0 ? $0 : nil } ?? (serviceTarget != 0 ? serviceTarget : destination.port)
-            return (endpoint, SocketAddr(ip: ip, port: target))
+            return (endpoint, SocketAddr(ip: ip, port: service.targetPort(destination.port, on: endpoint) ?? destination.port))
         }
         let ranked = preferred(candidates, by: service.loadBalancer, request: request, endpoint: \.workload)
         guard let chosen = pickWeighted(ranked, weight: { $0.workload.capacity }, using: &rng) else {
@@ -329,10 +327,7 @@ public enum Forwarding {
                     serviceTarget != nil || endpoint.applicationTunnel?.port != nil,
                     let address = preferredIP(of: endpoint, like: ip, families: service.ipFamilies)
                 else { return nil }
-                let endpointTarget = endpoint.services[service.namespacedHostname]?[port] ?? 0
-                let declared = serviceTarget ?? 0
-                let target = endpointTarget != 0 ? endpointTarget : (declared != 0 ? declared : port)
-                return (endpoint, SocketAddr(ip: address, port: target))
+                return (endpoint, SocketAddr(ip: address, port: service.targetPort(port, on: endpoint) ?? port))
             }
         let ranked = preferred(candidates, by: service.loadBalancer, request: request, endpoint: \.workload)
         return pickWeighted(ranked, weight: { $0.workload.capacity }, using: &rng)

@@ -105,16 +105,7 @@ public struct InboundDestination: Sendable, Equatable {
         else {
             throw ConnectionRefusal(.unresolvable, "authority hostname \(hostname) is not a service of the mesh")
         }
-        let endpointTarget = workload.services[service.namespacedHostname]?[port]
-        let target: UInt16
-        if let endpointTarget, endpointTarget != 0 {
-            target = endpointTarget
-        } else if let serviceTarget = service.ports[port] {
-            // 0 is "the service port itself", as on the outbound side.
-            target = serviceTarget != 0 ? serviceTarget : port
-        } else if endpointTarget != nil {
-            target = port
-        } else {
+        guard let target = service.targetPort(port, on: workload) else {
             throw ConnectionRefusal(
                 .servicePortUnknown, "service \(service.namespacedHostname) has no port \(port) for workload \(workload.uid)")
         }

@@ -24,10 +24,8 @@ extension InboundPath {
             return named.service
         }
         return candidates.first { candidate in
-            workload.services[candidate.name, default: [:]].contains { servicePort, workloadTarget in
-                guard let serviceTarget = candidate.service.ports[servicePort] else { return false }
-                let target = workloadTarget != 0 ? workloadTarget : (serviceTarget != 0 ? serviceTarget : servicePort)
-                return target == port
+            workload.services[candidate.name, default: [:]].keys.contains { servicePort in
+                candidate.service.ports[servicePort] != nil && candidate.service.targetPort(servicePort, on: workload) == port
             }
         }?.service
     }

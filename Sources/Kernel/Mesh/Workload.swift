@@ -492,4 +492,18 @@ public struct Service: Sendable, Hashable, Codable {
     public var namespacedHostname: NamespacedHostname {
         NamespacedHostname(namespace: namespace, hostname: hostname)
     }
+
+    /// The port `endpoint` takes this service's port `port` on (ztunnel's rule, one for the
+    /// outbound choice, the inbound hostname authority and the reported service): the
+    /// endpoint's own mapping when it is not 0, else the service's target port when it is
+    /// not 0, else `port` itself. Nil when neither the endpoint nor the service declares
+    /// `port`.
+    public func targetPort(_ port: UInt16, on endpoint: Workload) -> UInt16? {
+        let own = endpoint.services[namespacedHostname]?[port]
+        let declared = ports[port]
+        guard own != nil || declared != nil else { return nil }
+        if let own, own != 0 { return own }
+        if let declared, declared != 0 { return declared }
+        return port
+    }
 }
