@@ -45,11 +45,19 @@ public struct HBONETarget: Sendable, Equatable {
     public var viaWaypoint: Bool
     /// The waypoint workload chosen when ``viaWaypoint`` is true (for telemetry and logs).
     public var waypoint: Workload?
+    /// Double HBONE: the next hop (the destination workload, or its waypoint) is on another
+    /// network and reached through its network gateway. ``gateway``, ``authority`` (the
+    /// service's `hostname:port`) and ``expectedIdentities`` then describe the outer tunnel
+    /// to the gateway, and this the tunnel opened inside it to the next hop.
+    public var inner: InnerTunnel?
+    /// The network gateway's workload when ``inner`` is set (for logs).
+    public var networkGateway: Workload?
 
     /// Creates a target.
     public init(
         gateway: SocketAddr, authority: String, expectedIdentities: [SpiffeID],
-        destinationWorkload: Workload?, service: Service?, viaWaypoint: Bool, waypoint: Workload? = nil
+        destinationWorkload: Workload?, service: Service?, viaWaypoint: Bool, waypoint: Workload? = nil,
+        inner: InnerTunnel? = nil, networkGateway: Workload? = nil
     ) {
         self.gateway = gateway
         self.authority = authority
@@ -58,6 +66,8 @@ public struct HBONETarget: Sendable, Equatable {
         self.service = service
         self.viaWaypoint = viaWaypoint
         self.waypoint = waypoint
+        self.inner = inner
+        self.networkGateway = networkGateway
     }
 }
 
@@ -100,8 +110,20 @@ public enum Forwarding {
     ///   one of them is picked per connection by weight (entries of weight 0 never); when
     ///   none has weight, ``Service/waypoint`` is used.
     /// - Networks: the destination (service VIP or workload address) is looked up in the
-    ///   node's network (``OutboundRequest/network``); endpoints must be on the source's own
-    ///   network (the node's when the source is unknown).
+    ///   node's network (``OutboundRequest/network``). A service's endpoints on the source's
+    ///   own network (the node's when the source is unknown) are reached directly; an
+    ///   endpoint on another network only through its ``Workload/networkGateway`` (one
+    ///   without is never picked), by double HBONE: an outer tunnel to the gateway with
+    ///   `:authority <service hostname>:<port>`, the gateway's identity verified, and inside
+    ///   it mTLS to the endpoint (its identity or the service's SANs) and a CONNECT with the
+    ///   same authority and `x-forwarded-network`. Without a load balancer, endpoints of
+    ///   every network are candidates alike (ztunnel's rule); `Failover` over `NETWORK`
+    ///   keeps the source's network first and reaches another only when it has no eligible
+    ///   endpoint. A service's waypoint on another network is reached the same way. A
+    ///   gateway is a workload at its address, or a service (at its address, or by hostname)
+    ///   declaring its HBONE port whose endpoint is picked; anything else is refused
+    ///   (``ConnectionRefusal/Code/networkGatewayUnresolved``). Workload addresses of other
+    ///   networks are never looked up: cross-network traffic is service-addressed.
     /// - Shared VIPs: when services in several namespaces have the VIP, the one in the
     ///   source's namespace wins, then a canonical one; a service with namespace visibility
     ///   is invisible to sources in other namespaces. An address in a service's
@@ -196,15 +218,19 @@ public enum Forwarding {
                     .servicePortUnknown, "service \(name) (\(destination.ip)) has no port \(destination.port)"))
         }
 
-        let candidates: [(workload: Workload, address: SocketAddr)] = mesh.endpoints(of: name).compactMap {
+        // An endpoint on another network is reached through its network gateway (its own
+        // address does not matter then); nil address marks it.
+        let candidates: [(workload: Workload, address: SocketAddr?)] = mesh.endpoints(of: name).compactMap {
             endpoint in
             // An endpoint that does not list the port takes the service's target port; it
             // is left out only when there is none to take (ztunnel's rule).
             let endpointTarget = endpoint.services[name]?[destination.port]
-            guard admits(endpoint, service), endpoint.network == network, endpoint.capacity > 0,
-                endpointTarget != nil || serviceTarget != 0,
-                let ip = preferredIP(of: endpoint, like: destination.ip, families: service.ipFamilies)
+            guard admits(endpoint, service), endpoint.capacity > 0, endpointTarget != nil || serviceTarget != 0
             else { return nil }
+            guard endpoint.network == network else {
+                return endpoint.networkGateway == nil ? nil : (endpoint, nil)
+            }
+            guard let ip = preferredIP(of: endpoint, like: destination.ip, families: service.ipFamilies) else { return nil }
             return (endpoint, SocketAddr(ip: ip, port: service.targetPort(destination.port, on: endpoint) ?? destination.port))
         }
         let ranked = preferred(candidates, by: service.loadBalancer, request: request, endpoint: \.workload)
@@ -213,8 +239,13 @@ public enum Forwarding {
                 ConnectionRefusal(
                     .noHealthyEndpoint, "service \(name) has no healthy endpoint for port \(destination.port)"))
         }
+        guard let address = chosen.address else {
+            return throughNetworkGateway(
+                to: chosen.workload, identities: identities(chosen.workload, service), service: service,
+                waypoint: nil, request: request, mesh: mesh, rng: &rng)
+        }
         return toWorkload(
-            chosen.workload, at: chosen.address, service: service, request: request, mesh: mesh, rng: &rng)
+            chosen.workload, at: address, service: service, request: request, mesh: mesh, rng: &rng)
     }
 
     /// The last steps, once the destination workload and address are known.
@@ -257,7 +288,7 @@ public enum Forwarding {
             } else if let waypointService = mesh.service(at: address.ip, network: address.network) {
                 resolved = pickWaypointEndpoint(
                     of: waypointService, port: waypoint.hboneMtlsPort, request: request, network: network,
-                    like: authority.ip, mesh: mesh, rng: &rng)
+                    acrossNetworks: service != nil, like: authority.ip, mesh: mesh, rng: &rng)
             } else {
                 resolved = nil
             }
@@ -266,7 +297,7 @@ public enum Forwarding {
             if let waypointService = mesh.services[hostname] {
                 resolved = pickWaypointEndpoint(
                     of: waypointService, port: waypoint.hboneMtlsPort, request: request, network: network,
-                    like: authority.ip, mesh: mesh, rng: &rng)
+                    acrossNetworks: service != nil, like: authority.ip, mesh: mesh, rng: &rng)
             } else if let workload = mesh.workload(named: hostname),
                 let ip = preferredIP(of: workload, like: authority.ip, families: nil)
             {
@@ -280,6 +311,12 @@ public enum Forwarding {
                 ConnectionRefusal(
                     .waypointUnresolved,
                     "waypoint \(name) for \(authority) is not a known workload, or a service declaring port \(waypoint.hboneMtlsPort) with a healthy endpoint"))
+        }
+        // A service's waypoint on another network: through that network's gateway.
+        if let service, resolved.workload.network != network {
+            return throughNetworkGateway(
+                to: resolved.workload, identities: identities(resolved.workload, resolved.service), service: service,
+                waypoint: resolved.workload, request: request, mesh: mesh, rng: &rng)
         }
         return .hbone(
             HBONETarget(
@@ -308,8 +345,90 @@ public enum Forwarding {
         request.source?.network ?? request.network
     }
 
-    /// An eligible endpoint of the waypoint service on the caller's network (health,
-    /// capacity, address family and load balancing as for any service) and the address to
+    /// Double HBONE to `next` (an endpoint of `service` on another network, or the
+    /// service's waypoint there) through `next`'s network gateway: the outer tunnel goes to
+    /// the gateway (verified as the gateway's workload, or its service's SANs too) with
+    /// `:authority <service hostname>:<port>`; the inner one, with the same authority, must
+    /// reach one of `identities` (ztunnel's `build_request_through_gateway`; ztunnel accepts
+    /// only the service's SANs inside, Ambit also the endpoint's own identity, as for any
+    /// tunnel to it).
+    private static func throughNetworkGateway(
+        to next: Workload, identities finalIdentities: [SpiffeID], service: Service, waypoint: Workload?,
+        request: OutboundRequest, mesh: MeshSnapshot, rng: inout some RandomNumberGenerator
+    ) -> ForwardingDecision {
+        let destination = request.destination
+        guard let networkGateway = next.networkGateway else {
+            return .refuse(
+                ConnectionRefusal(
+                    .networkGatewayUnresolved,
+                    "\(next.uid) is on network \(next.network.isEmpty ? "(default)" : next.network) and has no network gateway"))
+        }
+        let port = networkGateway.hboneMtlsPort
+        let resolved: (workload: Workload, address: SocketAddr, service: Service?)?
+        let name: String
+        switch networkGateway.destination {
+        case .address(let address):
+            name = address.description
+            if let workload = mesh.workload(at: address.ip, network: address.network) {
+                resolved = (workload, SocketAddr(ip: address.ip, port: port), nil)
+            } else if let gatewayService = mesh.service(at: address.ip, network: address.network) {
+                resolved = pickGatewayEndpoint(of: gatewayService, port: port, like: address.ip, mesh: mesh, rng: &rng)
+            } else {
+                resolved = nil
+            }
+        case .hostname(let hostname):
+            name = hostname.description
+            if let gatewayService = mesh.services[hostname] {
+                resolved = pickGatewayEndpoint(of: gatewayService, port: port, like: destination.ip, mesh: mesh, rng: &rng)
+            } else if let workload = mesh.workload(named: hostname),
+                let ip = preferredIP(of: workload, like: destination.ip, families: nil)
+            {
+                resolved = (workload, SocketAddr(ip: ip, port: port), nil)
+            } else {
+                resolved = nil
+            }
+        }
+        guard let resolved else {
+            return .refuse(
+                ConnectionRefusal(
+                    .networkGatewayUnresolved,
+                    "network gateway \(name) of \(next.uid) is not a known workload, or a service declaring port \(port) with a healthy endpoint"))
+        }
+        // Both CONNECTs name the service, so the gateway routes without opening the inner one.
+        let authority = "\(service.hostname):\(destination.port)"
+        return .hbone(
+            HBONETarget(
+                gateway: resolved.address, authority: authority,
+                expectedIdentities: identities(resolved.workload, resolved.service),
+                destinationWorkload: waypoint == nil ? next : nil, service: service, viaWaypoint: waypoint != nil,
+                waypoint: waypoint,
+                inner: InnerTunnel(
+                    authority: authority, expectedIdentities: finalIdentities,
+                    originNetwork: request.source?.network ?? request.network),
+                networkGateway: resolved.workload))
+    }
+
+    /// An endpoint of a network gateway's service declaring `port` (health, capacity and
+    /// the service's target-port mapping as for any service; on any network, with an
+    /// address), and the address to dial.
+    private static func pickGatewayEndpoint(
+        of service: Service, port: UInt16, like ip: IPAddress, mesh: MeshSnapshot,
+        rng: inout some RandomNumberGenerator
+    ) -> (workload: Workload, address: SocketAddr, service: Service?)? {
+        guard service.ports[port] != nil else { return nil }
+        let candidates: [(workload: Workload, address: SocketAddr)] = mesh.endpoints(of: service.namespacedHostname)
+            .compactMap { endpoint in
+                guard admits(endpoint, service), endpoint.capacity > 0,
+                    let address = preferredIP(of: endpoint, like: ip, families: service.ipFamilies)
+                else { return nil }
+                return (endpoint, SocketAddr(ip: address, port: service.targetPort(port, on: endpoint) ?? port))
+            }
+        return pickWeighted(candidates, weight: { $0.workload.capacity }, using: &rng).map { ($0.workload, $0.address, service) }
+    }
+
+    /// An eligible endpoint of the waypoint service on the caller's network, or with
+    /// `acrossNetworks` (service traffic) on another network when it has a network gateway
+    /// (health, capacity, address family and load balancing as for any service) and the address to
     /// tunnel to: the service must declare the HBONE `port` (ztunnel's waypoint resolution),
     /// mapped to the endpoint's target port, else the service's (0: the port itself). The
     /// endpoint need not list the port in its own map: a waypoint is not addressed by users.
@@ -317,17 +436,24 @@ public enum Forwarding {
     /// is taken on `port` even when the service does not declare it: its node proxy hands
     /// the stream to the tunnel's port.
     private static func pickWaypointEndpoint(
-        of service: Service, port: UInt16, request: OutboundRequest, network: String, like ip: IPAddress,
-        mesh: MeshSnapshot, rng: inout some RandomNumberGenerator
+        of service: Service, port: UInt16, request: OutboundRequest, network: String, acrossNetworks: Bool,
+        like ip: IPAddress, mesh: MeshSnapshot, rng: inout some RandomNumberGenerator
     ) -> (workload: Workload, gateway: SocketAddr, service: Service?)? {
         let serviceTarget = service.ports[port]
         let candidates: [(workload: Workload, gateway: SocketAddr)] = mesh.endpoints(of: service.namespacedHostname)
             .compactMap { endpoint in
-                guard admits(endpoint, service), endpoint.network == network, endpoint.capacity > 0,
-                    serviceTarget != nil || endpoint.applicationTunnel?.port != nil,
-                    let address = preferredIP(of: endpoint, like: ip, families: service.ipFamilies)
+                guard admits(endpoint, service), endpoint.capacity > 0,
+                    serviceTarget != nil || endpoint.applicationTunnel?.port != nil
                 else { return nil }
-                return (endpoint, SocketAddr(ip: address, port: service.targetPort(port, on: endpoint) ?? port))
+                let targetPort = service.targetPort(port, on: endpoint) ?? port
+                guard endpoint.network == network else {
+                    // Reached through its network gateway: its own address is not dialed.
+                    guard acrossNetworks, endpoint.networkGateway != nil else { return nil }
+                    let address = preferredIP(of: endpoint, like: ip, families: service.ipFamilies) ?? ip
+                    return (endpoint, SocketAddr(ip: address, port: targetPort))
+                }
+                guard let address = preferredIP(of: endpoint, like: ip, families: service.ipFamilies) else { return nil }
+                return (endpoint, SocketAddr(ip: address, port: targetPort))
             }
         let ranked = preferred(candidates, by: service.loadBalancer, request: request, endpoint: \.workload)
         return pickWeighted(ranked, weight: { $0.workload.capacity }, using: &rng)

@@ -27,14 +27,19 @@ public struct InboundRequest: Sendable {
     /// The local address of the tunnel's connection when it arrived in one (`ip:15008`, the
     /// access log's `dst.addr`, as ztunnel logs it).
     public var tunnelAddress: SocketAddr?
+    /// True when the connection came through a network gateway (an HBONE
+    /// `x-forwarded-network` other than the node's): its TCP peer is the gateway, so the
+    /// source workload is not looked up by that address (ztunnel's rule).
+    public var viaNetworkGateway: Bool
 
     /// Creates a request.
     public init(
         source: SocketAddr, destination: SocketAddr, peerIdentity: SpiffeID?, route: String,
         forwardedHost: String? = nil, tunnelAuthority: String? = nil, service: Service? = nil,
-        tunnelAddress: SocketAddr? = nil
+        tunnelAddress: SocketAddr? = nil, viaNetworkGateway: Bool = false
     ) {
         self.tunnelAddress = tunnelAddress
+        self.viaNetworkGateway = viaNetworkGateway
         self.source = source
         self.destination = destination
         self.peerIdentity = peerIdentity
@@ -121,7 +126,8 @@ public final class InboundPath: Sendable {
             }
             return refused(.unknownDestination, "no workload of the mesh has address \(request.destination.ip)", request)
         }
-        let sourceWorkload = mesh.workload(at: request.source.ip, network: context.nodeNetwork)
+        let sourceWorkload =
+            request.viaNetworkGateway ? nil : mesh.workload(at: request.source.ip, network: context.nodeNetwork)
         let record = ConnectionRecord(
             governed: .inbound, source: request.source, destination: request.destination,
             sourceWorkload: sourceWorkload, destinationWorkload: workload,

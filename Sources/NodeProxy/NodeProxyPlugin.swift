@@ -71,7 +71,8 @@ public final class NodeProxyPlugin: Plugin, TunnelTerminator {
             InboundRequest(
                 source: request.source, destination: destination.upstream, peerIdentity: request.peerIdentity,
                 route: request.route, forwardedHost: request.forwardedHost, tunnelAuthority: request.authority.description,
-                service: destination.service, tunnelAddress: request.connection.local),
+                service: destination.service, tunnelAddress: request.connection.local,
+                viaNetworkGateway: request.forwardedNetwork.map { $0.lowercased() != context.nodeNetwork.lowercased() } ?? false),
             on: loop)
         admitted.assumeIsolated().whenSuccess { result in
             switch result {

@@ -162,14 +162,15 @@ public final class OutboundPath: Sendable {
             let tunnelRequest = TunnelRequest(
                 source: source, sourceAddress: sourceAddress, gateway: target.gateway,
                 authority: target.authority, expectedIdentities: target.expectedIdentities,
-                destination: target.destinationWorkload, placement: placement, service: target.service)
+                destination: target.destinationWorkload, placement: placement, service: target.service,
+                inner: target.inner)
             // Through a waypoint the source reporter's destination is the waypoint (the peer
             // this node connects to and verifies), as in ztunnel; the service stays the one
             // the application addressed.
             let record = ConnectionRecord(
                 direction: .outbound, source: sourceAddress, destination: request.destination,
                 sourceWorkload: source, destinationWorkload: target.viaWaypoint ? target.waypoint : target.destinationWorkload,
-                destinationService: target.service, route: target.viaWaypoint ? "hbone-waypoint" : "hbone", isMutualTLS: true,
+                destinationService: target.service, route: Self.route(of: target), isMutualTLS: true,
                 tunnelAuthority: target.authority, transportDestination: target.gateway)
             return tunnel.openTunnel(tunnelRequest, on: eventLoop).flatMapErrorThrowing { error in
                 // The tunnel's own words (refused with a status, TLS, timeout) and flag
@@ -193,6 +194,13 @@ public final class OutboundPath: Sendable {
                 destination, downstream: downstream, request: request, destinationWorkload: nil,
                 service: nil, route: "passthrough", placement: placement)
         }
+    }
+
+    /// The path's name in the connection registry: `double-hbone` through a network
+    /// gateway (to the endpoint or its waypoint), `hbone-waypoint`, or `hbone`.
+    private static func route(of target: HBONETarget) -> String {
+        if target.inner != nil { return "double-hbone" }
+        return target.viaWaypoint ? "hbone-waypoint" : "hbone"
     }
 
     private func dial(

@@ -112,11 +112,11 @@ final class MeshNode: Sendable {
 
     init(
         name: String, mesh: String, ca: String = "mesh", denyPorts: [UInt16] = [], hbone: String = "{}",
-        captureExtra: String = "", waitForListeners: [String] = []
+        captureExtra: String = "", waitForListeners: [String] = [], network: String = ""
     ) async throws {
         running = try await RunningNode.start(
             manifest: """
-                node: {name: \(name), drainDeadline: 1s}
+                node: {name: \(name), drainDeadline: 1s\(network.isEmpty ? "" : ", network: \(network)")}
                 admin: {address: "127.0.0.1:0", readinessAddress: "127.0.0.1:0"}
                 logging: {level: \(ProcessInfo.processInfo.environment["AMBIT_TEST_LOG"] ?? "critical")}
                 plugins:

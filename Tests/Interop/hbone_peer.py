@@ -9,6 +9,13 @@ connection. Subcommands (each prints one JSON object on its last stdout line):
                              read the reply
   server  --listen ...       accept tunnels, record each request's headers, answer with a
                              status and echo the bytes (END_STREAM echoed as END_STREAM)
+  gateway --listen ... --route AUTHORITY=IP:PORT ...
+                             a network-gateway stand-in (Istio's east-west gateway is an
+                             Envoy istiod configures; it cannot run here): terminate the
+                             outer tunnel of double HBONE, record its request, and relay
+                             the stream's bytes unread, both ways, to the address routed
+                             for its :authority (the destination's HBONE port); 503 for
+                             an authority without a route
   flood   --connect ...      open many streams and reset each at once (rapid reset)
   violate --connect ...      send an HTTP/2 protocol violation after the preface
   garbage --connect ...      send bytes that are not TLS at all
@@ -28,6 +35,7 @@ import hashlib
 import json
 import random
 import os
+import selectors
 import socket
 import ssl
 import sys
@@ -237,6 +245,169 @@ def cmd_server(args):
             raw.close()
             continue
         threading.Thread(target=serve_connection, args=(sock, args, lock), daemon=True).start()
+    listener.close()
+
+
+def serve_gateway(sock, args, routes, record_lock):
+    """One outer HBONE connection: each CONNECT stream relayed to a TCP connection."""
+    conn = new_h2(False, 64 * 1024)
+    sock.settimeout(10)
+    sock.sendall(conn.data_to_send())
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ, None)
+    upstreams = {}  # stream id -> socket
+    blocked = set()  # stream ids whose upstream waits for window
+    read_closed = set()
+    remote_ended = set()
+
+    def stop_reading(stream_id):
+        up = upstreams.get(stream_id)
+        if up is not None and stream_id not in blocked:
+            try:
+                selector.unregister(up)
+            except (KeyError, ValueError):
+                pass
+
+    def close_stream(stream_id):
+        up = upstreams.pop(stream_id, None)
+        blocked.discard(stream_id)
+        if up is not None:
+            try:
+                selector.unregister(up)
+            except (KeyError, ValueError):
+                pass
+            up.close()
+
+    def pump(stream_id):
+        up = upstreams.get(stream_id)
+        if up is None:
+            return
+        window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+        if window <= 0:
+            stop_reading(stream_id)
+            blocked.add(stream_id)
+            return
+        try:
+            data = up.recv(window)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        try:
+            if data:
+                conn.send_data(stream_id, data)
+            else:
+                selector.unregister(up)
+                read_closed.add(stream_id)
+                conn.end_stream(stream_id)
+                if stream_id in remote_ended:
+                    close_stream(stream_id)
+        except h2.exceptions.StreamClosedError:
+            close_stream(stream_id)
+
+    try:
+        while True:
+            ready = [key for key, _ in selector.select(timeout=0.05)]
+            if sock.pending() and not any(key.data is None for key in ready):
+                ready.append(selector.get_key(sock))
+            for key in ready:
+                if key.data is not None:
+                    pump(key.data)
+                    continue
+                data = sock.recv(65536)
+                if not data:
+                    return
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        headers = dict(event.headers)
+                        target = routes.get(headers.get(":authority", ""))
+                        status = 200
+                        up = None
+                        if target is None:
+                            status = 503
+                        else:
+                            try:
+                                # From the gateway's own address, as a gateway pod's would be.
+                                up = socket.create_connection(target, timeout=5, source_address=(split_addr(args.listen)[0], 0))
+                                up.setblocking(False)
+                            except OSError:
+                                status = 503
+                        with record_lock:
+                            with open(args.record, "a") as handle:
+                                handle.write(json.dumps({"headers": headers, "client_san": peer_san(sock), "status": status}) + "\n")
+                        conn.send_headers(event.stream_id, [(":status", str(status))], end_stream=status != 200)
+                        if up is not None:
+                            upstreams[event.stream_id] = up
+                            selector.register(up, selectors.EVENT_READ, event.stream_id)
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        up = upstreams.get(event.stream_id)
+                        if up is not None and event.data:
+                            up.setblocking(True)
+                            try:
+                                up.sendall(event.data)
+                            except OSError:
+                                conn.reset_stream(event.stream_id, error_code=8)
+                                close_stream(event.stream_id)
+                                continue
+                            up.setblocking(False)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        remote_ended.add(event.stream_id)
+                        up = upstreams.get(event.stream_id)
+                        if up is not None:
+                            try:
+                                up.shutdown(socket.SHUT_WR)
+                            except OSError:
+                                pass
+                            if event.stream_id in read_closed:
+                                close_stream(event.stream_id)
+                    elif isinstance(event, h2.events.StreamReset):
+                        close_stream(event.stream_id)
+                    elif isinstance(event, h2.events.WindowUpdated):
+                        waiting = list(blocked) if event.stream_id == 0 else [event.stream_id]
+                        for stream_id in waiting:
+                            if stream_id in blocked and stream_id in upstreams:
+                                blocked.discard(stream_id)
+                                selector.register(upstreams[stream_id], selectors.EVENT_READ, stream_id)
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        return
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+    except (ssl.SSLError, OSError, h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+        pass
+    finally:
+        for stream_id in list(upstreams):
+            close_stream(stream_id)
+        sock.close()
+
+
+def cmd_gateway(args):
+    routes = {}
+    for entry in args.route:
+        authority, _, target = entry.partition("=")
+        routes[authority] = split_addr(target)
+    host, port = split_addr(args.listen)
+    ctx = tls_context(args, server=True)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(64)
+    listener.settimeout(0.5)
+    emit({"listening": "%s:%d" % listener.getsockname()})
+    lock = threading.Lock()
+    deadline = time.time() + args.max_seconds
+    while time.time() < deadline:
+        try:
+            raw, _ = listener.accept()
+        except socket.timeout:
+            continue
+        try:
+            sock = ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            continue
+        threading.Thread(target=serve_gateway, args=(sock, args, routes, lock), daemon=True).start()
     listener.close()
 
 
@@ -624,10 +795,18 @@ def main():
     p.add_argument("--reset-after-data", type=int, default=-1,
                    help="reset each stream with this HTTP/2 error code after echoing its first DATA")
     p.add_argument("--max-seconds", type=float, default=120)
+    p = sub.add_parser("gateway")
+    p.add_argument("--listen", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--ca", required=True)
+    p.add_argument("--record", required=True)
+    p.add_argument("--route", action="append", default=[], help="AUTHORITY=IP:PORT; repeatable")
+    p.add_argument("--max-seconds", type=float, default=120)
     args = parser.parse_args()
     {"check": cmd_check, "client": cmd_client, "server": cmd_server, "flood": cmd_flood,
      "violate": cmd_violate, "garbage": cmd_garbage, "attack": cmd_attack, "oversized": cmd_oversized,
-     "matrix": cmd_matrix}[args.command](args)
+     "matrix": cmd_matrix, "gateway": cmd_gateway}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -783,3 +783,134 @@ struct ForwardingDecisionTests {
         #expect(refusal.description.contains("127.0.0.1:15001"))
     }
 }
+
+/// Endpoints on another network: reached only through their network gateway, by double
+/// HBONE (ztunnel's `build_request_through_gateway`).
+@Suite("Forwarding decision: network gateways")
+struct NetworkGatewayDecisionTests {
+    static let east = workload("client", ["10.0.0.1"], sa: "client", network: "east")
+    /// The west network's east-west gateway, a workload at 10.1.0.1.
+    static let gatewayWorkload: Workload = {
+        var gateway = workload("ew-gateway", ["10.1.0.1"], sa: "istio-eastwestgateway", protocol: .tcp, network: "west")
+        gateway.namespace = "istio-system"
+        return gateway
+    }()
+    static let viaGateway = GatewayAddress(destination: .address(NetworkAddress("west/10.1.0.1")!), hboneMtlsPort: 15008)
+
+    static func echo(_ balancer: LoadBalancer? = nil, waypoint: GatewayAddress? = nil) -> Service {
+        var made = Service(
+            name: "echo", namespace: "default", hostname: "echo.default.svc.cluster.local",
+            vips: [NetworkAddress(network: "east", ip: ip("10.96.0.10"))], ports: [80: 8080],
+            subjectAltNames: ["spiffe://cluster.local/ns/default/sa/echo-san"], waypoint: waypoint)
+        made.loadBalancer = balancer
+        return made
+    }
+
+    static func remote(_ uid: String, _ ips: [String] = ["10.2.0.5"], gateway: GatewayAddress? = viaGateway, status: HealthStatus = .healthy) -> Workload {
+        var made = workload(uid, ips, sa: uid, network: "west", status: status, services: ["default/echo.default.svc.cluster.local": [80: 8080]])
+        made.networkGateway = gateway
+        return made
+    }
+
+    static func local(_ uid: String, status: HealthStatus = .healthy) -> Workload {
+        workload(uid, ["10.0.1.5"], sa: uid, network: "east", status: status, services: ["default/echo.default.svc.cluster.local": [80: 8080]])
+    }
+
+    static func decideEcho(_ workloads: [Workload], _ service: Service = echo(), seed: UInt64 = 1, extra: [Service] = []) -> ForwardingDecision {
+        decide("10.96.0.10:80", from: east, workloads: workloads + [gatewayWorkload], services: [service] + extra, seed: seed, network: "east")
+    }
+
+    @Test("an endpoint on another network: outer tunnel to its gateway, inner tunnel to it, both naming the service")
+    func doubleHBONE() {
+        let server = Self.remote("server-west")
+        let decision = Self.decideEcho([server])
+        #expect(
+            decision
+                == .hbone(
+                    HBONETarget(
+                        gateway: addr("10.1.0.1:15008"), authority: "echo.default.svc.cluster.local:80",
+                        expectedIdentities: [id("istio-eastwestgateway", ns: "istio-system")],
+                        destinationWorkload: server, service: Self.echo(), viaWaypoint: false,
+                        inner: InnerTunnel(
+                            authority: "echo.default.svc.cluster.local:80",
+                            expectedIdentities: [id("server-west"), id("echo-san")], originNetwork: "east"),
+                        networkGateway: Self.gatewayWorkload)))
+        // An endpoint there without addresses of its own is reachable all the same.
+        let addressless = Self.remote("server-west", [])
+        #expect(hbone(Self.decideEcho([addressless]))?.inner != nil)
+    }
+
+    @Test("an endpoint on another network without a network gateway is never picked")
+    func noGatewayNeverPicked() {
+        let stranded = Self.remote("stranded", gateway: nil)
+        #expect(refusal(Self.decideEcho([stranded])) == .noHealthyEndpoint)
+        let here = Self.local("here")
+        for seed in 0..<30 as Range<UInt64> {
+            #expect(chosenUID(Self.decideEcho([stranded, here], seed: seed)) == "here")
+        }
+    }
+
+    @Test("without a load balancer every network's endpoints are candidates; Failover over NETWORK keeps the local one first")
+    func failoverAcrossNetworks() {
+        let here = Self.local("here")
+        let there = Self.remote("there")
+        let anyNetwork = Set((0..<48 as Range<UInt64>).map { chosenUID(Self.decideEcho([here, there], seed: $0)) })
+        #expect(anyNetwork == ["here", "there"])
+        let failover = Self.echo(LoadBalancer(routingPreferences: [.network], mode: .failover))
+        for seed in 0..<30 as Range<UInt64> {
+            #expect(chosenUID(Self.decideEcho([here, there], failover, seed: seed)) == "here")
+            // The local endpoint unhealthy: the remote network takes over, through its gateway.
+            let decision = Self.decideEcho([Self.local("here", status: .unhealthy), there], failover, seed: seed)
+            #expect(chosenUID(decision) == "there")
+            #expect(hbone(decision)?.gateway == addr("10.1.0.1:15008"))
+        }
+        // Strict over NETWORK never leaves the source's network.
+        let strict = Self.echo(LoadBalancer(routingPreferences: [.network], mode: .strict))
+        #expect(refusal(Self.decideEcho([there], strict)) == .noHealthyEndpoint)
+    }
+
+    @Test("a gateway that is no workload, nor a service declaring its HBONE port with an endpoint, is refused")
+    func gatewayUnresolved() {
+        let unknown = Self.remote("server-west", gateway: GatewayAddress(destination: .address(NetworkAddress("west/10.1.0.99")!)))
+        #expect(refusal(Self.decideEcho([unknown])) == .networkGatewayUnresolved)
+        // By hostname: a service whose endpoint is dialed on the service's target port for 15008.
+        let gatewayService = Service(
+            name: "istio-eastwestgateway", namespace: "istio-system", hostname: "istio-eastwestgateway.istio-system.svc.cluster.local",
+            vips: [NetworkAddress(network: "west", ip: ip("10.96.1.1"))], ports: [15008: 15009],
+            subjectAltNames: ["spiffe://cluster.local/ns/istio-system/sa/gateway-san"])
+        var gatewayPod = Self.gatewayWorkload
+        gatewayPod.services = [name("istio-system/istio-eastwestgateway.istio-system.svc.cluster.local"): [:]]
+        let byName = Self.remote(
+            "server-west", gateway: GatewayAddress(destination: .hostname(name("istio-system/istio-eastwestgateway.istio-system.svc.cluster.local"))))
+        let target = hbone(
+            decide("10.96.0.10:80", from: Self.east, workloads: [byName, gatewayPod], services: [Self.echo(), gatewayService], network: "east"))
+        #expect(target?.gateway == addr("10.1.0.1:15009"))
+        #expect(target?.expectedIdentities == [id("istio-eastwestgateway", ns: "istio-system"), id("gateway-san", ns: "istio-system")])
+        #expect(target?.inner?.authority == "echo.default.svc.cluster.local:80")
+        var portless = gatewayService
+        portless.ports = [443: 443]
+        #expect(
+            refusal(decide("10.96.0.10:80", from: Self.east, workloads: [byName, gatewayPod], services: [Self.echo(), portless], network: "east"))
+                == .networkGatewayUnresolved)
+    }
+
+    @Test("a service's waypoint on another network is reached through that network's gateway")
+    func remoteWaypoint() {
+        var waypoint = workload("waypoint", ["10.2.0.9"], sa: "waypoint", network: "west")
+        waypoint.networkGateway = Self.viaGateway
+        let service = Self.echo(waypoint: GatewayAddress(destination: .address(NetworkAddress("west/10.2.0.9")!)))
+        let target = hbone(Self.decideEcho([waypoint, Self.remote("server-west")], service))
+        #expect(target?.gateway == addr("10.1.0.1:15008"))
+        #expect(target?.authority == "echo.default.svc.cluster.local:80")
+        #expect(target?.viaWaypoint == true)
+        #expect(target?.waypoint == waypoint)
+        #expect(target?.inner?.expectedIdentities == [id("waypoint")])
+        // The same waypoint on the source's network is tunnelled to directly.
+        var near = waypoint
+        near.network = "east"
+        let direct = hbone(
+            Self.decideEcho([near], Self.echo(waypoint: GatewayAddress(destination: .address(NetworkAddress("east/10.2.0.9")!)))))
+        #expect(direct?.gateway == addr("10.2.0.9:15008"))
+        #expect(direct?.inner == nil)
+    }
+}

@@ -25,6 +25,9 @@ public struct ConnectionRefusal: Error, Sendable, Equatable, CustomStringConvert
         public static let servicePortUnknown = Code("servicePortUnknown", .noRoute)
         /// The destination's waypoint cannot be resolved to a workload.
         public static let waypointUnresolved = Code("waypointUnresolved", .noRoute)
+        /// The chosen endpoint (or waypoint) is on another network and its network gateway
+        /// is missing or cannot be resolved to a workload.
+        public static let networkGatewayUnresolved = Code("networkGatewayUnresolved", .noRoute)
         /// The destination needs a tunnel (HBONE) and no tunnel dialer is enabled.
         public static let noTunnel = Code("noTunnel", .noRoute)
         /// The source is not a workload of the mesh on this node.

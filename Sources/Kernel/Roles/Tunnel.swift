@@ -1,5 +1,26 @@
 public import NIOCore
 
+/// The tunnel carried inside another (double HBONE through a network gateway): the outer
+/// tunnel ends at the gateway, which forwards its bytes unread to the next hop; inside it
+/// the source opens a second mTLS connection and CONNECT to the destination itself.
+public struct InnerTunnel: Sendable, Equatable {
+    /// The inner CONNECT authority (`<service hostname>:<port>` through a network gateway).
+    public var authority: String
+    /// Identities the far end of the inner tunnel may present.
+    public var expectedIdentities: [SpiffeID]
+    /// The source's network, sent on the inner CONNECT as `x-forwarded-network` so the
+    /// destination knows the connection crossed a gateway (and does not take the gateway's
+    /// address for the source's); empty sends nothing.
+    public var originNetwork: String
+
+    /// Creates an inner tunnel.
+    public init(authority: String, expectedIdentities: [SpiffeID], originNetwork: String = "") {
+        self.authority = authority
+        self.expectedIdentities = expectedIdentities
+        self.originNetwork = originNetwork
+    }
+}
+
 /// What a tunnel dialer needs to open one tunnelled stream.
 public struct TunnelRequest: Sendable {
     /// The source workload (whose identity the tunnel presents).
@@ -22,12 +43,16 @@ public struct TunnelRequest: Sendable {
     /// under in-pod capture (the connection then leaves from the pod, marked so it is not
     /// recaptured); ``SocketPlacement/node`` for the proxy's own namespace.
     public var placement: SocketPlacement
+    /// A second tunnel to open inside this one (double HBONE): ``gateway``, ``authority`` and
+    /// ``expectedIdentities`` then describe the outer tunnel to the network gateway, and the
+    /// stream handed back is the inner tunnel's. Nil for an ordinary tunnel.
+    public var inner: InnerTunnel?
 
     /// Creates a request.
     public init(
         source: Workload, sourceAddress: SocketAddr, gateway: SocketAddr, authority: String,
         expectedIdentities: [SpiffeID], destination: Workload?, placement: SocketPlacement = .node,
-        service: Service? = nil
+        service: Service? = nil, inner: InnerTunnel? = nil
     ) {
         self.source = source
         self.sourceAddress = sourceAddress
@@ -37,6 +62,7 @@ public struct TunnelRequest: Sendable {
         self.destination = destination
         self.placement = placement
         self.service = service
+        self.inner = inner
     }
 }
 

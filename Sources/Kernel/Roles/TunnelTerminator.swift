@@ -104,6 +104,10 @@ public struct TunnelStreamRequest: Sendable {
     public var forwardedHost: String?
     /// The peer's description of its workload (W3C `baggage`), informational only.
     public var baggage: [String: String]
+    /// The network the peer says the connection came from (HBONE `x-forwarded-network`,
+    /// the inner CONNECT of double HBONE). When it is not the node's, the connection
+    /// crossed a network gateway and its TCP peer is the gateway, not the source workload.
+    public var forwardedNetwork: String?
     /// How the stream arrived, for records and logs: `hbone`.
     public var route: String
     /// How long the terminator may take to reach what is behind it (the transport's
@@ -114,12 +118,13 @@ public struct TunnelStreamRequest: Sendable {
     public init(
         connection: AcceptedTunnelConnection, server: TunnelServerIdentity, peerIdentity: SpiffeID?,
         target: SocketAddr, source: SocketAddr, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:],
-        route: String = "hbone", connectTimeout: TimeAmount = .seconds(10), forwardedHost: String? = nil
+        route: String = "hbone", connectTimeout: TimeAmount = .seconds(10), forwardedHost: String? = nil,
+        forwardedNetwork: String? = nil
     ) {
         self.init(
             connection: connection, server: server, peerIdentity: peerIdentity, authority: .address(target),
             source: source, forwardedFor: forwardedFor, baggage: baggage, route: route, connectTimeout: connectTimeout,
-            forwardedHost: forwardedHost)
+            forwardedHost: forwardedHost, forwardedNetwork: forwardedNetwork)
     }
 
     /// Creates a request.
@@ -127,7 +132,7 @@ public struct TunnelStreamRequest: Sendable {
         connection: AcceptedTunnelConnection, server: TunnelServerIdentity, peerIdentity: SpiffeID?,
         authority: TunnelAuthority, source: SocketAddr, forwardedFor: SocketAddr? = nil,
         baggage: [String: String] = [:], route: String = "hbone", connectTimeout: TimeAmount = .seconds(10),
-        forwardedHost: String? = nil
+        forwardedHost: String? = nil, forwardedNetwork: String? = nil
     ) {
         self.connection = connection
         self.server = server
@@ -136,6 +141,7 @@ public struct TunnelStreamRequest: Sendable {
         self.source = source
         self.forwardedFor = forwardedFor
         self.forwardedHost = forwardedHost
+        self.forwardedNetwork = forwardedNetwork
         self.baggage = baggage
         self.route = route
         self.connectTimeout = connectTimeout

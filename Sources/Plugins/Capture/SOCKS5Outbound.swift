@@ -17,6 +17,9 @@ extension SOCKS5Reply {
         switch refusal.code {
         case .noHealthyEndpoint, .unresolvable:
             return .hostUnreachable
+        case .networkGatewayUnresolved:
+            // The endpoint's network cannot be reached from here.
+            return .networkUnreachable
         case .connectFailed:
             // A plain connect carries the socket error; a tunnel's failure does not.
             return refusal.underlying.map { reply(for: $0) } ?? .hostUnreachable

@@ -1,9 +1,13 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import NIOPosix
 import NIOSSL
 import AmbitRuntime
 
@@ -38,8 +42,18 @@ final class HBONEClient: Sendable {
     private var logger: Logger { context.logger }
 
     /// Opens one tunnel; the future completes on `eventLoop` with the stream channel once
-    /// the peer answered 200, or fails with an ``HBONEError``.
+    /// the peer answered 200, or fails with an ``HBONEError``. With ``TunnelRequest/inner``
+    /// (double HBONE) the channel is the inner tunnel's, opened inside the outer one.
     func openTunnel(_ request: TunnelRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let outer = openPooled(request, on: eventLoop)
+        guard let inner = request.inner else { return outer }
+        return outer.flatMap { stream in
+            self.openInner(inner, over: stream, request: request).hop(to: eventLoop)
+        }
+    }
+
+    /// One CONNECT stream over a pooled connection to the request's gateway.
+    private func openPooled(_ request: TunnelRequest, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
         let key = HBONEPoolKey(
             source: request.source.identity, destinations: request.expectedIdentities, gateway: request.gateway,
             sourceIP: request.sourceAddress.ip, namespace: request.placement.namespace?.path)
@@ -53,8 +67,11 @@ final class HBONEClient: Sendable {
         let deadline = eventLoop.scheduleTask(in: timeout) {
             result.fail(Self.timedOut(connection, request: request, after: timeout))
         }
+        let pool = self.pool
         connection.ready.flatMap { ready in
-            self.openStream(on: ready, request: request, connection: connection)
+            self.openStream(
+                on: ready, authority: request.authority, request: request, originNetwork: nil,
+                release: { pool.release(connection) })
         }.whenComplete { outcome in
             deadline.cancel()
             switch outcome {
@@ -90,17 +107,17 @@ final class HBONEClient: Sendable {
         HBONEError(.connectTimedOut, "\(what); is a NetworkPolicy blocking port \(gateway.port)?")
     }
 
-    /// Opens the stream, sends the CONNECT, and waits for the response head. The pool slot
-    /// is released when the stream closes (or if it never opens).
+    /// Opens the stream, sends the CONNECT for `authority`, and waits for the response
+    /// head. `release` (the pool slot) runs when the stream closes (or if it never opens).
     private func openStream(
-        on ready: HBONEPooledConnection.Ready, request: TunnelRequest, connection: HBONEPooledConnection
+        on ready: HBONEPooledConnection.Ready, authority: String, request: TunnelRequest, originNetwork: String?,
+        release: @escaping @Sendable () -> Void
     ) -> EventLoopFuture<any Channel> {
-        let pool = self.pool
         let loop = ready.channel.eventLoop
         let response = loop.makePromise(of: (any Channel).self)
         let headers = HBONEHeaders.request(
-            authority: request.authority, source: request.sourceAddress, workload: request.source,
-            service: request.service?.hostname)
+            authority: authority, source: request.sourceAddress, workload: request.source,
+            service: request.service?.hostname, originNetwork: originNetwork)
         let gateway = request.gateway
         let logger = self.logger
         ready.multiplexer.createStreamChannel { stream in
@@ -122,15 +139,177 @@ final class HBONEClient: Sendable {
                 try stream.pipeline.syncOperations.addHandler(bridge)
                 bridge.sendHeaders(headers, endStream: false)
                 stream.closeFuture.whenComplete { _ in
-                    pool.release(connection)
+                    release()
                     response.fail(HBONEError(.connectionClosed, "stream to \(gateway) closed before the CONNECT response"))
                 }
             }
         }.whenFailure { error in
-            pool.release(connection)
+            release()
             response.fail(HBONEError(.connectionClosed, "cannot open a stream to \(gateway): \(error)"))
         }
         return response.futureResult
+    }
+
+    /// Double HBONE: over the outer tunnel's stream (to a network gateway, which forwards
+    /// its bytes unread to the next hop), a second mTLS connection (the source's
+    /// certificate; the far end must present one of the inner expected identities) and
+    /// HTTP/2, and on it the inner CONNECT. Not pooled: each tunnel gets its own inner
+    /// connection, so the gateway can send each to another endpoint (ztunnel's choice too).
+    ///
+    /// The inner TLS runs on one end of a Unix socket pair whose other end the relay joins
+    /// to the outer stream: NIOSSL asks its channel for socket options (half-closure on a
+    /// peer's `close_notify`) that an HTTP/2 stream channel traps on, so it must sit on a
+    /// real socket. The inner connection lives as long as its one stream; closing it ends
+    /// the pair and the outer stream, and so does any failure.
+    private func openInner(_ inner: InnerTunnel, over outer: any Channel, request: TunnelRequest) -> EventLoopFuture<any Channel> {
+        let loop = outer.eventLoop
+        let source = request.source.identity
+        let gateway = request.gateway
+        let timeout = config.client.connectTimeout.timeAmount
+        let result = loop.makePromise(of: (any Channel).self)
+        result.futureResult.whenFailure { _ in outer.close(promise: nil) }
+        guard let provider = identity.provider else {
+            result.fail(HBONEError(.certificate, "no identity provider"))
+            return result.futureResult
+        }
+        let deadline = loop.scheduleTask(in: timeout) {
+            result.fail(
+                HBONEError(
+                    .timedOut,
+                    "inner tunnel to \(inner.authority) through \(gateway) not established within \(timeout.nanoseconds / 1_000_000) ms"))
+        }
+        result.futureResult.whenComplete { _ in deadline.cancel() }
+        let tls = self.tls
+        let peer = "\(inner.authority) through \(gateway)"
+        let material = loop.makeFutureWithTask {
+            let certificate: WorkloadCertificate
+            do {
+                certificate = try await provider.certificate(for: source, priority: .onDemand)
+            } catch {
+                throw HBONEError(.certificate, "no certificate for \(source): \(error)")
+            }
+            return try tls.material(for: certificate, side: .client)
+        }
+        material.flatMap { material in
+            Self.socketPair(on: loop).map { (material, $0) }
+        }.flatMap { material, pair in
+            // The pair's relay end carries the inner connection's bytes over the outer stream.
+            let carrier = ConnectionRecord(
+                direction: .outbound, source: request.sourceAddress, destination: gateway, sourceWorkload: nil,
+                destinationWorkload: nil, route: "double-hbone-carrier")
+            Relay.join(downstream: pair.relay, upstream: outer, record: carrier, registry: nil)
+            result.futureResult.whenFailure { _ in pair.tls.close(promise: nil) }
+            let ready = loop.makePromise(of: HBONEPooledConnection.Ready.self)
+            do {
+                try self.installInner(
+                    on: pair.tls, material: material, expected: Set(inner.expectedIdentities), peer: peer, ready: ready)
+            } catch {
+                ready.fail(error)
+            }
+            return ready.futureResult.flatMap { ready in
+                self.openStream(
+                    on: ready, authority: inner.authority, request: request,
+                    originNetwork: inner.originNetwork.isEmpty ? nil : inner.originNetwork, release: {})
+            }.map { stream in
+                stream.closeFuture.whenComplete { _ in pair.tls.close(promise: nil) }
+                return stream
+            }
+        }.whenComplete { outcome in
+            switch outcome {
+            case .success(let stream):
+                result.futureResult.whenFailure { _ in stream.close(promise: nil) }
+                result.succeed(stream)
+            case .failure(let error):
+                result.fail(error)
+            }
+        }
+        return result.futureResult
+    }
+
+    /// A connected Unix stream socket pair as two channels on `loop`: `tls` reads
+    /// continuously (TLS and HTTP/2 go on it), `relay` is left to the relay (autoRead off,
+    /// half-closure on).
+    private static func socketPair(on loop: any EventLoop) -> EventLoopFuture<(tls: any Channel, relay: any Channel)> {
+        var fds: [Int32] = [-1, -1]
+        let made = fds.withUnsafeMutableBufferPointer {
+            socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, $0.baseAddress)
+        }
+        guard made == 0 else {
+            return loop.makeFailedFuture(HBONEError(.connectionClosed, "socketpair for the inner tunnel failed: errno \(errno)"))
+        }
+        let tlsSide = ClientBootstrap(group: loop).withConnectedSocket(fds[0])
+        let relaySide = ClientBootstrap(group: loop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.autoRead, value: false)
+            .withConnectedSocket(fds[1])
+        // Whichever side fails, the other must not be left open.
+        tlsSide.and(relaySide).whenFailure { _ in
+            tlsSide.whenSuccess { $0.close(promise: nil) }
+            relaySide.whenSuccess { $0.close(promise: nil) }
+        }
+        return tlsSide.and(relaySide).map { (tls: $0, relay: $1) }
+    }
+
+    /// TLS (verifying the inner expected identities) and HTTP/2 on the inner connection's
+    /// socket; `ready` completes once ALPN chose h2.
+    private func installInner(
+        on channel: any Channel, material: HBONETLSContexts.Material, expected: Set<SpiffeID>, peer: String,
+        ready: EventLoopPromise<HBONEPooledConnection.Ready>
+    ) throws {
+        let logger = self.logger
+        let roots = material.roots
+        let rejection = NIOLockedValueBox<HBONEError?>(nil)
+        let ssl = try NIOSSLClientHandler(
+            context: material.context, serverHostname: nil,
+            customVerificationCallback: { certificates, promise in
+                promise.completeWithTask {
+                    switch await SpiffePeerVerifier.verify(chain: certificates, roots: roots, requirement: .oneOf(expected)) {
+                    case .success:
+                        return .certificateVerified
+                    case .failure(let error):
+                        rejection.withLockedValue { $0 = error }
+                        logger.info("HBONE inner server certificate rejected", metadata: ["peer": "\(peer)", "reason": "\(error)"])
+                        return .failed
+                    }
+                }
+            })
+        let http2 = NIOHTTP2Handler(
+            mode: .client, eventLoop: channel.eventLoop,
+            connectionConfiguration: HBONEHTTP2.connectionConfiguration(config, side: .client),
+            streamConfiguration: HBONEHTTP2.streamConfiguration(config)
+        ) { pushed in
+            pushed.close()
+        }
+        let events = HBONEConnectionEvents(
+            ready: {
+                do {
+                    ready.succeed(.init(channel: channel, multiplexer: try http2.syncMultiplexer()))
+                } catch {
+                    ready.fail(HBONEError(.handshakeFailed, "inner HTTP/2 with \(peer) not set up: \(error)"))
+                    channel.close(promise: nil)
+                }
+            },
+            closed: { error in
+                let reason = rejection.withLockedValue { $0 } ?? error.map { Self.classifyInner($0, peer: peer) }
+                ready.fail(reason ?? HBONEError(.connectionClosed, "inner connection to \(peer) closed during setup"))
+            })
+        var connectionLogger = logger
+        connectionLogger[metadataKey: "peer"] = "\(peer)"
+        let handler = HBONEConnectionHandler(
+            connectionWindow: config.http2.connectionWindow,
+            keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
+            keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
+            handshakeTimeout: config.client.connectTimeout.timeAmount, isClient: true,
+            logger: connectionLogger, events: events)
+        try channel.pipeline.syncOperations.addHandlers([ssl, handler.frameWatcher, http2, handler])
+    }
+
+    private static func classifyInner(_ error: any Error, peer: String) -> HBONEError {
+        if let error = error as? HBONEError { return error }
+        if error is NIOSSLError || error is BoringSSLError {
+            return HBONEError(.handshakeFailed, "inner TLS with \(peer) failed: \(error)")
+        }
+        return HBONEError(.connectionClosed, "inner connection to \(peer) failed: \(error)")
     }
 
     /// Dials the gateway, then TLS (the source's certificate; the server must be one of the

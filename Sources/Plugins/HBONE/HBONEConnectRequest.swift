@@ -25,6 +25,9 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     /// not parse skipped; empty without the header. Informational only: nothing is
     /// decided on it.
     public var baggage: [String: String]
+    /// The network the peer says the connection came from (`x-forwarded-network`, sent on
+    /// the inner CONNECT of double HBONE through a network gateway); nil without the header.
+    public var forwardedNetwork: String?
 
     /// Creates a request for an `ip:port` authority.
     public init(
@@ -36,12 +39,13 @@ public struct HBONEConnectRequest: Sendable, Equatable {
     /// Creates a request.
     public init(
         authority: TunnelAuthority, forwardedFor: SocketAddr? = nil, baggage: [String: String] = [:],
-        forwardedHost: String? = nil
+        forwardedHost: String? = nil, forwardedNetwork: String? = nil
     ) {
         self.authority = authority
         self.forwardedFor = forwardedFor
         self.baggage = baggage
         self.forwardedHost = forwardedHost
+        self.forwardedNetwork = forwardedNetwork
     }
 
     /// Why a request is refused and the status to answer with.
@@ -82,6 +86,7 @@ public struct HBONEConnectRequest: Sendable, Equatable {
         var authorities: [String] = []
         var forwarded: String?
         var baggage: String?
+        var forwardedNetwork: String?
         for (name, value) in headers {
             switch name {
             case ":method": methods.append(value)
@@ -90,6 +95,7 @@ public struct HBONEConnectRequest: Sendable, Equatable {
                 throw Rejection(status: 400, "\(name) is not allowed on an HBONE CONNECT")
             case "forwarded": if forwarded == nil { forwarded = value }
             case "baggage": if baggage == nil { baggage = value }
+            case HBONEHeaders.forwardedNetwork: if forwardedNetwork == nil { forwardedNetwork = value }
             default: break
             }
         }
@@ -108,7 +114,8 @@ public struct HBONEConnectRequest: Sendable, Equatable {
         }
         return HBONEConnectRequest(
             authority: target, forwardedFor: forwarded.flatMap(HBONEHeaders.forwardedFor),
-            baggage: baggage.map(parseBaggage) ?? [:], forwardedHost: forwarded.flatMap(HBONEHeaders.forwardedHost))
+            baggage: baggage.map(parseBaggage) ?? [:], forwardedHost: forwarded.flatMap(HBONEHeaders.forwardedHost),
+            forwardedNetwork: forwardedNetwork)
     }
 
     /// Parses a W3C `baggage` value, `key=value;property,…`, into keys and percent-decoded

@@ -5,15 +5,23 @@ import NIOHPACK
 enum HBONEHeaders {
     /// The CONNECT request a client sends for one tunnelled connection; `service` is the
     /// hostname of the service the application addressed, if it addressed one.
-    static func request(authority: String, source: SocketAddr, workload: Workload, service: String? = nil) -> HPACKHeaders {
-        HPACKHeaders([
+    /// `originNetwork` (the inner CONNECT of double HBONE) adds `x-forwarded-network`.
+    static func request(
+        authority: String, source: SocketAddr, workload: Workload, service: String? = nil, originNetwork: String? = nil
+    ) -> HPACKHeaders {
+        var headers = HPACKHeaders([
             (":method", "CONNECT"),
             (":authority", authority),
             ("forwarded", forwarded(source: source, service: service)),
             ("baggage", baggage(of: workload)),
             ("traceparent", traceparent()),
         ])
+        if let originNetwork { headers.add(name: forwardedNetwork, value: originNetwork) }
+        return headers
     }
+
+    /// The header naming the network a double-HBONE connection came from (ztunnel's).
+    static let forwardedNetwork = "x-forwarded-network"
 
     /// `for="<ip:port>"`, then `;host=<hostname>` when the application addressed a service
     /// (the destination reports that service; ztunnel sends the same).

@@ -379,7 +379,8 @@ final class HBONEServer: Sendable {
                 // mesh certificate could name any address there (ztunnel's inbound ignores it
                 // too).
                 source: state.remote, forwardedFor: request.forwardedFor, baggage: request.baggage, route: "hbone",
-                connectTimeout: config.server.connectTimeout.timeAmount, forwardedHost: request.forwardedHost)
+                connectTimeout: config.server.connectTimeout.timeAmount, forwardedHost: request.forwardedHost,
+                forwardedNetwork: request.forwardedNetwork)
             terminator.terminate(streamRequest, responder: responder(baggage: request.baggage))
         }
     }
