@@ -43,6 +43,16 @@ struct HBONEConnectRequestTests {
         let v6 = try Self.validate([(":method", "CONNECT"), (":authority", "[fd00::1]:443")]).get()
         #expect(v6.target == SocketAddr(ip: IPAddress("fd00::1")!, port: 443))
         #expect(v6.forwardedFor == nil && v6.baggage.isEmpty)
+        #expect(v6.forwardedNetwork == nil)
+    }
+
+    @Test("the inner CONNECT of double HBONE: x-forwarded-network names the origin network (the first header wins)")
+    func forwardedNetwork() throws {
+        let request = try Self.validate([
+            (":method", "CONNECT"), (":authority", "10.0.0.1:8080"), ("x-forwarded-network", "east"),
+            ("x-forwarded-network", "west"),
+        ]).get()
+        #expect(request.forwardedNetwork == "east")
     }
 
     @Test(
