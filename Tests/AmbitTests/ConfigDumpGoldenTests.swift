@@ -124,6 +124,30 @@ private func normalizeCertificates(_ dump: inout IstioctlDump) {
     }
 }
 
+/// Adds a section to `/config_dump`, as an xDS client would add its connection state.
+final class DumpSectionPlugin: Plugin, ConfigDumpSectionProvider {
+    struct Config: Decodable, Sendable {}
+    struct Section: Encodable, Sendable {
+        var address = "istiod.istio-system.svc:15012"
+        var state = "connected"
+    }
+    static let id = "dump-section"
+    static let summary = "test: adds a config_dump section"
+    init(config: Config, context: PluginContext) {}
+    var configDumpKey: String { "xds" }
+    func configDumpSection() async -> any Encodable & Sendable { Section() }
+}
+
+/// Tries to take over a kernel key, which must not work.
+final class ShadowingDumpPlugin: Plugin, ConfigDumpSectionProvider {
+    struct Config: Decodable, Sendable {}
+    static let id = "shadowing-section"
+    static let summary = "test: claims the workloads key"
+    init(config: Config, context: PluginContext) {}
+    var configDumpKey: String { "workloads" }
+    func configDumpSection() async -> any Encodable & Sendable { "not the workloads" }
+}
+
 /// `decimal` in lower-case hex without leading zeros, as Go's `%x` of a `big.Int` prints it.
 private func hex(fromDecimal decimal: String) -> String {
     var bytes: [UInt8] = [0]  // little-endian base 256
@@ -241,6 +265,31 @@ struct ConfigDumpGoldenTests {
             #expect(policies.first?["dryRun"] as? Bool == false)
             let certs = try #require(object["certificates"] as? [[String: Any]])
             #expect(certs.first?["fetchState"] as? String == "available")
+        } catch {
+            await running.stopQuietly()
+            throw error
+        }
+        try await running.stop()
+    }
+
+    @Test("plugins add sections of their own (ConfigDumpSectionProvider) but cannot replace the kernel's")
+    func pluginSections() async throws {
+        let running = try await TestSupport.RunningNode.start(
+            manifest: """
+                node: {name: node-a, drainDeadline: 100ms}
+                admin: {address: "127.0.0.1:0", readinessAddress: null}
+                plugins:
+                  - id: dump-section
+                  - id: shadowing-section
+                """,
+            registry: PluginRegistry([PluginType(DumpSectionPlugin.self), PluginType(ShadowingDumpPlugin.self)]),
+            logger: Logger(label: "sections") { _ in SwiftLogNoOpLogHandler() },
+            until: { $0.adminAddress != nil && $0.plugins.count == 2 && $0.readiness.isReady })
+        do {
+            let response = try await httpRequest("GET", try #require(running.node.adminAddress), "/config_dump")
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any])
+            #expect(object["xds"] as? [String: String] == ["address": "istiod.istio-system.svc:15012", "state": "connected"])
+            #expect(object["workloads"] as? [Any] != nil, "the kernel's workloads stay")
         } catch {
             await running.stopQuietly()
             throw error

@@ -101,6 +101,11 @@ enum ConfigDump {
     /// and `config`. Ambit's: `node`, `meshVersion`, `meshOrigins`, `meshConflicts`,
     /// `plugins`, `connections`.
     struct Dump: Encodable {
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case workloads, services, policies, stagedServices, certificates, workloadState, staticConfig, config
+            case node, meshVersion, meshOrigins, meshConflicts, plugins, connections
+        }
+
         var workloads: [WorkloadView]
         var services: [ServiceView]
         var policies: [PolicyView]
@@ -173,7 +178,7 @@ enum ConfigDump {
         }
     }
 
-    static func render(node: ProxyNode) -> String {
+    static func render(node: ProxyNode) async -> String {
         let mesh = node.mesh.snapshot
         let manifest = node.plan.manifest
         let now = Date()
@@ -209,7 +214,38 @@ enum ConfigDump {
             meshConflicts: node.mesh.conflicts,
             plugins: plugins(node: node),
             connections: node.connections.records.sorted { $0.id < $1.id }.map(ConnectionView.init))
-        return encode(dump)
+        var sections: [(key: String, value: any Encodable & Sendable)] = []
+        for provider in node.plugins.compactMap({ $0 as? any ConfigDumpSectionProvider }) {
+            let key = provider.configDumpKey
+            guard !Dump.CodingKeys.allCases.contains(where: { $0.stringValue == key }),
+                !sections.contains(where: { $0.key == key })
+            else { continue }
+            sections.append((key, await provider.configDumpSection()))
+        }
+        return encode(DumpWithSections(dump: dump, sections: sections))
+    }
+
+    /// The dump with the plugins' sections (``ConfigDumpSectionProvider``) added as
+    /// top-level keys.
+    struct DumpWithSections: Encodable {
+        var dump: Dump
+        var sections: [(key: String, value: any Encodable & Sendable)]
+
+        private struct Key: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            try dump.encode(to: encoder)
+            // The same encoder's keyed container: the sections join the dump's keys.
+            var container = encoder.container(keyedBy: Key.self)
+            for (key, value) in sections {
+                try container.encode(value, forKey: Key(stringValue: key))
+            }
+        }
     }
 
     static func renderPlugins(node: ProxyNode) -> String {

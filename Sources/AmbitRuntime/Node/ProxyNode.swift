@@ -311,7 +311,7 @@ public final class ProxyNode: Sendable {
 
     private func adminEndpoints() -> AdminEndpoints {
         AdminEndpoints(
-            configDump: { [self] in ConfigDump.render(node: self) },
+            configDump: { [self] in await ConfigDump.render(node: self) },
             plugins: { [self] in ConfigDump.renderPlugins(node: self) },
             setLogLevel: { [logLevel] directive, reset in
                 guard let logLevel else { return .failure(AdminFailure("log level is fixed in this process")) }
