@@ -97,12 +97,12 @@ enum ConfigDump {
     /// The whole dump. ztunnel's keys: `workloads` (sorted by uid), `services` (sorted by
     /// `namespace/hostname`, each with its `endpoints` by workload uid), `policies` (sorted
     /// by `namespace/name`), `stagedServices`, `certificates` (sorted by identity),
-    /// `workloadState` (local workloads by uid, with their connections), `staticConfig`
-    /// and `config`. Ambit's: `node`, `meshVersion`, `meshOrigins`, `meshConflicts`,
+    /// `workloadState` (local workloads by uid, with their connections), `staticConfig`,
+    /// `config` and `version`. Ambit's: `node`, `meshVersion`, `meshOrigins`, `meshConflicts`,
     /// `plugins`, `connections`.
     struct Dump: Encodable {
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case workloads, services, policies, stagedServices, certificates, workloadState, staticConfig, config
+            case workloads, services, policies, stagedServices, certificates, workloadState, staticConfig, config, version
             case node, meshVersion, meshOrigins, meshConflicts, plugins, connections
         }
 
@@ -116,6 +116,8 @@ enum ConfigDump {
         /// already in the lists above (with their `origin`), so it is empty.
         var staticConfig: StaticConfigView
         var config: ConfigView
+        /// ztunnel's `BuildInfo` names: `version` (Ambit's) and `buildProfile`.
+        var version: [String: String]
         var node: [String: String]
         var meshVersion: UInt64
         var meshOrigins: [OriginView]
@@ -204,6 +206,7 @@ enum ConfigDump {
                 threads: manifest.node.threads, drainDeadline: "\(manifest.node.drainDeadline)",
                 policyDeadline: "\(manifest.node.policyDeadline)", logLevel: manifest.logging.level.rawValue,
                 logFormat: manifest.logging.format.rawValue),
+            version: ["version": AmbitVersion.current, "buildProfile": Self.buildProfile],
             node: [
                 "name": manifest.node.name,
                 "network": manifest.node.network,
@@ -224,6 +227,12 @@ enum ConfigDump {
         }
         return encode(DumpWithSections(dump: dump, sections: sections))
     }
+
+    #if DEBUG
+    static let buildProfile = "debug"
+    #else
+    static let buildProfile = "release"
+    #endif
 
     /// The dump with the plugins' sections (``ConfigDumpSectionProvider``) added as
     /// top-level keys.
