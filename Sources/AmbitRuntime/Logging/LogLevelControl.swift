@@ -136,15 +136,18 @@ public final class LogLevelControl: Sendable {
                 defaultLevel = parsed
             }
         }
-        if reset {
-            scopes.withLock { table in
+        // Under the scopes' lock, so concurrent changes apply one after the other.
+        scopes.withLock { table in
+            if reset {
                 for box in table.values { box.raw.store(Self.unset, ordering: .relaxed) }
+                level = initialLevel
             }
-            level = initialLevel
-        }
-        if let defaultLevel { level = defaultLevel }
-        for (scope, own) in scoped {
-            scopeLevel(scope).raw.store(Self.encode(own), ordering: .relaxed)
+            if let defaultLevel { level = defaultLevel }
+            for (scope, own) in scoped {
+                let box = table[scope] ?? ScopeLevel()
+                table[scope] = box
+                box.raw.store(Self.encode(own), ordering: .relaxed)
+            }
         }
         return nil
     }
