@@ -80,13 +80,15 @@ struct RunCommand: AsyncParsableCommand {
 
     /// Runs a node from a loaded plan until graceful shutdown; `ambit ca serve` shares it.
     static func serve(_ plan: ManifestPlan, logLevel: String?) async throws {
-        let control = LogLevelControl(plan.manifest.logging.level)
+        var level = plan.manifest.logging.level
         if let logLevel {
-            guard let level = LogLevelControl.parse(logLevel) else {
+            guard let parsed = LogLevelControl.parse(logLevel) else {
                 throw ValidationError("unknown log level \"\(logLevel)\"")
             }
-            control.level = level
+            level = parsed
         }
+        // The level the node starts at is what `/logging?reset` returns to.
+        let control = LogLevelControl(level)
         AmbitLogging.bootstrap(format: plan.manifest.logging.format, control: control)
         let logger = Logger(label: "ambit")
         logger.info(

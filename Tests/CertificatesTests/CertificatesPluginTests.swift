@@ -81,10 +81,16 @@ struct CertificatesPluginTests {
         let json = try JSONSerialization.jsonObject(with: Data(dump.body.utf8)) as? [String: Any]
         let certificates = try #require(json?["certificates"] as? [[String: Any]])
         let entry = try #require(certificates.first { $0["identity"] as? String == idA.description })
-        #expect(entry["state"] as? String == "available")
-        #expect((entry["serial"] as? String)?.isEmpty == false)
-        #expect(entry["notAfter"] is String && entry["notBefore"] is String)
-        #expect((entry["chain"] as? [String])?.first?.contains("BEGIN CERTIFICATE") == true)
+        // ztunnel's CertsDump: the state, and each certificate base64 PEM with a decimal serial.
+        #expect(entry["state"] as? String == "Available")
+        #expect(entry["fetchState"] as? String == "available")
+        let leaf = try #require((entry["certChain"] as? [[String: String]])?.first)
+        #expect(leaf["serialNumber"]?.isEmpty == false && leaf["serialNumber"]?.allSatisfy(\.isNumber) == true)
+        #expect(leaf["validFrom"] != nil && leaf["expirationTime"] != nil)
+        let pem = Data(base64Encoded: leaf["pem"] ?? "").map { String(decoding: $0, as: UTF8.self) }
+        #expect(pem?.contains("BEGIN CERTIFICATE") == true)
+        #expect((entry["rootCerts"] as? [[String: String]])?.count == 1)
+        #expect(!dump.body.contains("PRIVATE KEY"))
 
         // app-a leaves node-a: its identity is forgotten.
         try meshYAML.replacingOccurrences(of: "node: node-a\n- uid: Kubernetes//v1/Pod/default/b", with: "node: node-c\n- uid: Kubernetes//v1/Pod/default/b")

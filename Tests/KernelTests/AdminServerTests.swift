@@ -188,36 +188,52 @@ struct AdminServerTests {
         }
     }
 
-    @Test("GET and POST /logging read and change the level")
+    @Test("GET and POST /logging read and change the levels, in istioctl's form too")
     func logging() async throws {
         try await withAdminServer { server, fixture in
             let connection = try TestConnection(to: server.localAddress)
+            func post(_ query: String) async throws -> TestConnection.Response {
+                try await connection.send(request("POST", "/logging" + query))
+                return try await connection.readResponse()
+            }
             try await connection.send(request("GET", "/logging"))
-            #expect(try await connection.readResponse().body == "info\n")
+            #expect(try await connection.readResponse().body == "current log level is info\n")
 
-            try await connection.send(request("POST", "/logging?level=debug"))
-            let changed = try await connection.readResponse()
+            let changed = try await post("?level=debug")
             #expect(changed.status == 200)
-            #expect(changed.body == "debug\n")
+            #expect(changed.body == "current log level is debug\n")
             #expect(fixture.control.level == .debug)
 
-            try await connection.send(request("POST", "/logging?level=warn"))
-            #expect(try await connection.readResponse().body == "warning\n")
+            #expect(try await post("?level=warn").body == "current log level is warning\n")
             #expect(fixture.control.level == .warning)
 
-            try await connection.send(request("POST", "/logging?level=shouty"))
-            let bad = try await connection.readResponse()
+            let bad = try await post("?level=shouty")
             #expect(bad.status == 400)
             #expect(bad.body.contains("shouty") && bad.body.contains("debug"))
             #expect(fixture.control.level == .warning)
 
-            try await connection.send(request("POST", "/logging"))
-            let missing = try await connection.readResponse()
-            #expect(missing.status == 400)
-            #expect(missing.body.contains("level"))
+            // No level (what `istioctl ztunnel-config log` sends without flags): the levels.
+            let listed = try await post("")
+            #expect(listed.status == 200 && listed.body == "current log level is warning\n")
+            #expect(try await post("?level=").body == "current log level is warning\n")
+
+            // `istioctl ztunnel-config log --level hbone:debug,info`.
+            let scoped = try await post("?level=hbone:debug,info")
+            #expect(scoped.status == 200)
+            #expect(scoped.body == "current log level is hbone=debug,info\n")
+            #expect(fixture.control.level(forScope: "hbone") == .debug)
+            #expect(fixture.control.level(forScope: "capture") == .info)
+            #expect(try await post("?level=hbone%3Atrace").body == "current log level is hbone=trace,info\n")
+
+            // `istioctl ztunnel-config log -r` sends `level=info&reset`.
+            fixture.control.level = .error
+            #expect(try await post("?level=info&reset").body == "current log level is info\n")
+            #expect(fixture.control.level(forScope: "hbone") == .info)
+            #expect(try await post("?level=hbone:debug").status == 200)
+            #expect(try await post("?reset").body == "current log level is info\n", "reset alone: the starting level")
 
             try await connection.send(request("GET", "/logging"))
-            #expect(try await connection.readResponse().body == "warning\n")
+            #expect(try await connection.readResponse().body == "current log level is info\n")
         }
     }
 
@@ -271,7 +287,7 @@ struct AdminServerTests {
             let first = try await connection.readResponse()
             #expect(first.headers["content-type"] == "application/json")
             let second = try await connection.readResponse()
-            #expect(second.body == "error\n")
+            #expect(second.body == "current log level is error\n")
             let third = try await connection.readResponse(bodyExpected: false)
             #expect(third.status == 200)
             #expect(third.headers["content-length"] == "19")

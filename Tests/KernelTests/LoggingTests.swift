@@ -133,6 +133,46 @@ struct LoggingTests {
         #expect(control.level == .warning, "a bad name must leave the level alone")
     }
 
+    @Test("scopes: a plugin's logger (its `plugin` metadata) or a label takes its scope's level, the rest the default")
+    func scopedLevels() throws {
+        let captured = CapturedLines()
+        let control = LogLevelControl(.info)
+        var hbone = logger(.text, control: control, into: captured, label: "ambit")
+        hbone[metadataKey: "plugin"] = "hbone"
+        var capture = logger(.text, control: control, into: captured, label: "ambit")
+        capture[metadataKey: "plugin"] = "capture"
+        let socks = logger(.text, control: control, into: captured, label: "capture.socks5")
+
+        #expect(control.apply(directive: "hbone:debug,warn", reset: false) == nil)
+        #expect(control.directive == "hbone=debug,warning")
+        hbone.debug("shown")
+        capture.info("hidden: the default is now warning")
+        socks.info("hidden")
+        #expect(captured.all.count == 1 && captured.all[0].contains("[hbone] shown"))
+        #expect(control.knownScopes.contains("hbone") && control.knownScopes.contains("capture.socks5"))
+
+        // Without reset, a directive changes only what it names; ztunnel's `=` works too.
+        #expect(control.apply(directive: "capture.socks5=trace", reset: false) == nil)
+        #expect(control.directive == "capture.socks5=trace,hbone=debug,warning")
+        socks.trace("shown")
+        #expect(captured.all.count == 2)
+
+        // Reset: scope levels gone, the default back to where it started, then the clauses.
+        #expect(control.apply(directive: "info", reset: true) == nil)
+        #expect(control.directive == "info")
+        hbone.debug("hidden again")
+        #expect(control.level(forScope: "hbone") == .info)
+        #expect(control.apply(directive: "", reset: true) == nil)
+        #expect(control.level == .info)
+
+        // `off` is the most severe level; nothing changes unless every clause is valid.
+        #expect(control.apply(directive: "hbone:off", reset: false) == nil)
+        #expect(control.level(forScope: "hbone") == .critical)
+        #expect(control.apply(directive: "debug,hbone:loud", reset: false)?.contains("loud") == true)
+        #expect(control.apply(directive: ":debug", reset: false) != nil)
+        #expect(control.level == .info && control.level(forScope: "hbone") == .critical)
+    }
+
     @Test("a logger given its own level keeps it")
     func levelOverride() {
         let captured = CapturedLines()

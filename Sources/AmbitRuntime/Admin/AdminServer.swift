@@ -25,10 +25,11 @@ public struct AdminEndpoints: Sendable {
     public var configDump: @Sendable () async -> String
     /// `GET /plugins`: the enabled plugins as JSON text.
     public var plugins: @Sendable () async -> String
-    /// `POST /logging?level=`: sets the level by name; returns the new level's name, or a
-    /// failure whose message lists the accepted names.
-    public var setLogLevel: @Sendable (String) -> Result<String, AdminFailure>
-    /// `GET /logging`: the current level's name.
+    /// `POST /logging?level=<directive>[&reset]`: applies a directive in ztunnel's form
+    /// (see ``LogLevelControl/apply(directive:reset:)``); returns the levels now in force
+    /// as ``LogLevelControl/directive`` writes them, or a failure saying what was wrong.
+    public var setLogLevel: @Sendable (_ directive: String, _ reset: Bool) -> Result<String, AdminFailure>
+    /// `GET /logging`: the levels in force, e.g. `hbone=debug,info`.
     public var currentLogLevel: @Sendable () -> String
     /// `POST /quitquitquit`: starts the graceful drain; called after the answer is sent.
     public var quit: @Sendable () -> Void
@@ -39,7 +40,7 @@ public struct AdminEndpoints: Sendable {
     public init(
         configDump: @escaping @Sendable () async -> String,
         plugins: @escaping @Sendable () async -> String,
-        setLogLevel: @escaping @Sendable (String) -> Result<String, AdminFailure>,
+        setLogLevel: @escaping @Sendable (_ directive: String, _ reset: Bool) -> Result<String, AdminFailure>,
         currentLogLevel: @escaping @Sendable () -> String,
         quit: @escaping @Sendable () -> Void,
         routes: @escaping @Sendable () -> [AdminRoute] = { [] }
@@ -61,17 +62,23 @@ public struct AdminEndpoints: Sendable {
     ) {
         self.init(
             configDump: configDump, plugins: plugins,
-            setLogLevel: { name in
-                guard let level = logLevel.set(levelNamed: name) else {
-                    return .failure(
-                        AdminFailure(
-                            "unknown log level \"\(name)\"; use one of \(LogLevelControl.levelNames.joined(separator: ", ")) (or warn)"
-                        ))
-                }
-                return .success(level.rawValue)
-            },
-            currentLogLevel: { logLevel.level.rawValue },
+            setLogLevel: { directive, reset in logLevel.change(directive: directive, reset: reset) },
+            currentLogLevel: { logLevel.directive },
             quit: quit)
+    }
+}
+
+extension LogLevelControl {
+    /// ``apply(directive:reset:)`` as the admin server answers it: the levels now in force,
+    /// or a failure naming the bad clause and the accepted forms.
+    public func change(directive: String, reset: Bool) -> Result<String, AdminFailure> {
+        if let problem = apply(directive: directive, reset: reset) {
+            return .failure(
+                AdminFailure(
+                    "\(problem); use level=<level> or level=<scope>:<level>,<level> (levels: \(LogLevelControl.levelNames.joined(separator: ", ")), warn, off; scopes: \(knownScopes.joined(separator: ", ")))"
+                ))
+        }
+        return .success(self.directive)
     }
 }
 
@@ -82,8 +89,11 @@ public struct AdminEndpoints: Sendable {
 /// - `GET /` — plain-text index of the routes;
 /// - `GET /config_dump` — ``AdminEndpoints/configDump`` (application/json);
 /// - `GET /plugins` — ``AdminEndpoints/plugins`` (application/json);
-/// - `GET /logging` — the current level; `POST /logging?level=<name>` — sets it (200 with
-///   the new level, 400 naming the accepted levels);
+/// - `GET /logging` — the levels in force; `POST /logging?level=<directive>[&reset]` —
+///   changes them as ztunnel does (`level=hbone:debug,info`; `reset` first returns to the
+///   starting level), 200 with `current log level is <directive>`, 400 naming the bad
+///   clause; `POST /logging` without a level lists them, as `istioctl ztunnel-config log`
+///   expects;
 /// - `POST /quitquitquit` — answers `OK` then calls ``AdminEndpoints/quit``.
 ///
 /// `HEAD` is accepted wherever `GET` is. Other paths answer 404, other methods 405 with an
@@ -117,10 +127,11 @@ public final class AdminServer: Sendable {
 
     static let index = """
         Ambit admin
-          GET  /config_dump               node state (workloads, services, policies, certificates) as JSON
+          GET  /config_dump               node state in ztunnel's shape (istioctl ztunnel-config reads it) as JSON
           GET  /plugins                   enabled plugins as JSON
-          GET  /logging                   current log level
-          POST /logging?level=<level>     set the log level: \(LogLevelControl.levelNames.joined(separator: ", "))
+          GET  /logging                   current log levels (default and per scope)
+          POST /logging?level=<levels>    set levels: <level> or <scope>:<level>,<level>; &reset first
+                                          restores the starting level (\(LogLevelControl.levelNames.joined(separator: ", ")))
           POST /quitquitquit              start a graceful drain
 
         """
@@ -158,20 +169,22 @@ public final class AdminServer: Sendable {
             guard isRead else { return now(.methodNotAllowed(request, allowed: [.GET, .HEAD])) }
             return json(endpoints.plugins)
         case "/logging":
+            func levels(_ directive: String) -> HTTPEndpointResponse {
+                HTTPEndpointResponse(.ok, "current log level is \(directive)\n")
+            }
             switch request.method {
             case .GET, .HEAD:
-                return now(HTTPEndpointResponse(.ok, endpoints.currentLogLevel() + "\n"))
+                return now(levels(endpoints.currentLogLevel()))
             case .POST:
-                guard let name = request.query["level"] else {
-                    return now(
-                        HTTPEndpointResponse(
-                            .badRequest,
-                            "missing level: use POST /logging?level=<\(LogLevelControl.levelNames.joined(separator: "|"))>\n"))
-                }
-                switch endpoints.setLogLevel(name) {
-                case .success(let level):
-                    logger.notice("log level changed through the admin server", metadata: ["level": "\(level)"])
-                    return now(HTTPEndpointResponse(.ok, level + "\n"))
+                let directive = request.query["level"] ?? ""
+                let reset = request.query["reset"] != nil
+                guard !directive.isEmpty || reset else { return now(levels(endpoints.currentLogLevel())) }
+                switch endpoints.setLogLevel(directive, reset) {
+                case .success(let inForce):
+                    logger.notice(
+                        "log levels changed through the admin server",
+                        metadata: ["levels": "\(inForce)", "request": "\(directive)", "reset": "\(reset)"])
+                    return now(levels(inForce))
                 case .failure(let failure):
                     return now(HTTPEndpointResponse(.badRequest, failure.message + "\n"))
                 }

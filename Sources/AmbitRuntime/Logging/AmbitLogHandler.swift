@@ -94,6 +94,8 @@ public struct AmbitLogHandler: LogHandler {
     public var metadataProvider: Logger.MetadataProvider?
     private let sink: LogSink
     private var levelOverride: Logger.Level?
+    /// The level box of this logger's scope (the `plugin` metadata value, else the label).
+    private var scope: LogLevelControl.ScopeLevel
 
     /// Creates a handler. `LoggingSystem` does this through ``AmbitLogging/bootstrap(format:control:sink:)``;
     /// tests may build one directly with their own sink.
@@ -106,18 +108,33 @@ public struct AmbitLogHandler: LogHandler {
         self.control = control
         self.sink = sink
         self.metadataProvider = metadataProvider
+        self.scope = control.scopeLevel(label)
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
-        set { metadata[key] = newValue }
+        set {
+            metadata[key] = newValue
+            if key == "plugin" { scope = control.scopeLevel(Self.scopeName(label: label, plugin: newValue)) }
+        }
     }
 
-    /// The control's level, unless this logger was given its own. Setting it pins this
-    /// logger (and its copies) to that level, so later changes through the control no
-    /// longer reach it: change ``LogLevelControl/level`` instead to affect the process.
+    /// What the text format shows in brackets and `/logging` calls the scope: the
+    /// `plugin` metadata value when there is one, else the label.
+    static func scopeName(label: String, plugin: Logger.Metadata.Value?) -> String {
+        switch plugin {
+        case .string(let name)?: name
+        case .stringConvertible(let name)?: name.description
+        default: label
+        }
+    }
+
+    /// The control's level for this logger's scope (see ``LogLevelControl``), unless this
+    /// logger was given its own. Setting it pins this logger (and its copies) to that
+    /// level, so later changes through the control no longer reach it: change the
+    /// control instead to affect the process.
     public var logLevel: Logger.Level {
-        get { levelOverride ?? control.level }
+        get { levelOverride ?? control.level(of: scope) }
         set { levelOverride = newValue }
     }
 

@@ -311,19 +311,13 @@ public final class ProxyNode: Sendable {
 
     private func adminEndpoints() -> AdminEndpoints {
         AdminEndpoints(
-            configDump: { [self] in ConfigDump.render(node: self) },
+            configDump: { [self] in await ConfigDump.render(node: self) },
             plugins: { [self] in ConfigDump.renderPlugins(node: self) },
-            setLogLevel: { [logLevel] name in
+            setLogLevel: { [logLevel] directive, reset in
                 guard let logLevel else { return .failure(AdminFailure("log level is fixed in this process")) }
-                guard let level = LogLevelControl.parse(name) else {
-                    return .failure(
-                        AdminFailure(
-                            "unknown level \"\(name)\" (use trace, debug, info, notice, warning, error, critical)"))
-                }
-                logLevel.level = level
-                return .success(level.rawValue)
+                return logLevel.change(directive: directive, reset: reset)
             },
-            currentLogLevel: { [logLevel] in logLevel?.level.rawValue ?? "info" },
+            currentLogLevel: { [logLevel] in logLevel?.directive ?? "info" },
             quit: { [self] in
                 shutdown()
             },

@@ -126,3 +126,17 @@ public protocol AdminRouteProvider: Sendable {
     /// The plugin's routes; read on every admin request, so they may change over time.
     var adminRoutes: [AdminRoute] { get }
 }
+
+/// A plugin that adds a section of its own to `/config_dump` (as a ztunnel admin handler
+/// adds one), e.g. a discovery client's connection state. The section appears under
+/// ``configDumpKey`` beside the kernel's keys; a key the kernel already writes
+/// (`workloads`, `services`, `policies`, `certificates`, `workloadState`, `plugins`, …)
+/// is not overwritten: that section is left out.
+public protocol ConfigDumpSectionProvider: Sendable {
+    /// The top-level key, e.g. `xds`.
+    var configDumpKey: String { get }
+    /// The section, encoded as JSON with the rest of the dump. Called from the admin
+    /// server's tasks, concurrently with everything else: thread-safe. Never put secrets
+    /// (keys, token contents) in it.
+    func configDumpSection() async -> any Encodable & Sendable
+}

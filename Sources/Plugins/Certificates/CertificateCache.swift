@@ -189,7 +189,9 @@ public final class CertificateCache: IdentityProvider, CertificateStatusReportin
             return CertificateStatus(
                 identity: identity, state: state, priority: job?.priority, serial: certificate?.serial,
                 notBefore: certificate?.notBefore, notAfter: certificate?.notAfter, chain: certificate?.chainPEM ?? [],
-                failures: entry.failures, lastError: entry.lastError)
+                failures: entry.failures, lastError: entry.lastError,
+                chainDetails: certificate.map { CertificateDetails.parsing($0.chainPEM) } ?? [],
+                roots: certificate.map { CertificateDetails.parsing($0.rootsPEM) } ?? [])
         }.sorted { $0.identity < $1.identity }
     }
 

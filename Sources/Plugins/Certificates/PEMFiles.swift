@@ -1,4 +1,5 @@
 import Foundation
+import Kernel
 import SwiftASN1
 public import X509
 
@@ -104,5 +105,46 @@ extension Certificate {
     /// Whether the certificate signed itself (subject = issuer and its key verifies its signature).
     var isSelfSigned: Bool {
         subject == issuer && publicKey.isValidSignature(signature, for: self)
+    }
+}
+
+extension CertificateDetails {
+    /// Every certificate in `pems` (each may hold several), parsed for `/config_dump`; text
+    /// that does not parse is left out, since it was verified when it was stored.
+    static func parsing(_ pems: [String]) -> [CertificateDetails] {
+        pems.flatMap { pem -> [CertificateDetails] in
+            guard let certificates = try? PEMFiles.certificates(pem: pem, source: "certificate") else { return [] }
+            return certificates.compactMap { certificate in
+                guard let text = try? PEMFiles.pem(certificate) else { return nil }
+                return CertificateDetails(
+                    pem: text, serialNumber: certificate.serialDecimal,
+                    notBefore: certificate.notValidBefore, notAfter: certificate.notValidAfter)
+            }
+        }
+    }
+}
+
+extension Certificate {
+    /// Serial number in decimal (the DER integer's bytes, big-endian and unsigned), as
+    /// ztunnel's config dump writes it.
+    var serialDecimal: String {
+        var number = Array(serialNumber.bytes.drop { $0 == 0 })
+        guard !number.isEmpty else { return "0" }
+        var digits: [UInt8] = []
+        // Long division by 10 until nothing is left; each remainder is the next digit.
+        while !number.isEmpty {
+            var remainder = 0
+            var quotient: [UInt8] = []
+            quotient.reserveCapacity(number.count)
+            for byte in number {
+                let value = remainder << 8 | Int(byte)
+                let digit = value / 10
+                remainder = value % 10
+                if !quotient.isEmpty || digit != 0 { quotient.append(UInt8(digit)) }
+            }
+            digits.append(UInt8(remainder))
+            number = quotient
+        }
+        return String(digits.reversed().map { Character(UnicodeScalar($0 + 48)) })
     }
 }
