@@ -38,6 +38,7 @@ let package = Package(
         .library(name: "HBONE", targets: ["HBONE"]),
         .library(name: "Certificates", targets: ["Certificates"]),
         .library(name: "CAServer", targets: ["CAServer"]),
+        .library(name: "XDS", targets: ["XDS"]),
         // The SDK: `Kernel` is the plugin API; `AmbitTestKit` tests plugins; `AmbitCLI`
         // is the command line a composed binary runs (see SDK/README.md).
         .library(name: "AmbitTestKit", targets: ["AmbitTestKit"]),
@@ -190,6 +191,25 @@ let package = Package(
             swiftSettings: strictSettings.filter { "\($0)" != "\(SwiftSetting.enableUpcomingFeature("InternalImportsByDefault"))" }
         ),
         .target(
+            name: "XDS",
+            dependencies: [
+                "Kernel", "AmbitRuntime", "IstioXDSAPI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Plugins/XDS",
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "Certificates",
             dependencies: [
                 "Kernel", "AmbitRuntime", "IstioCAAPI",
@@ -339,6 +359,20 @@ let package = Package(
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "XDSTests",
+            dependencies: [
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "Authorization",
+                "Telemetry", "Certificates", "XDS", "IstioXDSAPI", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
             ],
             swiftSettings: strictSettings
         ),
