@@ -249,7 +249,7 @@ let package = Package(
             name: "AmbitCLI",
             dependencies: [
                 "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "Authorization",
-                "Telemetry", "Certificates", "CAServer", "HBONE",
+                "Telemetry", "Certificates", "CAServer", "HBONE", "XDS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

@@ -218,7 +218,42 @@ enum ConfigDump {
             connections: node.connections.records.map(ConnectionView.init),
             certificates: node.plugins.compactMap { $0 as? any CertificateStatusReporting }
                 .flatMap(\.certificateStatuses).map(CertificateView.init))
-        return encode(dump)
+        return encode(WithSections(dump: dump, sections: sections(node: node)))
+    }
+
+    /// The dump with the plugins' own sections (``ConfigDumpSectionProvider``) as further
+    /// top-level keys; a section whose key the dump already has is left out.
+    struct WithSections: Encodable {
+        var dump: Dump
+        var sections: [(key: String, value: any Encodable & Sendable)]
+
+        struct Key: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            try dump.encode(to: encoder)
+            var container = encoder.container(keyedBy: Key.self)
+            for section in sections { try container.encode(section.value, forKey: Key(stringValue: section.key)) }
+        }
+    }
+
+    /// The kernel's own top-level keys, which plugin sections may not take.
+    static let reservedKeys: Set<String> = [
+        "node", "meshVersion", "meshOrigins", "meshConflicts", "workloads", "services", "policies", "plugins",
+        "connections", "certificates",
+    ]
+
+    static func sections(node: ProxyNode) -> [(key: String, value: any Encodable & Sendable)] {
+        var seen = reservedKeys
+        return node.plugins.compactMap { $0 as? any ConfigDumpSectionProvider }.compactMap { provider in
+            let key = provider.configDumpKey
+            guard seen.insert(key).inserted else { return nil }
+            return (key, provider.configDumpSection())
+        }
     }
 
     static func renderPlugins(node: ProxyNode) -> String {
