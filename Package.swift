@@ -283,6 +283,22 @@ let package = Package(
             path: "Tests/TestSupport",
             swiftSettings: strictSettings
         ),
+        // A stand-in for istiod in tests: a delta ADS server over TLS built from the same
+        // generated code, with a token check and scripted pushes.
+        .target(
+            name: "IstiodStandIn",
+            dependencies: [
+                "Kernel", "IstioXDSAPI",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Tests/IstiodStandIn",
+            swiftSettings: strictSettings
+        ),
         .plugin(
             name: "NewPlugin",
             capability: .command(
@@ -366,7 +382,7 @@ let package = Package(
             name: "XDSTests",
             dependencies: [
                 "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "Authorization",
-                "Telemetry", "Certificates", "XDS", "IstioXDSAPI", "TestSupport",
+                "Telemetry", "Certificates", "XDS", "IstioXDSAPI", "IstiodStandIn", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
