@@ -20,9 +20,10 @@ public import SwiftProtobuf
 /// refused with UNAUTHENTICATED. Every request is recorded (``requests``), so tests check
 /// node ids, initial versions, ACKs and NACKs.
 ///
-/// ``stop()`` ends the server abruptly (its streams fail, as when istiod's pod dies) and
-/// ``start()`` serves again on the same address with the same resources, as a restarted
-/// istiod does; ``closeStreams()`` ends every stream cleanly (status OK).
+/// ``stop()`` takes the server away (its streams end, its listener closes and further
+/// connects are refused, as while istiod's pod restarts) and ``start()`` serves again on
+/// the same address with the same resources, as a restarted istiod does;
+/// ``closeStreams()`` ends every stream cleanly (status OK) and keeps serving.
 public final class IstiodStandIn: Sendable {
     /// One request the server received.
     public struct ReceivedRequest: Sendable {
@@ -129,7 +130,7 @@ public final class IstiodStandIn: Sendable {
         return bound
     }
 
-    /// Stops abruptly: every stream fails and the listener closes. Resources are kept.
+    /// Stops serving: every stream ends and the listener closes. Resources are kept.
     public func stop() async {
         let (server, serving, queues) = state.withLockedValue { state in
             defer {
@@ -160,9 +161,14 @@ public final class IstiodStandIn: Sendable {
     }
 
     /// Changes the resources in force without telling anyone (e.g. while stopped).
-    public func set(_ typeURL: String, upserting upserts: [(name: String, version: String, body: Google_Protobuf_Any)] = [], removing removals: [String] = []) {
+    public func set(
+        _ typeURL: String, upserting upserts: [(name: String, version: String, body: Google_Protobuf_Any)] = [],
+        removing removals: [String] = []
+    ) {
         state.withLockedValue { state in
-            for upsert in upserts { state.resources[typeURL, default: [:]][upsert.name] = Entry(version: upsert.version, body: upsert.body) }
+            for upsert in upserts {
+                state.resources[typeURL, default: [:]][upsert.name] = Entry(version: upsert.version, body: upsert.body)
+            }
             for name in removals { state.resources[typeURL]?[name] = nil }
         }
     }
@@ -175,7 +181,9 @@ public final class IstiodStandIn: Sendable {
         removing removals: [String] = []
     ) -> [String] {
         state.withLockedValue { state in
-            for upsert in upserts { state.resources[typeURL, default: [:]][upsert.name] = Entry(version: upsert.version, body: upsert.body) }
+            for upsert in upserts {
+                state.resources[typeURL, default: [:]][upsert.name] = Entry(version: upsert.version, body: upsert.body)
+            }
             for name in removals { state.resources[typeURL]?[name] = nil }
             var nonces: [String] = []
             for (_, stream) in state.streams.sorted(by: { $0.key < $1.key }) where stream.subscribed.contains(typeURL) {
@@ -198,7 +206,8 @@ public final class IstiodStandIn: Sendable {
     public func send(raw response: Envoy_Service_Discovery_V3_DeltaDiscoveryResponse) -> [String] {
         state.withLockedValue { state in
             var nonces: [String] = []
-            for (_, stream) in state.streams.sorted(by: { $0.key < $1.key }) where stream.subscribed.contains(response.typeURL) {
+            for (_, stream) in state.streams.sorted(by: { $0.key < $1.key })
+            where stream.subscribed.contains(response.typeURL) {
                 var copy = response
                 if copy.nonce.isEmpty { copy.nonce = Self.nonce(&state) }
                 nonces.append(copy.nonce)
@@ -213,7 +222,9 @@ public final class IstiodStandIn: Sendable {
         return "n\(state.nextNonce)"
     }
 
-    static func resource(name: String, version: String, body: Google_Protobuf_Any) -> Envoy_Service_Discovery_V3_Resource {
+    static func resource(name: String, version: String, body: Google_Protobuf_Any)
+        -> Envoy_Service_Discovery_V3_Resource
+    {
         var resource = Envoy_Service_Discovery_V3_Resource()
         resource.name = name
         resource.version = version
@@ -224,7 +235,9 @@ public final class IstiodStandIn: Sendable {
     // MARK: The stream
 
     /// Opens a stream: checks the token, then registers the stream's send queue.
-    fileprivate func open(metadata: Metadata) throws(RPCError) -> (Int, AsyncStream<Envoy_Service_Discovery_V3_DeltaDiscoveryResponse>) {
+    fileprivate func open(metadata: Metadata) throws(RPCError) -> (
+        Int, AsyncStream<Envoy_Service_Discovery_V3_DeltaDiscoveryResponse>
+    ) {
         let authorization = metadata[stringValues: "authorization"].first(where: { _ in true })
         let clusterID = metadata[stringValues: "clusterid"].first(where: { _ in true })
         let (queue, continuation) = AsyncStream.makeStream(of: Envoy_Service_Discovery_V3_DeltaDiscoveryResponse.self)
@@ -235,7 +248,8 @@ public final class IstiodStandIn: Sendable {
             guard let authorization, authorization.hasPrefix("Bearer "),
                 state.tokens.contains(String(authorization.dropFirst("Bearer ".count)))
             else {
-                return .failure(RPCError(code: .unauthenticated, message: "authentication failure: no valid bearer token"))
+                return .failure(
+                    RPCError(code: .unauthenticated, message: "authentication failure: no valid bearer token"))
             }
             state.streams[id] = StreamState(queue: continuation)
             return .success(id)

@@ -141,7 +141,9 @@ func fullAuthorization() -> Istio_Security_Authorization {
     var m = Istio_Security_Match()
     m.namespaces = [stringMatch("exact", "default")]
     m.notNamespaces = [stringMatch("prefix", "kube-")]
-    m.principals = [stringMatch("exact", "spiffe://cluster.local/ns/default/sa/client"), stringMatch("suffix", "/sa/admin")]
+    m.principals = [
+        stringMatch("exact", "spiffe://cluster.local/ns/default/sa/client"), stringMatch("suffix", "/sa/admin"),
+    ]
     m.notPrincipals = [stringMatch("presence")]
     var account = Istio_Security_ServiceAccountMatch()
     account.namespace = "default"
@@ -163,19 +165,25 @@ func fullAuthorization() -> Istio_Security_Authorization {
     return a
 }
 
-func addressResource(_ name: String, workload: Istio_Workload_Workload, version: String = "1") -> Envoy_Service_Discovery_V3_Resource {
+func addressResource(_ name: String, workload: Istio_Workload_Workload, version: String = "1")
+    -> Envoy_Service_Discovery_V3_Resource
+{
     var address = Istio_Workload_Address()
     address.workload = workload
     return resource(name, address, version: version)
 }
 
-func addressResource(_ name: String, service: Istio_Workload_Service, version: String = "1") -> Envoy_Service_Discovery_V3_Resource {
+func addressResource(_ name: String, service: Istio_Workload_Service, version: String = "1")
+    -> Envoy_Service_Discovery_V3_Resource
+{
     var address = Istio_Workload_Address()
     address.service = service
     return resource(name, address, version: version)
 }
 
-func resource(_ name: String, _ message: some SwiftProtobuf.Message, version: String = "1") -> Envoy_Service_Discovery_V3_Resource {
+func resource(_ name: String, _ message: some SwiftProtobuf.Message, version: String = "1")
+    -> Envoy_Service_Discovery_V3_Resource
+{
     var resource = Envoy_Service_Discovery_V3_Resource()
     resource.name = name
     resource.version = version
@@ -203,16 +211,25 @@ struct WorkloadAPITests {
         let workload = try WorkloadAPI.workload(fullWorkload(), name: "cluster1//v1/Pod/default/echo")
         let expected = Workload(
             uid: "cluster1//v1/Pod/default/echo", name: "echo", namespace: "default", serviceAccount: "echo-sa",
-            trustDomain: "td.example", workloadIPs: [IPAddress("10.0.0.5")!, IPAddress("fd00::5")!], tunnelProtocol: .hbone,
+            trustDomain: "td.example", workloadIPs: [IPAddress("10.0.0.5")!, IPAddress("fd00::5")!],
+            tunnelProtocol: .hbone,
             node: "node-a", network: "net1",
-            waypoint: GatewayAddress(destination: .address(NetworkAddress(network: "net1", ip: IPAddress("10.0.0.9")!))),
+            waypoint: GatewayAddress(
+                destination: .address(NetworkAddress(network: "net1", ip: IPAddress("10.0.0.9")!))),
             status: .unhealthy, capacity: 7,
-            services: [NamespacedHostname(namespace: "default", hostname: "echo.default.svc.cluster.local"): [80: 8080, 443: 0]],
-            labels: [:], canonicalName: "echo", canonicalRevision: "v1", workloadName: "echo-deploy", clusterID: "cluster1",
-            netns: nil, authorizationPolicies: ["default/allow-echo"], locality: Locality(region: "r1", zone: "z1", subzone: "s1"),
+            services: [
+                NamespacedHostname(namespace: "default", hostname: "echo.default.svc.cluster.local"): [
+                    80: 8080, 443: 0,
+                ]
+            ],
+            labels: [:], canonicalName: "echo", canonicalRevision: "v1", workloadName: "echo-deploy",
+            clusterID: "cluster1",
+            netns: nil, authorizationPolicies: ["default/allow-echo"],
+            locality: Locality(region: "r1", zone: "z1", subzone: "s1"),
             networkMode: .hostNetwork, applicationTunnel: ApplicationTunnel(protocol: .proxy, port: 15088),
             networkGateway: GatewayAddress(
-                destination: .hostname(NamespacedHostname(namespace: "istio-system", hostname: "eastwest.istio-system.svc.cluster.local")),
+                destination: .hostname(
+                    NamespacedHostname(namespace: "istio-system", hostname: "eastwest.istio-system.svc.cluster.local")),
                 hboneMtlsPort: 15009),
             hostname: "echo.example.com")
         #expect(workload == expected)
@@ -250,12 +267,23 @@ struct WorkloadAPITests {
         let service = try WorkloadAPI.service(fullService(), name: "default/echo.default.svc.cluster.local")
         let expected = Service(
             name: "echo", namespace: "default", hostname: "echo.default.svc.cluster.local",
-            vips: [NetworkAddress(ip: IPAddress("10.96.0.10")!), NetworkAddress(network: "net1", ip: IPAddress("fd00::10")!)],
+            vips: [
+                NetworkAddress(ip: IPAddress("10.96.0.10")!),
+                NetworkAddress(network: "net1", ip: IPAddress("fd00::10")!),
+            ],
             ports: [80: 8080, 443: 0], subjectAltNames: ["spiffe://cluster.local/ns/default/sa/echo"],
-            waypoint: GatewayAddress(destination: .hostname(NamespacedHostname(namespace: "default", hostname: "waypoint.default.svc.cluster.local"))),
+            waypoint: GatewayAddress(
+                destination: .hostname(
+                    NamespacedHostname(namespace: "default", hostname: "waypoint.default.svc.cluster.local"))),
             cidrVIPs: [NetworkCIDR(cidr: CIDR("10.97.0.0/16")!)],
-            weightedWaypoints: [WeightedWaypoint(destination: GatewayAddress(destination: .address(NetworkAddress(ip: IPAddress("10.0.0.9")!))), weight: 90)],
-            loadBalancer: LoadBalancer(routingPreferences: [.network, .region, .zone, .subzone, .node, .cluster], mode: .failover, healthPolicy: .allowAll),
+            weightedWaypoints: [
+                WeightedWaypoint(
+                    destination: GatewayAddress(destination: .address(NetworkAddress(ip: IPAddress("10.0.0.9")!))),
+                    weight: 90)
+            ],
+            loadBalancer: LoadBalancer(
+                routingPreferences: [.network, .region, .zone, .subzone, .node, .cluster], mode: .failover,
+                healthPolicy: .allowAll),
             ipFamilies: .ipv4, canonical: true, visibility: .namespace)
         #expect(service == expected)
 
@@ -271,7 +299,10 @@ struct WorkloadAPITests {
             #expect(try WorkloadAPI.service(plain, name: "/h.example").ipFamilies == expected)
         }
         var lb = Istio_Workload_LoadBalancing()
-        for (mode, expected) in [(Istio_Workload_LoadBalancing.Mode.unspecifiedMode, LoadBalancer.Mode.standard), (.strict, .strict), (.passthrough, .passthrough)] {
+        for (mode, expected) in [
+            (Istio_Workload_LoadBalancing.Mode.unspecifiedMode, LoadBalancer.Mode.standard), (.strict, .strict),
+            (.passthrough, .passthrough),
+        ] {
             lb.mode = mode
             plain.loadBalancing = lb
             #expect(try WorkloadAPI.service(plain, name: "/h.example").loadBalancer?.mode == expected)
@@ -392,71 +423,129 @@ struct WorkloadAPITests {
     @Test("bad workloads are rejected naming the resource, the field and why")
     func badWorkloads() {
         let name = "c//v1/Pod/default/bad"
-        func check(_ change: (inout Istio_Workload_Workload) -> Void, field: String, reason: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        func check(
+            _ change: (inout Istio_Workload_Workload) -> Void, field: String, reason: String,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) {
             var w = fullWorkload()
             change(&w)
-            expectRejected({ () throws(XDSResourceError) in _ = try WorkloadAPI.workload(w, name: name) }, field: field, reasonContains: reason, sourceLocation: sourceLocation)
+            expectRejected(
+                { () throws(XDSResourceError) in _ = try WorkloadAPI.workload(w, name: name) }, field: field,
+                reasonContains: reason, sourceLocation: sourceLocation)
         }
-        check({ $0.addresses.append(Data([1, 2, 3, 4, 5])) }, field: "workload.addresses[2]", reason: "4 or 16 bytes, got 5")
+        check(
+            { $0.addresses.append(Data([1, 2, 3, 4, 5])) }, field: "workload.addresses[2]",
+            reason: "4 or 16 bytes, got 5")
         check({ $0.uid = "" }, field: "workload.uid", reason: "must not be empty")
-        check({ $0.services["no-slash"] = Istio_Workload_PortList() }, field: "workload.services[\"no-slash\"]", reason: "namespace/hostname")
+        check(
+            { $0.services["no-slash"] = Istio_Workload_PortList() }, field: "workload.services[\"no-slash\"]",
+            reason: "namespace/hostname")
         check({ $0.tunnelProtocol = .legacyIstioMtls }, field: "workload.tunnel_protocol", reason: "LEGACY_ISTIO_MTLS")
-        check({ $0.tunnelProtocol = .UNRECOGNIZED(9) }, field: "workload.tunnel_protocol", reason: "unknown TunnelProtocol value 9")
+        check(
+            { $0.tunnelProtocol = .UNRECOGNIZED(9) }, field: "workload.tunnel_protocol",
+            reason: "unknown TunnelProtocol value 9")
         check({ $0.status = .UNRECOGNIZED(4) }, field: "workload.status", reason: "unknown WorkloadStatus value 4")
-        check({ $0.networkMode = .UNRECOGNIZED(3) }, field: "workload.network_mode", reason: "unknown NetworkMode value 3")
-        check({ $0.waypoint = Istio_Workload_GatewayAddress() }, field: "workload.waypoint.destination", reason: "address or a hostname")
-        check({ $0.waypoint.hboneMtlsPort = 70000 }, field: "workload.waypoint.hbone_mtls_port", reason: "70000 is not a port")
-        check({ $0.networkGateway.address.address = Data([1]) }, field: "workload.network_gateway.address.address", reason: "got 1")
-        check({ $0.applicationTunnel.protocol = .UNRECOGNIZED(5) }, field: "workload.application_tunnel.protocol", reason: "unknown")
-        check({ $0.applicationTunnel.port = 65536 }, field: "workload.application_tunnel.port", reason: "65536 is not a port")
-        check({ $0.authorizationPolicies = ["nopolicy"] }, field: "workload.authorization_policies[0]", reason: "namespace/name")
+        check(
+            { $0.networkMode = .UNRECOGNIZED(3) }, field: "workload.network_mode", reason: "unknown NetworkMode value 3"
+        )
+        check(
+            { $0.waypoint = Istio_Workload_GatewayAddress() }, field: "workload.waypoint.destination",
+            reason: "address or a hostname")
+        check(
+            { $0.waypoint.hboneMtlsPort = 70000 }, field: "workload.waypoint.hbone_mtls_port",
+            reason: "70000 is not a port")
+        check(
+            { $0.networkGateway.address.address = Data([1]) }, field: "workload.network_gateway.address.address",
+            reason: "got 1")
+        check(
+            { $0.applicationTunnel.protocol = .UNRECOGNIZED(5) }, field: "workload.application_tunnel.protocol",
+            reason: "unknown")
+        check(
+            { $0.applicationTunnel.port = 65536 }, field: "workload.application_tunnel.port",
+            reason: "65536 is not a port")
+        check(
+            { $0.authorizationPolicies = ["nopolicy"] }, field: "workload.authorization_policies[0]",
+            reason: "namespace/name")
         check(
             { $0.services["default/echo.default.svc.cluster.local"]?.ports[0].targetPort = 99999 },
-            field: "workload.services[\"default/echo.default.svc.cluster.local\"].ports[0].target_port", reason: "99999")
+            field: "workload.services[\"default/echo.default.svc.cluster.local\"].ports[0].target_port", reason: "99999"
+        )
     }
 
     @Test("bad services and addresses are rejected naming the field")
     func badServices() {
         let name = "default/echo.default.svc.cluster.local"
-        func check(_ change: (inout Istio_Workload_Service) -> Void, field: String, reason: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        func check(
+            _ change: (inout Istio_Workload_Service) -> Void, field: String, reason: String,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) {
             var s = fullService()
             change(&s)
             var address = Istio_Workload_Address()
             address.service = s
-            expectRejected({ () throws(XDSResourceError) in _ = try WorkloadAPI.address(address, name: name) }, field: field, reasonContains: reason, sourceLocation: sourceLocation)
+            expectRejected(
+                { () throws(XDSResourceError) in _ = try WorkloadAPI.address(address, name: name) }, field: field,
+                reasonContains: reason, sourceLocation: sourceLocation)
         }
         check({ $0.hostname = "" }, field: "service.hostname", reason: "must not be empty")
         check({ $0.addresses[0].address = Data(count: 5) }, field: "service.addresses[0].address", reason: "got 5")
-        check({ $0.addresses[2].length = 33 }, field: "service.addresses[2].length", reason: "longer than the 32-bit address")
+        check(
+            { $0.addresses[2].length = 33 }, field: "service.addresses[2].length",
+            reason: "longer than the 32-bit address")
         check({ $0.ports = portList([(0, 80)]) }, field: "service.ports[0].service_port", reason: "0 is not a port")
         check({ $0.ports = portList([(80, 80), (65536, 1)]) }, field: "service.ports[1].service_port", reason: "65536")
         check({ $0.ipFamilies = .UNRECOGNIZED(8) }, field: "service.ip_families", reason: "unknown IPFamilies value 8")
         check({ $0.visibility = .UNRECOGNIZED(2) }, field: "service.visibility", reason: "unknown")
-        check({ $0.loadBalancing.routingPreference = [.zone, .unspecifiedScope] }, field: "service.load_balancing.routing_preference[1]", reason: "UNSPECIFIED_SCOPE")
-        check({ $0.loadBalancing.routingPreference = [.UNRECOGNIZED(12)] }, field: "service.load_balancing.routing_preference[0]", reason: "unknown")
+        check(
+            { $0.loadBalancing.routingPreference = [.zone, .unspecifiedScope] },
+            field: "service.load_balancing.routing_preference[1]", reason: "UNSPECIFIED_SCOPE")
+        check(
+            { $0.loadBalancing.routingPreference = [.UNRECOGNIZED(12)] },
+            field: "service.load_balancing.routing_preference[0]", reason: "unknown")
         check({ $0.loadBalancing.mode = .UNRECOGNIZED(12) }, field: "service.load_balancing.mode", reason: "unknown")
-        check({ $0.loadBalancing.healthPolicy = .UNRECOGNIZED(12) }, field: "service.load_balancing.health_policy", reason: "unknown")
-        check({ $0.weightedWaypoints[0].clearDestination() }, field: "service.weighted_waypoints[0].destination", reason: "must be set")
-        check({ $0.waypoint.hostname.hostname = "" }, field: "service.waypoint.hostname.hostname", reason: "must not be empty")
-        expectRejected({ () throws(XDSResourceError) in _ = try WorkloadAPI.address(Istio_Workload_Address(), name: "x") }, field: "", reasonContains: "neither workload nor service")
+        check(
+            { $0.loadBalancing.healthPolicy = .UNRECOGNIZED(12) }, field: "service.load_balancing.health_policy",
+            reason: "unknown")
+        check(
+            { $0.weightedWaypoints[0].clearDestination() }, field: "service.weighted_waypoints[0].destination",
+            reason: "must be set")
+        check(
+            { $0.waypoint.hostname.hostname = "" }, field: "service.waypoint.hostname.hostname",
+            reason: "must not be empty")
+        expectRejected(
+            { () throws(XDSResourceError) in _ = try WorkloadAPI.address(Istio_Workload_Address(), name: "x") },
+            field: "", reasonContains: "neither workload nor service")
     }
 
     @Test("bad policies are rejected naming the field")
     func badPolicies() {
-        func check(_ change: (inout Istio_Security_Authorization) -> Void, field: String, reason: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        func check(
+            _ change: (inout Istio_Security_Authorization) -> Void, field: String, reason: String,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) {
             var a = fullAuthorization()
             change(&a)
-            expectRejected({ () throws(XDSResourceError) in _ = try WorkloadAPI.authorization(a, name: "default/allow-echo") }, field: field, reasonContains: reason, sourceLocation: sourceLocation)
+            expectRejected(
+                { () throws(XDSResourceError) in _ = try WorkloadAPI.authorization(a, name: "default/allow-echo") },
+                field: field, reasonContains: reason, sourceLocation: sourceLocation)
         }
         let at = "rules[0].clauses[0].matches[0]"
         check({ $0.name = "" }, field: "name", reason: "must not be empty")
         check({ $0.namespace = "" }, field: "namespace", reason: "must not be empty")
         check({ $0.scope = .UNRECOGNIZED(3) }, field: "scope", reason: "unknown Scope value 3")
         check({ $0.action = .UNRECOGNIZED(2) }, field: "action", reason: "unknown Action value 2")
-        check({ $0.rules[0].clauses[0].matches[0].principals.append(Istio_Security_StringMatch()) }, field: "\(at).principals[2]", reason: "no exact, prefix")
-        check({ $0.rules[0].clauses[0].matches[0].sourceIps[0].address = Data(count: 3) }, field: "\(at).source_ips[0].address", reason: "got 3")
-        check({ $0.rules[0].clauses[0].matches[0].notDestinationIps[0].length = 40 }, field: "\(at).not_destination_ips[0].length", reason: "longer")
-        check({ $0.rules[0].clauses[0].matches[0].destinationPorts = [65536] }, field: "\(at).destination_ports[0]", reason: "65536")
+        check(
+            { $0.rules[0].clauses[0].matches[0].principals.append(Istio_Security_StringMatch()) },
+            field: "\(at).principals[2]", reason: "no exact, prefix")
+        check(
+            { $0.rules[0].clauses[0].matches[0].sourceIps[0].address = Data(count: 3) },
+            field: "\(at).source_ips[0].address", reason: "got 3")
+        check(
+            { $0.rules[0].clauses[0].matches[0].notDestinationIps[0].length = 40 },
+            field: "\(at).not_destination_ips[0].length", reason: "longer")
+        check(
+            { $0.rules[0].clauses[0].matches[0].destinationPorts = [65536] }, field: "\(at).destination_ports[0]",
+            reason: "65536")
     }
 
     @Test("undecodable resources, wrong types and missing bodies are rejected")
@@ -466,12 +555,20 @@ struct WorkloadAPITests {
         garbage.resource = Google_Protobuf_Any()
         garbage.resource.typeURL = WorkloadAPI.addressTypeURL
         garbage.resource.value = Data([0xff, 0xff, 0xff])
-        expectRejected({ () throws(XDSResourceError) in _ = try WorkloadAPI.address(from: garbage) }, field: "", reasonContains: "cannot decode istio.workload.Address")
+        expectRejected(
+            { () throws(XDSResourceError) in _ = try WorkloadAPI.address(from: garbage) }, field: "",
+            reasonContains: "cannot decode istio.workload.Address")
         let wrongType = resource("p", fullAuthorization())
-        expectRejected({ () throws(XDSResourceError) in _ = try WorkloadAPI.address(from: wrongType) }, field: "resource", reasonContains: "expected a type.googleapis.com/istio.workload.Address, got a type.googleapis.com/istio.security.Authorization")
+        expectRejected(
+            { () throws(XDSResourceError) in _ = try WorkloadAPI.address(from: wrongType) }, field: "resource",
+            reasonContains:
+                "expected a type.googleapis.com/istio.workload.Address, got a type.googleapis.com/istio.security.Authorization"
+        )
         var empty = Envoy_Service_Discovery_V3_Resource()
         empty.name = "empty"
-        expectRejected({ () throws(XDSResourceError) in _ = try WorkloadAPI.authorization(from: empty) }, field: "resource", reasonContains: "no resource body")
+        expectRejected(
+            { () throws(XDSResourceError) in _ = try WorkloadAPI.authorization(from: empty) }, field: "resource",
+            reasonContains: "no resource body")
         let error = XDSResourceError(resource: "r", field: "f", reason: "why")
         #expect(error.description == "r: f: why")
     }

@@ -1,3 +1,4 @@
+import AmbitRuntime
 import Authorization
 import Capture
 import Certificates
@@ -12,7 +13,6 @@ import Telemetry
 import TestSupport
 import Testing
 import XDS
-import AmbitRuntime
 
 let addressURL = WorkloadAPI.addressTypeURL
 let authorizationURL = WorkloadAPI.authorizationTypeURL
@@ -41,7 +41,8 @@ final class XDSFixture: Sendable {
         try dir.write("root-cert.pem", rootPEM)
         try dir.write("other-root.pem", otherRootPEM)
         try dir.write("token", "token-1\n")
-        istiod = IstiodStandIn(host: host, certificateChainPEM: serving.chainPEM, privateKeyPEM: serving.keyPEM, tokens: ["token-1"])
+        istiod = IstiodStandIn(
+            host: host, certificateChainPEM: serving.chainPEM, privateKeyPEM: serving.keyPEM, tokens: ["token-1"])
     }
 
     /// Starts a node (xds, authorization, telemetry, capture) against the stand-in.
@@ -75,7 +76,8 @@ final class XDSFixture: Sendable {
         ) { node in
             waitForReady
                 ? node.readiness.isReady && node.plugin(CapturePlugin.self)?.captureAddresses.isEmpty == false
-                : node.plugin(XDSPlugin.self) != nil && node.plugin(CapturePlugin.self)?.captureAddresses.isEmpty == false
+                : node.plugin(XDSPlugin.self) != nil
+                    && node.plugin(CapturePlugin.self)?.captureAddresses.isEmpty == false
         }
     }
 
@@ -85,7 +87,8 @@ final class XDSFixture: Sendable {
 /// Quiet loggers: the tests check behaviour. `XDS_TEST_LOG=debug` shows the nodes' logs.
 func quietLogger() -> Logger {
     var logger = Logger(label: "xds-test")
-    logger.logLevel = ProcessInfo.processInfo.environment["XDS_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
+    logger.logLevel =
+        ProcessInfo.processInfo.environment["XDS_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
     return logger
 }
 
@@ -135,21 +138,32 @@ let echoService = "default/echo.default.svc.cluster.local"
 /// The stand-in's mesh: a client on node-a at 127.0.12.2, an echo backend at `echo`, and
 /// the echo service on VIP 127.0.12.10:80.
 func seed(_ istiod: IstiodStandIn, echo: SocketAddr) {
-    istiod.set(addressURL, upserting: [
-        (clientUID, "1", address(workload: workloadMessage(uid: clientUID, ip: "127.0.12.2"))),
-        (echoUID, "1", address(workload: workloadMessage(uid: echoUID, ip: "\(echo.ip)", node: "node-b", services: [echoService: [(80, UInt32(echo.port))]]))),
-        (echoService, "1", address(service: serviceMessage(vip: "127.0.12.10", port: 80, target: 0))),
-    ])
+    istiod.set(
+        addressURL,
+        upserting: [
+            (clientUID, "1", address(workload: workloadMessage(uid: clientUID, ip: "127.0.12.2"))),
+            (
+                echoUID, "1",
+                address(
+                    workload: workloadMessage(
+                        uid: echoUID, ip: "\(echo.ip)", node: "node-b",
+                        services: [echoService: [(80, UInt32(echo.port))]]))
+            ),
+            (echoService, "1", address(service: serviceMessage(vip: "127.0.12.10", port: 80, target: 0))),
+        ])
     istiod.set(authorizationURL, upserting: [])
 }
 
 /// One SOCKS5 exchange from the client workload's address.
-func exchange(_ node: RunningNode, to destination: String, payload: String = "ping") async throws -> (SOCKS5Reply, String) {
+func exchange(_ node: RunningNode, to destination: String, payload: String = "ping") async throws -> (
+    SOCKS5Reply, String
+) {
     let socks = node.plugin(CapturePlugin.self)!.captureAddresses.first!
     let target = SocketAddr(destination)!
     let (reply, response) = try await offload {
         try SOCKS5Client.exchange(
-            proxy: socks, source: IPAddress("127.0.12.2"), request: SOCKS5Request(address: .ip(target.ip), port: target.port),
+            proxy: socks, source: IPAddress("127.0.12.2"),
+            request: SOCKS5Request(address: .ip(target.ip), port: target.port),
             payload: Array(payload.utf8))
     }
     return (reply, String(decoding: response, as: UTF8.self))
@@ -195,7 +209,8 @@ struct XDSIntegrationTests {
             let node = try await fixture.node()
             let initial = fixture.istiod.requests.filter(\.initial).map(\.request)
             #expect(initial.map(\.typeURL) == [addressURL, authorizationURL])
-            #expect(initial.allSatisfy { $0.node.id.hasPrefix("ztunnel~") && $0.node.id.hasSuffix(".svc.cluster.local") })
+            #expect(
+                initial.allSatisfy { $0.node.id.hasPrefix("ztunnel~") && $0.node.id.hasSuffix(".svc.cluster.local") })
             #expect(initial.first?.node.metadata.fields["NODE_NAME"]?.stringValue.isEmpty == false)
             #expect(initial.allSatisfy { $0.resourceNamesSubscribe.isEmpty && $0.initialResourceVersions.isEmpty })
             #expect(fixture.istiod.streams.first?.authorization == "Bearer token-1")
@@ -217,8 +232,14 @@ struct XDSIntegrationTests {
             #expect(status.types[addressURL]?.versions == [clientUID: "1", echoUID: "1", echoService: "1"])
             #expect(status.types[addressURL]?.lastNonce?.isEmpty == false)
             let telemetry = try #require(node.plugin(TelemetryPlugin.self))
-            #expect(telemetry.sampleLines(of: "istio_xds_message_total").contains { $0.contains("url=\"\(addressURL)\"") && $0.hasSuffix(" 1") })
-            #expect(telemetry.sampleLines(of: "istio_xds_message_bytes_total").contains { $0.contains("url=\"\(authorizationURL)\"") })
+            #expect(
+                telemetry.sampleLines(of: "istio_xds_message_total").contains {
+                    $0.contains("url=\"\(addressURL)\"") && $0.hasSuffix(" 1")
+                })
+            #expect(
+                telemetry.sampleLines(of: "istio_xds_message_bytes_total").contains {
+                    $0.contains("url=\"\(authorizationURL)\"")
+                })
             // /config_dump carries the plugin's section.
             let admin = try #require(node.node.adminAddress)
             let dump = try await httpRequest("GET", admin, "/config_dump")
@@ -231,7 +252,9 @@ struct XDSIntegrationTests {
         }
     }
 
-    @Test("readiness waits for the first response of each type; an unreachable istiod at start leaves the node running, not ready")
+    @Test(
+        "readiness waits for the first response of each type; an unreachable istiod at start leaves the node running, not ready"
+    )
     func readinessGating() async throws {
         try await withXDS { fixture, _ in
             // istiod not listening yet: the node starts, retries, and says what it waits for.
@@ -269,16 +292,25 @@ struct XDSIntegrationTests {
             #expect(await eventually(timeout: .seconds(5)) { await decision(node, identity: nil) == .allow })
 
             // A policy arrives: plaintext is no longer allowed to the echo workload.
-            fixture.istiod.push(authorizationURL, upserting: [("default/allow-only", "1", allowOnly("cluster.local/ns/default/sa/admin"))])
-            #expect(await eventually(timeout: .seconds(5)) { node.node.mesh.snapshot.policies["default/allow-only"] != nil })
+            fixture.istiod.push(
+                authorizationURL,
+                upserting: [("default/allow-only", "1", allowOnly("cluster.local/ns/default/sa/admin"))])
+            #expect(
+                await eventually(timeout: .seconds(5)) { node.node.mesh.snapshot.policies["default/allow-only"] != nil }
+            )
             #expect(await eventually(timeout: .seconds(5)) { await decision(node, identity: nil) == .deny })
             let admin = SpiffeID(trustDomain: "cluster.local", namespace: "default", serviceAccount: "admin")
             #expect(await eventually(timeout: .seconds(5)) { await decision(node, identity: admin) == .allow })
             // Updated: now it admits someone else.
-            fixture.istiod.push(authorizationURL, upserting: [("default/allow-only", "2", allowOnly("cluster.local/ns/default/sa/other"))])
-            #expect(await eventually(timeout: .seconds(5)) {
-                node.node.mesh.snapshot.policies["default/allow-only"]?.rules.first?.first?.first?.principals == [.exact("cluster.local/ns/default/sa/other")]
-            })
+            fixture.istiod.push(
+                authorizationURL,
+                upserting: [("default/allow-only", "2", allowOnly("cluster.local/ns/default/sa/other"))])
+            #expect(
+                await eventually(timeout: .seconds(5)) {
+                    node.node.mesh.snapshot.policies["default/allow-only"]?.rules.first?.first?.first?.principals == [
+                        .exact("cluster.local/ns/default/sa/other")
+                    ]
+                })
             #expect(await eventually(timeout: .seconds(5)) { await decision(node, identity: admin) == .deny })
             // Removed: allowed again.
             fixture.istiod.push(authorizationURL, removing: ["default/allow-only"])
@@ -286,11 +318,23 @@ struct XDSIntegrationTests {
             #expect(await eventually(timeout: .seconds(5)) { await decision(node, identity: nil) == .allow })
 
             // The echo workload moves to another port: traffic follows.
-            let second = try await EchoServer.start("127.0.12.4:0", name: "echo-2", group: MultiThreadedEventLoopGroup.singleton)
-            fixture.istiod.push(addressURL, upserting: [
-                (echoUID, "2", address(workload: workloadMessage(uid: echoUID, ip: "127.0.12.4", node: "node-b", services: [echoService: [(80, UInt32(second.address.port))]]))),
-            ])
-            #expect(await eventually(timeout: .seconds(5)) { node.node.mesh.snapshot.workloads[echoUID]?.workloadIPs == [IPAddress("127.0.12.4")!] })
+            let second = try await EchoServer.start(
+                "127.0.12.4:0", name: "echo-2", group: MultiThreadedEventLoopGroup.singleton)
+            fixture.istiod.push(
+                addressURL,
+                upserting: [
+                    (
+                        echoUID, "2",
+                        address(
+                            workload: workloadMessage(
+                                uid: echoUID, ip: "127.0.12.4", node: "node-b",
+                                services: [echoService: [(80, UInt32(second.address.port))]]))
+                    )
+                ])
+            #expect(
+                await eventually(timeout: .seconds(5)) {
+                    node.node.mesh.snapshot.workloads[echoUID]?.workloadIPs == [IPAddress("127.0.12.4")!]
+                })
             #expect(try await exchange(node, to: "127.0.12.10:80", payload: "a").1 == "echo-2: a")
             // Removed: the service has no endpoint and the connection is refused.
             fixture.istiod.push(addressURL, removing: [echoUID])
@@ -311,21 +355,32 @@ struct XDSIntegrationTests {
             let node = try await fixture.node()
             var bad = workloadMessage(uid: "cluster1//v1/Pod/default/bad", ip: "127.0.12.5")
             bad.addresses = [Data([127, 0, 12, 5, 1])]
-            let nonces = fixture.istiod.push(addressURL, upserting: [
-                ("cluster1//v1/Pod/default/good", "1", address(workload: workloadMessage(uid: "cluster1//v1/Pod/default/good", ip: "127.0.12.6"))),
-                ("cluster1//v1/Pod/default/bad", "1", address(workload: bad)),
-            ])
+            let nonces = fixture.istiod.push(
+                addressURL,
+                upserting: [
+                    (
+                        "cluster1//v1/Pod/default/good", "1",
+                        address(workload: workloadMessage(uid: "cluster1//v1/Pod/default/good", ip: "127.0.12.6"))
+                    ),
+                    ("cluster1//v1/Pod/default/bad", "1", address(workload: bad)),
+                ])
             #expect(nonces.count == 1)
-            #expect(await eventually(timeout: .seconds(5)) { replies(fixture.istiod).contains { $0.responseNonce == nonces.first } })
+            #expect(
+                await eventually(timeout: .seconds(5)) {
+                    replies(fixture.istiod).contains { $0.responseNonce == nonces.first }
+                })
             let nack = try #require(replies(fixture.istiod).first { $0.responseNonce == nonces.first })
             #expect(nack.typeURL == addressURL)
-            #expect(nack.errorDetail.message == "cluster1//v1/Pod/default/bad: workload.addresses[0]: an IP address is 4 or 16 bytes, got 5")
+            #expect(
+                nack.errorDetail.message
+                    == "cluster1//v1/Pod/default/bad: workload.addresses[0]: an IP address is 4 or 16 bytes, got 5")
             let mesh = node.node.mesh.snapshot
             #expect(mesh.workloads["cluster1//v1/Pod/default/good"] != nil)
             #expect(mesh.workloads["cluster1//v1/Pod/default/bad"] == nil)
             #expect(node.node.readiness.isReady)
             let status = try #require(node.plugin(XDSPlugin.self)?.status)
-            #expect(status.types[addressURL]?.rejected["cluster1//v1/Pod/default/bad"]?.field == "workload.addresses[0]")
+            #expect(
+                status.types[addressURL]?.rejected["cluster1//v1/Pod/default/bad"]?.field == "workload.addresses[0]")
             #expect(try await exchange(node, to: "127.0.12.10:80", payload: "still").1 == "echo: still")
             try await node.stop()
         }
@@ -341,7 +396,10 @@ struct XDSIntegrationTests {
             await fixture.istiod.stop()
             #expect(await eventually(timeout: .seconds(5)) { xds.status.state == .retrying })
             // While it is down the mesh changes: the client moves, the echo service goes.
-            fixture.istiod.set(addressURL, upserting: [(clientUID, "2", address(workload: workloadMessage(uid: clientUID, ip: "127.0.12.7")))], removing: [echoService])
+            fixture.istiod.set(
+                addressURL,
+                upserting: [(clientUID, "2", address(workload: workloadMessage(uid: clientUID, ip: "127.0.12.7")))],
+                removing: [echoService])
             #expect(node.node.mesh.snapshot.services.count == 1)  // the last good state stays meanwhile
             try await startStandIn(fixture.istiod, port: port)
             #expect(await eventually(timeout: .seconds(20)) { node.node.mesh.snapshot.services.isEmpty })
@@ -352,7 +410,9 @@ struct XDSIntegrationTests {
             #expect(xds.status.types[addressURL]?.versions == [clientUID: "2", echoUID: "1"])
             #expect(await eventually(timeout: .seconds(5)) { xds.status.state == .connected })
             let telemetry = try #require(node.plugin(TelemetryPlugin.self))
-            #expect(!telemetry.sampleLines(of: "istio_xds_connection_terminations_total").filter { !$0.hasSuffix(" 0") }.isEmpty)
+            #expect(
+                !telemetry.sampleLines(of: "istio_xds_connection_terminations_total").filter { !$0.hasSuffix(" 0") }
+                    .isEmpty)
             try await node.stop()
         }
     }
@@ -366,11 +426,17 @@ struct XDSIntegrationTests {
             fixture.istiod.tokens = ["token-2"]
             let before = fixture.istiod.streams.count
             fixture.istiod.closeStreams()
-            #expect(await eventually(timeout: .seconds(5)) { fixture.istiod.streams.count > before && fixture.istiod.openStreams == 1 })
+            #expect(
+                await eventually(timeout: .seconds(5)) {
+                    fixture.istiod.streams.count > before && fixture.istiod.openStreams == 1
+                })
             #expect(fixture.istiod.streams.last?.authorization == "Bearer token-2")
             #expect(node.node.readiness.isReady)
             let telemetry = try #require(node.plugin(TelemetryPlugin.self))
-            #expect(telemetry.sampleLines(of: "istio_xds_connection_terminations_total").contains { $0.contains("reason=\"Complete\"") && $0.hasSuffix(" 1") })
+            #expect(
+                telemetry.sampleLines(of: "istio_xds_connection_terminations_total").contains {
+                    $0.contains("reason=\"Complete\"") && $0.hasSuffix(" 1")
+                })
             try await node.stop()
         }
     }
@@ -381,7 +447,8 @@ struct XDSIntegrationTests {
             try await fixture.istiod.start()
             let node = try await fixture.node(root: "other-root.pem", waitForReady: false)
             let xds = try #require(node.plugin(XDSPlugin.self))
-            #expect(await eventually(timeout: .seconds(5)) { xds.status.attempts >= 2 && xds.status.state == .retrying })
+            #expect(
+                await eventually(timeout: .seconds(5)) { xds.status.attempts >= 2 && xds.status.state == .retrying })
             let error = try #require(xds.status.lastError)
             #expect(error.contains("other-root.pem"), "\(error)")
             #expect(node.node.mesh.snapshot.workloads.isEmpty)

@@ -87,9 +87,8 @@ public enum WorkloadAPI {
             throw XDSResourceError(resource: name, field: "resource", reason: "no resource body")
         }
         guard resource.resource.typeURL == typeURL else {
-            throw XDSResourceError(
-                resource: name, field: "resource",
-                reason: "expected a \(typeURL), got a \(resource.resource.typeURL.isEmpty ? "value with no type" : resource.resource.typeURL)")
+            let got = resource.resource.typeURL.isEmpty ? "value with no type" : resource.resource.typeURL
+            throw XDSResourceError(resource: name, field: "resource", reason: "expected a \(typeURL), got a \(got)")
         }
         do {
             return try M(serializedBytes: resource.resource.value)
@@ -114,7 +113,8 @@ public enum WorkloadAPI {
     }
 
     /// Converts a decoded `Workload`; `name` is its resource name, for errors.
-    public static func workload(_ workload: Istio_Workload_Workload, name: String) throws(XDSResourceError) -> Workload {
+    public static func workload(_ workload: Istio_Workload_Workload, name: String) throws(XDSResourceError) -> Workload
+    {
         var fields = FieldPath(resource: name)
         fields.push("workload")
         return try self.workload(workload, fields)
@@ -140,7 +140,8 @@ public enum WorkloadAPI {
         case .none: tunnel = .tcp
         case .hbone: tunnel = .hbone
         case .legacyIstioMtls:
-            throw at.error("tunnel_protocol", "LEGACY_ISTIO_MTLS is not supported (a node proxy cannot send legacy Istio mTLS)")
+            throw at.error(
+                "tunnel_protocol", "LEGACY_ISTIO_MTLS is not supported (a node proxy cannot send legacy Istio mTLS)")
         case .UNRECOGNIZED(let value): throw at.error("tunnel_protocol", unknownEnum(value, "TunnelProtocol"))
         }
         let status: HealthStatus
@@ -161,10 +162,12 @@ public enum WorkloadAPI {
             guard let service = NamespacedHostname(key) else {
                 throw field.error("expected a namespace/hostname key")
             }
-            services[service] = try portMap(w.services[key]?.ports ?? [], field.appending("ports"), allowZeroServicePort: true)
+            services[service] = try portMap(
+                w.services[key]?.ports ?? [], field.appending("ports"), allowZeroServicePort: true)
         }
         for (index, policy) in w.authorizationPolicies.enumerated() where NamespacedHostname(policy) == nil {
-            throw at.error("authorization_policies[\(index)]", "expected a namespace/name policy key, got \"\(policy)\"")
+            throw at.error(
+                "authorization_policies[\(index)]", "expected a namespace/name policy key, got \"\(policy)\"")
         }
         let applicationTunnel: ApplicationTunnel?
         if w.hasApplicationTunnel {
@@ -212,9 +215,11 @@ public enum WorkloadAPI {
             let width: UInt32 = ip.isIPv4 ? 32 : 128
             if address.hasLength && address.length != width {
                 guard address.length < width else {
-                    throw field.error("length", "prefix length \(address.length) is longer than the \(width)-bit address")
+                    throw field.error(
+                        "length", "prefix length \(address.length) is longer than the \(width)-bit address")
                 }
-                cidrs.append(NetworkCIDR(network: address.network, cidr: CIDR(address: ip, prefixLength: Int(address.length))))
+                cidrs.append(
+                    NetworkCIDR(network: address.network, cidr: CIDR(address: ip, prefixLength: Int(address.length))))
             } else {
                 vips.append(NetworkAddress(network: address.network, ip: ip))
             }
@@ -223,7 +228,9 @@ public enum WorkloadAPI {
         for (index, entry) in s.weightedWaypoints.enumerated() {
             let field = at.appending("weighted_waypoints[\(index)]")
             guard entry.hasDestination else { throw field.error("destination", "must be set") }
-            weighted.append(WeightedWaypoint(destination: try gateway(entry.destination, field.appending("destination")), weight: entry.weight))
+            weighted.append(
+                WeightedWaypoint(
+                    destination: try gateway(entry.destination, field.appending("destination")), weight: entry.weight))
         }
         let ipFamilies: IPFamilies?
         switch s.ipFamilies {
@@ -249,7 +256,9 @@ public enum WorkloadAPI {
             ipFamilies: ipFamilies, canonical: s.canonical, visibility: visibility)
     }
 
-    private static func loadBalancer(_ lb: Istio_Workload_LoadBalancing, _ at: FieldPath) throws(XDSResourceError) -> LoadBalancer {
+    private static func loadBalancer(_ lb: Istio_Workload_LoadBalancing, _ at: FieldPath) throws(XDSResourceError)
+        -> LoadBalancer
+    {
         var preferences: [LoadBalancer.Scope] = []
         for (index, scope) in lb.routingPreference.enumerated() {
             let field = at.appending("routing_preference[\(index)]")
@@ -316,7 +325,8 @@ public enum WorkloadAPI {
             }
             rules.append(clauses)
         }
-        return AuthorizationPolicy(name: a.name, namespace: a.namespace, scope: scope, action: action, dryRun: a.dryRun, rules: rules)
+        return AuthorizationPolicy(
+            name: a.name, namespace: a.namespace, scope: scope, action: action, dryRun: a.dryRun, rules: rules)
     }
 
     private static func match(_ m: Istio_Security_Match, _ at: FieldPath) throws(XDSResourceError) -> PolicyMatch {
@@ -328,7 +338,8 @@ public enum WorkloadAPI {
                 case .prefix(let text): result.append(.prefix(text))
                 case .suffix(let text): result.append(.suffix(text))
                 case .presence: result.append(.presence)
-                case nil: throw at.error("\(field)[\(index)]", "a string match with no exact, prefix, suffix or presence")
+                case nil:
+                    throw at.error("\(field)[\(index)]", "a string match with no exact, prefix, suffix or presence")
                 }
             }
             return result
@@ -374,11 +385,14 @@ public enum WorkloadAPI {
 
     // MARK: Shared pieces
 
-    private static func gateway(_ g: Istio_Workload_GatewayAddress, _ at: FieldPath) throws(XDSResourceError) -> GatewayAddress {
+    private static func gateway(_ g: Istio_Workload_GatewayAddress, _ at: FieldPath) throws(XDSResourceError)
+        -> GatewayAddress
+    {
         let destination: GatewayAddress.Destination
         switch g.destination {
         case .address(let address):
-            destination = .address(NetworkAddress(network: address.network, ip: try ip(address.address, at.appending("address.address"))))
+            destination = .address(
+                NetworkAddress(network: address.network, ip: try ip(address.address, at.appending("address.address"))))
         case .hostname(let name):
             guard !name.hostname.isEmpty else { throw at.error("hostname.hostname", "must not be empty") }
             destination = .hostname(NamespacedHostname(namespace: name.namespace, hostname: name.hostname))

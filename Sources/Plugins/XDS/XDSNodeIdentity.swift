@@ -22,7 +22,9 @@ public struct XDSNodeIdentity: Sendable, Hashable {
     public var metadata: [String: String]
 
     /// Creates an identity from its parts.
-    public init(podName: String, podNamespace: String, instanceIP: String, nodeName: String, metadata: [String: String] = [:]) {
+    public init(
+        podName: String, podNamespace: String, instanceIP: String, nodeName: String, metadata: [String: String] = [:]
+    ) {
         self.podName = podName
         self.podNamespace = podNamespace
         self.instanceIP = instanceIP
@@ -63,7 +65,8 @@ public struct XDSNodeIdentity: Sendable, Hashable {
     public var node: Envoy_Service_Discovery_V3_Node {
         var node = Envoy_Service_Discovery_V3_Node()
         node.id = id
-        node.metadata = Google_Protobuf_Struct(fields: metadataFields.mapValues { Google_Protobuf_Value(stringValue: $0) })
+        node.metadata = Google_Protobuf_Struct(
+            fields: metadataFields.mapValues { Google_Protobuf_Value(stringValue: $0) })
         return node
     }
 }

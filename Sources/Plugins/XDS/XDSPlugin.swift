@@ -77,11 +77,16 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
 
         public func validate() -> [ConfigProblem] {
             var problems: [ConfigProblem] = []
-            if endpoint == nil { problems.append(ConfigProblem(at: "address", "expected host:port, got \"\(address)\"")) }
+            if endpoint == nil {
+                problems.append(ConfigProblem(at: "address", "expected host:port, got \"\(address)\""))
+            }
             if rootCertificate.isEmpty { problems.append(ConfigProblem(at: "rootCertificate", "must not be empty")) }
             if tokenFile.isEmpty { problems.append(ConfigProblem(at: "tokenFile", "must not be empty")) }
             if clusterId.isEmpty { problems.append(ConfigProblem(at: "clusterId", "must not be empty")) }
-            if serverName?.isEmpty == true { problems.append(ConfigProblem(at: "serverName", "must not be empty; leave it out for the address's host")) }
+            if serverName?.isEmpty == true {
+                problems.append(
+                    ConfigProblem(at: "serverName", "must not be empty; leave it out for the address's host"))
+            }
             return problems
         }
     }
@@ -174,14 +179,16 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
     /// Builds the plugin; the node identity is read from the process environment.
     public init(config: Config, context: PluginContext) throws {
         guard let endpoint = config.endpoint else {
-            throw PluginError(.invalidConfiguration, plugin: Self.id, "address: expected host:port, got \"\(config.address)\"")
+            throw PluginError(
+                .invalidConfiguration, plugin: Self.id, "address: expected host:port, got \"\(config.address)\"")
         }
         self.config = config
         self.context = context
         self.endpoint = endpoint
         self.rootPath = context.resolvePath(config.rootCertificate)
         self.tokenPath = context.resolvePath(config.tokenFile)
-        self.identity = XDSNodeIdentity(environment: ProcessInfo.processInfo.environment, fallbackNodeName: context.nodeName)
+        self.identity = XDSNodeIdentity(
+            environment: ProcessInfo.processInfo.environment, fallbackNodeName: context.nodeName)
         self.state = NIOLockedValueBox(State())
     }
 
@@ -226,15 +233,26 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
         let factory = context.metrics
         metrics.withLockedValue {
             $0 = Metrics(
-                terminations: Dictionary(uniqueKeysWithValues: TerminationReason.allCases.map {
-                    ($0, Counter(label: "istio_xds_connection_terminations_total", dimensions: [("reason", $0.rawValue)], factory: factory))
-                }),
-                messages: Dictionary(uniqueKeysWithValues: XDSSubscriptions.typeURLs.map {
-                    ($0, Counter(label: "istio_xds_message_total", dimensions: [("url", $0)], factory: factory))
-                }),
-                bytes: Dictionary(uniqueKeysWithValues: XDSSubscriptions.typeURLs.map {
-                    ($0, Counter(label: "istio_xds_message_bytes_total", dimensions: [("url", $0)], factory: factory))
-                }))
+                terminations: Dictionary(
+                    uniqueKeysWithValues: TerminationReason.allCases.map {
+                        (
+                            $0,
+                            Counter(
+                                label: "istio_xds_connection_terminations_total", dimensions: [("reason", $0.rawValue)],
+                                factory: factory)
+                        )
+                    }),
+                messages: Dictionary(
+                    uniqueKeysWithValues: XDSSubscriptions.typeURLs.map {
+                        ($0, Counter(label: "istio_xds_message_total", dimensions: [("url", $0)], factory: factory))
+                    }),
+                bytes: Dictionary(
+                    uniqueKeysWithValues: XDSSubscriptions.typeURLs.map {
+                        (
+                            $0,
+                            Counter(label: "istio_xds_message_bytes_total", dimensions: [("url", $0)], factory: factory)
+                        )
+                    }))
         }
         context.logger.info(
             "xDS client configured",
@@ -302,13 +320,15 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
                 target: endpoint.target, transportSecurity: transportSecurity(roots: try loadRoots()),
                 config: .defaults { [verifiedName] config in
                     config.http2.authority = verifiedName
-                    config.connection.keepalive = .init(time: .seconds(30), timeout: .seconds(10), allowWithoutCalls: true)
+                    config.connection.keepalive = .init(
+                        time: .seconds(30), timeout: .seconds(10), allowWithoutCalls: true)
                 },
                 eventLoopGroup: context.eventLoopGroup as? MultiThreadedEventLoopGroup ?? .singleton)
         } catch let error as XDSClientError {
             return Ending(reason: .connectionError, error: error.message, answered: false)
         } catch {
-            return Ending(reason: .connectionError, error: "cannot set up the gRPC transport: \(error)", answered: false)
+            return Ending(
+                reason: .connectionError, error: "cannot set up the gRPC transport: \(error)", answered: false)
         }
         var metadata = Metadata()
         metadata.addString("Bearer \(token)", forKey: "authorization")
@@ -347,7 +367,8 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
             return Ending(reason: .complete, error: nil, answered: answered.withLockedValue { $0 })
         } catch let error as RPCError {
             let wasAnswered = answered.withLockedValue { $0 }
-            return Ending(reason: Self.classify(error, answered: wasAnswered), error: describe(error), answered: wasAnswered)
+            return Ending(
+                reason: Self.classify(error, answered: wasAnswered), error: describe(error), answered: wasAnswered)
         } catch {
             return Ending(reason: .error, error: "\(error)", answered: answered.withLockedValue { $0 })
         }
@@ -358,13 +379,16 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
         let typeURL = response.typeURL
         metrics.withLockedValue { metrics in
             metrics?.messages[typeURL]?.increment()
-            if let bytes: [UInt8] = try? response.serializedBytes() { metrics?.bytes[typeURL]?.increment(by: bytes.count) }
+            if let bytes: [UInt8] = try? response.serializedBytes() {
+                metrics?.bytes[typeURL]?.increment(by: bytes.count)
+            }
         }
         let outcome = state.withLockedValue { $0.subscriptions.handle(response) }
         let snapshot = context.mesh.apply(outcome.delta, from: origin)
         if !outcome.rejected.isEmpty {
+            let note = "the other resources are applied, the rejected ones keep their last good version"
             context.logger.warning(
-                "xDS push partly rejected (NACK); the other resources are applied, the rejected ones keep their last good version",
+                "xDS push partly rejected (NACK); \(note)",
                 metadata: [
                     "type": "\(typeURL)", "nonce": "\(response.nonce)", "rejected": "\(outcome.rejected.count)",
                     "errors": "\(outcome.reply.errorDetail.message)",
@@ -432,12 +456,17 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
         if next == .connecting {
             context.logger.info("xDS stream closed by istiod; reconnecting", metadata: metadata)
         } else if previous != next || previousError != error {
-            if previous == .retrying {
-                context.logger.warning("xDS still failing, now: \(error ?? "unknown error"); retrying with backoff up to \(Self.maxBackoff)", metadata: metadata)
-            } else if previous == .connected {
-                context.logger.warning("xDS stream to istiod lost: \(error ?? "unknown error"); reconnecting with backoff up to \(Self.maxBackoff), keeping the last good mesh", metadata: metadata)
-            } else {
-                context.logger.warning("xDS connection failed: \(error ?? "unknown error"); retrying with backoff up to \(Self.maxBackoff)", metadata: metadata)
+            let reason = error ?? "unknown error"
+            let retry = "with backoff up to \(Self.maxBackoff)"
+            switch previous {
+            case .retrying:
+                context.logger.warning("xDS still failing, now: \(reason); retrying \(retry)", metadata: metadata)
+            case .connected:
+                context.logger.warning(
+                    "xDS stream to istiod lost: \(reason); reconnecting \(retry), keeping the last good mesh",
+                    metadata: metadata)
+            case .connecting, .stopped:
+                context.logger.warning("xDS connection failed: \(reason); retrying \(retry)", metadata: metadata)
             }
         } else {
             context.logger.debug("xDS retry failed again", metadata: metadata)
@@ -495,7 +524,9 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
             throw XDSClientError("cannot read the token file \(tokenPath): \(error.localizedDescription)")
         }
         let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !token.isEmpty else { throw XDSClientError("the token file \(tokenPath) is empty; write the node's token into it") }
+        guard !token.isEmpty else {
+            throw XDSClientError("the token file \(tokenPath) is empty; write the node's token into it")
+        }
         return token
     }
 
@@ -514,7 +545,9 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
         } catch {
             throw XDSClientError("the root certificate \(rootPath) is not PEM certificates: \(error)")
         }
-        guard !certificates.isEmpty else { throw XDSClientError("the root certificate \(rootPath) holds no certificate") }
+        guard !certificates.isEmpty else {
+            throw XDSClientError("the root certificate \(rootPath) holds no certificate")
+        }
         return bytes
     }
 

@@ -88,7 +88,9 @@ public struct XDSSubscriptions: Sendable {
 
     /// The first request of each type on a new stream: the node, the type, a wildcard
     /// subscription (no names), and the versions held minus the rejected names.
-    public func initialRequests(node: Envoy_Service_Discovery_V3_Node) -> [Envoy_Service_Discovery_V3_DeltaDiscoveryRequest] {
+    public func initialRequests(node: Envoy_Service_Discovery_V3_Node)
+        -> [Envoy_Service_Discovery_V3_DeltaDiscoveryRequest]
+    {
         Self.typeURLs.map { typeURL in
             var request = Envoy_Service_Discovery_V3_DeltaDiscoveryRequest()
             request.node = node
@@ -119,7 +121,8 @@ public struct XDSSubscriptions: Sendable {
         var upserted = 0
         for (index, resource) in response.resources.enumerated() {
             guard !resource.name.isEmpty else {
-                rejected.append(XDSResourceError(resource: "resources[\(index)]", field: "name", reason: "must not be empty"))
+                rejected.append(
+                    XDSResourceError(resource: "resources[\(index)]", field: "name", reason: "must not be empty"))
                 continue
             }
             do throws(XDSResourceError) {
@@ -169,7 +172,9 @@ public struct XDSSubscriptions: Sendable {
             state.rejected[name] = nil
         }
         if !rejected.isEmpty {
-            reply.errorDetail = Google_Rpc_Status.with { $0.message = rejected.map(\.description).joined(separator: "; ") }
+            reply.errorDetail = Google_Rpc_Status.with {
+                $0.message = rejected.map(\.description).joined(separator: "; ")
+            }
         }
         let first = !state.synced
         state.synced = true
@@ -178,7 +183,8 @@ public struct XDSSubscriptions: Sendable {
         state.lastSystemVersion = response.systemVersionInfo
         types[response.typeURL] = state
         return Outcome(
-            delta: delta, reply: reply, rejected: rejected, upserted: upserted, removed: response.removedResources.count,
+            delta: delta, reply: reply, rejected: rejected, upserted: upserted,
+            removed: response.removedResources.count,
             firstOfType: first)
     }
 
