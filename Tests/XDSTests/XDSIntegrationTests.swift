@@ -47,9 +47,11 @@ final class XDSFixture: Sendable {
 
     /// Starts a node (xds, authorization, telemetry, capture) against the stand-in.
     func node(
-        root: String = "root-cert.pem", waitForReady: Bool = true, port: Int? = nil
+        root: String = "root-cert.pem", waitForReady: Bool = true, port: Int? = nil, inbound: SocketAddr? = nil
     ) async throws -> RunningNode {
         let port = port ?? istiod.port ?? 1
+        let inboundConfig =
+            inbound.map { ", inbound: {enabled: true, address: \"127.0.12.1:0\", destination: \"\($0)\"}" } ?? ""
         return try await RunningNode.start(
             manifest: """
                 node: {name: node-a, drainDeadline: 1s}
@@ -66,7 +68,7 @@ final class XDSFixture: Sendable {
                   - id: telemetry
                     config: {address: "127.0.12.1:0"}
                   - id: capture
-                    config: {socks5: {address: "127.0.12.1:0"}}
+                    config: {socks5: {address: "127.0.12.1:0"}\(inboundConfig)}
                 """,
             registry: PluginRegistry([
                 PluginType(XDSPlugin.self), PluginType(AuthorizationPlugin.self), PluginType(TelemetryPlugin.self),
@@ -438,6 +440,39 @@ struct XDSIntegrationTests {
                     $0.contains("reason=\"Complete\"") && $0.hasSuffix(" 1")
                 })
             try await node.stop()
+        }
+    }
+
+    @Test("a policy pushed while a connection is open is enforced on it: the connection it now denies is closed")
+    func openConnectionsReevaluated() async throws {
+        try await withXDS { fixture, _ in
+            let local = try await EchoServer.start("127.0.12.8:0", name: "local", group: MultiThreadedEventLoopGroup.singleton)
+            let uid = "cluster1//v1/Pod/default/local"
+            fixture.istiod.set(addressURL, upserting: [(uid, "1", address(workload: workloadMessage(uid: uid, ip: "127.0.12.8")))])
+            try await fixture.istiod.start()
+            let node = try await fixture.node(inbound: local.address)
+            let inbound = try #require(node.plugin(CapturePlugin.self)?.inboundPlaintextAddress)
+            let socket = try BlockingSocket(connectingTo: inbound, from: IPAddress("127.0.12.2"))
+            try socket.send("one")
+            let echoed = try await offload {
+                var received: [UInt8] = []
+                while received.count < "local: one".utf8.count {
+                    let chunk = try socket.receive()
+                    if chunk.isEmpty { break }
+                    received += chunk
+                }
+                return String(decoding: received, as: UTF8.self)
+            }
+            #expect(echoed == "local: one")
+            // Plaintext has no identity: an ALLOW for one principal denies it, and the open
+            // connection is checked again and closed.
+            fixture.istiod.push(
+                authorizationURL, upserting: [("default/allow-only", "1", allowOnly("cluster.local/ns/default/sa/admin"))])
+            let rest = try await offload { try socket.receiveToEnd() }
+            #expect(rest.isEmpty)
+            #expect(node.node.mesh.snapshot.policies["default/allow-only"] != nil)
+            try await node.stop()
+            await local.close()
         }
     }
 
