@@ -72,6 +72,8 @@ public final class IstiodStandIn: Sendable {
         /// Types whose initial responses are held back, and the requests waiting.
         var held: Set<String> = []
         var waiting: [(stream: Int, request: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest)] = []
+        /// Set while ``stop()`` runs: new streams are refused.
+        var stopping = false
     }
 
     /// The address to listen on (port 0 the first time: a free one, kept for restarts).
@@ -130,20 +132,27 @@ public final class IstiodStandIn: Sendable {
         return bound
     }
 
-    /// Stops serving: every stream ends and the listener closes. Resources are kept.
+    /// Stops serving: the listener closes, every stream ends, and streams opened meanwhile
+    /// are refused (UNAVAILABLE). Resources are kept.
     public func stop() async {
-        let (server, serving, queues) = state.withLockedValue { state in
-            defer {
-                state.server = nil
-                state.serving = nil
-                state.streams = [:]
-            }
-            return (state.server, state.serving, state.streams.values.map(\.queue))
+        let (server, serving) = state.withLockedValue { state in
+            state.stopping = true
+            return (state.server, state.serving)
+        }
+        // Listener first (and GOAWAY to every connection), so a client reconnecting as
+        // its stream ends finds nobody; then the streams.
+        server?.beginGracefulShutdown()
+        let queues = state.withLockedValue { state in
+            defer { state.streams = [:] }
+            return state.streams.values.map(\.queue)
         }
         for queue in queues { queue.finish() }
-        server?.beginGracefulShutdown()
-        serving?.cancel()
         _ = try? await serving?.value
+        state.withLockedValue { state in
+            state.server = nil
+            state.serving = nil
+            state.stopping = false
+        }
     }
 
     /// Ends every open stream cleanly (status OK), as istiod does when it rebalances.
@@ -245,6 +254,7 @@ public final class IstiodStandIn: Sendable {
             let id = state.nextStream
             state.nextStream += 1
             state.infos.append(StreamInfo(id: id, authorization: authorization, clusterID: clusterID))
+            if state.stopping { return .failure(RPCError(code: .unavailable, message: "istiod stand-in is stopping")) }
             guard let authorization, authorization.hasPrefix("Bearer "),
                 state.tokens.contains(String(authorization.dropFirst("Bearer ".count)))
             else {
@@ -315,6 +325,11 @@ public final class IstiodStandIn: Sendable {
         }
     }
 
+    /// Ends one stream's responses (its client is gone or done).
+    fileprivate func finish(_ stream: Int) {
+        state.withLockedValue { $0.streams[stream]?.queue }?.finish()
+    }
+
     fileprivate func closed(_ stream: Int) {
         state.withLockedValue { _ = $0.streams.removeValue(forKey: stream) }
     }
@@ -330,16 +345,14 @@ private struct AggregatedDiscovery: Envoy_Service_Discovery_V3_AggregatedDiscove
         let (id, queue) = try standIn.open(metadata: request.metadata)
         return StreamingServerResponse { [standIn] writer in
             defer { standIn.closed(id) }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for try await message in request.messages { standIn.received(message, on: id) }
-                }
-                group.addTask {
-                    for await response in queue { try await writer.write(response) }
-                }
-                try await group.next()
-                group.cancelAll()
+            // The request side is read apart, so the response ends as soon as its queue
+            // does (a clean close, a stop) without waiting for the client's side.
+            let reader = Task {
+                defer { standIn.finish(id) }
+                for try await message in request.messages { standIn.received(message, on: id) }
             }
+            defer { reader.cancel() }
+            for await response in queue { try await writer.write(response) }
             return [:]
         }
     }

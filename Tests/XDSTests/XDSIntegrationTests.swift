@@ -446,9 +446,11 @@ struct XDSIntegrationTests {
     @Test("a policy pushed while a connection is open is enforced on it: the connection it now denies is closed")
     func openConnectionsReevaluated() async throws {
         try await withXDS { fixture, _ in
-            let local = try await EchoServer.start("127.0.12.8:0", name: "local", group: MultiThreadedEventLoopGroup.singleton)
+            let local = try await EchoServer.start(
+                "127.0.12.8:0", name: "local", group: MultiThreadedEventLoopGroup.singleton)
             let uid = "cluster1//v1/Pod/default/local"
-            fixture.istiod.set(addressURL, upserting: [(uid, "1", address(workload: workloadMessage(uid: uid, ip: "127.0.12.8")))])
+            fixture.istiod.set(
+                addressURL, upserting: [(uid, "1", address(workload: workloadMessage(uid: uid, ip: "127.0.12.8")))])
             try await fixture.istiod.start()
             let node = try await fixture.node(inbound: local.address)
             let inbound = try #require(node.plugin(CapturePlugin.self)?.inboundPlaintextAddress)
@@ -467,7 +469,8 @@ struct XDSIntegrationTests {
             // Plaintext has no identity: an ALLOW for one principal denies it, and the open
             // connection is checked again and closed.
             fixture.istiod.push(
-                authorizationURL, upserting: [("default/allow-only", "1", allowOnly("cluster.local/ns/default/sa/admin"))])
+                authorizationURL,
+                upserting: [("default/allow-only", "1", allowOnly("cluster.local/ns/default/sa/admin"))])
             let rest = try await offload { try socket.receiveToEnd() }
             #expect(rest.isEmpty)
             #expect(node.node.mesh.snapshot.policies["default/allow-only"] != nil)
