@@ -40,7 +40,8 @@ import SwiftProtobuf
 /// while the rest of the push is applied; its last good version stays in force.
 ///
 /// **Reconnects.** After an error the stream is opened again after 10 ms, doubling up to
-/// 15 s while it keeps failing, and at once after the server ends it cleanly; each new
+/// 15 s while it keeps failing, and at once (10 ms) after the server ends a stream it
+/// answered on cleanly or as a restarting server does; each new
 /// stream sends `initial_resource_versions` (minus the names rejected), so istiod
 /// resends only what changed and reports what was removed meanwhile. The mesh keeps its
 /// last good state throughout.
@@ -273,18 +274,20 @@ public final class XDSPlugin: Plugin, DiscoverySource, ConfigDumpSectionProvider
                 record(ending.reason)
                 let wait: Duration
                 switch ending.reason {
-                case .complete, .reconnect:
+                case .complete where ending.answered, .reconnect:
+                    // The ordinary end of a stream (istiod restarting, rebalancing): again
+                    // at once, after the 10 ms ztunnel waits too, so a server that keeps
+                    // closing cannot make this a busy loop.
                     backoff = Self.initialBackoff
-                    wait = ending.reason == .complete ? .zero : Self.initialBackoff
-                case .connectionError, .error:
+                    wait = Self.initialBackoff
+                case .complete, .connectionError, .error:
+                    // A stream that ended without an answer backs off like a failure.
                     if ending.answered { backoff = Self.initialBackoff }
                     wait = backoff
                     backoff = min(Self.maxBackoff, backoff * 2)
                 }
                 transition(to: ending.reason == .complete ? .connecting : .retrying, error: ending.error, retryIn: wait)
-                if wait > .zero {
-                    do { try await Task.sleep(for: wait) } catch { break }
-                }
+                do { try await Task.sleep(for: wait) } catch { break }
             }
         }
         state.withLockedValue { $0.connection = .stopped }
