@@ -10,6 +10,7 @@ public import Kernel
 import LocalConfig
 import Logging
 import Telemetry
+import XDS
 import AmbitRuntime
 
 /// The `ambit` command line, shared by the first-party binary and every composed one.
@@ -35,6 +36,7 @@ public enum FirstPartyPlugins {
     public static var registry: PluginRegistry {
         PluginRegistry([
             PluginType(LocalConfigPlugin.self),
+            PluginType(XDSPlugin.self),
             PluginType(CapturePlugin.self),
             PluginType(AuthorizationPlugin.self),
             PluginType(TelemetryPlugin.self),

@@ -21,6 +21,26 @@ public enum StringMatch: Sendable, Hashable, Codable {
     }
 }
 
+extension StringMatch {
+    /// The match as a principal condition: a leading `spiffe://` on an exact or prefix
+    /// value is dropped, since principals are matched without it
+    /// (`cluster.local/ns/a/sa/b`). Every mesh source (the local file, xDS) writes
+    /// principals through this, so the same policy gives the same match.
+    public var asPrincipal: StringMatch {
+        switch self {
+        case .exact(let text) where text.hasPrefix("spiffe://"): .exact(String(text.dropFirst(9)))
+        case .prefix(let text) where text.hasPrefix("spiffe://"): .prefix(String(text.dropFirst(9)))
+        default: self
+        }
+    }
+
+    /// The condition "the service account is `serviceAccount` in `namespace`", matched
+    /// against `namespace/serviceAccount` (ztunnel's `ServiceAccountMatch`).
+    public static func serviceAccount(namespace: String, serviceAccount: String) -> StringMatch {
+        .exact("\(namespace)/\(serviceAccount)")
+    }
+}
+
 /// One match of a clause: every non-empty field must hold (fields AND), each field holds
 /// when any of its values matches (values OR); `not…` fields must match none.
 public struct PolicyMatch: Sendable, Hashable, Codable {

@@ -557,13 +557,7 @@ struct LocalMatch: Decodable {
             try (c.decodeIfPresent([LocalStringMatch].self, forKey: key) ?? []).map(\.value)
         }
         func principals(_ key: CodingKeys) throws -> [StringMatch] {
-            try strings(key).map { match in
-                switch match {
-                case .exact(let text) where text.hasPrefix("spiffe://"): return .exact(String(text.dropFirst(9)))
-                case .prefix(let text) where text.hasPrefix("spiffe://"): return .prefix(String(text.dropFirst(9)))
-                default: return match
-                }
-            }
+            try strings(key).map(\.asPrincipal)
         }
         func accounts(_ key: CodingKeys) throws -> [StringMatch] {
             try (c.decodeIfPresent([LocalServiceAccountMatch].self, forKey: key) ?? []).map(\.value)
@@ -651,7 +645,7 @@ struct LocalServiceAccountMatch: Decodable {
             let mapping = try decoder.container(keyedBy: CodingKeys.self)
             let namespace = try mapping.decode(String.self, forKey: .namespace)
             let account = try mapping.decode(String.self, forKey: .serviceAccount)
-            value = .exact("\(namespace)/\(account)")
+            value = .serviceAccount(namespace: namespace, serviceAccount: account)
             return
         }
         value = try LocalStringMatch(from: decoder).value

@@ -23,6 +23,11 @@ final class PluginMetricNames: Sendable {
     /// Prefixes of the telemetry plugin's own series (Istio's, the process's, Ambit's).
     static let reservedPrefixes = ["istio_", "ambit_", "process_"]
 
+    /// Istio's series that a first-party plugin records itself, by prefix: the plugin id
+    /// that may register names under it (the `xds` plugin records ztunnel's
+    /// `istio_xds_*` metrics). Any other plugin is refused them like the rest of `istio_`.
+    static let delegatedPrefixes: [String: String] = ["istio_xds_": "xds"]
+
     private struct Shape: Equatable {
         var kind: Kind
         var labelNames: [String]
@@ -44,7 +49,8 @@ final class PluginMetricNames: Sendable {
             if !Self.isValidName(name) {
                 return "\"\(name)\" is not a Prometheus metric name (letters, digits and _, not starting with a digit)"
             }
-            if let prefix = Self.reservedPrefixes.first(where: { name.hasPrefix($0) }) {
+            let delegated = Self.delegatedPrefixes.contains { name.hasPrefix($0.key) && $0.value == plugin }
+            if !delegated, let prefix = Self.reservedPrefixes.first(where: { name.hasPrefix($0) }) {
                 return "names starting with \(prefix) are the telemetry plugin's own"
             }
             if let bad = labelNames.first(where: { !Self.isValidName($0) || $0.hasPrefix("__") || $0 == "le" }) {
