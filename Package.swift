@@ -361,7 +361,10 @@ let package = Package(
         ),
         .testTarget(
             name: "AmbitTests",
-            dependencies: ["Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "TestSupport"],
+            dependencies: [
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "TestSupport", "AmbitCLI",
+                "Certificates",
+            ],
             swiftSettings: strictSettings
         ),
     ]
