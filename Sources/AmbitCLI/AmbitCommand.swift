@@ -73,7 +73,7 @@ struct ManifestSource: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Build the manifest from the environment instead of a file: \(NodeProfile.allValueStrings.joined(separator: ", ")) (ztunnel's variables).",
+            "Build the manifest from a profile's environment variables instead of a file (ztunnel: ztunnel's).",
             valueName: "name"))
     var profile: NodeProfile?
 
