@@ -425,7 +425,8 @@ let package = Package(
         .testTarget(
             name: "AmbitTests",
             dependencies: [
-                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "Certificates", "TestSupport",
+                "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "LocalConfig", "Capture", "TestSupport", "AmbitCLI",
+                "Certificates",
             ],
             exclude: ["Fixtures"],
             swiftSettings: strictSettings

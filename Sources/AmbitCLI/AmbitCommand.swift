@@ -66,22 +66,110 @@ func reportErrors(_ errors: ConfigErrors) {
     }
 }
 
+/// Where a node's manifest comes from: a file (`--manifest`) or a profile built from the
+/// environment (`--profile ztunnel`). Exactly one.
+struct ManifestSource: ParsableArguments {
+    @Option(name: .long, help: "Path to the node manifest (YAML).")
+    var manifest: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Build the manifest from a profile's environment variables instead of a file (ztunnel: ztunnel's).",
+            valueName: "name"))
+    var profile: NodeProfile?
+
+    func validate() throws {
+        switch (manifest, profile) {
+        case (nil, nil): throw ValidationError("give --manifest <file> or --profile ztunnel")
+        case (.some, .some): throw ValidationError("give --manifest or --profile, not both")
+        default: break
+        }
+    }
+
+    /// How messages name the manifest: the file, or `ztunnel profile`.
+    var name: String { manifest ?? "\(profile?.rawValue ?? "") profile" }
+
+    /// The profile's manifest built from `environment`; its errors name the variables.
+    func buildProfile(_ profile: NodeProfile, environment: [String: String]) throws(ConfigErrors) -> ProfileManifest {
+        switch profile {
+        case .ztunnel:
+            return try ZtunnelProfile(
+                environment: environment, workingDirectory: FileManager.default.currentDirectoryPath,
+                registry: Ambit.registry
+            ).build()
+        }
+    }
+
+    /// The plan and, for a profile, the manifest it built. Errors: the manifest file's, a
+    /// profile's bad variables (file `environment`) or its built manifest's.
+    func load(environment: [String: String] = ManifestEnvironment.process) throws(ConfigErrors)
+        -> (plan: ManifestPlan, profile: ProfileManifest?)
+    {
+        guard let profile else {
+            return (try ManifestLoader.load(path: manifest ?? "", registry: Ambit.registry, environment: environment), nil)
+        }
+        let built = try buildProfile(profile, environment: environment)
+        return (try built.plan(registry: Ambit.registry), built)
+    }
+
+    /// Prints `errors`, one a line, and for a built manifest where its lines are.
+    func report(_ errors: ConfigErrors) {
+        reportErrors(errors)
+        if let profile, errors.errors.contains(where: { $0.file != "environment" }) {
+            FileHandle.standardError.write(
+                Data("(the lines are those of `ambit run --profile \(profile.rawValue) --print-manifest`)\n".utf8))
+        }
+    }
+}
+
+/// The manifest profiles `--profile` takes.
+enum NodeProfile: String, ExpressibleByArgument, CaseIterable {
+    /// ztunnel's environment variables (``ZtunnelProfile``).
+    case ztunnel
+}
+
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "run", abstract: "Run a node proxy from a manifest until SIGTERM/SIGINT.")
+        commandName: "run", abstract: "Run a node proxy from a manifest or a profile until SIGTERM/SIGINT.")
 
-    @Option(name: .long, help: "Path to the node manifest (YAML).")
-    var manifest: String
+    @OptionGroup var source: ManifestSource
 
     @Option(name: .long, help: "Override the manifest's log level (trace…critical).")
     var logLevel: String?
 
+    @Flag(name: .long, help: "With --profile: print the manifest it builds (YAML) and exit, without loading it.")
+    var printManifest = false
+
+    func validate() throws {
+        if printManifest && source.profile == nil {
+            throw ValidationError("--print-manifest needs --profile")
+        }
+    }
+
     func run() async throws {
-        try await Self.serve(try loadPlan(manifest), logLevel: logLevel)
+        if printManifest, let profile = source.profile {
+            do {
+                print(try source.buildProfile(profile, environment: ManifestEnvironment.process).yaml, terminator: "")
+            } catch {
+                source.report(error)
+                throw ExitCode.failure
+            }
+            return
+        }
+        let loaded: (plan: ManifestPlan, profile: ProfileManifest?)
+        do {
+            loaded = try source.load()
+        } catch {
+            source.report(error)
+            throw ExitCode.failure
+        }
+        try await Self.serve(loaded.plan, logLevel: logLevel, notes: loaded.profile?.notes ?? [])
     }
 
     /// Runs a node from a loaded plan until graceful shutdown; `ambit ca serve` shares it.
-    static func serve(_ plan: ManifestPlan, logLevel: String?) async throws {
+    /// `notes` (from a profile) are logged at debug once logging is set up.
+    static func serve(_ plan: ManifestPlan, logLevel: String?, notes: [String] = []) async throws {
         var level = plan.manifest.logging.level
         if let logLevel {
             guard let parsed = LogLevelControl.parse(logLevel) else {
@@ -93,6 +181,7 @@ struct RunCommand: AsyncParsableCommand {
         let control = LogLevelControl(level)
         AmbitLogging.bootstrap(format: plan.manifest.logging.format, control: control)
         let logger = Logger(label: "ambit")
+        for note in notes { logger.debug("\(note)", metadata: ["manifest": "\(plan.file)"]) }
         logger.info(
             "starting node",
             metadata: [
@@ -113,17 +202,17 @@ struct RunCommand: AsyncParsableCommand {
 struct ValidateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "validate",
-        abstract: "Load and provision a manifest without serving; exit 0 if it is good, 1 with every error.")
+        abstract: "Load and provision a manifest (or a profile's) without serving; exit 0 if it is good, 1 with every error.")
 
-    @Option(name: .long, help: "Path to the node manifest (YAML).")
-    var manifest: String
+    @OptionGroup var source: ManifestSource
 
     func run() async throws {
+        let manifest = source.name
         let plan: ManifestPlan
         do {
-            plan = try ManifestLoader.load(path: manifest, registry: Ambit.registry)
+            plan = try source.load().plan
         } catch {
-            reportErrors(error)
+            source.report(error)
             FileHandle.standardError.write(Data("\(manifest): \(error.errors.count) error(s)\n".utf8))
             throw ExitCode.failure
         }

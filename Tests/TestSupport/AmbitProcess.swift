@@ -22,10 +22,11 @@ public final class AmbitProcess: @unchecked Sendable {
         return FileManager.default.currentDirectoryPath + "/.build/debug/ambit"
     }
 
-    /// Starts `ambit <arguments>`.
-    public init(_ arguments: [String], currentDirectory: String? = nil) throws {
+    /// Starts `ambit <arguments>`, in `environment` when given (else this process's).
+    public init(_ arguments: [String], currentDirectory: String? = nil, environment: [String: String]? = nil) throws {
         process.executableURL = URL(fileURLWithPath: Self.executablePath)
         process.arguments = arguments
+        if let environment { process.environment = environment }
         if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
         process.standardOutput = output
         process.standardError = errors
@@ -69,10 +70,11 @@ public final class AmbitProcess: @unchecked Sendable {
     }
 
     /// Runs `ambit <arguments>` to completion and returns status, stdout and stderr.
-    public static func run(_ arguments: [String], timeout: Duration = .seconds(60)) async throws
-        -> (status: Int32?, stdout: String, stderr: String)
-    {
-        let child = try AmbitProcess(arguments)
+    public static func run(
+        _ arguments: [String], currentDirectory: String? = nil, environment: [String: String]? = nil,
+        timeout: Duration = .seconds(60)
+    ) async throws -> (status: Int32?, stdout: String, stderr: String) {
+        let child = try AmbitProcess(arguments, currentDirectory: currentDirectory, environment: environment)
         let status = await child.wait(timeout: timeout)
         return (status, child.stdout, child.stderr)
     }

@@ -15,7 +15,7 @@ public import Kernel
 ///
 /// ```yaml
 /// node:                      # optional
-///   name: node-a             # default: the host name; workloads whose `node` equals
+///   name: node-a             # default: NODE_NAME, else the host name; workloads whose `node` equals
 ///                            #   this are local to this proxy
 ///   network: ""              # the node's network (Istio's NETWORK); peers are looked up
 ///                            #   in it. Default: "" (the default network)
@@ -38,7 +38,7 @@ public struct Manifest: Sendable {
     /// `node:`: who this proxy is and how it runs.
     public struct NodeSettings: Sendable, DefaultedConfig {
         /// The node's name; workloads whose `node` equals it are local. Default: the
-        /// host name.
+        /// host name (the manifest loader uses `NODE_NAME` instead when it is set).
         public var name = Manifest.hostName
         /// The network this node is on (Istio's `NETWORK`, set on every workload in a
         /// multi-network install): destinations and peers are looked up in it, while a

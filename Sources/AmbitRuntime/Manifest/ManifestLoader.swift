@@ -50,16 +50,35 @@ public struct ManifestPlan: Sendable {
 /// unreadable file, YAML syntax, unknown keys and wrong types anywhere (plugin configs
 /// included, each decoded by its plugin type), unknown plugin ids, duplicate ids, and
 /// roles some plugin requires that no enabled plugin provides.
+///
+/// The environment is an input: `${NAME}` references in values are resolved in it (see
+/// ``ManifestEnvironment``; an unset variable is an error naming file, line and path, and
+/// nothing is decoded until every reference resolves), and `node.name`, when the
+/// manifest leaves it out, is its `NODE_NAME` if set and not empty (the host name
+/// otherwise). The default is the process environment.
 public enum ManifestLoader {
     /// Loads the manifest at `path`; its directory becomes the plan's base directory.
-    public static func load(path: String, registry: PluginRegistry) throws(ConfigErrors) -> ManifestPlan {
+    public static func load(
+        path: String, registry: PluginRegistry, environment: [String: String] = ManifestEnvironment.process
+    ) throws(ConfigErrors) -> ManifestPlan {
         let yaml = try ConfigFile.read(path)
-        return try load(yaml: yaml, file: path, baseDirectory: ConfigFile.directory(of: path), registry: registry)
+        return try load(
+            yaml: yaml, file: path, baseDirectory: ConfigFile.directory(of: path), registry: registry,
+            environment: environment)
     }
 
     /// Loads a manifest from text; `file` names it in errors.
-    public static func load(yaml: String, file: String, baseDirectory: String, registry: PluginRegistry) throws(ConfigErrors) -> ManifestPlan {
-        let root = try ConfigNode.parse(yaml: yaml, file: file)
+    public static func load(
+        yaml: String, file: String, baseDirectory: String, registry: PluginRegistry,
+        environment: [String: String] = ManifestEnvironment.process
+    ) throws(ConfigErrors) -> ManifestPlan {
+        var root = try ConfigNode.parse(yaml: yaml, file: file)
+        if let value = root.value {
+            let (substituted, substitutionErrors) = ManifestEnvironment.substitute(
+                value, environment: environment, file: file)
+            if !substitutionErrors.isEmpty { throw ConfigErrors(substitutionErrors.sortedByLine()) }
+            root.value = substituted
+        }
         var errors: [ConfigError] = []
 
         func decode<T: Decodable>(_ type: T.Type, _ node: ConfigNode) -> T? {
@@ -78,7 +97,10 @@ public enum ManifestLoader {
         guard let sections = decodedSections else {
             throw ConfigErrors(errors)
         }
-        let node = sections.node.value == nil ? Manifest.NodeSettings() : decode(Manifest.NodeSettings.self, sections.node)
+        var node = sections.node.value == nil ? Manifest.NodeSettings() : decode(Manifest.NodeSettings.self, sections.node)
+        if sections.node.value?["name"] == nil, let name = environment["NODE_NAME"], !name.isEmpty {
+            node?.name = name
+        }
         let logging = decode(Manifest.LoggingSettings.self, sections.logging)
         let admin = sections.admin.value == nil ? nil : decode(Manifest.AdminSettings.self, sections.admin)
         let rawEntries = decode([ConfigNode].self, sections.plugins) ?? []
