@@ -71,6 +71,31 @@ public enum WorkloadAPI {
         return try address(message, name: resource.name)
     }
 
+    /// Decodes an `Address` message from its protobuf bytes and converts it; `name` is its
+    /// resource name, for errors (the `xds-resource` fuzz target's entry).
+    public static func address(serialized bytes: [UInt8], name: String) throws(XDSResourceError) -> Address {
+        let message: Istio_Workload_Address
+        do {
+            message = try Istio_Workload_Address(serializedBytes: bytes)
+        } catch {
+            throw XDSResourceError(resource: name, field: "", reason: "cannot decode \(Istio_Workload_Address.protoMessageName): \(error)")
+        }
+        return try address(message, name: name)
+    }
+
+    /// Decodes an `Authorization` message from its protobuf bytes and converts it; `name`
+    /// is its resource name, for errors (the `xds-resource` fuzz target's entry).
+    public static func authorization(serialized bytes: [UInt8], name: String) throws(XDSResourceError) -> AuthorizationPolicy {
+        let message: Istio_Security_Authorization
+        do {
+            message = try Istio_Security_Authorization(serializedBytes: bytes)
+        } catch {
+            throw XDSResourceError(
+                resource: name, field: "", reason: "cannot decode \(Istio_Security_Authorization.protoMessageName): \(error)")
+        }
+        return try authorization(message, name: name)
+    }
+
     /// Decodes and converts an `Authorization` resource.
     public static func authorization(
         from resource: Envoy_Service_Discovery_V3_Resource
