@@ -223,7 +223,9 @@ def serve_connection(sock, args, record_lock):
         sock.close()
 
 
-def cmd_server(args):
+def accept_tls(args, serve):
+    """Listens on --listen for --max-seconds; each mutual-TLS connection goes to
+    serve(sock, lock) on a thread of its own (the lock guards the --record file)."""
     host, port = split_addr(args.listen)
     ctx = tls_context(args, server=True)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -244,8 +246,12 @@ def cmd_server(args):
         except (ssl.SSLError, OSError):
             raw.close()
             continue
-        threading.Thread(target=serve_connection, args=(sock, args, lock), daemon=True).start()
+        threading.Thread(target=serve, args=(sock, lock), daemon=True).start()
     listener.close()
+
+
+def cmd_server(args):
+    accept_tls(args, lambda sock, lock: serve_connection(sock, args, lock))
 
 
 def serve_gateway(sock, args, routes, record_lock):
@@ -387,28 +393,7 @@ def cmd_gateway(args):
     for entry in args.route:
         authority, _, target = entry.partition("=")
         routes[authority] = split_addr(target)
-    host, port = split_addr(args.listen)
-    ctx = tls_context(args, server=True)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(64)
-    listener.settimeout(0.5)
-    emit({"listening": "%s:%d" % listener.getsockname()})
-    lock = threading.Lock()
-    deadline = time.time() + args.max_seconds
-    while time.time() < deadline:
-        try:
-            raw, _ = listener.accept()
-        except socket.timeout:
-            continue
-        try:
-            sock = ctx.wrap_socket(raw, server_side=True)
-        except (ssl.SSLError, OSError):
-            raw.close()
-            continue
-        threading.Thread(target=serve_gateway, args=(sock, args, routes, lock), daemon=True).start()
-    listener.close()
+    accept_tls(args, lambda sock, lock: serve_gateway(sock, args, routes, lock))
 
 
 def read_until_closed(sock, conn, seconds):

@@ -164,6 +164,19 @@ struct SocketTests {
         }
     }
 
+    /// A namespace name for this test process, `<prefix><pid>`, after deleting the ones an
+    /// earlier test process left behind (killed or crashed before its `defer` ran): names
+    /// with this prefix whose process is gone.
+    private static func namespaceName(_ prefix: String) -> String {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/var/run/netns")) ?? []
+        for name in names where name.hasPrefix(prefix) {
+            guard let pid = pid_t(name.dropFirst(prefix.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH
+            else { continue }
+            try? ip("netns", "del", name)
+        }
+        return "\(prefix)\(getpid())"
+    }
+
     /// Runs `ip` (the test needs root, as in CI).
     private static func ip(_ arguments: String...) throws {
         let process = Process()
@@ -178,7 +191,7 @@ struct SocketTests {
 
     @Test
     func listenerAndDialerWorkInsideAnotherNetworkNamespace() async throws {
-        let name = "ambit-kt-\(getpid())"
+        let name = Self.namespaceName("ambit-kt-")
         try Self.ip("netns", "add", name)
         defer { try? Self.ip("netns", "del", name) }
         try Self.ip("-n", name, "link", "set", "lo", "up")
@@ -225,7 +238,7 @@ struct SocketTests {
     /// The way istio-cni's ZDS hands a pod's namespace over: as a descriptor, no path.
     @Test
     func aNamespaceAdoptedFromADescriptorServesLikeOneOpenedByPath() async throws {
-        let name = "ambit-kt-fd-\(getpid())"
+        let name = Self.namespaceName("ambit-kt-fd-")
         try Self.ip("netns", "add", name)
         defer { try? Self.ip("netns", "del", name) }
         try Self.ip("-n", name, "link", "set", "lo", "up")

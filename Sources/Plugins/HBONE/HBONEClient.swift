@@ -250,11 +250,37 @@ final class HBONEClient: Sendable {
         return tlsSide.and(relaySide).map { (tls: $0, relay: $1) }
     }
 
-    /// TLS (verifying the inner expected identities) and HTTP/2 on the inner connection's
-    /// socket; `ready` completes once ALPN chose h2.
+    /// The client pipeline (``addClientHandlers(to:material:expected:peer:events:)``) on the
+    /// inner connection's socket; `ready` completes once ALPN chose h2.
     private func installInner(
         on channel: any Channel, material: HBONETLSContexts.Material, expected: Set<SpiffeID>, peer: String,
         ready: EventLoopPromise<HBONEPooledConnection.Ready>
+    ) throws {
+        try addClientHandlers(to: channel, material: material, expected: expected, peer: peer) { rejection, http2 in
+            HBONEConnectionEvents(
+                ready: {
+                    do {
+                        ready.succeed(.init(channel: channel, multiplexer: try http2.syncMultiplexer()))
+                    } catch {
+                        ready.fail(HBONEError(.handshakeFailed, "HTTP/2 with \(peer) not set up: \(error)"))
+                        channel.close(promise: nil)
+                    }
+                },
+                closed: { error in
+                    let reason = rejection.withLockedValue { $0 } ?? error.map { Self.classify($0, peer: peer) }
+                    ready.fail(reason ?? HBONEError(.connectionClosed, "connection to \(peer) closed during setup"))
+                })
+        }
+    }
+
+    /// The client side of an HBONE connection on `channel`: TLS presenting `material`'s
+    /// certificate and accepting only a server with one of the `expected` identities, HTTP/2,
+    /// and the connection handler reporting to `events`, which get the server certificate's
+    /// rejection (set when the verifier refused it) and the HTTP/2 handler. `peer` names the
+    /// far end in logs.
+    private func addClientHandlers(
+        to channel: any Channel, material: HBONETLSContexts.Material, expected: Set<SpiffeID>, peer: String,
+        events: (_ rejection: NIOLockedValueBox<HBONEError?>, _ http2: NIOHTTP2Handler) -> HBONEConnectionEvents
     ) throws {
         let logger = self.logger
         let roots = material.roots
@@ -268,7 +294,7 @@ final class HBONEClient: Sendable {
                         return .certificateVerified
                     case .failure(let error):
                         rejection.withLockedValue { $0 = error }
-                        logger.info("HBONE inner server certificate rejected", metadata: ["peer": "\(peer)", "reason": "\(error)"])
+                        logger.info("HBONE server certificate rejected", metadata: ["gateway": "\(peer)", "reason": "\(error)"])
                         return .failed
                     }
                 }
@@ -278,38 +304,18 @@ final class HBONEClient: Sendable {
             connectionConfiguration: HBONEHTTP2.connectionConfiguration(config, side: .client),
             streamConfiguration: HBONEHTTP2.streamConfiguration(config)
         ) { pushed in
+            // Servers never initiate streams in HBONE.
             pushed.close()
         }
-        let events = HBONEConnectionEvents(
-            ready: {
-                do {
-                    ready.succeed(.init(channel: channel, multiplexer: try http2.syncMultiplexer()))
-                } catch {
-                    ready.fail(HBONEError(.handshakeFailed, "inner HTTP/2 with \(peer) not set up: \(error)"))
-                    channel.close(promise: nil)
-                }
-            },
-            closed: { error in
-                let reason = rejection.withLockedValue { $0 } ?? error.map { Self.classifyInner($0, peer: peer) }
-                ready.fail(reason ?? HBONEError(.connectionClosed, "inner connection to \(peer) closed during setup"))
-            })
         var connectionLogger = logger
-        connectionLogger[metadataKey: "peer"] = "\(peer)"
+        connectionLogger[metadataKey: "gateway"] = "\(peer)"
         let handler = HBONEConnectionHandler(
             connectionWindow: config.http2.connectionWindow,
             keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
             keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
             handshakeTimeout: config.client.connectTimeout.timeAmount, isClient: true,
-            logger: connectionLogger, events: events)
+            logger: connectionLogger, events: events(rejection, http2))
         try channel.pipeline.syncOperations.addHandlers([ssl, handler.frameWatcher, http2, handler])
-    }
-
-    private static func classifyInner(_ error: any Error, peer: String) -> HBONEError {
-        if let error = error as? HBONEError { return error }
-        if error is NIOSSLError || error is BoringSSLError {
-            return HBONEError(.handshakeFailed, "inner TLS with \(peer) failed: \(error)")
-        }
-        return HBONEError(.connectionClosed, "inner connection to \(peer) failed: \(error)")
     }
 
     /// Dials the gateway, then TLS (the source's certificate; the server must be one of the
@@ -368,64 +374,32 @@ final class HBONEClient: Sendable {
         let logger = self.logger
         let gateway = connection.key.gateway
         try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: false)
-        let roots = material.roots
-        let rejection = NIOLockedValueBox<HBONEError?>(nil)
-        let ssl = try NIOSSLClientHandler(
-            context: material.context, serverHostname: nil,
-            customVerificationCallback: { certificates, promise in
-            promise.completeWithTask {
-                switch await SpiffePeerVerifier.verify(chain: certificates, roots: roots, requirement: .oneOf(expected)) {
-                case .success:
-                    return .certificateVerified
-                case .failure(let error):
-                    rejection.withLockedValue { $0 = error }
-                    logger.info(
-                        "HBONE server certificate rejected", metadata: ["gateway": "\(gateway)", "reason": "\(error)"])
-                    return .failed
-                }
-            }
-        })
-        let http2 = NIOHTTP2Handler(
-            mode: .client, eventLoop: channel.eventLoop,
-            connectionConfiguration: HBONEHTTP2.connectionConfiguration(config, side: .client),
-            streamConfiguration: HBONEHTTP2.streamConfiguration(config)
-        ) { pushed in
-            // Servers never initiate streams in HBONE.
-            pushed.close()
+        try addClientHandlers(to: channel, material: material, expected: expected, peer: "\(gateway)") { rejection, http2 in
+            HBONEConnectionEvents(
+                ready: {
+                    do {
+                        // Available once the handler is in the pipeline, which it is by the handshake.
+                        let multiplexer = try http2.syncMultiplexer()
+                        connection.phase = .ready
+                        pool.attach(connection, channel: channel)
+                        connection.readyPromise.succeed(.init(channel: channel, multiplexer: multiplexer))
+                    } catch {
+                        connection.readyPromise.fail(HBONEError(.handshakeFailed, "HTTP/2 with \(gateway) not set up: \(error)"))
+                        channel.close(promise: nil)
+                    }
+                },
+                goAway: { pool.retire(connection) },
+                peerMaxConcurrentStreams: { pool.lowerLimit(connection, to: $0) },
+                closed: { error in
+                    pool.remove(connection)
+                    if let error, !HBONEServer.isOrdinaryClose(error) {
+                        logger.info("HBONE connection closed", metadata: ["gateway": "\(gateway)", "error": "\(error)"])
+                    }
+                    let reason = rejection.withLockedValue { $0 } ?? error.map { Self.classify($0, gateway: gateway) }
+                    connection.readyPromise.fail(
+                        reason ?? HBONEError(.connectionClosed, "connection to \(gateway) closed during setup"))
+                })
         }
-        let events = HBONEConnectionEvents(
-            ready: {
-                do {
-                    // Available once the handler is in the pipeline, which it is by the handshake.
-                    let multiplexer = try http2.syncMultiplexer()
-                    connection.phase = .ready
-                    pool.attach(connection, channel: channel)
-                    connection.readyPromise.succeed(.init(channel: channel, multiplexer: multiplexer))
-                } catch {
-                    connection.readyPromise.fail(HBONEError(.handshakeFailed, "HTTP/2 with \(gateway) not set up: \(error)"))
-                    channel.close(promise: nil)
-                }
-            },
-            goAway: { pool.retire(connection) },
-            peerMaxConcurrentStreams: { pool.lowerLimit(connection, to: $0) },
-            closed: { error in
-                pool.remove(connection)
-                if let error, !HBONEServer.isOrdinaryClose(error) {
-                    logger.info("HBONE connection closed", metadata: ["gateway": "\(gateway)", "error": "\(error)"])
-                }
-                let reason = rejection.withLockedValue { $0 } ?? error.map { Self.classify($0, gateway: gateway) }
-                connection.readyPromise.fail(
-                    reason ?? HBONEError(.connectionClosed, "connection to \(gateway) closed during setup"))
-            })
-        var connectionLogger = logger
-        connectionLogger[metadataKey: "gateway"] = "\(gateway)"
-        let handler = HBONEConnectionHandler(
-            connectionWindow: config.http2.connectionWindow,
-            keepaliveInterval: config.http2.keepaliveInterval.timeAmount,
-            keepaliveTimeout: config.http2.keepaliveTimeout.timeAmount,
-            handshakeTimeout: config.client.connectTimeout.timeAmount, isClient: true,
-            logger: connectionLogger, events: events)
-        try channel.pipeline.syncOperations.addHandlers([ssl, handler.frameWatcher, http2, handler])
         // The dialer leaves autoRead off for the relay; a TLS + HTTP/2 connection reads
         // continuously, and switching autoRead on needs one explicit read to start.
         try channel.syncOptions?.setOption(.autoRead, value: true)
@@ -433,14 +407,20 @@ final class HBONEClient: Sendable {
     }
 
     static func classify(_ error: any Error, gateway: SocketAddr) -> HBONEError {
-        if let error = error as? HBONEError { return error }
         if let error = error as? SocketError, error.code == .connectTimedOut {
             return connectTimedOut(gateway, error.message)
         }
+        return classify(error, peer: "\(gateway)")
+    }
+
+    /// An error of a connection to `peer` as an ``HBONEError``: TLS failures as handshake
+    /// failures, anything else as the connection's end.
+    private static func classify(_ error: any Error, peer: String) -> HBONEError {
+        if let error = error as? HBONEError { return error }
         if error is NIOSSLError || error is BoringSSLError {
-            return HBONEError(.handshakeFailed, "TLS with \(gateway) failed: \(error)")
+            return HBONEError(.handshakeFailed, "TLS with \(peer) failed: \(error)")
         }
-        return HBONEError(.connectionClosed, "connection to \(gateway) failed: \(error)")
+        return HBONEError(.connectionClosed, "connection to \(peer) failed: \(error)")
     }
 
     /// Takes every pooled connection out of use.
