@@ -299,6 +299,21 @@ let package = Package(
             path: "Tests/IstiodStandIn",
             swiftSettings: strictSettings
         ),
+        // The stand-in as a process, for end-to-end tests of `ambit run --profile ztunnel`
+        // nodes (Tests/e2e/istiod.py): xDS from a resources file and the CA API, one port.
+        .executableTarget(
+            name: "ambit-istiod-standin",
+            dependencies: [
+                "IstiodStandIn", "CAServer", "Certificates", "XDS", "Kernel", "IstioXDSAPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Tests/IstiodStandInTool",
+            swiftSettings: strictSettings
+        ),
         .plugin(
             name: "NewPlugin",
             capability: .command(

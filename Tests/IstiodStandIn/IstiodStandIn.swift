@@ -1,5 +1,5 @@
 import Foundation
-import GRPCCore
+public import GRPCCore
 import GRPCNIOTransportHTTP2
 public import IstioXDSAPI
 import NIOConcurrencyHelpers
@@ -80,14 +80,21 @@ public final class IstiodStandIn: Sendable {
     public let host: String
     private let certificateChainPEM: [String]
     private let privateKeyPEM: String
+    private let services: [any RegistrableRPCService]
     private let state: NIOLockedValueBox<State>
 
     /// Creates a stand-in serving `certificateChainPEM` (leaf first) with
-    /// `privateKeyPEM` on `host`, accepting bearer `tokens`.
-    public init(host: String, certificateChainPEM: [String], privateKeyPEM: String, tokens: Set<String>) {
+    /// `privateKeyPEM` on `host`, accepting bearer `tokens`. `services` are served on the
+    /// same port beside ADS, as istiod serves its CA API (`istio.v1.auth.IstioCertificateService`)
+    /// on 15012 too.
+    public init(
+        host: String, certificateChainPEM: [String], privateKeyPEM: String, tokens: Set<String>,
+        services: [any RegistrableRPCService] = []
+    ) {
         self.host = host
         self.certificateChainPEM = certificateChainPEM
         self.privateKeyPEM = privateKeyPEM
+        self.services = services
         self.state = NIOLockedValueBox(State(tokens: tokens))
     }
 
@@ -120,7 +127,7 @@ public final class IstiodStandIn: Sendable {
                 certificateChain: certificateChainPEM.map { .bytes(Array($0.utf8), format: .pem) },
                 privateKey: .bytes(Array(privateKeyPEM.utf8), format: .pem)),
             eventLoopGroup: .singleton)
-        let server = GRPCServer(transport: transport, services: [AggregatedDiscovery(standIn: self)])
+        let server = GRPCServer(transport: transport, services: [AggregatedDiscovery(standIn: self)] + services)
         let serving = Task { try await server.serve() }
         let listening = try await transport.listeningAddress
         let bound = listening.ipv4?.port ?? listening.ipv6?.port ?? port

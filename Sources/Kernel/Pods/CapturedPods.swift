@@ -64,6 +64,7 @@ public final class CapturedPods: Sendable {
         var subscribers: [UInt64: AsyncStream<[String: Pod]>.Continuation] = [:]
         var nextID: UInt64 = 0
         var nextSequence: UInt64 = 0
+        var claimsAllLocal = false
 
         func current(_ uid: String) -> Pod? {
             entries[uid]?.values.max { $0.sequence < $1.sequence }?.pod
@@ -148,6 +149,18 @@ public final class CapturedPods: Sendable {
     public func isClaimed(uid: String) -> Bool {
         state.withLockedValue { $0.current(uid) != nil || !($0.expected[uid] ?? []).isEmpty }
     }
+
+    /// Declares that every local workload's traffic is served inside its pod or not at all
+    /// (in-pod capture is this node's mode, as on a Kubernetes node, where a pod's IPs live
+    /// only in its namespace): servers then open no listeners on local workloads' IPs in the
+    /// proxy's own namespace, even for workloads no source has (yet) added. Call it from
+    /// ``Plugin/provision()``.
+    public func claimAllLocalWorkloads() {
+        state.withLockedValue { $0.claimsAllLocal = true }
+    }
+
+    /// Whether ``claimAllLocalWorkloads()`` was called.
+    public var claimsAllLocalWorkloads: Bool { state.withLockedValue { $0.claimsAllLocal } }
 
     /// The uids each origin has, for status pages.
     public var origins: [String: [String]] {

@@ -1,9 +1,9 @@
 public import Certificates
 public import Foundation
 public import GRPCCore
-import IstioCAAPI
+public import IstioCAAPI
 public import Kernel
-import Logging
+public import Logging
 import SwiftProtobuf
 
 /// Decides and performs one certificate request: authenticates the caller by bearer
@@ -104,11 +104,21 @@ public struct CertificateIssuer: Sendable {
 
 /// `istio.v1.auth.IstioCertificateService` over gRPC, backed by a ``CertificateIssuer``.
 /// Every refusal is logged with the caller's address, node and identity.
-struct IstioCertificateService: Istio_V1_Auth_IstioCertificateService.ServiceProtocol {
+///
+/// The `ca-server` plugin serves it; anything else with a gRPC server (a test istiod,
+/// which serves it beside xDS as istiod does) can register it too.
+public struct IstioCertificateService: Istio_V1_Auth_IstioCertificateService.ServiceProtocol {
     let issuer: CertificateIssuer
     let logger: Logger
 
-    func createCertificate(
+    /// Creates the service over `issuer`, logging issues and refusals to `logger`.
+    public init(issuer: CertificateIssuer, logger: Logger) {
+        self.issuer = issuer
+        self.logger = logger
+    }
+
+    /// Handles `CreateCertificate`: issues the chain or refuses with the issuer's error.
+    public func createCertificate(
         request: ServerRequest<Istio_V1_Auth_IstioCertificateRequest>, context: ServerContext
     ) async throws -> ServerResponse<Istio_V1_Auth_IstioCertificateResponse> {
         let authorization = request.metadata[stringValues: "authorization"].first(where: { _ in true })

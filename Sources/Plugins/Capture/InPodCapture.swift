@@ -111,6 +111,8 @@ final class InPodCapture: Sendable {
     /// Pods the local config declares are pending from the start: readiness must not
     /// report ready before their listeners are up.
     func provision() {
+        // A pod's IPs live in its namespace: nothing is served for them in the node's.
+        context.pods.claimAllLocalWorkloads()
         configSource.announce(into: configFeed)
     }
 

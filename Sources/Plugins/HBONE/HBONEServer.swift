@@ -154,9 +154,11 @@ final class HBONEServer: Sendable {
     func reconcile(_ snapshot: MeshSnapshot) async {
         guard !state.withLockedValue({ $0.draining }) else { return }
         var wanted = Set<SocketAddr>()
-        // Pods captured in their own namespaces get their listener there (podListeners).
+        // Pods captured in their own namespaces get their listener there (podListeners);
+        // on an in-pod node every local workload does (or has none yet).
+        let allInPod = context.pods.claimsAllLocalWorkloads
         for workload in snapshot.workloads.values
-        where context.isLocal(workload) && workload.tunnelProtocol == .hbone && workload.netns == nil
+        where !allInPod && context.isLocal(workload) && workload.tunnelProtocol == .hbone && workload.netns == nil
             && !context.pods.isClaimed(uid: workload.uid)
         {
             for ip in workload.workloadIPs { wanted.insert(SocketAddr(ip: ip, port: config.server.port)) }
