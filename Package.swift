@@ -209,6 +209,19 @@ let package = Package(
             path: "Sources/Plugins/XDS",
             swiftSettings: strictSettings
         ),
+        // The xDS path at scale (issue 18): the istiod stand-in pushing N workloads to a
+        // node running the real xds plugin, on loopback.
+        .executableTarget(
+            name: "ambit-xds-bench",
+            dependencies: [
+                "Kernel", "AmbitRuntime", "XDS", "IstioXDSAPI", "IstiodStandIn", "Certificates", "TestSupport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "bench/XDSBench",
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "Certificates",
             dependencies: [

@@ -63,6 +63,7 @@ public final class IstiodStandIn: Sendable {
         var streams: [Int: StreamState] = [:]
         var infos: [StreamInfo] = []
         var requests: [ReceivedRequest] = []
+        var requestObservers: [@Sendable (ReceivedRequest) -> Void] = []
         var nextStream = 1
         var nextNonce = 1
         var server: GRPCServer<HTTP2ServerTransport.Posix>?
@@ -109,6 +110,13 @@ public final class IstiodStandIn: Sendable {
 
     /// Every request received, in order.
     public var requests: [ReceivedRequest] { state.withLockedValue { $0.requests } }
+
+    /// Calls `observer` with every request from now on, as it is received (benchmarks time
+    /// ACKs with it rather than polling ``requests``). It runs under the stand-in's lock:
+    /// keep it short and do not call the stand-in from it.
+    public func observeRequests(_ observer: @escaping @Sendable (ReceivedRequest) -> Void) {
+        state.withLockedValue { $0.requestObservers.append(observer) }
+    }
 
     /// Every stream opened (accepted or refused), in order.
     public var streams: [StreamInfo] { state.withLockedValue { $0.infos } }
@@ -283,7 +291,9 @@ public final class IstiodStandIn: Sendable {
         state.withLockedValue { state in
             guard var streamState = state.streams[stream] else { return }
             let initial = !streamState.subscribed.contains(request.typeURL) && request.responseNonce.isEmpty
-            state.requests.append(ReceivedRequest(stream: stream, request: request, initial: initial))
+            let received = ReceivedRequest(stream: stream, request: request, initial: initial)
+            state.requests.append(received)
+            for observer in state.requestObservers { observer(received) }
             guard initial else { return }
             streamState.subscribed.insert(request.typeURL)
             state.streams[stream] = streamState
