@@ -215,6 +215,7 @@ let package = Package(
             name: "ambit-xds-bench",
             dependencies: [
                 "Kernel", "AmbitRuntime", "XDS", "IstioXDSAPI", "IstiodStandIn", "Certificates", "TestSupport",
+                "CAmbitSystem",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

@@ -2,6 +2,7 @@ import Foundation
 import AmbitRuntime
 public import Kernel
 import NIOCore
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -48,19 +49,14 @@ public struct TemporaryDirectory: Sendable {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to 0, read, close).
 public func freePort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            _ = bind(fd, pointer, length)
-            return getsockname(fd, pointer, &length)
-        }
+    do {
+        let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).wait()
+        defer { try? channel.close().wait() }
+        return UInt16(channel.localAddress?.port ?? 0)
+    } catch {
+        fatalError("freePort: cannot bind 127.0.0.1:0: \(error)")
     }
-    return UInt16(bigEndian: address.sin_port)
 }
 
 /// An HTTP/1.1 request over a plain socket (off the concurrency threads); returns status

@@ -6,6 +6,7 @@
 // `swift run -c release ambit-xds-bench [--workloads N] [--services M] [--policies P]
 // [--updates U] [--removals R]` and read the numbers (BENCHMARKS.md, "xDS at scale").
 import AmbitRuntime
+import CAmbitSystem
 import Certificates
 import Foundation
 import IstioXDSAPI
@@ -165,9 +166,7 @@ func residentKiB() -> Int {
 /// Gives freed heap back to the system (glibc keeps it otherwise), so RSS shows what is
 /// live rather than what malloc kept.
 func trimHeap() {
-    #if canImport(Glibc)
-    _ = malloc_trim(0)
-    #endif
+    _ = ambit_malloc_trim()
 }
 
 func milliseconds(_ duration: Duration) -> Double {
@@ -248,7 +247,7 @@ func main() async throws {
         signals.signal(received.request.typeURL == addressURL ? "ack-address" : "ack-authorization")
     }
     guard
-        await eventually(timeout: .seconds(30), interval: .milliseconds(5), { istiod.requests.count(where: \.initial) >= 2 })
+        await eventually(timeout: .seconds(30), interval: .milliseconds(5), { @Sendable in istiod.requests.count(where: \.initial) >= 2 })
     else {
         print("the node did not subscribe within 30 s (pending: \(node.node.readiness.pending))")
         exit(1)
@@ -282,7 +281,7 @@ func main() async throws {
     var ackAuthorization: ContinuousClock.Instant?
     let expectedPublishes = (options.workloads + options.services > 0 ? 1 : 0) + (options.policies > 0 ? 1 : 0)
     while ackAddress == nil || ackAuthorization == nil || appliedAt.count < expectedPublishes {
-        guard let (instant, tag) = await events.next() else { fatalError("signal stream ended") }
+        guard let (instant, tag) = await events.next(isolation: #isolation) else { fatalError("signal stream ended") }
         switch tag {
         case "applied": appliedAt.append(instant)
         case "ack-address": ackAddress = instant
@@ -292,7 +291,7 @@ func main() async throws {
     let syncACK = max(ackAddress!, ackAuthorization!) - syncStart
     let syncApplied = (appliedAt.max() ?? syncStart) - syncStart
     let addressApplied = (appliedAt.min() ?? syncStart) - syncStart
-    guard await eventually(timeout: .seconds(5), interval: .milliseconds(1), { node.node.readiness.isReady }) else {
+    guard await eventually(timeout: .seconds(5), interval: .milliseconds(1), { @Sendable in node.node.readiness.isReady }) else {
         print("the node is not ready after the sync (pending: \(node.node.readiness.pending))")
         exit(1)
     }
@@ -317,6 +316,7 @@ func main() async throws {
 
     /// One push of `upserts`/`removals`; returns (push → applied, push → ACK) in ms.
     func timedPush(
+        _ events: inout AsyncStream<(ContinuousClock.Instant, String)>.Iterator,
         upserting upserts: [(name: String, version: String, body: Google_Protobuf_Any)] = [], removing removals: [String] = []
     ) async -> (applied: Double, ack: Double) {
         let start = clock.now
@@ -324,7 +324,7 @@ func main() async throws {
         var applied: ContinuousClock.Instant?
         var ack: ContinuousClock.Instant?
         while applied == nil || ack == nil {
-            guard let (instant, tag) = await events.next() else { fatalError("signal stream ended") }
+            guard let (instant, tag) = await events.next(isolation: #isolation) else { fatalError("signal stream ended") }
             switch tag {
             case "applied": applied = applied ?? instant
             case "ack-address": ack = instant
@@ -342,7 +342,7 @@ func main() async throws {
             // its own in 11/8 so the store sees a change.
             let index = (round * 7_919) % options.workloads
             let body = workloads.body(index, ip: 0x0B00_0000 + UInt32(round))
-            let timing = await timedPush(upserting: [(workloads.uid(index), "u\(round)", body)])
+            let timing = await timedPush(&events, upserting: [(workloads.uid(index), "u\(round)", body)])
             updateApplied.append(timing.applied)
             updateACK.append(timing.ack)
         }
@@ -352,7 +352,7 @@ func main() async throws {
     var removalACK: [Double] = []
     for round in 0..<options.removals {
         let index = options.workloads - 1 - round
-        let timing = await timedPush(removing: [workloads.uid(index)])
+        let timing = await timedPush(&events, removing: [workloads.uid(index)])
         removalApplied.append(timing.applied)
         removalACK.append(timing.ack)
     }

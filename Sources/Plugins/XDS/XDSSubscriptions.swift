@@ -110,7 +110,9 @@ public struct XDSSubscriptions: Sendable {
         var reply = Envoy_Service_Discovery_V3_DeltaDiscoveryRequest()
         reply.typeURL = response.typeURL
         reply.responseNonce = response.nonce
-        guard var state = types[response.typeURL] else {
+        // Taken out of the dictionary (and put back at the end) so the writes below
+        // mutate it in place instead of copying its maps (O(resources)) per response.
+        guard var state = types.removeValue(forKey: response.typeURL) else {
             reply.errorDetail = Google_Rpc_Status.with {
                 $0.message = "type \(response.typeURL.isEmpty ? "(empty)" : response.typeURL) is not subscribed to"
             }
