@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates Sources/IstioXDSAPI/**/*.pb.swift and xds.grpc.swift from the .proto files
 # beside them: istio's Workload API (workload.proto, authorization.proto, vendored from
-# istio/ztunnel's proto/ with their license header) and the subset of Envoy's delta xDS
+# istio/ztunnel's proto/ with their license header; zds.proto is istio-cni's ZDS, also
+# from there) and the subset of Envoy's delta xDS
 # they travel in (xds.proto, google/rpc/status.proto).
 # The output is committed: CI and normal builds never run protoc or the protobuf
 # build plugin (which would compile protobuf's C++ for many minutes).
@@ -24,7 +25,7 @@ protoc \
   --plugin=protoc-gen-swift="$bin/protoc-gen-swift" \
   --proto_path="$out" \
   --swift_out="$out" --swift_opt=Visibility=Public \
-  "$out/workload.proto" "$out/authorization.proto" "$out/xds.proto" "$out/google/rpc/status.proto"
+  "$out/workload.proto" "$out/authorization.proto" "$out/zds.proto" "$out/xds.proto" "$out/google/rpc/status.proto"
 protoc \
   --plugin=protoc-gen-grpc-swift="$bin/protoc-gen-grpc-swift-2" \
   --proto_path="$out" \

@@ -87,7 +87,8 @@ struct ZtunnelProfileTests {
         #expect(manifest.plugin("capture", "inPod", "enabled") == "true")
         #expect(manifest.plugin("capture", "inPod", "installRules") == "false")
         #expect(manifest.plugin("capture", "inPod", "mark") == nil)
-        #expect(manifest.plugin("capture", "inPod", "zdsSocket") == nil)
+        #expect(manifest.plugin("capture", "inPod", "source") == "zds")
+        #expect(manifest.plugin("capture", "inPod", "zdsSocket") == "/var/run/ztunnel/ztunnel.sock")
         #expect(manifest.plugin("telemetry", "address") == "0.0.0.0:15020")
         #expect(manifest.value("admin", "address") == "127.0.0.1:15000")
         #expect(manifest.value("admin", "readinessAddress") == "0.0.0.0:15021")
@@ -224,37 +225,39 @@ struct ZtunnelProfileTests {
         #expect(errors(["LOCAL_XDS": "workloads: []"]).first?.hasPrefix("environment: LOCAL_XDS: inline local config is not supported") == true)
     }
 
-    @Test("INPOD_UDS is accepted and ignored with a note while capture has no inPod.zdsSocket")
-    func inPodSocketIgnored() throws {
-        let manifest = try build(["INPOD_UDS": "/var/run/ztunnel/ztunnel.sock"])
-        #expect(!manifest.yaml.contains("zdsSocket"))
-        #expect(manifest.notes.contains { $0.hasPrefix("INPOD_UDS=/var/run/ztunnel/ztunnel.sock: accepted and ignored") })
+    @Test("INPOD_UDS names istio-cni's socket: inPod.source zds, inPod.zdsSocket")
+    func inPodSocketCarried() throws {
+        let manifest = try build(["INPOD_UDS": "/run/cni/zds.sock"])
+        let parsed = Printed(root: try #require(try ConfigNode.parse(yaml: manifest.yaml, file: "p.yaml").value))
+        #expect(parsed.plugin("capture", "inPod", "source") == "zds")
+        #expect(parsed.plugin("capture", "inPod", "zdsSocket") == "/run/cni/zds.sock")
+        #expect(manifest.notes.isEmpty)
+        // The composed manifest loads: the capture plugin takes the keys.
+        _ = try manifest.plan(registry: FirstPartyPlugins.registry)
     }
 
-    /// A `capture` with ZDS's key, as the ZDS issue will give it.
-    final class CaptureWithZDS: Plugin {
+    /// A `capture` without ZDS, as a composed binary might carry.
+    final class CaptureWithoutZDS: Plugin {
         struct Config: DefaultedConfig, Sendable {
             struct InPod: DefaultedConfig, Sendable {
                 var enabled = false
                 var installRules = true
-                var zdsSocket: String?
                 init() {}
             }
             var inPod = InPod()
             init() {}
         }
         static let id = "capture"
-        static let summary = "test: capture with inPod.zdsSocket"
+        static let summary = "test: capture without inPod.source"
         init(config: Config, context: PluginContext) {}
     }
 
-    @Test("INPOD_UDS becomes inPod.zdsSocket once the capture plugin has that key")
-    func inPodSocketCarried() throws {
-        let registry = PluginRegistry([PluginType(CaptureWithZDS.self)])
+    @Test("a capture plugin without ZDS gets no inPod.source, and a note says where pods come from")
+    func inPodSocketIgnored() throws {
+        let registry = PluginRegistry([PluginType(CaptureWithoutZDS.self)])
         let manifest = try build(["INPOD_UDS": "/var/run/ztunnel/ztunnel.sock"], registry: registry)
-        let parsed = Printed(root: try #require(try ConfigNode.parse(yaml: manifest.yaml, file: "p.yaml").value))
-        #expect(parsed.plugin("capture", "inPod", "zdsSocket") == "/var/run/ztunnel/ztunnel.sock")
-        #expect(manifest.notes.isEmpty)
+        #expect(!manifest.yaml.contains("zdsSocket"))
+        #expect(manifest.notes.contains { $0.contains("no inPod.source: zds") && $0.contains("INPOD_UDS=/var/run/ztunnel/ztunnel.sock ignored") })
     }
 
     @Test(
@@ -470,10 +473,17 @@ struct ZtunnelProfileTests {
     func runs() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
+        // istio-cni's stand-in: the node is ready once it has its (empty) snapshot.
+        let agent = try ZDSAgentStandIn(directory: directory.path)
+        var environment = try Self.localEnvironment(directory)
+        environment["INPOD_UDS"] = agent.path
         let manifest = try ZtunnelProfile(
-            environment: try Self.localEnvironment(directory), workingDirectory: directory.path,
-            registry: FirstPartyPlugins.registry
+            environment: environment, workingDirectory: directory.path, registry: FirstPartyPlugins.registry
         ).build()
+        let cni = Task {
+            _ = try await agent.accept(timeout: 20)
+            return try await agent.snapshotSent()
+        }
         // ztunnel's fixed ports would clash with other tests: move them to free ones.
         let yaml = manifest.yaml.replacingOccurrences(of: "127.0.0.1:15000", with: "127.0.14.1:0")
             .replacingOccurrences(of: "0.0.0.0:15021", with: "127.0.14.1:0")
@@ -485,6 +495,7 @@ struct ZtunnelProfileTests {
             // "ready" mean the plugins are up.
             until: { $0.readinessAddress != nil && $0.readiness.isReady })
         let node = running.node
+        #expect(try await cni.value == "", "the snapshot was not acked")
         let readiness = try #require(node.readinessAddress)
         let ready = try await httpRequest("GET", readiness, "/healthz/ready")
         #expect(ready.status == 200, "\(ready.body)")

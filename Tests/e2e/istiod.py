@@ -5,8 +5,9 @@ services and policies over delta xDS from a stand-in istiod (`ambit-istiod-stand
 Workload API resources from a JSON file, Istio's CA API on the same TLS port, as istiod
 serves both on 15012), and carrying pod traffic over HBONE with the certificates that CA
 issued. The pods' redirect rules are istio-cni's, installed by this script from istio-cni's
-golden rule set, as istio-cni would (the profile leaves rules to it); pods are handed to
-the node through its admin API (`POST /pods`) until Ambit speaks ZDS.
+golden rule set, as istio-cni would (the profile leaves rules to it), and each node takes
+its pods over ZDS from a stand-in istio-cni agent (`zds_agent.py`: a SOCK_SEQPACKET socket,
+each pod's network namespace passed by SCM_RIGHTS), as ztunnel does.
 
     node1 (ambit, stand-in istiod on 10.71.0.1:15012)    node2 (ambit)
     br0 10.71.1.1/24 ── veth 10.71.0.1/30 ──────────── 10.71.0.2/30 ── br0 10.71.2.1/24
@@ -35,12 +36,13 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e  # noqa: E402  (the topology, pod programs and helpers are shared)
+import zds_agent  # noqa: E402
 from e2e import Failure, expect, eventually, growth, inns, run, series  # noqa: E402
 
 e2e.PREFIX = "ambit-istiod-"
 e2e.PODS = {
     # name: (node, ip, in mesh, captured from the config): nothing is captured from a
-    # config here; pods are added through /pods once istiod has published them.
+    # config here; istio-cni's stand-in hands them over ZDS.
     "a1": ("node1", "10.71.1.10", True, False),
     "a2": ("node1", "10.71.1.11", True, False),
     "c1": ("node1", "10.71.1.12", True, False),
@@ -95,6 +97,11 @@ COMMIT
 def uid(pod):
     """istiod's uid for a pod: cluster//Pod/namespace/name."""
     return f"Kubernetes//Pod/default/{pod}"
+
+
+def pod_uid(pod):
+    """The pod's Kubernetes UID, which ZDS names it by (not istiod's workload uid)."""
+    return f"3f6c1b2e-0000-4000-8000-{pod.encode().hex():0>12}"
 
 
 def principal(pod):
@@ -170,6 +177,9 @@ class IstiodCluster(e2e.Cluster):
         self.standin = None
         self.mesh = Mesh(os.path.join(workdir, "resources.json"))
         self.hosts_dirs = []
+        # One istio-cni agent per node, on the socket the node's INPOD_UDS names.
+        self.agents = {node: zds_agent.FakeIstioCNI(os.path.join(workdir, f"{node}-cni", "ztunnel.sock"))
+                       for node in NODES_}
 
     @staticmethod
     def clean_leftovers():
@@ -248,6 +258,7 @@ class IstiodCluster(e2e.Cluster):
             "ISTIO_META_CLUSTER_ID": "Kubernetes",
             "SECRET_TTL": "1h",
             "RUST_LOG": "info",
+            "INPOD_UDS": self.agents[node].path,
         }
         process = subprocess.Popen(
             ["ip", "netns", "exec", ns(node), self.ambit, "run", "--profile", "ztunnel"],
@@ -266,19 +277,35 @@ class IstiodCluster(e2e.Cluster):
         expect(isinstance(status, dict), f"{node} /config_dump has no xds section: {list(dump)}")
         return status, dump
 
-    def add_pod(self, pod):
-        """What istio-cni does for a new pod: its rules in the pod, then the pod to its node."""
-        node = PODS[pod][0]
+    def install_rules(self, pod):
+        """istio-cni's rules in the pod (it installs them before it sends the pod)."""
         inns(pod, "iptables-restore", input=ISTIO_CNI_RULES)
         inns(pod, "ip", "rule", "add", "fwmark", "0x111/0xfff", "pref", "32764", "lookup", "100")
         inns(pod, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
-        code, body = self.admin(node, "POST", f"/pods?uid={uid(pod)}&netns={e2e.netns_path(pod)}"
-                                              f"&identity={principal(pod)}")
-        expect(code == 200, f"POST /pods for {pod} on {node}: {code} {body}")
+
+    def zds_pod(self, pod):
+        return zds_agent.Pod(pod_uid(pod), pod, "default", pod, e2e.netns_path(pod))
+
+    def add_pod(self, pod, send=True):
+        """What istio-cni does for a new pod: its rules in the pod, then the pod to its node over ZDS."""
+        self.install_rules(pod)
+        error = self.agents[PODS[pod][0]].add(self.zds_pod(pod), send=send)
+        expect(not error, f"the node acked {pod}'s AddWorkload with an error: {error}")
+
+    def pods_listing(self, node):
+        code, body = self.admin(node, "GET", "/pods")
+        expect(code == 200, f"{node} /pods answered {code}: {body[:300]}")
+        return {entry["uid"]: entry for entry in json.loads(body)}
+
+    def listens(self, pod, port):
+        out = inns(pod, "ss", "-Hltn", f"sport = :{port}", check=False).stdout
+        return bool(out.strip())
 
     def teardown(self):
         self.stop_standin()
         super().teardown()
+        for agent in self.agents.values():
+            agent.close()
         for directory in self.hosts_dirs:
             shutil.rmtree(directory, ignore_errors=True)
 
@@ -449,8 +476,71 @@ def scenario_istiod_restart(c):
     echo_ok(c, "a1", PODS["b1"][1], 9000)
 
 
+def scenario_zds_snapshot(c):
+    """The pods came in istio-cni's snapshot: each is served in its own namespace, found by its WorkloadInfo."""
+    for node, pods in [("node1", ["a1", "a2"]), ("node2", ["b1"])]:
+        listing = c.pods_listing(node)
+        for pod in pods:
+            entry = listing.get(pod_uid(pod))
+            expect(entry is not None, f"{node} /pods does not list {pod} ({pod_uid(pod)}): {sorted(listing)}")
+            expect(entry["origin"] == "zds" and entry["state"] == "captured" and entry["workload"] == uid(pod),
+                   f"{node} /pods for {pod}: {entry}")
+            for port in (15001, 15006, 15008):
+                expect(c.listens(pod, port), f"nothing listens on {port} inside {pod}")
+    acks = c.agents["node1"].acks
+    expect(("add", pod_uid("a1"), "") in acks and ("snapshot", "", "") in acks, f"node1's acks: {acks}")
+
+
+def scenario_zds_delete(c):
+    """DelWorkload: that pod's listeners close at once, the other pods are untouched; added again, it is served again."""
+    agent = c.agents["node1"]
+    error = agent.delete(pod_uid("a2"))
+    expect(error == "", f"DelWorkload acked with {error!r}")
+    eventually(lambda: expect(not c.listens("a2", 15001) and not c.listens("a2", 15008),
+                              "a2's listeners are still open after DelWorkload"), timeout=5)
+    expect(pod_uid("a2") not in c.pods_listing("node1"), "node1 still lists a2")
+    echo_ok(c, "a1", PODS["b1"][1], 9000)
+    c.wait_ready("node1", timeout=10)
+    error = agent.add(c.zds_pod("a2"))
+    expect(error == "", f"AddWorkload acked with {error!r}")
+    expect(c.listens("a2", 15001), "a2 acked before its listeners were up")
+    echo_ok(c, "a2", PODS["b1"][1], 9000)
+
+
+def scenario_zds_protocol_errors(c):
+    """Keep after the snapshot, an AddWorkload without its namespace, an undecodable message: each is acked
+    with the error and the node reconnects and takes a fresh snapshot; the pods keep being served."""
+    agent = c.agents["node1"]
+    cases = [
+        ("keep after the snapshot", zds_agent.keep_workload(pod_uid("a1")), "after snapshot"),
+        ("add without a descriptor", zds_agent.add_workload(pod_uid("zz"), "zz", "default", "zz"), "no control message"),
+        ("undecodable", b"\x0a\xff\xff\xff\xff\x0f", "failure to read message"),
+    ]
+    for name, message, wanted in cases:
+        snapshots = agent.snapshots_done
+        error = agent.send_raw(message, kind=name)
+        expect(error is not None and wanted in error, f"{name}: acked {error!r}, wanted {wanted!r}")
+        agent.wait_connected(snapshots=snapshots + 1, timeout=15)
+        c.wait_ready("node1", timeout=15)
+        echo_ok(c, "a1", PODS["b1"][1], 9000)
+    expect("ZDS protocol error" in c.log_tail("node1", 200), "node1 did not log the protocol errors")
+
+
+def scenario_zds_node_restart(c):
+    """node1 restarts: istio-cni's fresh snapshot brings every pod back."""
+    agent = c.agents["node1"]
+    snapshots = agent.snapshots_done
+    c.stop_node("node1")
+    c.start_node("node1")
+    agent.wait_connected(snapshots=snapshots + 1, timeout=30)
+    c.wait_ready("node1", timeout=30)
+    for pod in ["a1", "a2"]:
+        echo_ok(c, pod, PODS["b1"][1], 9000)
+
+
 SCENARIOS = [
     scenario_synced,
+    scenario_zds_snapshot,
     scenario_cross_node,
     scenario_service_vip,
     scenario_policy_from_istiod,
@@ -458,6 +548,9 @@ SCENARIOS = [
     scenario_workload_joins,
     scenario_bad_resource,
     scenario_istiod_restart,
+    scenario_zds_delete,
+    scenario_zds_protocol_errors,
+    scenario_zds_node_restart,
 ]
 
 
@@ -492,13 +585,13 @@ def main():
         cluster.write_config()
         cluster.start_servers()
         cluster.start_standin()
+        # The pods exist before the nodes start: they arrive in istio-cni's snapshot.
+        for pod in ["a1", "a2", "b1"]:
+            cluster.add_pod(pod, send=False)
         for node in NODES_:
             cluster.start_node(node)
         for node in NODES_:
-            cluster.wait_ready(node)
-        for pod in ["a1", "a2", "b1"]:
-            cluster.add_pod(pod)
-        for node in NODES_:
+            cluster.agents[node].wait_connected()
             cluster.wait_ready(node)
         print(f"cluster up under the stand-in istiod in {time.time() - started:.1f}s (work directory {workdir})")
         for scenario in SCENARIOS:

@@ -270,6 +270,7 @@ func main() async throws {
 
     trimHeap()
     let rssBefore = residentKiB()
+    let heapBefore = ambit_heap_in_use()
 
     let syncStart = clock.now
     istiod.release(addressURL)
@@ -309,6 +310,9 @@ func main() async throws {
     let rssAfterUntrimmed = residentKiB()
     trimHeap()
     let rssAfter = residentKiB()
+    let heapAfter = ambit_heap_in_use()
+    let heapPerResource =
+        options.workloads > 0 && heapBefore >= 0 ? Double(heapAfter - heapBefore) / Double(options.workloads + options.services) : .nan
     let bytesPerWorkload =
         options.workloads > 0 ? Double(rssAfter - rssBefore) * 1024 / Double(options.workloads + options.services) : .nan
 
@@ -379,6 +383,14 @@ func main() async throws {
             "RSS kept per resource", String(format: "%.0f B", bytesPerWorkload),
             "(\(rssAfter) − \(rssBefore) KiB) / \(options.workloads + options.services); target < 2 KiB per workload"
         ),
+        (
+            "heap in use per resource", String(format: "%.0f B", heapPerResource),
+            "live malloc bytes (mallinfo2), without the allocator's free and fragmented pages"
+        ),
+        (
+            "in-line size of one Workload / Service", "\(MemoryLayout<Workload>.stride) / \(MemoryLayout<Service>.stride) B",
+            "what each table entry holding one carries before its heap parts"
+        ),
         ("RSS after sync, not trimmed", "\(rssAfterUntrimmed) KiB", "what glibc kept of the transient buffers too"),
         (
             "one-workload update: push → applied", "\(format(percentile(updateApplied, 0.5))) / \(format(percentile(updateApplied, 0.99)))",
@@ -410,6 +422,7 @@ func main() async throws {
         "sync_ready_ms": rounded(milliseconds(readyTime)),
         "rss_before_kib": rssBefore, "rss_after_kib": rssAfter, "rss_after_untrimmed_kib": rssAfterUntrimmed,
         "rss_bytes_per_resource": rounded(bytesPerWorkload, 1),
+        "heap_bytes_per_resource": rounded(heapPerResource, 1),
         "update_applied_p50_ms": rounded(percentile(updateApplied, 0.5)),
         "update_applied_p99_ms": rounded(percentile(updateApplied, 0.99)),
         "update_ack_p50_ms": rounded(percentile(updateACK, 0.5)), "update_ack_p99_ms": rounded(percentile(updateACK, 0.99)),

@@ -57,7 +57,7 @@ public struct ZtunnelProfile: Sendable {
         Variable(name: "INSTANCE_IP", meaning: "xDS node id and INSTANCE_IPS metadata: IP addresses, comma-separated", defaultValue: nil),
         Variable(name: "ISTIO_META_<K>", meaning: "xDS node metadata <K> (read by the xds plugin)", defaultValue: nil),
         Variable(name: "LOCAL_XDS_PATH", meaning: "a local-config file (ztunnel's format) instead of xDS", defaultValue: nil),
-        Variable(name: "INPOD_UDS", meaning: "istio-cni's ZDS socket: `capture` config `inPod.zdsSocket` once it has that key; until then accepted and ignored", defaultValue: nil),
+        Variable(name: "INPOD_UDS", meaning: "istio-cni's ZDS socket, where pods come from: `capture` config `inPod.zdsSocket` (with `inPod.source: zds`)", defaultValue: "/var/run/ztunnel/ztunnel.sock"),
         Variable(name: "LOG_FORMAT", meaning: "`plain` (text) or `json`", defaultValue: "plain"),
         Variable(name: "RUST_LOG", meaning: "log level, ztunnel's form `level[,target=level…]`; per-target levels are ignored", defaultValue: "info"),
         Variable(name: "UNSTABLE_ENABLE_SOCKS5", meaning: "`true`: SOCKS5 on 127.0.0.1:15080", defaultValue: "false"),
@@ -73,7 +73,7 @@ public struct ZtunnelProfile: Sendable {
     public var environment: [String: String]
     /// Where relative paths in the environment are resolved.
     public var workingDirectory: String
-    /// The plugins of the binary: asked whether `capture` takes `inPod.zdsSocket` yet.
+    /// The plugins of the binary: asked whether `capture` takes `inPod.source: zds`.
     public var registry: PluginRegistry
 
     /// Creates the profile over an environment.
@@ -179,14 +179,14 @@ public struct ZtunnelProfile: Sendable {
             .init("installRules", .literal("false"), comment: "istio-cni owns the pods' redirect rules"),
         ]
         if let mark { inPod.append(.init("mark", .literal("\(mark)"), comment: "PACKET_MARK")) }
-        if let zdsSocket {
-            if captureTakesZDSSocket {
-                inPod.append(.init("zdsSocket", .text(zdsSocket), comment: "INPOD_UDS"))
-            } else {
-                notes.append(
-                    "INPOD_UDS=\(zdsSocket): accepted and ignored, the capture plugin has no inPod.zdsSocket yet "
-                        + "(pods come from the mesh's netns and /pods)")
-            }
+        if captureTakesZDSSocket {
+            // As ztunnel: istio-cni hands over every pod over ZDS.
+            inPod.append(.init("source", .text("zds"), comment: "pods come from istio-cni"))
+            inPod.append(.init("zdsSocket", .text(zdsSocket ?? "/var/run/ztunnel/ztunnel.sock"), comment: zdsSocket == nil ? "INPOD_UDS default" : "INPOD_UDS"))
+        } else {
+            notes.append(
+                "this binary's capture plugin has no inPod.source: zds; pods come from the mesh's netns and /pods"
+                    + (zdsSocket.map { " (INPOD_UDS=\($0) ignored)" } ?? ""))
         }
         let socksConfig: ManifestDocument.Value =
             socks5
@@ -259,8 +259,9 @@ public struct ZtunnelProfile: Sendable {
             environment: environment, xdsNode: xdsNode)
     }
 
-    /// Whether this binary's `capture` plugin has the `inPod.zdsSocket` key (istio-cni's
-    /// pod source, a later issue): its config is decoded with the key set.
+    /// Whether this binary's `capture` plugin takes pods from istio-cni (`inPod.source: zds`
+    /// and `inPod.zdsSocket`; a plugin of a composed binary may not): its config is decoded
+    /// with those keys set.
     var captureTakesZDSSocket: Bool {
         guard let capture = registry.type(id: "capture") else { return false }
         func scalar(_ text: String) -> ConfigValue { ConfigValue(.scalar(text, plain: true)) }
@@ -271,6 +272,7 @@ public struct ZtunnelProfile: Sendable {
                     value: ConfigValue(
                         .mapping([
                             .init(key: scalar("enabled"), value: scalar("true")),
+                            .init(key: scalar("source"), value: scalar("zds")),
                             .init(key: scalar("zdsSocket"), value: scalar("/var/run/ztunnel/ztunnel.sock")),
                         ])))
             ]))

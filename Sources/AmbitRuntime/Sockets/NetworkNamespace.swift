@@ -90,6 +90,14 @@ public final class NetworkNamespace: NetworkNamespaceHandle {
             Glibc.close(descriptor)
             throw SocketError(code: .bindFailed, message: "descriptor \(descriptor) for \(name) is not a network namespace (not on nsfs)")
         }
+        // nsfs holds every kind of namespace: a mount or PID namespace must not pass.
+        let kind = ambit_namespace_type(descriptor)
+        if kind >= 0, kind != ambit_clone_newnet() {
+            Glibc.close(descriptor)
+            throw SocketError(
+                code: .bindFailed,
+                message: "descriptor \(descriptor) for \(name) is a namespace of another kind (type 0x\(String(kind, radix: 16))), not a network namespace")
+        }
         self.path = name
         self.adoptedFromDescriptor = true
         self.mark = mark

@@ -5,7 +5,7 @@
 ///
 /// Reads are dictionary lookups. Iteration order is unspecified; sort for output.
 public struct ResourceTable<Key: Hashable & Sendable, Value: Sendable>: Sendable {
-    private static var fanOut: Int { 64 }
+    private static var fanOut: Int { 16 }
 
     private var groups: [[[Key: Value]]]
     /// The number of entries.

@@ -214,62 +214,201 @@ public struct ApplicationTunnel: Sendable, Hashable, Codable {
 }
 
 /// A workload (a pod, VM or other endpoint) as the node proxy sees it.
+///
+/// A value type whose fields live in one shared, copy-on-write box: the mesh keeps each
+/// workload in several tables (every source's contribution and the snapshot in force,
+/// each shard with spare capacity), and a slot holding a reference costs 8 bytes where
+/// the fields in line would cost several hundred.
 public struct Workload: Sendable, Hashable, Codable {
+    /// The stored fields, compared, hashed and coded as the workload itself.
+    struct Fields: Sendable, Hashable, Codable {
+        var uid: String
+        var name: String
+        var namespace: String
+        var serviceAccount: String
+        var trustDomain: String
+        var workloadIPs: [IPAddress]
+        var tunnelProtocol: TunnelProtocol
+        var node: String
+        var network: String
+        var waypoint: GatewayAddress?
+        var status: HealthStatus
+        var capacity: UInt32
+        var services: [NamespacedHostname: [UInt16: UInt16]]
+        var labels: [String: String]
+        var canonicalName: String
+        var canonicalRevision: String
+        var workloadName: String
+        var clusterID: String
+        var netns: String?
+        var authorizationPolicies: [String]
+        var locality: Locality
+        var networkMode: NetworkMode
+        var applicationTunnel: ApplicationTunnel?
+        var networkGateway: GatewayAddress?
+        var hostname: String
+    }
+
+    /// The shared box; replaced by a copy before a write when another value shares it.
+    final class Storage: @unchecked Sendable {
+        // Never mutated once shared: writes go through `mutableFields`, which copies a
+        // box that is not uniquely referenced.
+        var fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    private var storage: Storage
+
+    private var mutableFields: Fields {
+        get { storage.fields }
+        _modify {
+            if !isKnownUniquelyReferenced(&storage) { storage = Storage(storage.fields) }
+            yield &storage.fields
+        }
+    }
+
+    public static func == (lhs: Workload, rhs: Workload) -> Bool {
+        lhs.storage === rhs.storage || lhs.storage.fields == rhs.storage.fields
+    }
+
+    public func hash(into hasher: inout Hasher) { storage.fields.hash(into: &hasher) }
+
+    /// Decodes a workload from the same keys its fields carry.
+    public init(from decoder: any Decoder) throws { storage = Storage(try Fields(from: decoder)) }
+
+    /// Encodes a workload as its fields.
+    public func encode(to encoder: any Encoder) throws { try storage.fields.encode(to: encoder) }
+
     /// Unique id, e.g. `cluster1//v1/Pod/default/echo-7d9f`.
-    public var uid: String
+    public var uid: String {
+        get { storage.fields.uid }
+        set { mutableFields.uid = newValue }
+    }
     /// Name (pod name).
-    public var name: String
+    public var name: String {
+        get { storage.fields.name }
+        set { mutableFields.name = newValue }
+    }
     /// Namespace.
-    public var namespace: String
+    public var namespace: String {
+        get { storage.fields.namespace }
+        set { mutableFields.namespace = newValue }
+    }
     /// Service account; with ``trustDomain`` and ``namespace`` forms the identity.
-    public var serviceAccount: String
+    public var serviceAccount: String {
+        get { storage.fields.serviceAccount }
+        set { mutableFields.serviceAccount = newValue }
+    }
     /// SPIFFE trust domain.
-    public var trustDomain: String
+    public var trustDomain: String {
+        get { storage.fields.trustDomain }
+        set { mutableFields.trustDomain = newValue }
+    }
     /// The workload's addresses.
-    public var workloadIPs: [IPAddress]
+    public var workloadIPs: [IPAddress] {
+        get { storage.fields.workloadIPs }
+        set { mutableFields.workloadIPs = newValue }
+    }
     /// Whether the workload takes HBONE (in mesh) or plain TCP.
-    public var tunnelProtocol: TunnelProtocol
+    public var tunnelProtocol: TunnelProtocol {
+        get { storage.fields.tunnelProtocol }
+        set { mutableFields.tunnelProtocol = newValue }
+    }
     /// The node the workload runs on.
-    public var node: String
+    public var node: String {
+        get { storage.fields.node }
+        set { mutableFields.node = newValue }
+    }
     /// Network name; empty for the default network.
-    public var network: String
+    public var network: String {
+        get { storage.fields.network }
+        set { mutableFields.network = newValue }
+    }
     /// The waypoint that serves this workload, if any.
-    public var waypoint: GatewayAddress?
+    public var waypoint: GatewayAddress? {
+        get { storage.fields.waypoint }
+        set { mutableFields.waypoint = newValue }
+    }
     /// Health; unhealthy workloads are never picked as service endpoints.
-    public var status: HealthStatus
+    public var status: HealthStatus {
+        get { storage.fields.status }
+        set { mutableFields.status = newValue }
+    }
     /// Relative weight when picked as a service endpoint.
-    public var capacity: UInt32
+    public var capacity: UInt32 {
+        get { storage.fields.capacity }
+        set { mutableFields.capacity = newValue }
+    }
     /// The services this workload backs: service → (service port → target port).
-    public var services: [NamespacedHostname: [UInt16: UInt16]]
+    public var services: [NamespacedHostname: [UInt16: UInt16]] {
+        get { storage.fields.services }
+        set { mutableFields.services = newValue }
+    }
     /// Labels, matched by policy selectors.
-    public var labels: [String: String]
+    public var labels: [String: String] {
+        get { storage.fields.labels }
+        set { mutableFields.labels = newValue }
+    }
     /// Canonical service name (telemetry); empty when unknown.
-    public var canonicalName: String
+    public var canonicalName: String {
+        get { storage.fields.canonicalName }
+        set { mutableFields.canonicalName = newValue }
+    }
     /// Canonical revision (telemetry); empty when unknown.
-    public var canonicalRevision: String
+    public var canonicalRevision: String {
+        get { storage.fields.canonicalRevision }
+        set { mutableFields.canonicalRevision = newValue }
+    }
     /// Owning workload name, e.g. the Deployment; empty when unknown.
-    public var workloadName: String
+    public var workloadName: String {
+        get { storage.fields.workloadName }
+        set { mutableFields.workloadName = newValue }
+    }
     /// Cluster id.
-    public var clusterID: String
+    public var clusterID: String {
+        get { storage.fields.clusterID }
+        set { mutableFields.clusterID = newValue }
+    }
     /// Path of the workload's network namespace on this node, for in-pod capture.
-    public var netns: String?
+    public var netns: String? {
+        get { storage.fields.netns }
+        set { mutableFields.netns = newValue }
+    }
     /// Keys (`namespace/name`) of the WorkloadSelector policies that apply to this
     /// workload, as the control plane lists them (ztunnel's `authorizationPolicies`).
-    public var authorizationPolicies: [String]
+    public var authorizationPolicies: [String] {
+        get { storage.fields.authorizationPolicies }
+        set { mutableFields.authorizationPolicies = newValue }
+    }
     /// Where the workload runs (region, zone, subzone); empty parts when unknown.
-    public var locality: Locality
+    public var locality: Locality {
+        get { storage.fields.locality }
+        set { mutableFields.locality = newValue }
+    }
     /// Whether the workload has its own network namespace; host-network workloads are
     /// never looked up by IP (their addresses are the node's).
-    public var networkMode: NetworkMode
+    public var networkMode: NetworkMode {
+        get { storage.fields.networkMode }
+        set { mutableFields.networkMode = newValue }
+    }
     /// How traffic terminated for this workload is handed to it; nil hands it the bare
     /// bytes.
-    public var applicationTunnel: ApplicationTunnel?
+    public var applicationTunnel: ApplicationTunnel? {
+        get { storage.fields.applicationTunnel }
+        set { mutableFields.applicationTunnel = newValue }
+    }
     /// The gateway that reaches this workload from other networks (an east-west gateway),
     /// if any.
-    public var networkGateway: GatewayAddress?
+    public var networkGateway: GatewayAddress? {
+        get { storage.fields.networkGateway }
+        set { mutableFields.networkGateway = newValue }
+    }
     /// The workload's DNS hostname, for workloads reached by name rather than address;
     /// empty when it has none.
-    public var hostname: String
+    public var hostname: String {
+        get { storage.fields.hostname }
+        set { mutableFields.hostname = newValue }
+    }
 
     /// Creates a workload; only the identifying fields are required.
     public init(
@@ -283,31 +422,34 @@ public struct Workload: Sendable, Hashable, Codable {
         locality: Locality = Locality(), networkMode: NetworkMode = .standard,
         applicationTunnel: ApplicationTunnel? = nil, networkGateway: GatewayAddress? = nil, hostname: String = ""
     ) {
-        self.uid = uid
-        self.name = name
-        self.namespace = namespace
-        self.serviceAccount = serviceAccount
-        self.trustDomain = trustDomain
-        self.workloadIPs = workloadIPs
-        self.tunnelProtocol = tunnelProtocol
-        self.node = node
-        self.network = network
-        self.waypoint = waypoint
-        self.status = status
-        self.capacity = capacity
-        self.services = services
-        self.labels = labels
-        self.canonicalName = canonicalName
-        self.canonicalRevision = canonicalRevision
-        self.workloadName = workloadName
-        self.clusterID = clusterID
-        self.netns = netns
-        self.authorizationPolicies = authorizationPolicies
-        self.locality = locality
-        self.networkMode = networkMode
-        self.applicationTunnel = applicationTunnel
-        self.networkGateway = networkGateway
-        self.hostname = hostname
+        storage = Storage(
+            Fields(
+                uid: uid,
+                name: name,
+                namespace: namespace,
+                serviceAccount: serviceAccount,
+                trustDomain: trustDomain,
+                workloadIPs: workloadIPs,
+                tunnelProtocol: tunnelProtocol,
+                node: node,
+                network: network,
+                waypoint: waypoint,
+                status: status,
+                capacity: capacity,
+                services: services,
+                labels: labels,
+                canonicalName: canonicalName,
+                canonicalRevision: canonicalRevision,
+                workloadName: workloadName,
+                clusterID: clusterID,
+                netns: netns,
+                authorizationPolicies: authorizationPolicies,
+                locality: locality,
+                networkMode: networkMode,
+                applicationTunnel: applicationTunnel,
+                networkGateway: networkGateway,
+                hostname: hostname
+            ))
     }
 
     /// The workload's SPIFFE identity.

@@ -34,12 +34,30 @@ public final class CapturedPods: Sendable {
         public var mark: UInt32?
         /// The source that added it (``PodFeed/origin``); set by the feed.
         public internal(set) var origin: String = ""
+        /// Who the pod is when its ``uid`` is not the mesh's key for it: istio-cni's ZDS
+        /// names a pod by its Kubernetes UID and this, and the pod's mesh workload is the
+        /// local one with the same name, namespace and service account (which may reach
+        /// the mesh later than the pod). Nil: ``uid`` is the workload's uid.
+        public var workloadInfo: PodWorkloadInfo?
+        private let lookup = WorkloadLookup()
 
         /// Creates a pod entry.
-        public init(uid: String, namespace: any NetworkNamespaceHandle, mark: UInt32? = nil) {
+        public init(
+            uid: String, namespace: any NetworkNamespaceHandle, mark: UInt32? = nil, workloadInfo: PodWorkloadInfo? = nil
+        ) {
             self.uid = uid
             self.namespace = namespace
             self.mark = mark
+            self.workloadInfo = workloadInfo
+        }
+
+        /// The pod's mesh workload in `snapshot`: the workload with uid ``uid``, or, for a
+        /// pod named by ``workloadInfo``, the workload on node `node` with its name,
+        /// namespace and service account (the last match is remembered until the mesh
+        /// changes). Nil while the mesh does not have it.
+        public func workload(in snapshot: MeshSnapshot, node: String) -> Workload? {
+            guard let info = workloadInfo else { return snapshot.workloads[uid] }
+            return lookup.workload(matching: info, in: snapshot, node: node)
         }
 
         /// Where the proxy makes its sockets for this pod: inside its namespace, marked.
@@ -61,6 +79,9 @@ public final class CapturedPods: Sendable {
         var snapshots: [String: Set<String>] = [:]
         var servers: Set<String> = []
         var listening: [String: Set<String>] = [:]
+        /// Why a server does not serve a pod, by uid and server.
+        var failures: [String: [String: String]] = [:]
+        var statusWatchers: [UInt64: AsyncStream<Void>.Continuation] = [:]
         var subscribers: [UInt64: AsyncStream<[String: Pod]>.Continuation] = [:]
         var nextID: UInt64 = 0
         var nextSequence: UInt64 = 0
@@ -92,6 +113,7 @@ public final class CapturedPods: Sendable {
         var readiness: [(uid: String, pending: Bool)] = []
         var pods: [String: Pod] = [:]
         var subscribers: [AsyncStream<[String: Pod]>.Continuation] = []
+        var watchers: [AsyncStream<Void>.Continuation] = []
     }
 
     private let state = NIOLockedValueBox(State())
@@ -123,8 +145,71 @@ public final class CapturedPods: Sendable {
         mutate { state, outcome in
             guard state.current(uid) != nil else { return }
             state.listening[uid, default: []].insert(server)
+            state.failures[uid]?[server] = nil
+            if state.failures[uid]?.isEmpty == true { state.failures[uid] = nil }
             outcome.readiness.append((uid, state.isPending(uid)))
         }
+    }
+
+    /// Reports that `server` could not start serving pod `uid` (it will retry), and why:
+    /// what ``waitUntilServed(uid:timeout:)`` answers.
+    public func markFailed(uid: String, server: String, reason: String) {
+        mutate { state, outcome in
+            guard state.current(uid) != nil else { return }
+            state.failures[uid, default: [:]][server] = reason
+            outcome.readiness.append((uid, state.isPending(uid)))
+        }
+    }
+
+    /// How a wait for a pod's servers ended.
+    public enum ServeOutcome: Sendable, Equatable {
+        /// Every declared server serves the pod.
+        case served
+        /// A server could not start for it (the first reason, `server: reason`).
+        case failed(String)
+        /// The pod left the registry.
+        case removed
+        /// Neither within the time allowed.
+        case timedOut
+    }
+
+    /// Waits until every declared server serves pod `uid`, one reports a failure for it,
+    /// the pod is removed, or `timeout` passes (a ZDS source acks istio-cni only once the
+    /// pod's listeners are up).
+    public func waitUntilServed(uid: String, timeout: Duration) async -> ServeOutcome {
+        let (changes, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let id = state.withLockedValue { state in
+            let id = state.nextID
+            state.nextID += 1
+            state.statusWatchers[id] = continuation
+            return id
+        }
+        defer { _ = state.withLockedValue { $0.statusWatchers.removeValue(forKey: id) } }
+        let deadline = ContinuousClock.now + timeout
+        let timer = Task {
+            try? await Task.sleep(until: deadline)
+            continuation.yield()
+        }
+        defer { timer.cancel() }
+        continuation.yield()
+        for await _ in changes {
+            let outcome = state.withLockedValue { state -> ServeOutcome? in
+                guard state.current(uid) != nil else { return .removed }
+                if state.servers.isSubset(of: state.listening[uid] ?? []) { return .served }
+                if let (server, reason) = state.failures[uid]?.min(by: { $0.key < $1.key }) {
+                    return .failed("\(server): \(reason)")
+                }
+                return nil
+            }
+            if let outcome { return outcome }
+            if ContinuousClock.now >= deadline { return .timedOut }
+        }
+        return .timedOut
+    }
+
+    /// Why each server that does not serve pod `uid` failed to, by server.
+    public func failures(uid: String) -> [String: String] {
+        state.withLockedValue { $0.failures[uid] ?? [:] }
     }
 
     /// Reports that `server` no longer serves pod `uid` (it will retry); the pod is pending
@@ -277,6 +362,7 @@ public final class CapturedPods: Sendable {
         }
         if !same {
             state.listening[uid] = after == nil ? nil : []
+            state.failures[uid] = nil
             outcome.changed = true
         }
         outcome.readiness.append((uid, state.isPending(uid)))
@@ -286,6 +372,7 @@ public final class CapturedPods: Sendable {
         let outcome = state.withLockedValue { state -> Outcome in
             var outcome = Outcome()
             body(&state, &outcome)
+            if !outcome.readiness.isEmpty || outcome.changed { outcome.watchers = Array(state.statusWatchers.values) }
             if outcome.changed {
                 outcome.pods = state.pods
                 outcome.subscribers = Array(state.subscribers.values)
@@ -299,6 +386,47 @@ public final class CapturedPods: Sendable {
         if outcome.changed {
             for subscriber in outcome.subscribers { subscriber.yield(outcome.pods) }
         }
+        for watcher in outcome.watchers { watcher.yield() }
+    }
+}
+
+/// Who a pod is, as istio-cni's ZDS names it (`WorkloadInfo`): the pod's name, namespace
+/// and service account.
+public struct PodWorkloadInfo: Sendable, Hashable, CustomStringConvertible {
+    /// The pod's name.
+    public var name: String
+    /// Its namespace.
+    public var namespace: String
+    /// Its service account.
+    public var serviceAccount: String
+
+    /// Creates the description of a pod.
+    public init(name: String, namespace: String, serviceAccount: String) {
+        self.name = name
+        self.namespace = namespace
+        self.serviceAccount = serviceAccount
+    }
+
+    public var description: String { "\(namespace)/\(name) (service account \(serviceAccount))" }
+
+    /// Whether `workload` is this pod (name, namespace and service account alike).
+    public func matches(_ workload: Workload) -> Bool {
+        workload.name == name && workload.namespace == namespace && workload.serviceAccount == serviceAccount
+    }
+}
+
+/// The last answer of a pod's workload lookup by ``PodWorkloadInfo``, valid for one mesh
+/// version: a lookup scans the node's workloads once per mesh change, not per connection.
+final class WorkloadLookup: Sendable {
+    private let last = NIOLockedValueBox<(version: UInt64, node: String, uid: String?)?>(nil)
+
+    func workload(matching info: PodWorkloadInfo, in snapshot: MeshSnapshot, node: String) -> Workload? {
+        if let cached = last.withLockedValue({ $0 }), cached.version == snapshot.version, cached.node == node {
+            return cached.uid.flatMap { snapshot.workloads[$0] }
+        }
+        let found = snapshot.workloads.values.filter { $0.node == node && info.matches($0) }.min { $0.uid < $1.uid }
+        last.withLockedValue { $0 = (snapshot.version, node, found?.uid) }
+        return found
     }
 }
 

@@ -165,6 +165,7 @@ public final class PodServerReconciler<Server: PodServer>: Sendable {
                 pods.markListening(uid: uid, server: server.name)
             } catch {
                 let message = "\(error)"
+                pods.markFailed(uid: uid, server: server.name, reason: message)
                 if state.withLockedValue({ $0.failures.record(message, for: uid) }) {
                     logger.error(
                         "cannot serve pod; retrying every \(retryInterval)",

@@ -21,9 +21,17 @@ public struct InPodConfig: DefaultedConfig, Sendable {
     public var inboundPort: UInt16 = 15006
     /// The HBONE port the inbound rule leaves alone (the `hbone` plugin listens there).
     public var hbonePort: UInt16 = 15008
+    /// Where the pods to capture come from: `mesh` (local workloads' `netns` in the mesh,
+    /// and `/pods` on the admin server) or `zds` (istio-cni's node agent hands over each
+    /// pod's namespace on ``zdsSocket``).
+    public var source = PodSourceKind.mesh
+    /// istio-cni's ZDS socket (SOCK_SEQPACKET), which the proxy connects to when
+    /// ``source`` is `zds`.
+    public var zdsSocket = "/var/run/ztunnel/ztunnel.sock"
     /// Install and remove the redirect rules. Off: something else (istio-cni) owns them and
-    /// the proxy only opens its listeners.
-    public var installRules = true
+    /// the proxy only opens its listeners. Absent: on with `source: mesh`, off with
+    /// `source: zds` (istio-cni installs them before it sends the pod).
+    public var installRules: Bool?
     /// The `iptables` command (`-save` and `-restore` are derived from it), e.g.
     /// `iptables-legacy` where the pod uses the legacy back end.
     public var iptables = "iptables"
@@ -32,9 +40,27 @@ public struct InPodConfig: DefaultedConfig, Sendable {
 
     public init() {}
 
+    /// Where pods come from (`inPod.source`).
+    public enum PodSourceKind: String, Sendable, CaseIterable, Decodable {
+        /// The mesh's `netns` fields and the admin server's `/pods`.
+        case mesh
+        /// istio-cni's ZDS socket.
+        case zds
+    }
+
+    /// Whether the proxy installs the pods' redirect rules: ``installRules``, else on for
+    /// `source: mesh` and off for `source: zds`.
+    public var installsRules: Bool { installRules ?? (source == .mesh) }
+
     /// Config values that cannot work.
     public func validate() -> [ConfigProblem] {
         var problems: [ConfigProblem] = []
+        if source == .zds {
+            if zdsSocket.isEmpty { problems.append(ConfigProblem(at: "zdsSocket", "must name istio-cni's socket")) }
+            if zdsSocket.utf8.count > 107 {
+                problems.append(ConfigProblem(at: "zdsSocket", "is longer than a unix socket path may be (107 bytes)"))
+            }
+        }
         if mark == 0 { problems.append(ConfigProblem(at: "mark", "must not be 0 (the redirect rules match on it)")) }
         let ports = [outboundPort, inboundPort, hbonePort]
         if Set(ports).count != ports.count {
@@ -71,6 +97,9 @@ final class InPodCapture: Sendable {
     let adminSource: PathPodSource
     private let configFeed: PodFeed
     private let adminFeed: PodFeed
+    /// istio-cni's pods, with `source: zds`.
+    let zdsSource: ZDSPodSource?
+    private let zdsFeed: PodFeed
     private let listeners: PodServerReconciler<InPodListeners>
     private let stopped = NIOLockedValueBox(false)
 
@@ -101,6 +130,13 @@ final class InPodCapture: Sendable {
         }
         configFeed = context.pods.feed(origin: "config")
         adminFeed = context.pods.feed(origin: "admin")
+        zdsFeed = context.pods.feed(origin: "zds")
+        zdsSource =
+            config.source == .zds
+            ? ZDSPodSource(
+                socketPath: context.resolvePath(config.zdsSocket), mark: config.mark, pods: context.pods,
+                readiness: context.readiness, logger: context.logger)
+            : nil
         listeners = PodServerReconciler(
             server: InPodListeners(config: config, context: context, outbound: outbound, inbound: inbound),
             pods: context.pods, retryInterval: interval, logger: context.logger)
@@ -113,14 +149,23 @@ final class InPodCapture: Sendable {
     func provision() {
         // A pod's IPs live in its namespace: nothing is served for them in the node's.
         context.pods.claimAllLocalWorkloads()
-        configSource.announce(into: configFeed)
+        if let zdsSource {
+            zdsSource.announce()
+        } else {
+            configSource.announce(into: configFeed)
+        }
     }
 
     /// Runs the sources and the listeners until cancelled (graceful shutdown) or stopped.
     func run() async {
         let observer = context.mesh.observe { [configSource] _ in configSource.kick() }
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { [configSource, configFeed] in await configSource.run(feeding: configFeed) }
+            if let zdsSource {
+                // istio-cni says which pods there are; the mesh's netns fields do not.
+                group.addTask { [zdsFeed] in await zdsSource.run(feeding: zdsFeed) }
+            } else {
+                group.addTask { [configSource, configFeed] in await configSource.run(feeding: configFeed) }
+            }
             group.addTask { [adminSource, adminFeed] in await adminSource.run(feeding: adminFeed) }
             group.addTask { [listeners] in await listeners.run() }
             await group.next()
@@ -136,13 +181,14 @@ final class InPodCapture: Sendable {
         stopped.withLockedValue { $0 = true }
         configSource.stop()
         adminSource.stop()
+        zdsSource?.stop()
         await listeners.shutdown()
     }
 
     /// One pass of both sources and the listeners, in that order.
     func reconcile() async {
         guard !stopped.withLockedValue({ $0 }) else { return }
-        await configSource.reconcile(feeding: configFeed)
+        if zdsSource == nil { await configSource.reconcile(feeding: configFeed) }
         await adminSource.reconcile(feeding: adminFeed)
         await listeners.reconcileNow()
     }
@@ -157,9 +203,10 @@ final class InPodCapture: Sendable {
 
     /// One connection redirected to the pod's outbound listener.
     static func acceptOutbound(
-        _ channel: any Channel, pod uid: String, placement: SocketPlacement, context: PluginContext,
-        outbound: OutboundPath, logger: Logger
+        _ channel: any Channel, pod: CapturedPods.Pod, context: PluginContext, outbound: OutboundPath, logger: Logger
     ) -> EventLoopFuture<Void> {
+        let uid = pod.uid
+        let placement = pod.placement
         let eventLoop = channel.eventLoop
         guard let local = SocketAddr(channel.localAddress), let client = SocketAddr(channel.remoteAddress) else {
             return eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
@@ -177,12 +224,13 @@ final class InPodCapture: Sendable {
                 return eventLoop.makeFailedFuture(
                     ConnectionRefusal(.selfCall, "\(local) is this proxy's own listener"))
             }
-            guard let workload = context.mesh.snapshot.workloads[uid] else {
+            guard let workload = pod.workload(in: context.mesh.snapshot, node: context.nodeName) else {
                 logger.warning(
                     "outbound refused: the pod's workload is not (yet) in the mesh",
                     metadata: ["pod": "\(uid)", "destination": "\(original)"])
                 return eventLoop.makeFailedFuture(
-                    ConnectionRefusal(.unknownDestination, "workload \(uid) is not in the mesh"))
+                    ConnectionRefusal(
+                        .unknownDestination, "the workload of pod \(pod.workloadInfo.map { "\($0)" } ?? uid) is not in the mesh"))
             }
             return outbound.connectCaptured(from: channel, source: workload, destination: original, placement: placement)
         }.map { connected in
@@ -250,7 +298,9 @@ final class InPodCapture: Sendable {
             return HTTPEndpointResponse(.ok, "pod \(uid) released\n")
         default:
             let wanted = wanted()
-            let lines = wanted.keys.sorted().map { podStatus($0, wanted: wanted).json }
+            var lines = wanted.keys.sorted().map { podStatus($0, wanted: wanted).json }
+            let fromZDS = context.pods.pods.values.filter { $0.origin == "zds" && wanted[$0.uid] == nil }
+            lines += fromZDS.sorted { $0.uid < $1.uid }.map(zdsPodStatus)
             return HTTPEndpointResponse(.ok, "[" + lines.joined(separator: ",\n ") + "]\n", contentType: "application/json")
         }
     }
@@ -286,6 +336,32 @@ final class InPodCapture: Sendable {
         }
         if let failure { fields.append("\"error\": \(Self.quote(failure))") }
         return PodStatus(state: state, json: "{" + fields.joined(separator: ", ") + "}")
+    }
+
+    /// One pod istio-cni sent: its namespace, who it is, its mesh workload (once known).
+    private func zdsPodStatus(_ pod: CapturedPods.Pod) -> String {
+        let served = listeners.serving(uid: pod.uid)
+        let failures = context.pods.failures(uid: pod.uid)
+        let state = served != nil && failures.isEmpty ? "captured" : failures.isEmpty ? "pending" : "failed"
+        var fields = [
+            "\"uid\": \(Self.quote(pod.uid))", "\"netns\": \(Self.quote(pod.namespace.path))",
+            "\"origin\": \"zds\"", "\"state\": \(Self.quote(state))",
+        ]
+        if let info = pod.workloadInfo {
+            fields.append(
+                "\"workloadInfo\": {\"name\": \(Self.quote(info.name)), \"namespace\": \(Self.quote(info.namespace)), "
+                    + "\"serviceAccount\": \(Self.quote(info.serviceAccount))}")
+        }
+        let workload = pod.workload(in: context.mesh.snapshot, node: context.nodeName)
+        fields.append("\"workload\": \(workload.map { Self.quote($0.uid) } ?? "null")")
+        if let served {
+            fields.append("\"listeners\": [\(served.listeners.map { Self.quote("\($0.localAddress)") }.joined(separator: ", "))]")
+        }
+        if !failures.isEmpty {
+            let text = failures.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "; ")
+            fields.append("\"error\": \(Self.quote(text))")
+        }
+        return "{" + fields.joined(separator: ", ") + "}"
     }
 
     private static func quote(_ text: String) -> String {
@@ -499,7 +575,7 @@ struct InPodListeners: PodServer {
         let placement = pod.placement
         var listeners: [TCPListener] = []
         do {
-            if config.installRules { try await rules.install(in: pod.namespace.path) }
+            if config.installsRules { try await rules.install(in: pod.namespace.path) }
             let (outbound, inbound, context) = (self.outbound, self.inbound, self.context)
             let logger = context.logger
             func listen(
@@ -511,10 +587,9 @@ struct InPodListeners: PodServer {
                         group: context.eventLoopGroup, childInitializer: accept))
             }
             try await listen(config.outboundPort) { channel in
-                InPodCapture.acceptOutbound(
-                    channel, pod: uid, placement: placement, context: context, outbound: outbound, logger: logger)
+                InPodCapture.acceptOutbound(channel, pod: pod, context: context, outbound: outbound, logger: logger)
             }
-            try await listen(config.inboundPort) { channel in inbound.accept(channel, pod: (uid, placement)) }
+            try await listen(config.inboundPort) { channel in inbound.accept(channel, pod: pod) }
         } catch {
             for listener in listeners { await listener.stopAccepting() }
             throw error
@@ -524,9 +599,9 @@ struct InPodListeners: PodServer {
             metadata: [
                 "pod": "\(uid)", "netns": "\(pod.namespace.path)",
                 "listeners": "\(listeners.map { "\($0.localAddress)" }.joined(separator: ","))",
-                "rules": "\(config.installRules ? "installed" : "left to the operator")",
+                "rules": "\(config.installsRules ? "installed" : "left to the operator")",
             ])
-        return Serving(listeners: listeners, rulesInstalled: config.installRules)
+        return Serving(listeners: listeners, rulesInstalled: config.installsRules)
     }
 
     /// Closes the pod's listeners (connections already relayed go on) and, when the pod

@@ -34,9 +34,11 @@ final class InboundPlaintext: Sendable {
     private let inbound: InboundPath
     private let logger: Logger
     private let mesh: MeshStore
+    private let nodeName: String
 
     init(config: InboundPlaintextConfig, context: PluginContext, dialer: TCPDialer) {
         self.mesh = context.mesh
+        self.nodeName = context.nodeName
         self.config = config
         self.inbound = InboundPath(context: context, dialer: dialer)
         self.logger = context.logger
@@ -47,7 +49,7 @@ final class InboundPlaintext: Sendable {
     /// - Parameter pod: under in-pod capture, the pod whose namespace the listener is in:
     ///   the destination must be one of its addresses, and the workload is dialed from
     ///   inside that namespace (`placement`).
-    func accept(_ channel: any Channel, pod: (workload: String, placement: SocketPlacement)? = nil) -> EventLoopFuture<Void> {
+    func accept(_ channel: any Channel, pod: CapturedPods.Pod? = nil) -> EventLoopFuture<Void> {
         let eventLoop = channel.eventLoop
         guard let client = SocketAddr(channel.remoteAddress), let local = SocketAddr(channel.localAddress) else {
             return eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
@@ -61,6 +63,7 @@ final class InboundPlaintext: Sendable {
         let inbound = self.inbound
         let logger = self.logger
         let mesh = self.mesh
+        let nodeName = self.nodeName
         // The connection is registered (and so read) only once this future completes: the
         // relay is installed by then, so no byte arrives before it.
         return (fixed ?? Self.originalDestination(of: channel)).flatMap { original -> EventLoopFuture<ConnectionRecord> in
@@ -74,13 +77,13 @@ final class InboundPlaintext: Sendable {
                 return eventLoop.makeFailedFuture(
                     ConnectionRefusal(.selfCall, "\(local) is this proxy's own listener"))
             }
-            // The pod's own workload, by uid: its addresses are on its own network.
-            if let pod, mesh.snapshot.workloads[pod.workload]?.workloadIPs.contains(destination.ip) != true {
+            // The pod's own workload: its addresses are on its own network.
+            if let pod, pod.workload(in: mesh.snapshot, node: nodeName)?.workloadIPs.contains(destination.ip) != true {
                 logger.info(
                     "inbound plaintext refused: destination is not the pod whose namespace it arrived in",
-                    metadata: ["source": "\(client)", "destination": "\(destination)", "pod": "\(pod.workload)"])
+                    metadata: ["source": "\(client)", "destination": "\(destination)", "pod": "\(pod.uid)"])
                 return eventLoop.makeFailedFuture(
-                    ConnectionRefusal(.unknownDestination, "\(destination) is not pod \(pod.workload)"))
+                    ConnectionRefusal(.unknownDestination, "\(destination) is not an address of pod \(pod.uid)"))
             }
             let request = InboundRequest(source: client, destination: destination, peerIdentity: nil, route: "plaintext")
             return inbound.admit(request, on: eventLoop).flatMapResult { $0 }

@@ -240,8 +240,12 @@ final class HBONEServer: Sendable {
         guard let terminator = terminator.terminator else {
             return eventLoop.makeFailedFuture(HBONEError(.connectionClosed, "no tunnel terminator"))
         }
+        // The pod's mesh workload, when the pod names it another way (ZDS): a pod whose
+        // workload the mesh does not have yet is named by its own uid, which matches no
+        // workload, so the terminator refuses.
+        let podWorkload = pod.map { $0.workload(in: context.mesh.snapshot, node: context.nodeName)?.uid ?? $0.uid }
         let connection = AcceptedTunnelConnection(
-            local: local, remote: remote, pod: pod?.uid, placement: pod?.placement ?? .node)
+            local: local, remote: remote, pod: podWorkload, placement: pod?.placement ?? .node)
         let server: TunnelServerIdentity
         switch terminator.serverIdentity(for: connection) {
         case .success(let chosen):
