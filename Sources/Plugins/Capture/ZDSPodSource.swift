@@ -7,7 +7,7 @@ import AmbitRuntime
 import CAmbitSystem
 import Foundation
 import IstioXDSAPI
-import Kernel
+public import Kernel
 import Logging
 import NIOConcurrencyHelpers
 import SwiftProtobuf
@@ -94,6 +94,159 @@ public enum ZDSMessage {
 
     /// `ZdsHello{version: V1}`.
     public static func hello() -> [UInt8] {
+        var hello = Istio_Workload_Zds_ZdsHello()
+        hello.version = .v1
+        return (try? hello.serializedBytes()) ?? []
+    }
+}
+
+/// istio-cni's pods over ZDS (`inPod.source: zds`): the proxy connects to the node agent's
+/// SOCK_SEQPACKET socket, says `ZdsHello{V1}`, and is sent every pod of the node, each
+/// with its network namespace attached (`AddWorkload` + one descriptor by SCM_RIGHTS, or
+/// `KeepWorkload` for a pod whose namespace the agent no longer holds), then
+/// `SnapshotSent`; after that, pods as they come and go (`AddWorkload`, `DelWorkload`).
+/// Every message gets an `Ack`, empty on success.
+///
+/// - An added pod is written into the node's ``CapturedPods`` under its Kubernetes UID,
+///   named by its `WorkloadInfo` (its mesh workload is the local one with the same name,
+///   namespace and service account, whenever that reaches the mesh); the ack waits until
+///   every in-pod server listens inside it, or says why one could not
+///   (`failure to start proxy : …`; the servers retry on their own).
+/// - `DelWorkload` removes the pod: its listeners close at once.
+/// - `SnapshotSent` removes every pod of this source the snapshot did not mention.
+/// - A protocol violation (an undecodable or truncated packet, a missing or extra
+///   descriptor, `KeepWorkload` after the snapshot, a second snapshot) is acked with the
+///   error and the connection is dropped and made again.
+///
+/// Readiness component `zds` is pending until the first snapshot is in and while the
+/// agent is not connected; reconnects back off from 10 ms, doubling to 15 s. Pods stay
+/// captured while the connection is down: the next snapshot says which still exist.
+///
+/// Thread-safe.
+final class ZDSPodSource: PodSource {
+    let origin = "zds"
+    /// The readiness component this source holds.
+    static let readinessComponent = "zds"
+
+    private let socketPath: String
+    private let mark: UInt32
+    private let pods: CapturedPods
+    private let readiness: Readiness
+    private let logger: Logger
+    /// How long an `AddWorkload` waits for the pod's listeners before acking an error
+    /// (istio-cni waits 5 s for an ack).
+    private let ackTimeout: Duration
+    private let state = NIOLockedValueBox(State())
+
+    private struct State {
+        var connected = false
+        var snapshotReceived = false
+        var lastFailure: String?
+        var sessions = 0
+        var current: ZDSConnection?
+        var stopped = false
+    }
+
+    init(
+        socketPath: String, mark: UInt32, pods: CapturedPods, readiness: Readiness, logger: Logger,
+        ackTimeout: Duration = .seconds(4)
+    ) {
+        self.socketPath = socketPath
+        self.mark = mark
+        self.pods = pods
+        self.readiness = readiness
+        self.logger = logger
+        self.ackTimeout = ackTimeout
+    }
+
+    /// Holds readiness from the start (call from provision).
+    func announce() {
+        readiness.expect(Self.readinessComponent)
+    }
+
+    /// What `/pods` and `/config_dump` say about the connection.
+    var status: (connected: Bool, snapshotReceived: Bool, sessions: Int, lastError: String?) {
+        state.withLockedValue { ($0.connected, $0.snapshotReceived, $0.sessions, $0.lastFailure) }
+    }
+
+    /// Ends ``run(feeding:)`` and drops the connection.
+    func stop() {
+        let connection = state.withLockedValue { state -> ZDSConnection? in
+            state.stopped = true
+            return state.current
+        }
+        connection?.shutdown()
+    }
+
+    func run(feeding feed: PodFeed) async {
+        readiness.expect(Self.readinessComponent)
+        var delay = Duration.milliseconds(10)
+        while !Task.isCancelled && !state.withLockedValue({ $0.stopped }) {
+            let connection: ZDSConnection
+            do {
+                connection = try ZDSConnection.connect(path: socketPath)
+            } catch {
+                noteFailure("cannot connect to istio-cni's ZDS socket \(socketPath): \(error)", retry: delay)
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(15))
+                continue
+            }
+            let stopped = state.withLockedValue { state -> Bool in
+                state.current = connection
+                state.connected = true
+                state.sessions += 1
+                return state.stopped
+            }
+            if stopped {
+                connection.shutdown()
+                break
+            }
+            logger.info("connected to istio-cni's ZDS socket", metadata: ["socket": "\(socketPath)"])
+            let ending = await withTaskCancellationHandler {
+                await session(connection, feed: feed)
+            } onCancel: {
+                connection.shutdown()
+            }
+            connection.shutdown()
+            let hadSnapshot = state.withLockedValue { state -> Bool in
+                defer {
+                    state.connected = false
+                    state.current = nil
+                }
+                return state.snapshotReceived
+            }
+            readiness.expect(Self.readinessComponent)
+            if Task.isCancelled || state.withLockedValue({ $0.stopped }) { break }
+            // A session that got through its snapshot worked: start the backoff over.
+            if hadSnapshot { delay = .milliseconds(10) }
+            noteFailure(ending, retry: delay)
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(15))
+        }
+        state.withLockedValue {
+            $0.connected = false
+            $0.current = nil
+        }
+    }
+
+    /// Logs a failure once per change (not per retry) and keeps it for status pages.
+    private func noteFailure(_ failure: String, retry: Duration) {
+        let changed = state.withLockedValue { state -> Bool in
+            defer { state.lastFailure = failure }
+            return state.lastFailure != failure
+        }
+        if changed {
+            logger.warning(
+                "istio-cni's ZDS connection is down; the node is not ready until it is back (retrying with backoff up to 15s)",
+                metadata: ["socket": "\(socketPath)", "error": "\(failure)", "nextTry": "\(retry)"])
+        }
+    }
+
+    // MARK: One connection
+
+    /// Runs one connection until it ends; returns why it ended.
+    private func session(_ connection: ZDSConnection, feed: PodFeed) async -> String {
+        state.withLockedValue { $0.snapshotReceived = false }
         do {
             try connection.send(ZDSMessage.hello())
         } catch {
