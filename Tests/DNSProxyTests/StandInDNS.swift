@@ -31,7 +31,7 @@ final class StandInDNS: Sendable {
     func queries(_ transport: DNSTransport) -> Int { counts.withLockedValue { $0[transport] ?? 0 } }
 
     static func start(
-        on ip: String, reply: @escaping @Sendable (DNSMessage, DNSTransport) -> Reply
+        on ip: String, placement: SocketPlacement = .node, reply: @escaping @Sendable (DNSMessage, DNSTransport) -> Reply
     ) async throws -> StandInDNS {
         let counts = NIOLockedValueBox<[DNSTransport: Int]>([:])
         let group = MultiThreadedEventLoopGroup.singleton
@@ -43,14 +43,16 @@ final class StandInDNS: Sendable {
             message.header.id = query.header.id
             return message.serialized()
         }
-        let tcp = try await TCPListener.bind(ListenerOptions(address: SocketAddr(ip: IPAddress(ip)!, port: 0)), group: group) {
+        let tcp = try await TCPListener.bind(
+            ListenerOptions(address: SocketAddr(ip: IPAddress(ip)!, port: 0), placement: placement), group: group
+        ) {
             channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(StandInTCPHandler(respond: respond))
             }
         }
         let address = tcp.localAddress
-        let udp = try await DatagramSocket.bind(address, group: group) { channel in
+        let udp = try await DatagramSocket.bind(address, placement: placement, group: group) { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(StandInUDPHandler(respond: respond))
             }
@@ -104,10 +106,14 @@ private final class StandInTCPHandler: ChannelInboundHandler {
 enum DNSTestClient {
     /// Sends each of `datagrams` from one UDP socket to `server` and returns the first
     /// answer that comes back (nil when none in `timeout`).
-    static func udp(_ datagrams: [[UInt8]], to server: SocketAddr, timeout: TimeAmount = .seconds(5)) async throws -> [UInt8]? {
+    static func udp(
+        _ datagrams: [[UInt8]], to server: SocketAddr, placement: SocketPlacement = .node, timeout: TimeAmount = .seconds(5)
+    ) async throws -> [UInt8]? {
         let group = MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: [UInt8]?.self)
-        let channel = try await DatagramSocket.bind(SocketAddr(ip: IPAddress("127.0.53.1")!, port: 0), group: promise.futureResult.eventLoop) {
+        let channel = try await DatagramSocket.bind(
+            SocketAddr(ip: IPAddress("127.0.53.1")!, port: 0), placement: placement, group: promise.futureResult.eventLoop
+        ) {
             channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(FirstDatagram(promise: promise))
@@ -125,8 +131,8 @@ enum DNSTestClient {
         return try await promise.futureResult.get()
     }
 
-    static func udp(_ query: DNSMessage, to server: SocketAddr) async throws -> DNSMessage {
-        let bytes = try #require(try await udp([query.serialized()], to: server))
+    static func udp(_ query: DNSMessage, to server: SocketAddr, placement: SocketPlacement = .node) async throws -> DNSMessage {
+        let bytes = try #require(try await udp([query.serialized()], to: server, placement: placement))
         return try DNSMessage(parsing: bytes)
     }
 
@@ -155,5 +161,36 @@ private final class FirstDatagram: ChannelInboundHandler {
     init(promise: EventLoopPromise<[UInt8]?>) { self.promise = promise }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         promise.succeed(Array(Self.unwrapInboundIn(data).data.readableBytesView))
+    }
+}
+
+extension DNSTestClient {
+    /// One query over a TCP connection made where `placement` says (inside a namespace,
+    /// where a blocking socket of the test process cannot go).
+    static func tcp(_ query: DNSMessage, to server: SocketAddr, placement: SocketPlacement) async throws -> DNSMessage {
+        let eventLoop = MultiThreadedEventLoopGroup.singleton.next()
+        let channel = try await TCPDialer().placed(placement).connect(to: server, on: eventLoop).get()
+        defer { channel.close(promise: nil) }
+        let promise = eventLoop.makePromise(of: [UInt8].self)
+        try await eventLoop.submit { try channel.pipeline.syncOperations.addHandler(FirstFrame(promise: promise)) }.get()
+        try await channel.setOption(.autoRead, value: true)
+        let bytes = query.serialized()
+        try await channel.writeAndFlush(channel.allocator.buffer(bytes: [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes))
+        let timer = eventLoop.scheduleTask(in: .seconds(5)) { promise.fail(TestFailure("no TCP answer")) }
+        defer { timer.cancel() }
+        return try DNSMessage(parsing: try await promise.futureResult.get())
+    }
+}
+
+private final class FirstFrame: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let promise: EventLoopPromise<[UInt8]>
+    var pending: [UInt8] = []
+    init(promise: EventLoopPromise<[UInt8]>) { self.promise = promise }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        pending += Self.unwrapInboundIn(data).readableBytesView
+        guard pending.count >= 2 else { return }
+        let length = Int(pending[0]) << 8 | Int(pending[1])
+        if pending.count >= 2 + length { promise.succeed(Array(pending[2..<2 + length])) }
     }
 }

@@ -309,7 +309,7 @@ struct DNSWireReader {
 struct DNSWireWriter {
     var bytes: [UInt8] = []
     let compress: Bool
-    /// Lowercased name suffixes already written, and where.
+    /// Name suffixes already written, and where.
     private var written: [[[UInt8]]: Int] = [:]
 
     init(compress: Bool) {
@@ -342,9 +342,11 @@ struct DNSWireWriter {
     }
 
     mutating func name(_ name: DNSName) {
-        let lower = name.lowercased.labels
+        // Suffixes match byte for byte, case included, so every name reads back exactly as
+        // it was written (a client checking its query's case, as with 0x20 randomisation,
+        // sees its own).
         for index in name.labels.indices {
-            let suffix = Array(lower[index...])
+            let suffix = Array(name.labels[index...])
             if compress, let at = written[suffix] {
                 u16(0xC000 | UInt16(at))
                 return

@@ -66,7 +66,7 @@ public struct DNSQueryHandler: Sendable {
                     "source": "\(source)", "question": "\(query.questions.first.map { "\($0.name) \($0.type)" } ?? "")",
                     "rcode": "\(response.header.responseCode)", "answers": "\(response.answers.count)",
                 ])
-            return Self.fit(response, limit: limit)
+            return Self.fitted(response, limit: limit)
         case .forward:
             let started = ContinuousClock.now
             do {
@@ -79,7 +79,7 @@ public struct DNSQueryHandler: Sendable {
                         "rcode": "\(answer.message.header.responseCode)", "answers": "\(answer.message.answers.count)",
                     ])
                 if answer.bytes.count <= limit { return answer.bytes }
-                return Self.fit(answer.message, limit: limit)
+                return Self.fitted(answer.message, limit: limit)
             } catch {
                 metrics?.upstream(labels, duration: ContinuousClock.now - started, succeeded: false)
                 logger.warning("DNS forwarding failed", metadata: ["source": "\(source)", "error": "\(error)"])
@@ -89,8 +89,9 @@ public struct DNSQueryHandler: Sendable {
     }
 
     /// `response` serialised, or when that exceeds `limit`, with TC set and every record
-    /// dropped (the question and EDNS kept), so the client asks again over TCP.
-    static func fit(_ response: DNSMessage, limit: Int) -> [UInt8] {
+    /// dropped (the question and EDNS kept), so the client asks again over TCP. The result
+    /// is at most `limit` bytes for any `limit` of 512 or more.
+    public static func fitted(_ response: DNSMessage, limit: Int) -> [UInt8] {
         let bytes = response.serialized()
         if bytes.count <= limit { return bytes }
         var cut = response
