@@ -173,7 +173,7 @@ extension DNSTestClient {
         defer { channel.close(promise: nil) }
         let promise = eventLoop.makePromise(of: [UInt8].self)
         try await eventLoop.submit { try channel.pipeline.syncOperations.addHandler(FirstFrame(promise: promise)) }.get()
-        try await channel.setOption(.autoRead, value: true)
+        try await channel.setOption(.autoRead, value: true).get()
         let bytes = query.serialized()
         try await channel.writeAndFlush(channel.allocator.buffer(bytes: [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes))
         let timer = eventLoop.scheduleTask(in: .seconds(5)) { promise.fail(TestFailure("no TCP answer")) }
