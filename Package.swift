@@ -33,6 +33,7 @@ let package = Package(
         .library(name: "NodeProxy", targets: ["NodeProxy"]),
         .library(name: "LocalConfig", targets: ["LocalConfig"]),
         .library(name: "Capture", targets: ["Capture"]),
+        .library(name: "DNSProxy", targets: ["DNSProxy"]),
         .library(name: "Authorization", targets: ["Authorization"]),
         .library(name: "Telemetry", targets: ["Telemetry"]),
         .library(name: "HBONE", targets: ["HBONE"]),
@@ -121,10 +122,24 @@ let package = Package(
             path: "Sources/Plugins/LocalConfig",
             swiftSettings: strictSettings
         ),
+        // The DNS proxy (ztunnel's): mesh answers for service names, the rest forwarded;
+        // the capture plugin runs one inside each pod.
+        .target(
+            name: "DNSProxy",
+            dependencies: [
+                "Kernel", "AmbitRuntime",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ],
+            path: "Sources/Plugins/DNS",
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "Capture",
             dependencies: [
-                "Kernel", "AmbitRuntime", "NodeProxy", "IstioXDSAPI", "CAmbitSystem",
+                "Kernel", "AmbitRuntime", "NodeProxy", "DNSProxy", "IstioXDSAPI", "CAmbitSystem",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             path: "Sources/Plugins/Capture",
@@ -359,6 +374,20 @@ let package = Package(
                 "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "DNSProxyTests",
+            dependencies: [
+                "Kernel", "ConfigYAML", "AmbitRuntime", "DNSProxy", "Telemetry", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: strictSettings
         ),

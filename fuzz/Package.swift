@@ -41,6 +41,7 @@ let allTargets: [(name: String, products: [String])] = [
     ("authz", ["Kernel", "Authorization"]),
     ("ip-address", ["Kernel"]),
     ("pem-csr", ["Kernel", "LocalConfig", "Certificates", "CAServer"]),
+    ("dns-message", ["Kernel", "DNSProxy"]),
     // Links the gRPC stack too (the xds plugin's module): run by hand, not in CI's short run.
     ("xds-resource", ["Kernel", "XDS"]),
 ]

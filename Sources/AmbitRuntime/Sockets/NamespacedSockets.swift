@@ -50,6 +50,37 @@ enum NamespacedSockets {
         }
     }
 
+    /// A UDP socket bound to `address` inside `namespace`, with `mark` (else the
+    /// namespace's) and, when asked, `IP_TRANSPARENT`: ready for `DatagramBootstrap`'s
+    /// `withBoundSocket`.
+    static func datagramSocket(
+        boundTo address: SocketAddr, mark: UInt32?, transparent: Bool, in namespace: NetworkNamespace
+    ) throws -> Int32 {
+        let fd = try namespace.makeSocket(domain: address.ip.isIPv4 ? AF_INET : AF_INET6, type: Int32(SOCK_DGRAM.rawValue))
+        do {
+            try set(fd, SOL_SOCKET, SO_REUSEADDR, 1, what: "SO_REUSEADDR", at: address)
+            if let mark = mark ?? namespace.mark {
+                try set(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark), what: "SO_MARK", at: address)
+            }
+            if transparent {
+                if address.ip.isIPv4 {
+                    try set(fd, Int32(IPPROTO_IP), IP_TRANSPARENT, 1, what: "IP_TRANSPARENT", at: address)
+                } else {
+                    try set(fd, Int32(IPPROTO_IPV6), IPV6_TRANSPARENT, 1, what: "IPV6_TRANSPARENT", at: address)
+                }
+            }
+            guard bind(fd, address) == 0 else {
+                throw SocketError(
+                    code: .bindFailed,
+                    message: "cannot bind UDP \(address) in \(namespace): \(NetworkNamespace.errnoText())")
+            }
+            return fd
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+    }
+
     /// Starts a non-blocking connect to `destination` from a socket made inside
     /// `namespace`. Returns the descriptor and whether the connect already completed.
     static func startConnect(

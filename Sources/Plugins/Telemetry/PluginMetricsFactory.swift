@@ -25,8 +25,9 @@ final class PluginMetricNames: Sendable {
 
     /// Istio's series that a first-party plugin records itself, by prefix: the plugin id
     /// that may register names under it (the `xds` plugin records ztunnel's
-    /// `istio_xds_*` metrics). Any other plugin is refused them like the rest of `istio_`.
-    static let delegatedPrefixes: [String: String] = ["istio_xds_": "xds"]
+    /// `istio_xds_*` metrics, the `capture` plugin's in-pod DNS proxy ztunnel's
+    /// `istio_dns_*`). Any other plugin is refused them like the rest of `istio_`.
+    static let delegatedPrefixes: [String: String] = ["istio_xds_": "xds", "istio_dns_": "capture"]
 
     private struct Shape: Equatable {
         var kind: Kind

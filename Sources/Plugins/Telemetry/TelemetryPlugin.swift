@@ -90,7 +90,14 @@ public final class TelemetryPlugin: Plugin, TelemetrySink, MetricsBackend {
 
     /// A swift-metrics factory recording into this plugin's registry, so the values show
     /// up in this node's scrape.
-    public var metricsFactory: PrometheusMetricsFactory { PrometheusMetricsFactory(registry: registry) }
+    public var metricsFactory: PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        // ztunnel's buckets for the DNS proxy's upstream latency (zt:src/dns/metrics.rs).
+        factory.durationHistogramBuckets["istio_dns_upstream_request_duration_seconds"] = [
+            .microseconds(500), .milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1), .seconds(5),
+        ]
+        return factory
+    }
 
     /// The factory behind another plugin's ``PluginContext/metrics``: its metrics land in
     /// this node's scrape, and a name that clashes with this plugin's own series
