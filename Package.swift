@@ -61,6 +61,7 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
     ],
     targets: [
         // Linux calls Glibc's Swift module leaves out (setns, fstatfs).
@@ -123,7 +124,8 @@ let package = Package(
         ),
         .target(
             name: "Capture",
-            dependencies: ["Kernel", "AmbitRuntime", "NodeProxy"],
+            // Subprocess: the in-pod rule tools (iptables-restore, ip6tables-restore, nft, ip).
+            dependencies: ["Kernel", "AmbitRuntime", "NodeProxy", .product(name: "Subprocess", package: "swift-subprocess")],
             path: "Sources/Plugins/Capture",
             swiftSettings: strictSettings
         ),
