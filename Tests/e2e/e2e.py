@@ -13,6 +13,9 @@ run inside the pods.
      ├─ a2 10.71.1.11 (captured)            └─ x  10.71.2.20 (not in the mesh)
      └─ c1 10.71.1.12 (captured at run time through the admin API)
 
+a1 and b1 are dual-stack: fd00:6::1:10 and fd00:6::2:10 too (node1's pods in
+fd00:6::1:0/112, node2's in fd00:6::2:0/112, the link between the nodes fd00:6::ff:0/112).
+
 Everything lives in namespaces named ambit-e2e-*; they are removed at the end (and any
 left over from an interrupted run at the start). Exit status: 0 when every scenario
 passed.
@@ -42,6 +45,9 @@ PODS = {
     "b1": ("node2", "10.71.2.10", True, True),
     "x": ("node2", "10.71.2.20", False, False),
 }
+# IPv6 addresses of the dual-stack pods, with their node's subnets.
+PODS_V6 = {"a1": "fd00:6::1:10", "b1": "fd00:6::2:10"}
+NODES_V6 = {"node1": "fd00:6::1", "node2": "fd00:6::2"}
 TRUST = "cluster.local"
 
 
@@ -84,8 +90,10 @@ def expect(condition, message):
 ECHO_SERVER = r'''
 import socket, sys, threading
 port = int(sys.argv[1])
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port)); s.listen(128)
+ipv6 = len(sys.argv) > 2 and sys.argv[2] == "6"
+s = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if ipv6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.bind(("::" if ipv6 else "0.0.0.0", port)); s.listen(128)
 def serve(c):
     try:
         peer = c.getpeername()[0]
@@ -184,6 +192,14 @@ class Cluster:
         inns("node2", "ip", "link", "set", "e2e-n2", "up")
         inns("node1", "ip", "route", "add", "10.71.2.0/24", "via", "10.71.0.2")
         inns("node2", "ip", "route", "add", "10.71.1.0/24", "via", "10.71.0.1")
+        # IPv6 beside it, for the dual-stack pods.
+        for node, subnet in NODES_V6.items():
+            inns(node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+            inns(node, "ip", "addr", "add", f"{subnet}:1/112", "dev", "br0", "nodad")
+        inns("node1", "ip", "addr", "add", "fd00:6::ff:1/112", "dev", "e2e-n1", "nodad")
+        inns("node2", "ip", "addr", "add", "fd00:6::ff:2/112", "dev", "e2e-n2", "nodad")
+        inns("node1", "ip", "route", "add", "fd00:6::2:0/112", "via", "fd00:6::ff:2")
+        inns("node2", "ip", "route", "add", "fd00:6::1:0/112", "via", "fd00:6::ff:1")
         for pod, (node, ip, _, _) in PODS.items():
             self.add_pod_namespace(pod, node, ip)
 
@@ -198,6 +214,9 @@ class Cluster:
         inns(pod, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
         inns(pod, "ip", "link", "set", "eth0", "up")
         inns(pod, "ip", "route", "add", "default", "via", NODES[node] + ".1")
+        if pod in PODS_V6:
+            inns(pod, "ip", "addr", "add", f"{PODS_V6[pod]}/112", "dev", "eth0", "nodad")
+            inns(pod, "ip", "route", "add", "default", "via", NODES_V6[node] + ":1")
 
     # ------------------------------------------------------------ mesh and nodes
     def write_config(self):
@@ -207,9 +226,10 @@ class Cluster:
             if not in_mesh:
                 continue
             netns = f", netns: {netns_path(pod)}" if captured else ""
+            ips = ", ".join(f'"{address}"' for address in [ip] + ([PODS_V6[pod]] if pod in PODS_V6 else []))
             lines.append(
                 f"- {{uid: \"{uid(pod)}\", name: {pod}, namespace: default, serviceAccount: {pod}, "
-                f"workloadIps: [\"{ip}\"], protocol: HBONE, node: {node}, labels: {{app: {pod}}}{netns}}}")
+                f"workloadIps: [{ips}], protocol: HBONE, node: {node}, labels: {{app: {pod}}}{netns}}}")
         lines += [
             "policies:",
             # b1: anyone on 9000/8080/5201; only a1's identity on 9001.
@@ -315,6 +335,7 @@ plugins:
         for pod in ["a2", "b1", "x"]:
             for port in [9000, 9001]:
                 self.start_server(pod, sys.executable, echo, str(port))
+        self.start_server("b1", sys.executable, echo, "9000", "6")
         self.start_server("b1", sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0",
                           "--directory", self.dir)
         self.start_server("b1", "iperf3", "-s", "-p", "5201")
@@ -626,6 +647,35 @@ def scenario_restart_and_drain(c):
     expect(out["received"] == 65536, f"after restart: {out}")
 
 
+def scenario_ipv6_cross_node(c):
+    """a1 -> [b1's IPv6]:9000 across nodes: IPv6 rules and listeners in both pods, HBONE over IPv6 with mTLS."""
+    for pod in ["a1", "b1"]:
+        save = inns(pod, "ip6tables-save").stdout
+        expect("-A OUTPUT -j AMBIT_OUTPUT" in save and "! -d ::1/128" in save and "--to-ports 15001" in save,
+               f"{pod}: IPv6 outbound REDIRECT rule missing:\n{save}")
+        expect("--to-ports 15006" in save, f"{pod}: IPv6 inbound rule missing:\n{save}")
+        rules = inns(pod, "ip", "-6", "rule", "show").stdout
+        expect("fwmark 0x111/0xfff lookup 100" in rules, f"{pod}: IPv6 fwmark rule missing:\n{rules}")
+        listening = inns(pod, "ss", "-Htln6").stdout
+        for port in ["15001", "15006", "15008"]:
+            expect(f"[::]:{port} " in listening, f"{pod}: nothing listens on [::]:{port}:\n{listening}")
+    before = c.metrics("node2")
+    out = c.echo("a1", PODS_V6["b1"], 9000, 1024 * 1024)
+    expect(out.get("connected") and "error" not in out, f"IPv6 echo failed: {out}")
+    expect(out["received"] == 1024 * 1024 and out["sha_received"] == out["sha_sent"], f"IPv6 echo not byte-exact: {out}")
+    # The tunnel is HBONE over IPv6, from inside a1 with its IPv6 address.
+    inside = inns("a1", "ss", "-Htn", "state", "established", "dst", f"[{PODS_V6['b1']}]:15008").stdout
+    expect(PODS_V6["a1"] in inside, f"no IPv6 HBONE connection from a1 to b1:15008: {inside!r}")
+
+    def seen():
+        after = c.metrics("node2")
+        labels = dict(reporter="destination", source_principal=principal("a1"), destination_workload="b1",
+                      connection_security_policy="mutual_tls")
+        received = growth(before, after, "istio_tcp_received_bytes_total", **labels)
+        expect(received >= 1024 * 1024, f"node2 counted {received} IPv6 bytes from a1, expected >= 1 MiB")
+    eventually(seen)
+
+
 def ok_echo(c, src, dst):
     out = c.echo(src, PODS[dst][1], 9000, 65536)
     if out.get("sha_received") != out.get("sha_sent"):
@@ -636,6 +686,7 @@ def ok_echo(c, src, dst):
 SCENARIOS = [
     scenario_rules_installed,
     scenario_cross_node,
+    scenario_ipv6_cross_node,
     scenario_same_node,
     scenario_out_of_mesh_client,
     scenario_passthrough,
