@@ -49,6 +49,8 @@ PODS = {
 PODS_V6 = {"a1": "fd00:6::1:10", "b1": "fd00:6::2:10"}
 NODES_V6 = {"node1": "fd00:6::1", "node2": "fd00:6::2"}
 TRUST = "cluster.local"
+# The nodes' `inPod.backend` (--backend).
+BACKEND = "iptables"
 
 
 def ns(name):
@@ -78,6 +80,28 @@ def inns(name, *args, **kwargs):
 
 class Failure(Exception):
     pass
+
+
+def pod_rules(pod, family="4"):
+    """The in-pod redirect rules in `pod`'s namespace as text ("" when none), as the backend in use shows them."""
+    if BACKEND == "nftables":
+        return inns(pod, "nft", "list", "table", "inet", "ambit-inpod", check=False).stdout
+    return inns(pod, "iptables-save" if family == "4" else "ip6tables-save").stdout
+
+
+def has_redirects(text, family="4"):
+    """`text` (pod_rules) redirects outbound TCP to 15001 and inbound TCP except HBONE to 15006, for `family`."""
+    if BACKEND == "nftables":
+        match = "ip daddr != 127.0.0.1" if family == "4" else "ip6 daddr != ::1"
+        return (f"{match} tcp dport != 15008" in text and "redirect to :15006" in text
+                and f"{match} meta mark" in text and "redirect to :15001" in text)
+    loopback = "127.0.0.1/32" if family == "4" else "::1/128"
+    return ("-A OUTPUT -j AMBIT_OUTPUT" in text and f"! -d {loopback}" in text and "--to-ports 15001" in text
+            and "--to-ports 15006" in text and "! --dport 15008" in text)
+
+
+def has_any_rules(text):
+    return "AMBIT" in text or "ambit-inpod" in text
 
 
 def expect(condition, message):
@@ -255,7 +279,7 @@ plugins:
     config: {{backend: {{local: {{caDirectory: ca}}}}}}
   - id: authorization
   - id: capture
-    config: {{socks5: {{enabled: false}}, inPod: {{enabled: true, recheckInterval: 500ms}}}}
+    config: {{socks5: {{enabled: false}}, inPod: {{enabled: true, backend: {BACKEND}, recheckInterval: 500ms}}}}
   - id: hbone
   - id: telemetry
 """
@@ -410,21 +434,19 @@ def eventually(check, timeout=10.0, interval=0.2):
 def scenario_rules_installed(c):
     """The proxy installed the in-pod rules in captured pods, and only there."""
     for pod in ["a1", "a2", "b1"]:
-        save = inns(pod, "iptables-save").stdout
-        expect("-A OUTPUT -j AMBIT_OUTPUT" in save and "--to-ports 15001" in save,
-               f"{pod}: outbound REDIRECT rule missing:\n{save}")
-        expect("--to-ports 15006" in save and "! --dport 15008" in save, f"{pod}: inbound rule missing:\n{save}")
+        save = pod_rules(pod)
+        expect(has_redirects(save), f"{pod}: REDIRECT rules ({BACKEND}) missing:\n{save}")
         rules = inns(pod, "ip", "rule", "show").stdout
         expect("fwmark 0x111/0xfff lookup 100" in rules, f"{pod}: fwmark rule missing:\n{rules}")
         listening = inns(pod, "ss", "-Htln").stdout
         for port in ["15001", "15006", "15008"]:
             expect(f":{port} " in listening, f"{pod}: nothing listens on {port} inside the pod:\n{listening}")
     for pod in ["c1", "x"]:
-        save = inns(pod, "iptables-save").stdout
-        expect("AMBIT" not in save, f"{pod} is not captured but has rules:\n{save}")
+        save = pod_rules(pod) + pod_rules(pod, "6")
+        expect(not has_any_rules(save), f"{pod} is not captured but has rules:\n{save}")
     for node in NODES:
-        save = inns(node, "iptables-save").stdout
-        expect("AMBIT" not in save, f"the node namespace {node} got pod rules:\n{save}")
+        save = pod_rules(node) + pod_rules(node, "6")
+        expect(not has_any_rules(save), f"the node namespace {node} got pod rules:\n{save}")
 
 
 def scenario_cross_node(c):
@@ -559,8 +581,8 @@ def scenario_admin_pod(c):
     code, body = c.admin("node1", "POST", f"/pods?uid={uid('c1')}&netns={netns_path('c1')}"
                                          f"&identity={principal('c1')}")
     expect(code == 200 and '"captured"' in body, f"POST /pods answered {code}: {body}")
-    save = inns("c1", "iptables-save").stdout
-    expect("--to-ports 15001" in save, f"c1 has no rules after POST /pods:\n{save}")
+    save = pod_rules("c1")
+    expect(has_redirects(save), f"c1 has no rules after POST /pods:\n{save}")
     ok, pending = c.ready("node1")
     expect(ok, f"node1 not ready after adding c1: {pending}")
     before = c.metrics("node2")
@@ -581,8 +603,8 @@ def scenario_admin_pod(c):
     expect(code == 409, f"identity mismatch answered {code}: {body}")
     code, body = c.admin("node1", "DELETE", f"/pods?uid={uid('c1')}")
     expect(code == 200, f"DELETE /pods answered {code}: {body}")
-    save = inns("c1", "iptables-save").stdout
-    expect("AMBIT" not in save, f"c1 still has rules after DELETE:\n{save}")
+    save = pod_rules("c1") + pod_rules("c1", "6")
+    expect(not has_any_rules(save), f"c1 still has rules after DELETE:\n{save}")
     rules = inns("c1", "ip", "rule", "show").stdout
     expect("lookup 100" not in rules, f"c1 still has the fwmark rule:\n{rules}")
     listening = inns("c1", "ss", "-Htln").stdout
@@ -650,10 +672,8 @@ def scenario_restart_and_drain(c):
 def scenario_ipv6_cross_node(c):
     """a1 -> [b1's IPv6]:9000 across nodes: IPv6 rules and listeners in both pods, HBONE over IPv6 with mTLS."""
     for pod in ["a1", "b1"]:
-        save = inns(pod, "ip6tables-save").stdout
-        expect("-A OUTPUT -j AMBIT_OUTPUT" in save and "! -d ::1/128" in save and "--to-ports 15001" in save,
-               f"{pod}: IPv6 outbound REDIRECT rule missing:\n{save}")
-        expect("--to-ports 15006" in save, f"{pod}: IPv6 inbound rule missing:\n{save}")
+        save = pod_rules(pod, "6")
+        expect(has_redirects(save, "6"), f"{pod}: IPv6 REDIRECT rules ({BACKEND}) missing:\n{save}")
         rules = inns(pod, "ip", "-6", "rule", "show").stdout
         expect("fwmark 0x111/0xfff lookup 100" in rules, f"{pod}: IPv6 fwmark rule missing:\n{rules}")
         listening = inns(pod, "ss", "-Htln6").stdout
@@ -704,12 +724,17 @@ def main():
     parser.add_argument("--ambit", required=True, help="the ambit binary")
     parser.add_argument("--only", help="run only scenarios whose name contains this")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--backend", choices=["iptables", "nftables"], default="iptables",
+                        help="the nodes' inPod.backend (default iptables)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
+    global BACKEND
+    BACKEND = args.backend
     if os.geteuid() != 0:
         print("Tests/e2e needs root (network namespaces, iptables)", file=sys.stderr)
         return 2
-    for tool in ["ip", "iptables-save", "curl", "iperf3", "nsenter", "ss"]:
+    for tool in ["ip", "iptables-save", "ip6tables-save", "curl", "iperf3", "nsenter", "ss"] + (
+            ["nft"] if BACKEND == "nftables" else []):
         if shutil.which(tool) is None:
             print(f"Tests/e2e needs `{tool}` (see .ci/run for the packages)", file=sys.stderr)
             return 2
