@@ -62,6 +62,7 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
     ],
     targets: [
         // Linux calls Glibc's Swift module leaves out (setns, fstatfs).
@@ -138,9 +139,11 @@ let package = Package(
         ),
         .target(
             name: "Capture",
+            // Subprocess: the in-pod rule tools (iptables-restore, ip6tables-restore, nft, ip).
             dependencies: [
                 "Kernel", "AmbitRuntime", "NodeProxy", "DNSProxy", "IstioXDSAPI", "CAmbitSystem",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             path: "Sources/Plugins/Capture",
             swiftSettings: strictSettings

@@ -13,6 +13,9 @@ run inside the pods.
      ├─ a2 10.71.1.11 (captured)            └─ x  10.71.2.20 (not in the mesh)
      └─ c1 10.71.1.12 (captured at run time through the admin API)
 
+a1 and b1 are dual-stack: fd00:6::1:10 and fd00:6::2:10 too (node1's pods in
+fd00:6::1:0/112, node2's in fd00:6::2:0/112, the link between the nodes fd00:6::ff:0/112).
+
 Everything lives in namespaces named ambit-e2e-*; they are removed at the end (and any
 left over from an interrupted run at the start). Exit status: 0 when every scenario
 passed.
@@ -42,7 +45,12 @@ PODS = {
     "b1": ("node2", "10.71.2.10", True, True),
     "x": ("node2", "10.71.2.20", False, False),
 }
+# IPv6 addresses of the dual-stack pods, with their node's subnets.
+PODS_V6 = {"a1": "fd00:6::1:10", "b1": "fd00:6::2:10"}
+NODES_V6 = {"node1": "fd00:6::1", "node2": "fd00:6::2"}
 TRUST = "cluster.local"
+# The nodes' `inPod.backend` (--backend).
+BACKEND = "iptables"
 
 
 def ns(name):
@@ -74,6 +82,28 @@ class Failure(Exception):
     pass
 
 
+def pod_rules(pod, family="4"):
+    """The in-pod redirect rules in `pod`'s namespace as text ("" when none), as the backend in use shows them."""
+    if BACKEND == "nftables":
+        return inns(pod, "nft", "list", "table", "inet", "ambit-inpod", check=False).stdout
+    return inns(pod, "iptables-save" if family == "4" else "ip6tables-save").stdout
+
+
+def has_redirects(text, family="4"):
+    """`text` (pod_rules) redirects outbound TCP to 15001 and inbound TCP except HBONE to 15006, for `family`."""
+    if BACKEND == "nftables":
+        match = "ip daddr != 127.0.0.1" if family == "4" else "ip6 daddr != ::1"
+        return (f"{match} tcp dport != 15008" in text and "redirect to :15006" in text
+                and f"{match} meta mark" in text and "redirect to :15001" in text)
+    loopback = "127.0.0.1/32" if family == "4" else "::1/128"
+    return ("-A OUTPUT -j AMBIT_OUTPUT" in text and f"! -d {loopback}" in text and "--to-ports 15001" in text
+            and "--to-ports 15006" in text and "! --dport 15008" in text)
+
+
+def has_any_rules(text):
+    return "AMBIT" in text or "ambit-inpod" in text
+
+
 def expect(condition, message):
     if not condition:
         raise Failure(message)
@@ -84,8 +114,10 @@ def expect(condition, message):
 ECHO_SERVER = r'''
 import socket, sys, threading
 port = int(sys.argv[1])
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", port)); s.listen(128)
+ipv6 = len(sys.argv) > 2 and sys.argv[2] == "6"
+s = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if ipv6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.bind(("::" if ipv6 else "0.0.0.0", port)); s.listen(128)
 def serve(c):
     try:
         peer = c.getpeername()[0]
@@ -184,6 +216,14 @@ class Cluster:
         inns("node2", "ip", "link", "set", "e2e-n2", "up")
         inns("node1", "ip", "route", "add", "10.71.2.0/24", "via", "10.71.0.2")
         inns("node2", "ip", "route", "add", "10.71.1.0/24", "via", "10.71.0.1")
+        # IPv6 beside it, for the dual-stack pods.
+        for node, subnet in NODES_V6.items():
+            inns(node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+            inns(node, "ip", "addr", "add", f"{subnet}:1/112", "dev", "br0", "nodad")
+        inns("node1", "ip", "addr", "add", "fd00:6::ff:1/112", "dev", "e2e-n1", "nodad")
+        inns("node2", "ip", "addr", "add", "fd00:6::ff:2/112", "dev", "e2e-n2", "nodad")
+        inns("node1", "ip", "route", "add", "fd00:6::2:0/112", "via", "fd00:6::ff:2")
+        inns("node2", "ip", "route", "add", "fd00:6::1:0/112", "via", "fd00:6::ff:1")
         for pod, (node, ip, _, _) in PODS.items():
             self.add_pod_namespace(pod, node, ip)
 
@@ -198,6 +238,9 @@ class Cluster:
         inns(pod, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
         inns(pod, "ip", "link", "set", "eth0", "up")
         inns(pod, "ip", "route", "add", "default", "via", NODES[node] + ".1")
+        if pod in PODS_V6:
+            inns(pod, "ip", "addr", "add", f"{PODS_V6[pod]}/112", "dev", "eth0", "nodad")
+            inns(pod, "ip", "route", "add", "default", "via", NODES_V6[node] + ":1")
 
     # ------------------------------------------------------------ mesh and nodes
     def write_config(self):
@@ -207,9 +250,10 @@ class Cluster:
             if not in_mesh:
                 continue
             netns = f", netns: {netns_path(pod)}" if captured else ""
+            ips = ", ".join(f'"{address}"' for address in [ip] + ([PODS_V6[pod]] if pod in PODS_V6 else []))
             lines.append(
                 f"- {{uid: \"{uid(pod)}\", name: {pod}, namespace: default, serviceAccount: {pod}, "
-                f"workloadIps: [\"{ip}\"], protocol: HBONE, node: {node}, labels: {{app: {pod}}}{netns}}}")
+                f"workloadIps: [{ips}], protocol: HBONE, node: {node}, labels: {{app: {pod}}}{netns}}}")
         lines += [
             "policies:",
             # b1: anyone on 9000/8080/5201; only a1's identity on 9001.
@@ -235,7 +279,7 @@ plugins:
     config: {{backend: {{local: {{caDirectory: ca}}}}}}
   - id: authorization
   - id: capture
-    config: {{socks5: {{enabled: false}}, inPod: {{enabled: true, recheckInterval: 500ms}}}}
+    config: {{socks5: {{enabled: false}}, inPod: {{enabled: true, backend: {BACKEND}, recheckInterval: 500ms}}}}
   - id: hbone
   - id: telemetry
 """
@@ -315,6 +359,7 @@ plugins:
         for pod in ["a2", "b1", "x"]:
             for port in [9000, 9001]:
                 self.start_server(pod, sys.executable, echo, str(port))
+        self.start_server("b1", sys.executable, echo, "9000", "6")
         self.start_server("b1", sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0",
                           "--directory", self.dir)
         self.start_server("b1", "iperf3", "-s", "-p", "5201")
@@ -389,21 +434,19 @@ def eventually(check, timeout=10.0, interval=0.2):
 def scenario_rules_installed(c):
     """The proxy installed the in-pod rules in captured pods, and only there."""
     for pod in ["a1", "a2", "b1"]:
-        save = inns(pod, "iptables-save").stdout
-        expect("-A OUTPUT -j AMBIT_OUTPUT" in save and "--to-ports 15001" in save,
-               f"{pod}: outbound REDIRECT rule missing:\n{save}")
-        expect("--to-ports 15006" in save and "! --dport 15008" in save, f"{pod}: inbound rule missing:\n{save}")
+        save = pod_rules(pod)
+        expect(has_redirects(save), f"{pod}: REDIRECT rules ({BACKEND}) missing:\n{save}")
         rules = inns(pod, "ip", "rule", "show").stdout
         expect("fwmark 0x111/0xfff lookup 100" in rules, f"{pod}: fwmark rule missing:\n{rules}")
         listening = inns(pod, "ss", "-Htln").stdout
         for port in ["15001", "15006", "15008"]:
             expect(f":{port} " in listening, f"{pod}: nothing listens on {port} inside the pod:\n{listening}")
     for pod in ["c1", "x"]:
-        save = inns(pod, "iptables-save").stdout
-        expect("AMBIT" not in save, f"{pod} is not captured but has rules:\n{save}")
+        save = pod_rules(pod) + pod_rules(pod, "6")
+        expect(not has_any_rules(save), f"{pod} is not captured but has rules:\n{save}")
     for node in NODES:
-        save = inns(node, "iptables-save").stdout
-        expect("AMBIT" not in save, f"the node namespace {node} got pod rules:\n{save}")
+        save = pod_rules(node) + pod_rules(node, "6")
+        expect(not has_any_rules(save), f"the node namespace {node} got pod rules:\n{save}")
 
 
 def scenario_cross_node(c):
@@ -538,8 +581,8 @@ def scenario_admin_pod(c):
     code, body = c.admin("node1", "POST", f"/pods?uid={uid('c1')}&netns={netns_path('c1')}"
                                          f"&identity={principal('c1')}")
     expect(code == 200 and '"captured"' in body, f"POST /pods answered {code}: {body}")
-    save = inns("c1", "iptables-save").stdout
-    expect("--to-ports 15001" in save, f"c1 has no rules after POST /pods:\n{save}")
+    save = pod_rules("c1")
+    expect(has_redirects(save), f"c1 has no rules after POST /pods:\n{save}")
     ok, pending = c.ready("node1")
     expect(ok, f"node1 not ready after adding c1: {pending}")
     before = c.metrics("node2")
@@ -560,8 +603,8 @@ def scenario_admin_pod(c):
     expect(code == 409, f"identity mismatch answered {code}: {body}")
     code, body = c.admin("node1", "DELETE", f"/pods?uid={uid('c1')}")
     expect(code == 200, f"DELETE /pods answered {code}: {body}")
-    save = inns("c1", "iptables-save").stdout
-    expect("AMBIT" not in save, f"c1 still has rules after DELETE:\n{save}")
+    save = pod_rules("c1") + pod_rules("c1", "6")
+    expect(not has_any_rules(save), f"c1 still has rules after DELETE:\n{save}")
     rules = inns("c1", "ip", "rule", "show").stdout
     expect("lookup 100" not in rules, f"c1 still has the fwmark rule:\n{rules}")
     listening = inns("c1", "ss", "-Htln").stdout
@@ -626,6 +669,33 @@ def scenario_restart_and_drain(c):
     expect(out["received"] == 65536, f"after restart: {out}")
 
 
+def scenario_ipv6_cross_node(c):
+    """a1 -> [b1's IPv6]:9000 across nodes: IPv6 rules and listeners in both pods, HBONE over IPv6 with mTLS."""
+    for pod in ["a1", "b1"]:
+        save = pod_rules(pod, "6")
+        expect(has_redirects(save, "6"), f"{pod}: IPv6 REDIRECT rules ({BACKEND}) missing:\n{save}")
+        rules = inns(pod, "ip", "-6", "rule", "show").stdout
+        expect("fwmark 0x111/0xfff lookup 100" in rules, f"{pod}: IPv6 fwmark rule missing:\n{rules}")
+        listening = inns(pod, "ss", "-Htln6").stdout
+        for port in ["15001", "15006", "15008"]:
+            expect(f"[::]:{port} " in listening, f"{pod}: nothing listens on [::]:{port}:\n{listening}")
+    before = c.metrics("node2")
+    out = c.echo("a1", PODS_V6["b1"], 9000, 1024 * 1024)
+    expect(out.get("connected") and "error" not in out, f"IPv6 echo failed: {out}")
+    expect(out["received"] == 1024 * 1024 and out["sha_received"] == out["sha_sent"], f"IPv6 echo not byte-exact: {out}")
+    # The tunnel is HBONE over IPv6, from inside a1 with its IPv6 address.
+    inside = inns("a1", "ss", "-Htn", "state", "established", "dst", f"[{PODS_V6['b1']}]:15008").stdout
+    expect(PODS_V6["a1"] in inside, f"no IPv6 HBONE connection from a1 to b1:15008: {inside!r}")
+
+    def seen():
+        after = c.metrics("node2")
+        labels = dict(reporter="destination", source_principal=principal("a1"), destination_workload="b1",
+                      connection_security_policy="mutual_tls")
+        received = growth(before, after, "istio_tcp_received_bytes_total", **labels)
+        expect(received >= 1024 * 1024, f"node2 counted {received} IPv6 bytes from a1, expected >= 1 MiB")
+    eventually(seen)
+
+
 def ok_echo(c, src, dst):
     out = c.echo(src, PODS[dst][1], 9000, 65536)
     if out.get("sha_received") != out.get("sha_sent"):
@@ -636,6 +706,7 @@ def ok_echo(c, src, dst):
 SCENARIOS = [
     scenario_rules_installed,
     scenario_cross_node,
+    scenario_ipv6_cross_node,
     scenario_same_node,
     scenario_out_of_mesh_client,
     scenario_passthrough,
@@ -653,12 +724,17 @@ def main():
     parser.add_argument("--ambit", required=True, help="the ambit binary")
     parser.add_argument("--only", help="run only scenarios whose name contains this")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--backend", choices=["iptables", "nftables"], default="iptables",
+                        help="the nodes' inPod.backend (default iptables)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
+    global BACKEND
+    BACKEND = args.backend
     if os.geteuid() != 0:
         print("Tests/e2e needs root (network namespaces, iptables)", file=sys.stderr)
         return 2
-    for tool in ["ip", "iptables-save", "curl", "iperf3", "nsenter", "ss"]:
+    for tool in ["ip", "iptables-save", "ip6tables-save", "curl", "iperf3", "nsenter", "ss"] + (
+            ["nft"] if BACKEND == "nftables" else []):
         if shutil.which(tool) is None:
             print(f"Tests/e2e needs `{tool}` (see .ci/run for the packages)", file=sys.stderr)
             return 2

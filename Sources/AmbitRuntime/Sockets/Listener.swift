@@ -23,6 +23,11 @@ public struct ListenerOptions: Sendable {
     /// proxy's namespace.
     /// It must be one this runtime opened (a ``NetworkNamespace``).
     public var namespace: (any NetworkNamespaceHandle)?
+    /// `IPV6_V6ONLY` on an IPv6 listener: accept IPv6 connections only, so an IPv4 listener
+    /// on the same port can sit beside it and IPv4 peers never appear as IPv4-mapped IPv6
+    /// addresses. Off: the system's default (Linux: `net.ipv6.bindv6only`, normally 0, so
+    /// `::` takes both families). Ignored for IPv4 addresses.
+    public var ipv6Only: Bool = false
 
     /// Options for `address`; the rest default to a plain listener.
     public init(
@@ -101,6 +106,11 @@ public final class TCPListener: Sendable {
         if options.transparent {
             bootstrap = bootstrap.serverChannelOption(SocketOptions.transparent(for: options.address.ip), value: 1)
         }
+        if options.ipv6Only && !options.address.ip.isIPv4 {
+            bootstrap = bootstrap.serverChannelOption(
+                ChannelOptions.Types.SocketOption(
+                    level: SocketOptionLevel(IPPROTO_IPV6), name: SocketOptionName(IPV6_V6ONLY)), value: 1)
+        }
         bootstrap = bootstrap.childChannelInitializer(childInitializer)
 
         let channel: any Channel
@@ -119,6 +129,40 @@ public final class TCPListener: Sendable {
             throw SocketError(code: .bindFailed, message: "listener on \(options.address) has no IP local address")
         }
         return TCPListener(channel: channel, localAddress: local)
+    }
+
+    /// Whether this kernel has IPv6 (it was not booted with `ipv6.disable=1`): the sysctl
+    /// tree IPv6 registers exists.
+    public static var kernelHasIPv6: Bool {
+        access("/proc/sys/net/ipv6", F_OK) == 0
+    }
+
+    /// Listens on `port` of every address of both families: `0.0.0.0` and, when `ipv6` is
+    /// on and the kernel has IPv6, `::` with ``ListenerOptions/ipv6Only`` (a socket per
+    /// family, so IPv4 connections keep plain IPv4 addresses). In-pod listeners use it to
+    /// serve dual-stack pods.
+    ///
+    /// - Returns: the IPv4 listener, then the IPv6 one when opened.
+    /// - Throws: what ``bind(_:group:childInitializer:)`` throws; a listener already
+    ///   opened is closed first.
+    public static func bindEachFamily(
+        port: UInt16, placement: SocketPlacement, ipv6: Bool = true, group: any EventLoopGroup,
+        childInitializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) async throws -> [TCPListener] {
+        var addresses = [SocketAddr(ip: .v4(0), port: port)]
+        if ipv6 && kernelHasIPv6 { addresses.append(SocketAddr(ip: .v6(0, 0), port: port)) }
+        var listeners: [TCPListener] = []
+        do {
+            for address in addresses {
+                var options = ListenerOptions(address: address, placement: placement)
+                options.ipv6Only = true
+                listeners.append(try await bind(options, group: group, childInitializer: childInitializer))
+            }
+        } catch {
+            for listener in listeners { await listener.stopAccepting() }
+            throw error
+        }
+        return listeners
     }
 
     /// A listener inside `namespace`: the socket is made there, bound and listening, then

@@ -26,6 +26,9 @@ enum NamespacedSockets {
             if let mark = options.mark ?? namespace.mark {
                 try set(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark), what: "SO_MARK", at: address)
             }
+            if options.ipv6Only && !address.ip.isIPv4 {
+                try set(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, what: "IPV6_V6ONLY", at: address)
+            }
             if options.transparent {
                 if address.ip.isIPv4 {
                     try set(fd, Int32(IPPROTO_IP), IP_TRANSPARENT, 1, what: "IP_TRANSPARENT", at: address)

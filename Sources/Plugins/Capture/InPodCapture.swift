@@ -32,9 +32,21 @@ public struct InPodConfig: DefaultedConfig, Sendable {
     /// the proxy only opens its listeners. Absent: on with `source: mesh`, off with
     /// `source: zds` (istio-cni installs them before it sends the pod).
     public var installRules: Bool?
-    /// The `iptables` command (`-save` and `-restore` are derived from it), e.g.
-    /// `iptables-legacy` where the pod uses the legacy back end.
+    /// The program that installs the rules: `iptables` (istio-cni's chains, through
+    /// `iptables-restore` and `ip6tables-restore`) or `nftables` (one `inet` table,
+    /// `ambit-inpod`, through `nft`).
+    public var backend = "iptables"
+    /// The `iptables` command (`-save` and `-restore` are derived from it, and the IPv6
+    /// programs by writing `ip6tables` for `iptables`), e.g. `iptables-legacy` where the
+    /// pod uses the legacy back end.
     public var iptables = "iptables"
+    /// The `nft` command, for the `nftables` backend.
+    public var nft = "nft"
+    /// Capture IPv6 as well: IPv6 rules beside the IPv4 ones and listeners on `::` beside
+    /// `0.0.0.0`, whenever the kernel has IPv6 (a pod whose IPv6 is only switched off
+    /// gets them too, so switching it on cannot bypass the mesh). Off: IPv4 only, as
+    /// istio-cni with IPv6 disabled.
+    public var ipv6 = true
     /// How often to check that every pod's namespace still exists and retry failed pods.
     public var recheckInterval = ConfigDuration(.seconds(2))
 
@@ -68,6 +80,13 @@ public struct InPodConfig: DefaultedConfig, Sendable {
         }
         if ports.contains(0) { problems.append(ConfigProblem("ports must not be 0")) }
         if iptables.isEmpty { problems.append(ConfigProblem(at: "iptables", "must name a command")) }
+        if nft.isEmpty { problems.append(ConfigProblem(at: "nft", "must name a command")) }
+        if InPodBackend(rawValue: backend) == nil {
+            problems.append(
+                ConfigProblem(
+                    at: "backend",
+                    "unknown backend \"\(backend)\"; expected one of \(InPodBackend.allCases.map(\.rawValue).joined(separator: ", "))"))
+        }
         return problems
     }
 }
@@ -550,7 +569,8 @@ final class PathPodSource: PodSource {
 
 /// What in-pod capture runs inside each captured pod: the redirect rules (unless
 /// ``InPodConfig/installRules`` is off) and the outbound (15001) and plaintext inbound
-/// (15006) listeners, placed in the pod's namespace with its mark.
+/// (15006) listeners, placed in the pod's namespace with its mark, on `0.0.0.0` and (with
+/// ``InPodConfig/ipv6``) `::`.
 struct InPodListeners: PodServer {
     /// One pod's listeners.
     struct Serving: Sendable {
@@ -564,10 +584,13 @@ struct InPodListeners: PodServer {
     let outbound: OutboundPath
     let inbound: InboundPlaintext
 
+    /// DNS capture stays off until the DNS proxy listens in the pod (`captureDNS`,
+    /// `dnsPort`: set them from its config).
     private var rules: InPodRules {
         InPodRules(
-            iptables: config.iptables, mark: config.mark, outboundPort: config.outboundPort,
-            inboundPort: config.inboundPort, hbonePort: config.hbonePort)
+            backend: InPodBackend(rawValue: config.backend) ?? .iptables, iptables: config.iptables, nft: config.nft,
+            mark: config.mark, outboundPort: config.outboundPort, inboundPort: config.inboundPort,
+            hbonePort: config.hbonePort, captureDNS: false, ipv6: config.ipv6)
     }
 
     func start(_ pod: CapturedPods.Pod) async throws -> Serving {
@@ -581,10 +604,9 @@ struct InPodListeners: PodServer {
             func listen(
                 _ port: UInt16, _ accept: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
             ) async throws {
-                listeners.append(
-                    try await TCPListener.bind(
-                        ListenerOptions(address: SocketAddr(ip: .v4(0), port: port), placement: placement),
-                        group: context.eventLoopGroup, childInitializer: accept))
+                listeners += try await TCPListener.bindEachFamily(
+                    port: port, placement: placement, ipv6: config.ipv6, group: context.eventLoopGroup,
+                    childInitializer: accept)
             }
             try await listen(config.outboundPort) { channel in
                 InPodCapture.acceptOutbound(channel, pod: pod, context: context, outbound: outbound, logger: logger)

@@ -94,18 +94,33 @@ final class InboundPlaintext: Sendable {
         }
     }
 
-    /// `SO_ORIGINAL_DST` (IPv4): where the client meant to connect before a REDIRECT rule
-    /// sent it here. Nil when the socket option is unavailable (no conntrack entry).
+    /// Where the client meant to connect before a REDIRECT rule sent it here:
+    /// `SO_ORIGINAL_DST` for IPv4, `IP6T_SO_ORIGINAL_DST` for IPv6 (the in-pod IPv6
+    /// listeners accept IPv6 only, so an IPv6 socket never carries a mapped IPv4
+    /// connection). Nil when the socket option is unavailable (no conntrack entry: the
+    /// connection was not redirected).
     static func originalDestination(of channel: any Channel) -> EventLoopFuture<SocketAddr?> {
         #if os(Linux)
-        guard let provider = channel as? any SocketOptionProvider, SocketAddr(channel.localAddress)?.ip.isIPv4 == true
-        else { return channel.eventLoop.makeSucceededFuture(nil) }
-        // SOL_IP = 0, SO_ORIGINAL_DST = 80 (linux/netfilter_ipv4.h).
-        let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(
-            level: SocketOptionLevel(IPPROTO_IP), name: SocketOptionName(80))
+        guard let provider = channel as? any SocketOptionProvider, let local = SocketAddr(channel.localAddress) else {
+            return channel.eventLoop.makeSucceededFuture(nil)
+        }
+        // Both options are number 80, at SOL_IP (linux/netfilter_ipv4.h) and SOL_IPV6
+        // (linux/netfilter_ipv6/ip6_tables.h), and answer with a sockaddr_in / sockaddr_in6.
+        let originalDestination = SocketOptionName(80)
+        if local.ip.isIPv4 {
+            let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(IPPROTO_IP), name: originalDestination)
+            return future.map { address -> SocketAddr? in
+                SocketAddr(
+                    ip: .v4(UInt32(bigEndian: address.sin_addr.s_addr)), port: UInt16(bigEndian: address.sin_port))
+            }.recover { _ in nil }
+        }
+        let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(IPPROTO_IPV6), name: originalDestination)
         return future.map { address -> SocketAddr? in
-            SocketAddr(
-                ip: .v4(UInt32(bigEndian: address.sin_addr.s_addr)), port: UInt16(bigEndian: address.sin_port))
+            guard Int32(address.sin6_family) == AF_INET6 else { return nil }
+            let bytes = withUnsafeBytes(of: address.sin6_addr) { Array($0) }
+            return IPAddress(bytes: bytes).map { SocketAddr(ip: $0, port: UInt16(bigEndian: address.sin6_port)) }
         }.recover { _ in nil }
         #else
         return channel.eventLoop.makeSucceededFuture(nil)

@@ -532,8 +532,9 @@ enum HBONEHTTP2 {
 
 // MARK: - In-pod listeners
 
-/// The HBONE listener inside each captured pod: `0.0.0.0:<port>` in the pod's namespace,
-/// its connections handled like the node-level listeners' (with the pod named).
+/// The HBONE listener inside each captured pod: `0.0.0.0:<port>` and, when the kernel has
+/// IPv6, `[::]:<port>` in the pod's namespace, its connections handled like the
+/// node-level listeners' (with the pod named).
 struct HBONEPodListener: PodServer {
     let name = "hbone"
     let port: UInt16
@@ -541,21 +542,23 @@ struct HBONEPodListener: PodServer {
     let logger: Logger
     let accept: AcceptInPod
 
-    func start(_ pod: CapturedPods.Pod) async throws -> TCPListener {
+    func start(_ pod: CapturedPods.Pod) async throws -> [TCPListener] {
         let accept = self.accept
-        let listener = try await TCPListener.bind(
-            ListenerOptions(address: SocketAddr(ip: .v4(0), port: port), placement: pod.placement), group: group
-        ) { channel in
+        let listeners = try await TCPListener.bindEachFamily(port: port, placement: pod.placement, group: group) {
+            channel in
             accept(channel, pod: pod)
         }
         logger.info(
             "HBONE listening in pod",
-            metadata: ["pod": "\(pod.uid)", "address": "\(listener.localAddress)", "netns": "\(pod.namespace.path)"])
-        return listener
+            metadata: [
+                "pod": "\(pod.uid)", "address": "\(listeners.map { "\($0.localAddress)" }.joined(separator: ","))",
+                "netns": "\(pod.namespace.path)",
+            ])
+        return listeners
     }
 
-    func stop(_ listener: TCPListener, pod: CapturedPods.Pod, reason: PodStopReason) async {
-        await listener.stopAccepting()
+    func stop(_ listeners: [TCPListener], pod: CapturedPods.Pod, reason: PodStopReason) async {
+        for listener in listeners { await listener.stopAccepting() }
         logger.info("HBONE pod listener closed", metadata: ["pod": "\(pod.uid)"])
     }
 }
