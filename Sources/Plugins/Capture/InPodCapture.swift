@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import AmbitRuntime
+public import DNSProxy
 import NodeProxy
 
 /// Settings of in-pod capture (`capture` config key `inPod`).
@@ -49,6 +50,10 @@ public struct InPodConfig: DefaultedConfig, Sendable {
     public var ipv6 = true
     /// How often to check that every pod's namespace still exists and retry failed pods.
     public var recheckInterval = ConfigDuration(.seconds(2))
+    /// The DNS proxy inside each pod (on by default): UDP and TCP on `127.0.0.1:<port>`,
+    /// where the pod's DNS is redirected (istio-cni's rules, or Ambit's with
+    /// ``installRules``); mesh service names answered from the mesh, the rest forwarded.
+    public var dns = DNSProxyConfig()
 
     public init() {}
 
@@ -79,6 +84,9 @@ public struct InPodConfig: DefaultedConfig, Sendable {
             problems.append(ConfigProblem("outboundPort, inboundPort and hbonePort must differ"))
         }
         if ports.contains(0) { problems.append(ConfigProblem("ports must not be 0")) }
+        if dns.enabled && ports.contains(dns.port) {
+            problems.append(ConfigProblem(at: "dns.port", "must differ from outboundPort, inboundPort and hbonePort"))
+        }
         if iptables.isEmpty { problems.append(ConfigProblem(at: "iptables", "must name a command")) }
         if nft.isEmpty { problems.append(ConfigProblem(at: "nft", "must name a command")) }
         if InPodBackend(rawValue: backend) == nil {
@@ -576,7 +584,24 @@ struct InPodListeners: PodServer {
     struct Serving: Sendable {
         var listeners: [TCPListener]
         var rulesInstalled: Bool
+        /// The pod's DNS proxy, when ``InPodConfig/dns`` is on.
+        var dns: DNSProxyServer?
     }
+
+    /// The DNS proxies' metrics, made on first use (after provision, when the telemetry
+    /// plugin's factory is known) and shared by every pod.
+    final class SharedDNSMetrics: Sendable {
+        private let made = NIOLockedValueBox<DNSMetrics?>(nil)
+        func get(_ context: PluginContext) -> DNSMetrics {
+            made.withLockedValue { made in
+                if let made { return made }
+                let metrics = DNSMetrics(factory: context.metrics)
+                made = metrics
+                return metrics
+            }
+        }
+    }
+    let dnsMetrics = SharedDNSMetrics()
 
     let name = InPodCapture.serverName
     let config: InPodConfig
@@ -590,7 +615,7 @@ struct InPodListeners: PodServer {
         InPodRules(
             backend: InPodBackend(rawValue: config.backend) ?? .iptables, iptables: config.iptables, nft: config.nft,
             mark: config.mark, outboundPort: config.outboundPort, inboundPort: config.inboundPort,
-            hbonePort: config.hbonePort, captureDNS: false, ipv6: config.ipv6)
+            hbonePort: config.hbonePort, captureDNS: config.dns.enabled, dnsPort: config.dns.port, ipv6: config.ipv6)
     }
 
     func start(_ pod: CapturedPods.Pod) async throws -> Serving {
@@ -616,20 +641,53 @@ struct InPodListeners: PodServer {
             for listener in listeners { await listener.stopAccepting() }
             throw error
         }
+        var dns: DNSProxyServer?
+        if config.dns.enabled {
+            do {
+                dns = try await startDNS(for: pod)
+            } catch {
+                for listener in listeners { await listener.stopAccepting() }
+                throw error
+            }
+        }
         context.logger.info(
             "pod captured",
             metadata: [
                 "pod": "\(uid)", "netns": "\(pod.namespace.path)",
                 "listeners": "\(listeners.map { "\($0.localAddress)" }.joined(separator: ","))",
+                "dns": "\(dns.map { "\($0.udpAddress)" } ?? "off")",
                 "rules": "\(config.installsRules ? "installed" : "left to the operator")",
             ])
-        return Serving(listeners: listeners, rulesInstalled: config.installsRules)
+        return Serving(listeners: listeners, rulesInstalled: config.installsRules, dns: dns)
+    }
+
+    /// The pod's DNS proxy on 127.0.0.1 inside its namespace; its client is the pod's
+    /// workload (or, before the mesh has it, the namespace istio-cni named), and upstream
+    /// queries leave from inside the pod, marked, so the redirect rules let them pass.
+    private func startDNS(for pod: CapturedPods.Pod) async throws -> DNSProxyServer {
+        let context = self.context
+        let mesh = context.mesh
+        let node = context.nodeName
+        return try await DNSProxyServer.start(
+            address: SocketAddr(ip: .v4(0x7F00_0001), port: config.dns.port), placement: pod.placement,
+            group: context.eventLoopGroup, mesh: { mesh.snapshot },
+            client: { _ in
+                if let workload = pod.workload(in: mesh.snapshot, node: node) {
+                    return DNSClientInfo(
+                        namespace: workload.namespace, network: workload.network,
+                        canonicalService: workload.canonicalName, canonicalRevision: workload.canonicalRevision)
+                }
+                return pod.workloadInfo.map { DNSClientInfo(namespace: $0.namespace) }
+            },
+            upstreams: config.dns.upstreamAddresses, metrics: dnsMetrics.get(context), logger: context.logger,
+            options: DNSProxyServer.Options(config.dns))
     }
 
     /// Closes the pod's listeners (connections already relayed go on) and, when the pod
     /// left the registry and its namespace still exists, removes its rules.
     func stop(_ serving: Serving, pod: CapturedPods.Pod, reason: PodStopReason) async {
         for listener in serving.listeners { await listener.stopAccepting() }
+        await serving.dns?.stop()
         guard reason != .shutdown, serving.rulesInstalled,
             let namespace = pod.namespace as? NetworkNamespace, namespace.isStillMounted
         else { return }
