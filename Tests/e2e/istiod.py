@@ -57,6 +57,12 @@ SERVICE_VIP = "10.71.100.10"
 SERVICE = "b1.default.svc.cluster.local"
 NODE_IPS = {"node1": "10.71.0.1", "node2": "10.71.0.2"}
 TRUST = "cluster.local"
+# A stand-in upstream resolver in node1's namespace, on its pod bridge (reachable from the
+# pods, where the DNS proxies' forwarders make their sockets), and the cluster DNS address
+# pods send to (istio-cni's rules redirect it to the pod's DNS proxy on 15053).
+UPSTREAM_DNS = "10.71.1.1"
+CLUSTER_DNS = "10.96.0.10"
+DNS_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dns_tool.py")
 
 # istio-cni's in-pod rules (cni/pkg/iptables/testdata/default.golden), as iptables-restore
 # input: the pod's traffic to 15001 (out) and 15006 (in), HBONE 15008 left alone, the
@@ -201,6 +207,9 @@ class IstiodCluster(e2e.Cluster):
             self.hosts_dirs.append(directory)
             with open(os.path.join(directory, "hosts"), "w") as f:
                 f.write(f"127.0.0.1 localhost\n{ISTIOD_IP} {ISTIOD}\n")
+            # The node's resolver, which the pods' DNS proxies forward to (the stand-in upstream).
+            with open(os.path.join(directory, "resolv.conf"), "w") as f:
+                f.write(f"nameserver {UPSTREAM_DNS}\n")
         with open(os.path.join(self.dir, "tokens.json"), "w") as f:
             json.dump(tokens, f)
         self.mesh.write()
@@ -283,6 +292,21 @@ class IstiodCluster(e2e.Cluster):
         inns(pod, "ip", "rule", "add", "fwmark", "0x111/0xfff", "pref", "32764", "lookup", "100")
         inns(pod, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
 
+    def start_upstream_dns(self):
+        self.upstream_log = os.path.join(self.dir, "upstream-dns.log")
+        self.upstream_dns = subprocess.Popen(
+            ["ip", "netns", "exec", ns("node1"), sys.executable, DNS_TOOL, "serve", "--listen", UPSTREAM_DNS,
+             "--zone", "example.org=192.0.2.7", "--log", self.upstream_log],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        eventually(lambda: expect(os.path.exists(self.upstream_log) and "serving" in open(self.upstream_log).read(),
+                                  "the upstream DNS stand-in did not start"), timeout=10)
+
+    def dns(self, pod, name, qtype="A", tcp=False):
+        args = ["python3", DNS_TOOL, "query", name, qtype, "--server", CLUSTER_DNS] + (["--tcp"] if tcp else [])
+        result = inns(pod, *args, check=False)
+        expect(result.returncode == 0, f"DNS query {name} {qtype} from {pod} failed: {result.stderr[-500:]}")
+        return json.loads(result.stdout)
+
     def zds_pod(self, pod):
         return zds_agent.Pod(pod_uid(pod), pod, "default", pod, e2e.netns_path(pod))
 
@@ -303,6 +327,9 @@ class IstiodCluster(e2e.Cluster):
 
     def teardown(self):
         self.stop_standin()
+        if getattr(self, "upstream_dns", None) is not None:
+            self.upstream_dns.kill()
+            self.upstream_dns.wait()
         super().teardown()
         for agent in self.agents.values():
             agent.close()
@@ -538,6 +565,46 @@ def scenario_zds_node_restart(c):
         echo_ok(c, pod, PODS["b1"][1], 9000)
 
 
+def addresses(answer, kind="A"):
+    return sorted(record["value"] for record in answer["answers"] if record["type"] == kind)
+
+
+def scenario_dns_service_name(c):
+    """A pod's DNS goes to its in-pod proxy: a service name answers the VIP from the mesh (authoritative, TTL 30),
+    by full name and by short name, and a connection to the answer is tunnelled."""
+    before = c.metrics("node1")
+    for name in [SERVICE, "b1", "b1.default", "b1.default.svc"]:
+        answer = c.dns("a1", name)
+        expect(answer["rcode"] == 0 and answer["aa"] and answer["id_matches"], f"{name}: {answer}")
+        expect(addresses(answer) == [SERVICE_VIP], f"{name} answered {answer['answers']}")
+        expect(all(r["ttl"] == 30 for r in answer["answers"] if r["type"] == "A"), f"{name} TTLs: {answer['answers']}")
+    echo_ok(c, "a1", addresses(c.dns("a1", SERVICE))[0], 80)
+    after = c.metrics("node1")
+    expect(growth(before, after, "istio_dns_requests_total") >= 5, "istio_dns_requests_total did not count the queries")
+
+
+def scenario_dns_forwarded(c):
+    """A name outside the mesh is forwarded to the node's resolver from inside the pod (and not recaptured)."""
+    before = c.metrics("node1")
+    answer = c.dns("a1", "example.org")
+    expect(answer["rcode"] == 0 and addresses(answer) == ["192.0.2.7"], f"example.org: {answer}")
+    expect("example.org" in open(c.upstream_log).read(), "the upstream never saw the query")
+    missing = c.dns("a1", "nothing.example.org")
+    expect(missing["rcode"] == 3, f"an NXDOMAIN upstream is passed on: {missing}")
+    after = c.metrics("node1")
+    expect(growth(before, after, "istio_dns_upstream_requests_total") >= 2, "istio_dns_upstream_requests_total did not grow")
+
+
+def scenario_dns_aaaa_and_tcp(c):
+    """AAAA for an IPv4-only service is an empty NOERROR (not NXDOMAIN); the same answers come over TCP."""
+    aaaa = c.dns("a1", SERVICE, "AAAA")
+    expect(aaaa["rcode"] == 0 and aaaa["answers"] == [], f"AAAA: {aaaa}")
+    over_tcp = c.dns("a1", SERVICE, tcp=True)
+    expect(over_tcp["rcode"] == 0 and addresses(over_tcp) == [SERVICE_VIP], f"over TCP: {over_tcp}")
+    forwarded = c.dns("a1", "example.org", tcp=True)
+    expect(addresses(forwarded) == ["192.0.2.7"], f"example.org over TCP: {forwarded}")
+
+
 SCENARIOS = [
     scenario_synced,
     scenario_zds_snapshot,
@@ -548,6 +615,9 @@ SCENARIOS = [
     scenario_workload_joins,
     scenario_bad_resource,
     scenario_istiod_restart,
+    scenario_dns_service_name,
+    scenario_dns_forwarded,
+    scenario_dns_aaaa_and_tcp,
     scenario_zds_delete,
     scenario_zds_protocol_errors,
     scenario_zds_node_restart,
@@ -585,6 +655,7 @@ def main():
         cluster.write_config()
         cluster.start_servers()
         cluster.start_standin()
+        cluster.start_upstream_dns()
         # The pods exist before the nodes start: they arrive in istio-cni's snapshot.
         for pod in ["a1", "a2", "b1"]:
             cluster.add_pod(pod, send=False)
