@@ -42,6 +42,7 @@ let allTargets: [(name: String, products: [String])] = [
     ("ip-address", ["Kernel"]),
     ("pem-csr", ["Kernel", "LocalConfig", "Certificates", "CAServer"]),
     ("dns-message", ["Kernel", "DNSProxy"]),
+    ("zds-message", ["Capture"]),
     // Links the gRPC stack too (the xds plugin's module): run by hand, not in CI's short run.
     ("xds-resource", ["Kernel", "XDS"]),
 ]
