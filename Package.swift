@@ -403,7 +403,7 @@ let package = Package(
             name: "CaptureTests",
             dependencies: [
                 "Kernel", "ConfigYAML", "AmbitRuntime", "NodeProxy", "Capture", "LocalConfig", "TestSupport",
-                "IstioXDSAPI", "CAmbitSystem",
+                "IstioXDSAPI", "CAmbitSystem", "DNSProxy",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],

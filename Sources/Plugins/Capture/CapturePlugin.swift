@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import ServiceLifecycle
 import AmbitRuntime
+public import DNSProxy
 import NodeProxy
 
 /// Captures application connections and sends them through the node's outbound path.
@@ -31,6 +32,9 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
         public var inbound: InboundPlaintextConfig = InboundPlaintextConfig()
         /// In-pod capture (off by default).
         public var inPod: InPodConfig = InPodConfig()
+        /// A DNS proxy in the node's own namespace, for workloads not captured in-pod (off
+        /// unless `address` is set): clients are found by their source address.
+        public var dns: NodeDNSProxyConfig = NodeDNSProxyConfig()
 
         /// SOCKS5 settings.
         public struct SOCKS5Config: DefaultedConfig, Sendable {
@@ -58,6 +62,10 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
     private let outbound: OutboundPath
     private let inbound: InboundPlaintext
     private let inboundAddress = NIOLockedValueBox<SocketAddr?>(nil)
+    private let nodeDNS = NIOLockedValueBox<DNSProxyServer?>(nil)
+
+    /// The node-level DNS proxy's UDP address, once listening.
+    public var dnsAddress: SocketAddr? { nodeDNS.withLockedValue { $0?.udpAddress } }
     private let inPod: InPodCapture?
 
     public init(config: Config, context: PluginContext) throws {
@@ -143,6 +151,29 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
             context.readiness.markReady(inboundComponent)
             context.logger.info("inbound plaintext listening", metadata: ["address": "\(listener.localAddress)"])
         }
+        if let address = config.dns.socketAddress {
+            let context = self.context
+            let mesh = context.mesh
+            let server: DNSProxyServer
+            do {
+                server = try await DNSProxyServer.start(
+                    address: address, placement: .node, group: context.eventLoopGroup, mesh: { mesh.snapshot },
+                    client: { source in
+                        // The client is the local workload at the query's source address.
+                        context.localWorkload(at: source.ip, in: mesh.snapshot).map {
+                            DNSClientInfo(
+                                namespace: $0.namespace, network: $0.network, canonicalService: $0.canonicalName,
+                                canonicalRevision: $0.canonicalRevision)
+                        }
+                    },
+                    upstreams: config.dns.upstreamAddresses, metrics: DNSMetrics(factory: context.metrics),
+                    logger: context.logger, options: DNSProxyServer.Options(config.dns))
+            } catch {
+                throw PluginError(.unavailable, plugin: Self.id, "cannot listen for DNS on \(address): \(error)")
+            }
+            nodeDNS.withLockedValue { $0 = server }
+            context.logger.info("DNS proxy listening", metadata: ["address": "\(server.udpAddress)"])
+        }
         if let inPod {
             // The pod sources and listeners live until graceful shutdown (a child task).
             await withTaskGroup(of: Void.self) { group in
@@ -173,5 +204,10 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
         for listener in listeners.withLockedValue({ $0 }) {
             await listener.stopAccepting()
         }
+        let dns = nodeDNS.withLockedValue { server -> DNSProxyServer? in
+            defer { server = nil }
+            return server
+        }
+        await dns?.stop()
     }
 }
