@@ -23,19 +23,10 @@ enum NamespacedSockets {
         do {
             try set(fd, SOL_SOCKET, SO_REUSEADDR, 1, what: "SO_REUSEADDR", at: address)
             if options.reusePort { try set(fd, SOL_SOCKET, SO_REUSEPORT, 1, what: "SO_REUSEPORT", at: address) }
-            if let mark = options.mark ?? namespace.mark {
-                try set(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark), what: "SO_MARK", at: address)
-            }
             if options.ipv6Only && !address.ip.isIPv4 {
                 try set(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1, what: "IPV6_V6ONLY", at: address)
             }
-            if options.transparent {
-                if address.ip.isIPv4 {
-                    try set(fd, Int32(IPPROTO_IP), IP_TRANSPARENT, 1, what: "IP_TRANSPARENT", at: address)
-                } else {
-                    try set(fd, Int32(IPPROTO_IPV6), IPV6_TRANSPARENT, 1, what: "IPV6_TRANSPARENT", at: address)
-                }
-            }
+            try place(fd, mark: options.mark ?? namespace.mark, transparent: options.transparent, at: address)
             guard bind(fd, address) == 0 else {
                 throw SocketError(
                     code: .bindFailed,
@@ -53,6 +44,18 @@ enum NamespacedSockets {
         }
     }
 
+    /// `SO_MARK` and, when asked, `IP_TRANSPARENT` / `IPV6_TRANSPARENT` on a socket about
+    /// to be bound to `address` (listening and UDP sockets alike).
+    private static func place(_ fd: Int32, mark: UInt32?, transparent: Bool, at address: SocketAddr) throws {
+        if let mark { try set(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark), what: "SO_MARK", at: address) }
+        guard transparent else { return }
+        if address.ip.isIPv4 {
+            try set(fd, Int32(IPPROTO_IP), IP_TRANSPARENT, 1, what: "IP_TRANSPARENT", at: address)
+        } else {
+            try set(fd, Int32(IPPROTO_IPV6), IPV6_TRANSPARENT, 1, what: "IPV6_TRANSPARENT", at: address)
+        }
+    }
+
     /// A UDP socket bound to `address` inside `namespace`, with `mark` (else the
     /// namespace's) and, when asked, `IP_TRANSPARENT`: ready for `DatagramBootstrap`'s
     /// `withBoundSocket`.
@@ -62,16 +65,7 @@ enum NamespacedSockets {
         let fd = try namespace.makeSocket(domain: address.ip.isIPv4 ? AF_INET : AF_INET6, type: Int32(SOCK_DGRAM.rawValue))
         do {
             try set(fd, SOL_SOCKET, SO_REUSEADDR, 1, what: "SO_REUSEADDR", at: address)
-            if let mark = mark ?? namespace.mark {
-                try set(fd, SOL_SOCKET, SO_MARK, Int32(bitPattern: mark), what: "SO_MARK", at: address)
-            }
-            if transparent {
-                if address.ip.isIPv4 {
-                    try set(fd, Int32(IPPROTO_IP), IP_TRANSPARENT, 1, what: "IP_TRANSPARENT", at: address)
-                } else {
-                    try set(fd, Int32(IPPROTO_IPV6), IPV6_TRANSPARENT, 1, what: "IPV6_TRANSPARENT", at: address)
-                }
-            }
+            try place(fd, mark: mark ?? namespace.mark, transparent: transparent, at: address)
             guard bind(fd, address) == 0 else {
                 throw SocketError(
                     code: .bindFailed,

@@ -63,6 +63,7 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
     private let inbound: InboundPlaintext
     private let inboundAddress = NIOLockedValueBox<SocketAddr?>(nil)
     private let nodeDNS = NIOLockedValueBox<DNSProxyServer?>(nil)
+    private let dnsMetrics = SharedDNSMetrics()
 
     /// The node-level DNS proxy's UDP address, once listening.
     public var dnsAddress: SocketAddr? { nodeDNS.withLockedValue { $0?.udpAddress } }
@@ -83,7 +84,9 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
                     mark: config.upstreamMark, connectTimeout: config.connectTimeout.timeAmount)))
         self.inPod =
             config.inPod.enabled
-            ? InPodCapture(config: config.inPod, context: context, outbound: outbound, inbound: inbound) : nil
+            ? InPodCapture(
+                config: config.inPod, context: context, outbound: outbound, inbound: inbound, dnsMetrics: dnsMetrics)
+            : nil
     }
 
     private var socksComponent: String { "capture socks5 listener \(config.socks5.address)" }
@@ -166,7 +169,7 @@ public final class CapturePlugin: Plugin, CaptureSource, AdminRouteProvider {
                                 canonicalRevision: $0.canonicalRevision)
                         }
                     },
-                    upstreams: config.dns.upstreamAddresses, metrics: DNSMetrics(factory: context.metrics),
+                    upstreams: config.dns.upstreamAddresses, metrics: dnsMetrics.get(context),
                     logger: context.logger, options: DNSProxyServer.Options(config.dns))
             } catch {
                 throw PluginError(.unavailable, plugin: Self.id, "cannot listen for DNS on \(address): \(error)")

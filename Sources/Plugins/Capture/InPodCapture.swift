@@ -136,7 +136,10 @@ final class InPodCapture: Sendable {
         var identity: SpiffeID?
     }
 
-    init(config: InPodConfig, context: PluginContext, outbound: OutboundPath, inbound: InboundPlaintext) {
+    init(
+        config: InPodConfig, context: PluginContext, outbound: OutboundPath, inbound: InboundPlaintext,
+        dnsMetrics: SharedDNSMetrics
+    ) {
         self.config = config
         self.context = context
         let interval = Duration.nanoseconds(max(config.recheckInterval.timeAmount.nanoseconds, 10_000_000))
@@ -165,7 +168,8 @@ final class InPodCapture: Sendable {
                 readiness: context.readiness, logger: context.logger)
             : nil
         listeners = PodServerReconciler(
-            server: InPodListeners(config: config, context: context, outbound: outbound, inbound: inbound),
+            server: InPodListeners(
+                dnsMetrics: dnsMetrics, config: config, context: context, outbound: outbound, inbound: inbound),
             pods: context.pods, retryInterval: interval, logger: context.logger)
     }
 
@@ -588,20 +592,8 @@ struct InPodListeners: PodServer {
         var dns: DNSProxyServer?
     }
 
-    /// The DNS proxies' metrics, made on first use (after provision, when the telemetry
-    /// plugin's factory is known) and shared by every pod.
-    final class SharedDNSMetrics: Sendable {
-        private let made = NIOLockedValueBox<DNSMetrics?>(nil)
-        func get(_ context: PluginContext) -> DNSMetrics {
-            made.withLockedValue { made in
-                if let made { return made }
-                let metrics = DNSMetrics(factory: context.metrics)
-                made = metrics
-                return metrics
-            }
-        }
-    }
-    let dnsMetrics = SharedDNSMetrics()
+    /// The DNS proxies' metrics, shared with the plugin's node-level proxy.
+    let dnsMetrics: SharedDNSMetrics
 
     let name = InPodCapture.serverName
     let config: InPodConfig
@@ -696,6 +688,22 @@ struct InPodListeners: PodServer {
         } catch {
             context.logger.error(
                 "cannot remove the pod's redirect rules", metadata: ["pod": "\(pod.uid)", "error": "\(error)"])
+        }
+    }
+}
+
+/// The DNS proxies' metrics of one `capture` plugin, made on first use (after provision,
+/// when the telemetry plugin's factory is known) and shared by the node-level proxy and
+/// every pod's.
+final class SharedDNSMetrics: Sendable {
+    private let made = NIOLockedValueBox<DNSMetrics?>(nil)
+
+    func get(_ context: PluginContext) -> DNSMetrics {
+        made.withLockedValue { made in
+            if let made { return made }
+            let metrics = DNSMetrics(factory: context.metrics)
+            made = metrics
+            return metrics
         }
     }
 }

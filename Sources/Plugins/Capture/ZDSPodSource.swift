@@ -164,7 +164,7 @@ final class ZDSPodSource: PodSource {
         readiness.expect(Self.readinessComponent)
     }
 
-    /// What `/pods` and `/config_dump` say about the connection.
+    /// The connection's state: connected, snapshot received, connections made, last error.
     var status: (connected: Bool, snapshotReceived: Bool, sessions: Int, lastError: String?) {
         state.withLockedValue { ($0.connected, $0.snapshotReceived, $0.sessions, $0.lastFailure) }
     }
