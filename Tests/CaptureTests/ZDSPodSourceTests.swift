@@ -279,6 +279,8 @@ struct ZDSPodSourceTests {
                 if !served { try await Task.sleep(for: .milliseconds(10)) }
             }
             #expect(served, "the pod was not retried")
+            // The listener is up a moment before the reconciler reports it to the registry.
+            #expect(await rig.pods.waitUntilServed(uid: "uid-a", timeout: .seconds(5)) == .served)
             #expect(rig.readiness.isReady)
             await rig.stop()
         }
