@@ -63,6 +63,7 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // Linux calls Glibc's Swift module leaves out (setns, fstatfs).
@@ -139,11 +140,13 @@ let package = Package(
         ),
         .target(
             name: "Capture",
-            // Subprocess: the in-pod rule tools (iptables-restore, ip6tables-restore, nft, ip).
+            // Subprocess: the in-pod rule tools (iptables-restore, ip6tables-restore, nft, ip);
+            // SystemPackage: the file their standard input is fed from.
             dependencies: [
                 "Kernel", "AmbitRuntime", "NodeProxy", "DNSProxy", "IstioXDSAPI", "CAmbitSystem",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             path: "Sources/Plugins/Capture",
             swiftSettings: strictSettings

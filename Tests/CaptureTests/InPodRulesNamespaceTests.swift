@@ -122,8 +122,20 @@ struct InPodRulesNamespaceTests {
         let missing = await #expect(throws: RuleToolError.self) { try await RuleTool.run(["ambit-no-such-program"]) }
         #expect(missing?.code == .cannotRun)
         #expect(missing?.description.contains("ambit-no-such-program") == true)
+        let missingWithInput = await #expect(throws: RuleToolError.self) {
+            try await RuleTool.run(["ambit-no-such-program"], input: "*filter\nCOMMIT\n")
+        }
+        #expect(missingWithInput?.code == .cannotRun)
         // Standard input is fed and standard output returned.
         #expect(try await RuleTool.run(["cat"], input: "fed\n") == "fed\n")
+        let large = String(repeating: "-A OUTPUT -j ACCEPT\n", count: 50_000)
+        #expect(try await RuleTool.run(["wc", "-c"], input: large).trimmingCharacters(in: .whitespacesAndNewlines) == "\(large.utf8.count)")
+        // A program that exits without reading what it was fed (a failing restore can)
+        // is its exit status, not a crash, however often it happens.
+        for _ in 0..<20 {
+            let early = await #expect(throws: RuleToolError.self) { try await RuleTool.run(["sh", "-c", "exit 4"], input: large) }
+            #expect(early?.description.hasPrefix("`sh -c exit 4` exited with status 4") == true)
+        }
     }
 
     @Test(arguments: InPodBackend.allCases)

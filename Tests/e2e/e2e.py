@@ -49,6 +49,12 @@ PODS = {
 PODS_V6 = {"a1": "fd00:6::1:10", "b1": "fd00:6::2:10"}
 NODES_V6 = {"node1": "fd00:6::1", "node2": "fd00:6::2"}
 TRUST = "cluster.local"
+# A dual-stack service with no endpoints, for the pods' DNS proxies to answer, and the IPv6
+# nameserver address the pods query (any address routed out of the pod: the rules redirect
+# port 53 to the DNS proxy on [::1]:15053).
+DNS_SERVICE = ("dual", "10.96.9.1", "fd00:96::9:1")
+NAMESERVER_V6 = "fd00:96::53"
+DNS_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dns_tool.py")
 # The nodes' `inPod.backend` (--backend).
 BACKEND = "iptables"
 
@@ -254,7 +260,11 @@ class Cluster:
             lines.append(
                 f"- {{uid: \"{uid(pod)}\", name: {pod}, namespace: default, serviceAccount: {pod}, "
                 f"workloadIps: [{ips}], protocol: HBONE, node: {node}, labels: {{app: {pod}}}{netns}}}")
+        name, vip4, vip6 = DNS_SERVICE
         lines += [
+            "services:",
+            f"- {{name: {name}, namespace: default, hostname: {name}.default.svc.cluster.local, "
+            f"vips: [\"{vip4}\", \"{vip6}\"], ports: {{80: 8080}}}}",
             "policies:",
             # b1: anyone on 9000/8080/5201; only a1's identity on 9001.
             "- name: b1-ports",
@@ -683,6 +693,16 @@ def scenario_ipv6_cross_node(c):
     out = c.echo("a1", PODS_V6["b1"], 9000, 1024 * 1024)
     expect(out.get("connected") and "error" not in out, f"IPv6 echo failed: {out}")
     expect(out["received"] == 1024 * 1024 and out["sha_received"] == out["sha_sent"], f"IPv6 echo not byte-exact: {out}")
+    # DNS over IPv6: istio-cni-style rules redirect port 53 to the pod's DNS proxy on
+    # [::1]:15053, over UDP and TCP; it answers the dual-stack service's A and AAAA.
+    listening = inns("a1", "ss", "-Hlnu6").stdout + inns("a1", "ss", "-Hlnt6").stdout
+    expect("[::1]:15053 " in listening, f"a1: no DNS proxy on [::1]:15053:\n{listening}")
+    name, vip4, vip6 = DNS_SERVICE
+    for qtype, want in [("A", vip4), ("AAAA", vip6)]:
+        for tcp in [False, True]:
+            answer = dns_query("a1", name, qtype, NAMESERVER_V6, tcp)
+            expect(answer["rcode"] == 0 and [a["value"] for a in answer["answers"]] == [want],
+                   f"{qtype} {name} over IPv6 {'TCP' if tcp else 'UDP'}: {answer}")
     # The tunnel is HBONE over IPv6, from inside a1 with its IPv6 address.
     inside = inns("a1", "ss", "-Htn", "state", "established", "dst", f"[{PODS_V6['b1']}]:15008").stdout
     expect(PODS_V6["a1"] in inside, f"no IPv6 HBONE connection from a1 to b1:15008: {inside!r}")
@@ -694,6 +714,14 @@ def scenario_ipv6_cross_node(c):
         received = growth(before, after, "istio_tcp_received_bytes_total", **labels)
         expect(received >= 1024 * 1024, f"node2 counted {received} IPv6 bytes from a1, expected >= 1 MiB")
     eventually(seen)
+
+
+def dns_query(pod, name, qtype, server, tcp=False):
+    """One DNS query from inside the pod (dns_tool.py), its answer as a dict."""
+    result = inns(pod, sys.executable, DNS_TOOL, "query", name, qtype, "--server", server,
+                  *(["--tcp"] if tcp else []), check=False)
+    expect(result.returncode == 0, f"DNS query {name} {qtype} from {pod} failed: {result.stderr[-500:]}")
+    return json.loads(result.stdout)
 
 
 def ok_echo(c, src, dst):

@@ -588,8 +588,9 @@ struct InPodListeners: PodServer {
     struct Serving: Sendable {
         var listeners: [TCPListener]
         var rulesInstalled: Bool
-        /// The pod's DNS proxy, when ``InPodConfig/dns`` is on.
-        var dns: DNSProxyServer?
+        /// The pod's DNS proxies, when ``InPodConfig/dns`` is on: on `127.0.0.1` and, in a
+        /// dual-stack pod, on `::1` (where the IPv6 redirect of port 53 lands).
+        var dns: [DNSProxyServer]
     }
 
     /// The DNS proxies' metrics, shared with the plugin's node-level proxy.
@@ -633,7 +634,7 @@ struct InPodListeners: PodServer {
             for listener in listeners { await listener.stopAccepting() }
             throw error
         }
-        var dns: DNSProxyServer?
+        var dns: [DNSProxyServer] = []
         if config.dns.enabled {
             do {
                 dns = try await startDNS(for: pod)
@@ -647,21 +648,38 @@ struct InPodListeners: PodServer {
             metadata: [
                 "pod": "\(uid)", "netns": "\(pod.namespace.path)",
                 "listeners": "\(listeners.map { "\($0.localAddress)" }.joined(separator: ","))",
-                "dns": "\(dns.map { "\($0.udpAddress)" } ?? "off")",
+                "dns": "\(dns.isEmpty ? "off" : dns.map { "\($0.udpAddress)" }.joined(separator: ","))",
                 "rules": "\(config.installsRules ? "installed" : "left to the operator")",
             ])
         return Serving(listeners: listeners, rulesInstalled: config.installsRules, dns: dns)
     }
 
-    /// The pod's DNS proxy on 127.0.0.1 inside its namespace; its client is the pod's
-    /// workload (or, before the mesh has it, the namespace istio-cni named), and upstream
-    /// queries leave from inside the pod, marked, so the redirect rules let them pass.
-    private func startDNS(for pod: CapturedPods.Pod) async throws -> DNSProxyServer {
+    /// The pod's DNS proxy on 127.0.0.1 inside its namespace and, with ``InPodConfig/ipv6``
+    /// on an IPv6 kernel, a second one on `::1` (the ip6tables/nftables redirect of port 53
+    /// lands there); a pod whose loopback has no `::1` (IPv6 disabled in it) gets the IPv4
+    /// one only, with a warning. Its client is the pod's workload (or, before the mesh has
+    /// it, the namespace istio-cni named), and upstream queries leave from inside the pod,
+    /// marked, so the redirect rules let them pass.
+    private func startDNS(for pod: CapturedPods.Pod) async throws -> [DNSProxyServer] {
+        var servers = [try await startDNS(for: pod, on: .v4(0x7F00_0001))]
+        if config.ipv6 && TCPListener.kernelHasIPv6 {
+            do {
+                servers.append(try await startDNS(for: pod, on: .v6(0, 1)))
+            } catch {
+                context.logger.warning(
+                    "no IPv6 DNS proxy in the pod: ::1 cannot be bound (IPv6 off in its namespace?)",
+                    metadata: ["pod": "\(pod.uid)", "error": "\(error)"])
+            }
+        }
+        return servers
+    }
+
+    private func startDNS(for pod: CapturedPods.Pod, on ip: IPAddress) async throws -> DNSProxyServer {
         let context = self.context
         let mesh = context.mesh
         let node = context.nodeName
         return try await DNSProxyServer.start(
-            address: SocketAddr(ip: .v4(0x7F00_0001), port: config.dns.port), placement: pod.placement,
+            address: SocketAddr(ip: ip, port: config.dns.port), placement: pod.placement,
             group: context.eventLoopGroup, mesh: { mesh.snapshot },
             client: { _ in
                 if let workload = pod.workload(in: mesh.snapshot, node: node) {
@@ -679,7 +697,7 @@ struct InPodListeners: PodServer {
     /// left the registry and its namespace still exists, removes its rules.
     func stop(_ serving: Serving, pod: CapturedPods.Pod, reason: PodStopReason) async {
         for listener in serving.listeners { await listener.stopAccepting() }
-        await serving.dns?.stop()
+        for server in serving.dns { await server.stop() }
         guard reason != .shutdown, serving.rulesInstalled,
             let namespace = pod.namespace as? NetworkNamespace, namespace.isStillMounted
         else { return }

@@ -1,10 +1,17 @@
+import Foundation
 import Subprocess
+import SystemPackage
 
 /// Runs the programs that install and remove the in-pod redirect rules (`nsenter`,
 /// `iptables-restore`, `ip6tables-save`, `nft`, `ip`): no shell, the arguments as given,
 /// the program found on `PATH`, its standard input fed from a string, its standard output
 /// and error collected. A program that cannot start or exits non-zero is a
 /// ``RuleToolError`` naming the command, how it ended and what it wrote to standard error.
+///
+/// Standard input comes from an unlinked temporary file, not a pipe Subprocess writes:
+/// swift-subprocess 1.0.2 traps (`FileDescriptor … was not closed`) when the program exits
+/// before reading everything it was fed, which a failing `iptables-restore` may do, and
+/// a rule failure must be an error, never a crashed node.
 enum RuleTool {
     /// The most standard output collected: a pod's `iptables-save` is a few kilobytes, so
     /// more means something is wrong rather than a reason to read on.
@@ -26,10 +33,19 @@ enum RuleTool {
         let output: String
         let errors: String
         do {
-            let result = try await Subprocess.run(
-                .name(program), arguments: Arguments(Array(arguments.dropFirst())), input: .string(input ?? ""),
-                output: .string(limit: outputLimit), error: .string(limit: errorLimit))
-            (status, output, errors) = (result.terminationStatus, result.standardOutput, result.standardError)
+            let arguments = Arguments(Array(arguments.dropFirst()))
+            if let input, !input.isEmpty {
+                let file = try inputFile(input)
+                let result = try await Subprocess.run(
+                    .name(program), arguments: arguments, input: .fileDescriptor(file, closeAfterSpawningProcess: true),
+                    output: .string(limit: outputLimit), error: .string(limit: errorLimit))
+                (status, output, errors) = (result.terminationStatus, result.standardOutput, result.standardError)
+            } else {
+                let result = try await Subprocess.run(
+                    .name(program), arguments: arguments, input: .none,
+                    output: .string(limit: outputLimit), error: .string(limit: errorLimit))
+                (status, output, errors) = (result.terminationStatus, result.standardOutput, result.standardError)
+            }
         } catch {
             throw RuleToolError(.cannotRun, command: arguments, "\(error)")
         }
@@ -37,6 +53,23 @@ enum RuleTool {
             throw RuleToolError(command: arguments, status: status, standardError: errors.trimmingWhitespace)
         }
         return output
+    }
+
+    /// `text` in a temporary file already unlinked, open for reading from its start.
+    private static func inputFile(_ text: String) throws -> FileDescriptor {
+        var path = Array("\(NSTemporaryDirectory())/ambit-rules-XXXXXX".utf8CString)
+        let raw = path.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard raw >= 0 else { throw Errno(rawValue: errno) }
+        unlink(path.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        let file = FileDescriptor(rawValue: raw)
+        do {
+            _ = try file.writeAll(text.utf8)
+            _ = try file.seek(offset: 0, from: .start)
+        } catch {
+            try? file.close()
+            throw error
+        }
+        return file
     }
 }
 
